@@ -1,0 +1,241 @@
+//! Harness for maptrace's end-to-end tests: real `maptrace` against real go-targets, real eBPF.
+//!
+//! `./x test` (cargo xtask test) builds everything and sets `MAPTRACE_BIN` and
+//! `MAPTRACE_GO_TARGETS`; the tests need root, like maptrace itself.
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    path::PathBuf,
+    process::{Child, ChildStderr, ChildStdin, ChildStdout, Command, ExitStatus, Stdio},
+    sync::mpsc,
+    thread,
+    time::Duration,
+};
+
+use serde_json::Value;
+
+/// Every supported toolchain, as named under `MAPTRACE_GO_TARGETS`.
+pub const GO_VERSIONS: [&str; 8] = ["1.19", "1.21.13", "1.22.10", "1.23.9", "1.24.11", "1.25.5", "1.26.6", "1.27.3"];
+
+/// A hang is a failure: nothing here should take this long.
+const PATIENCE: Duration = Duration::from_secs(120);
+
+fn env_path(var: &str, default: &str) -> PathBuf {
+    std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join(default)
+    })
+}
+
+pub fn maptrace_bin() -> PathBuf {
+    let p = env_path("MAPTRACE_BIN", "target/release/maptrace");
+    assert!(p.exists(), "{} is missing: run the tests with `./x test` (it builds maptrace)", p.display());
+    p
+}
+
+/// A go-target built by `cargo xtask build-targets`, e.g. `target_path("1.24.11", "counting-stripped")`.
+pub fn target_path(go: &str, name: &str) -> PathBuf {
+    let p = env_path("MAPTRACE_GO_TARGETS", ".cache/go-targets").join(go).join(name);
+    assert!(p.exists(), "{} is missing: run `./x build-targets --all-go` (or the whole `./x test`)", p.display());
+    p
+}
+
+/// Lines of a child's pipe, read on a thread so a test can wait with a deadline.
+struct Lines(mpsc::Receiver<String>);
+
+impl Lines {
+    fn spawn<R: Read + Send + 'static>(r: R) -> Self {
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(r).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self(rx)
+    }
+
+    /// Lines up to and including the first that satisfies `want`.
+    fn until(&self, what: &str, want: impl Fn(&str) -> bool) -> Vec<String> {
+        let mut seen = Vec::new();
+        loop {
+            match self.0.recv_timeout(PATIENCE) {
+                Ok(line) => {
+                    let done = want(&line);
+                    seen.push(line);
+                    if done {
+                        return seen;
+                    }
+                }
+                Err(_) => panic!("waiting for {what}: got only {seen:#?}"),
+            }
+        }
+    }
+
+    fn rest(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Ok(line) = self.0.recv_timeout(PATIENCE) {
+            out.push(line);
+        }
+        out
+    }
+}
+
+/// A running go-target that has printed `ready <pid>`.
+pub struct Target {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: Lines,
+    pub pid: u32,
+}
+
+impl Target {
+    pub fn start(path: &std::path::Path, args: &[&str]) -> Self {
+        let mut child = Command::new(path)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", path.display()));
+        let stdin = child.stdin.take();
+        let stdout = Lines::spawn(child.stdout.take().unwrap());
+        let first = stdout.until("the target's ready line", |_| true).remove(0);
+        assert_eq!(first, format!("ready {}", child.id()), "protocol: first line of {}", path.display());
+        let pid = child.id();
+        Self { child, stdin, stdout, pid }
+    }
+
+    /// Lets the target run its measured work.
+    pub fn go(&mut self) {
+        let mut stdin = self.stdin.take().expect("go() once");
+        stdin.write_all(b"go\n").unwrap();
+    }
+
+    /// Waits for exit: the output after the ready line, and the status.
+    pub fn finish(mut self) -> (Vec<String>, ExitStatus) {
+        let out = self.stdout.rest();
+        (out, wait_with_deadline(&mut self.child, "the target"))
+    }
+
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_with_deadline(child: &mut Child, what: &str) -> ExitStatus {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{what} did not exit within {PATIENCE:?}");
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A running `maptrace`.
+pub struct Maptrace {
+    child: Child,
+    stdout: Option<ChildStdout>,
+    stderr: Lines,
+    pub stderr_seen: Vec<String>,
+}
+
+/// A finished `maptrace`.
+#[derive(Debug)]
+pub struct Outcome {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: Vec<String>,
+}
+
+impl Outcome {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("maptrace's stdout is not JSON ({e}):\n{}\nstderr: {:#?}", self.stdout, self.stderr))
+    }
+}
+
+impl Maptrace {
+    pub fn start(args: &[&str]) -> Self {
+        Self::start_with(Command::new(maptrace_bin()), args)
+    }
+
+    /// Starts maptrace through a wrapper command (e.g. one that drops privileges).
+    pub fn start_with(mut cmd: Command, args: &[&str]) -> Self {
+        let mut child = cmd
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting maptrace");
+        let stdout = child.stdout.take();
+        let stderr: ChildStderr = child.stderr.take().unwrap();
+        Self { child, stdout, stderr: Lines::spawn(stderr), stderr_seen: Vec::new() }
+    }
+
+    /// Waits for the "attached" line: from then on every allocation is traced.
+    pub fn wait_attached(&mut self) {
+        let lines = self.stderr.until("maptrace to attach", |l| l.starts_with("maptrace: attached") || l.starts_with("maptrace: error"));
+        let last = lines.last().unwrap().clone();
+        self.stderr_seen.extend(lines);
+        assert!(last.starts_with("maptrace: attached"), "maptrace failed to attach: {:#?}", self.stderr_seen);
+    }
+
+    pub fn interrupt(&self) {
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+    }
+
+    pub fn finish(mut self) -> Outcome {
+        let mut stdout = String::new();
+        let mut pipe = self.stdout.take().unwrap();
+        let reader = thread::spawn(move || {
+            pipe.read_to_string(&mut stdout).unwrap();
+            stdout
+        });
+        let status = wait_with_deadline(&mut self.child, "maptrace");
+        let stdout = reader.join().unwrap();
+        let mut stderr = std::mem::take(&mut self.stderr_seen);
+        stderr.extend(self.stderr.rest());
+        Outcome { status, stdout, stderr }
+    }
+}
+
+/// Runs maptrace to completion (for the error cases).
+pub fn run_maptrace(args: &[&str]) -> Outcome {
+    Maptrace::start(args).finish()
+}
+
+/// The JSON report's site rows whose site function is `function`.
+pub fn sites_at<'a>(report: &'a Value, function: &str) -> Vec<&'a Value> {
+    report["sites"]
+        .as_array()
+        .expect("sites array")
+        .iter()
+        .filter(|s| s["stack"][0]["function"] == function)
+        .collect()
+}
+
+/// Site functions of every row (`"(runtime)"` for rows with no user frame).
+pub fn site_functions(report: &Value) -> Vec<String> {
+    report["sites"]
+        .as_array()
+        .expect("sites array")
+        .iter()
+        .map(|s| s["stack"][0]["function"].as_str().unwrap_or("(runtime)").to_string())
+        .collect()
+}

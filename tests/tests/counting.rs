@@ -1,0 +1,151 @@
+//! The counting target makes exactly N maps, M slices and K objects from three functions
+//! (go-targets/counting/TRUTH.md); maptrace, attached in full mode, must report exactly those,
+//! with the right kinds, types and sizes, for every Go version, stripped and not. The target's
+//! own output and exit status must not change because it was traced.
+
+use e2e::{site_functions, sites_at, target_path, Maptrace, Target};
+
+const MAPS: u64 = 100;
+const SLICES: u64 = 200;
+const OBJECTS: u64 = 300;
+const SLICE_SIZE: u64 = 4096;
+/// `main.Node`: a pointer, three 8-byte integers and a 16-byte array.
+const NODE_SIZE: u64 = 48;
+
+fn args() -> Vec<String> {
+    vec![
+        format!("-maps={MAPS}"),
+        format!("-slices={SLICES}"),
+        format!("-objects={OBJECTS}"),
+        format!("-slice-size={SLICE_SIZE}"),
+    ]
+}
+
+fn run_untraced(bin: &std::path::Path) -> (Vec<String>, std::process::ExitStatus) {
+    let args = args();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut t = Target::start(bin, &args);
+    t.go();
+    t.finish()
+}
+
+fn check(go: &str, stripped: bool) {
+    let bin = target_path(go, if stripped { "counting-stripped" } else { "counting" });
+    let (plain_out, plain_status) = run_untraced(&bin);
+
+    let args = args();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut target = Target::start(&bin, &args);
+    let pid = target.pid.to_string();
+    let mut maptrace = Maptrace::start(&["--pid", &pid, "--json", "--no-live"]);
+    maptrace.wait_attached();
+    target.go();
+    let (traced_out, traced_status) = target.finish();
+    let outcome = maptrace.finish();
+
+    assert_eq!(traced_out, plain_out, "the target's output changed under tracing");
+    assert_eq!(traced_status.code(), plain_status.code(), "the target's exit status changed under tracing");
+    assert!(plain_status.success(), "counting failed: {plain_status}");
+    assert!(outcome.status.success(), "maptrace failed: {outcome:#?}");
+    let report = outcome.json();
+    assert_eq!(report["ended_by"], "target exited");
+    assert_eq!(report["lost_records"], 0, "records lost");
+    assert_eq!(report["target"]["stripped"], stripped);
+    assert!(report["target"]["go_version"].as_str().unwrap().starts_with(&format!("go{go}")[..6]));
+
+    let one = |function: &str| {
+        let rows = sites_at(&report, function);
+        assert_eq!(rows.len(), 1, "exactly one site row at {function}, got {rows:#?}");
+        rows[0].clone()
+    };
+    let maps = one("main.makeMaps");
+    assert_eq!(maps["kind"], "map", "{maps:#}");
+    assert_eq!(maps["type"], "map[string]int", "{maps:#}");
+    assert_eq!(maps["count"], MAPS, "{maps:#}");
+    assert!(maps["bytes"].as_u64().unwrap() > 0);
+
+    let slices = one("main.makeSlices");
+    assert_eq!(slices["kind"], "slice", "{slices:#}");
+    assert_eq!(slices["type"], "[]uint8", "{slices:#}");
+    assert_eq!(slices["count"], SLICES, "{slices:#}");
+    assert_eq!(slices["bytes"], SLICES * SLICE_SIZE, "{slices:#}");
+
+    let objects = one("main.makeObjects");
+    assert_eq!(objects["kind"], "object", "{objects:#}");
+    assert_eq!(objects["type"], "main.Node", "{objects:#}");
+    assert_eq!(objects["count"], OBJECTS, "{objects:#}");
+    assert_eq!(objects["bytes"], OBJECTS * NODE_SIZE, "{objects:#}");
+
+    for (row, file_suffix) in [(&maps, "counting/main.go"), (&slices, "counting/main.go"), (&objects, "counting/main.go")] {
+        let site = &row["stack"][0];
+        assert!(site["file"].as_str().unwrap().ends_with(file_suffix), "site file: {site:#}");
+        assert!(site["line"].as_u64().unwrap() > 0, "site line: {site:#}");
+        assert_eq!(row["stack"][1]["function"], "main.main", "caller of the site: {row:#}");
+    }
+
+    // Only the runtime's (and the standard library's) own allocations may add rows.
+    let extra: Vec<String> = site_functions(&report)
+        .into_iter()
+        .filter(|f| f.starts_with("main.") && !["main.makeMaps", "main.makeSlices", "main.makeObjects"].contains(&f.as_str()))
+        .collect();
+    assert!(extra.is_empty(), "unexpected allocation sites in main: {extra:?}");
+
+    let records = report["totals"]["records"].as_u64().unwrap();
+    let seconds = report["duration_seconds"].as_f64().unwrap();
+    eprintln!(
+        "go{go}{}: {records} records in {seconds:.2} s ({:.0}/s over the session), {} uprobes, attach {:.3} s",
+        if stripped { " stripped" } else { "" },
+        records as f64 / seconds,
+        report["probes"]["uprobes"],
+        report["probes"]["attach_seconds"].as_f64().unwrap()
+    );
+}
+
+macro_rules! matrix {
+    ($($name:ident => $go:expr),* $(,)?) => {
+        $(
+            mod $name {
+                #[test]
+                fn unstripped() {
+                    super::check($go, false);
+                }
+                #[test]
+                fn stripped() {
+                    super::check($go, true);
+                }
+            }
+        )*
+    };
+}
+
+matrix! {
+    go1_19 => "1.19",
+    go1_21 => "1.21.13",
+    go1_22 => "1.22.10",
+    go1_23 => "1.23.9",
+    go1_24 => "1.24.11",
+    go1_25 => "1.25.5",
+    go1_26 => "1.26.6",
+    go1_27 => "1.27.3",
+}
+
+/// The cgo build (externally linked) traces the same.
+#[test]
+fn cgo_build() {
+    let bin = target_path("1.24.11", "counting-cgo");
+    let mut target = Target::start(&bin, &["-maps=10", "-slices=20", "-objects=30"]);
+    let pid = target.pid.to_string();
+    let mut maptrace = Maptrace::start(&["--pid", &pid, "--json", "--no-live"]);
+    maptrace.wait_attached();
+    target.go();
+    let (_, status) = target.finish();
+    assert!(status.success());
+    let outcome = maptrace.finish();
+    assert!(outcome.status.success(), "{outcome:#?}");
+    let report = outcome.json();
+    for (f, n) in [("main.makeMaps", 10), ("main.makeSlices", 20), ("main.makeObjects", 30)] {
+        let rows = sites_at(&report, f);
+        assert_eq!(rows.len(), 1, "{f}: {rows:#?}");
+        assert_eq!(rows[0]["count"], n, "{f}: {:#}", rows[0]);
+    }
+}

@@ -1,0 +1,169 @@
+//! maptrace's kernel side: uprobes on the Go runtime's allocation functions.
+//!
+//! Each program copies registers and a stack into maps or the ring buffer and nothing more;
+//! what a record means is decided in userspace. Return values are read by uprobes placed on
+//! every RET instruction of a function (never uretprobes: they corrupt moved Go stacks), and
+//! state between entry and RET is keyed by goroutine, not thread (goroutines migrate, and an
+//! entry can fire twice when the stack grows: the second simply overwrites the first).
+#![no_std]
+#![no_main]
+
+mod go_abi;
+
+use aya_ebpf::{
+    bindings::BPF_F_USER_STACK,
+    helpers::{bpf_get_attach_cookie, bpf_get_stack, bpf_ktime_get_ns, bpf_probe_read_user},
+    macros::{map, uprobe},
+    maps::{LruHashMap, PerCpuArray, RingBuf},
+    programs::ProbeContext,
+    EbpfContext,
+};
+use tracer_common::{
+    AllocEntry, ConstructorCookie, ContainerEntry, ContainerKind, Record, RecordKind,
+    MAX_IN_FLIGHT, MAX_STACK_DEPTH, RING_BUFFER_BYTES,
+};
+
+/// Offset of `runtime.g.goid` in this target's runtime, set by userspace at load time.
+#[no_mangle]
+static GOID_OFFSET: u64 = 0;
+
+#[map]
+static RECORDS: RingBuf = RingBuf::with_byte_size(RING_BUFFER_BYTES, 0);
+
+/// Records that did not fit in the ring buffer (index 0), summed over CPUs by userspace.
+#[map]
+static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+#[map]
+static ALLOC_IN_FLIGHT: LruHashMap<u64, AllocEntry> =
+    LruHashMap::with_max_entries(MAX_IN_FLIGHT, 0);
+
+#[map]
+static CONSTRUCTOR_IN_FLIGHT: LruHashMap<u64, ContainerEntry> =
+    LruHashMap::with_max_entries(MAX_IN_FLIGHT, 0);
+
+/// Entry of `mallocgc` and its size-specialized variants: (size, typ, …).
+#[uprobe]
+pub fn alloc_entry(ctx: ProbeContext) -> u32 {
+    let entry = AllocEntry { size: go_abi::int_reg(&ctx, 0), type_ptr: go_abi::int_reg(&ctx, 1) };
+    let _ = ALLOC_IN_FLIGHT.insert(&go_abi::g(&ctx), &entry, 0);
+    0
+}
+
+/// A RET of the `mallocgc` family: the pointer is the first result.
+#[uprobe]
+pub fn alloc_ret(ctx: ProbeContext) -> u32 {
+    let g = go_abi::g(&ctx);
+    let Some(entry) = ALLOC_IN_FLIGHT.get_ptr(&g) else { return 0 };
+    // SAFETY: the value is copied out before the key is removed.
+    let entry = unsafe { *entry };
+    let _ = ALLOC_IN_FLIGHT.remove(&g);
+
+    let mut container = ContainerKind::None as u32;
+    if let Some(c) = CONSTRUCTOR_IN_FLIGHT.get_ptr_mut(&g) {
+        // SAFETY: per-goroutine key: only this goroutine's probes touch this entry.
+        unsafe {
+            if go_abi::stack_depth(&ctx, g) > (*c).depth {
+                (*c).alloc_count += 1;
+                (*c).bytes += entry.size;
+                container = (*c).kind;
+            }
+        }
+    }
+    emit(&ctx, g, RecordKind::Alloc, container, go_abi::int_reg(&ctx, 0), entry.size, entry.type_ptr, 1);
+    0
+}
+
+/// Entry of a slice or map constructor; the attach cookie says which kind and where its type is.
+/// A constructor called by another (makemap → makeslice for the swiss-map directory) belongs to
+/// the outer one, so a deeper entry does not replace a pending one.
+#[uprobe]
+pub fn constructor_entry(ctx: ProbeContext) -> u32 {
+    let g = go_abi::g(&ctx);
+    let depth = go_abi::stack_depth(&ctx, g);
+    if let Some(outer) = CONSTRUCTOR_IN_FLIGHT.get_ptr(&g) {
+        // SAFETY: per-goroutine key.
+        if depth > unsafe { (*outer).depth } {
+            return 0;
+        }
+    }
+    // SAFETY: the helper only reads the current probe's cookie.
+    let cookie = ConstructorCookie::decode(unsafe { bpf_get_attach_cookie(ctx.as_ptr()) });
+    let type_ptr = match cookie.type_arg {
+        Some(n) => go_abi::int_reg(&ctx, n),
+        None => 0,
+    };
+    let entry = ContainerEntry { kind: cookie.kind as u32, _pad: 0, depth, type_ptr, alloc_count: 0, bytes: 0 };
+    let _ = CONSTRUCTOR_IN_FLIGHT.insert(&g, &entry, 0);
+    0
+}
+
+/// A RET of a slice or map constructor: the outermost one reports (at the depth of its entry).
+/// One that allocated nothing (a stack buffer, a map that does not escape) reports nothing.
+#[uprobe]
+pub fn constructor_ret(ctx: ProbeContext) -> u32 {
+    let g = go_abi::g(&ctx);
+    let Some(entry) = CONSTRUCTOR_IN_FLIGHT.get_ptr(&g) else { return 0 };
+    // SAFETY: copied out before removal.
+    let entry = unsafe { *entry };
+    if go_abi::stack_depth(&ctx, g) != entry.depth {
+        return 0;
+    }
+    let _ = CONSTRUCTOR_IN_FLIGHT.remove(&g);
+    if entry.alloc_count > 0 {
+        emit(&ctx, g, RecordKind::Container, entry.kind, go_abi::int_reg(&ctx, 0), entry.bytes, entry.type_ptr, entry.alloc_count);
+    }
+    0
+}
+
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn emit(ctx: &ProbeContext, g: u64, kind: RecordKind, container: u32, ptr: u64, size: u64, type_ptr: u64, alloc_count: u64) {
+    let Some(mut slot) = RECORDS.reserve::<Record>(0) else {
+        if let Some(lost) = LOST.get_ptr_mut(0) {
+            // SAFETY: per-CPU slot, no concurrent writer.
+            unsafe { *lost += 1 };
+        }
+        return;
+    };
+    let r = slot.as_mut_ptr();
+    // SAFETY: `r` points to a reserved, exclusively owned Record-sized slot.
+    unsafe {
+        (*r).kind = kind as u32;
+        (*r).container = container;
+        (*r).goid = goid(g);
+        (*r).ptr = ptr;
+        (*r).size = size;
+        (*r).type_ptr = type_ptr;
+        (*r).alloc_count = alloc_count;
+        (*r).ktime_ns = bpf_ktime_get_ns();
+        (*r).caller_pc = go_abi::return_address(ctx);
+        (*r)._pad = 0;
+        let n = bpf_get_stack(
+            ctx.as_ptr(),
+            (*r).stack.as_mut_ptr().cast(),
+            (MAX_STACK_DEPTH * 8) as u32,
+            BPF_F_USER_STACK as u64,
+        );
+        (*r).stack_len = if n > 0 { (n as u32) / 8 } else { 0 };
+    }
+    slot.submit(0);
+}
+
+fn goid(g: u64) -> u64 {
+    // SAFETY: a plain read of a loader-initialised global; the user read is checked by the helper.
+    unsafe {
+        let off = core::ptr::read_volatile(&GOID_OFFSET);
+        bpf_probe_read_user((g + off) as *const u64).unwrap_or(0)
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[link_section = "license"]
+#[no_mangle]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,0 +1,56 @@
+//! Command-line interface.
+
+use std::time::Duration;
+
+use clap::Parser;
+
+const AFTER_HELP: &str = "\
+Examples:
+  sudo maptrace --pid 4242                 trace until Ctrl-C, then print the site table
+  sudo maptrace --pid 4242 -d 30s --json   trace for 30 seconds, write one JSON document
+
+What you see: while tracing, the top allocation sites are redrawn on stderr (a progress line
+when stderr is not a terminal). At the end, stdout gets one row per allocation site: the kind
+of value (map, slice, object), its Go type, how many were allocated, their bytes, and the
+allocation stack from the first non-runtime frame outwards. Slices and maps count once per
+make/append/growth, with the bytes of all the storage made for them.
+
+Cost: every allocation of the target traps into the kernel (full mode), which costs
+microseconds per allocation: use it for investigations, not on hot services for long.
+The target's behaviour is never changed: maptrace only reads its memory.
+
+Exit codes:
+  0  report printed (also when the target exits while traced)
+  1  internal error     2  bad command line    3  no such process
+  4  not a Go program   5  unsupported Go runtime   6  missing privileges
+  7  kernel lacks uprobes/BPF ring buffer   8  target binary deleted or replaced";
+
+/// Trace a running Go program's map, slice and object allocations with eBPF uprobes, without
+/// restarting it.
+#[derive(Debug, Parser)]
+#[command(name = "maptrace", version, after_help = AFTER_HELP)]
+pub struct Cli {
+    /// The Go process to trace.
+    #[arg(short, long, value_name = "PID")]
+    pub pid: u32,
+
+    /// Stop after this long (e.g. 500ms, 30s, 5m); default: until Ctrl-C or the target exits.
+    #[arg(short, long, value_name = "DURATION", value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+
+    /// Write the final report as one JSON document on stdout instead of a table.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Rows in the final table, largest first (JSON always has every site).
+    #[arg(long, value_name = "N", default_value_t = 25)]
+    pub top: usize,
+
+    /// No live view on stderr, even on a terminal.
+    #[arg(long)]
+    pub no_live: bool,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 500ms, 30s, 5m)"))
+}

@@ -1,0 +1,72 @@
+//! The failures a user can act on, each with its own exit code and a one-line message that says
+//! what to do.
+
+use std::fmt;
+
+/// A failure that ends maptrace. `Display` is the whole one-line message.
+#[derive(Debug)]
+pub enum Failure {
+    NoSuchProcess { pid: u32 },
+    NotGo { pid: u32, exe: String, why: String },
+    UnsupportedGo { version: String, why: String },
+    Privileges { missing: Vec<&'static str> },
+    KernelSupport { what: String },
+    BinaryGone { pid: u32, exe: String },
+    Other(anyhow::Error),
+}
+
+impl Failure {
+    /// Distinct per failure, documented in `--help`.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Failure::Other(_) => 1,
+            Failure::NoSuchProcess { .. } => 3,
+            Failure::NotGo { .. } => 4,
+            Failure::UnsupportedGo { .. } => 5,
+            Failure::Privileges { .. } => 6,
+            Failure::KernelSupport { .. } => 7,
+            Failure::BinaryGone { .. } => 8,
+        }
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::NoSuchProcess { pid } => {
+                write!(f, "no process with PID {pid}: check the PID with `pgrep -a NAME` (the process may have exited)")
+            }
+            Failure::NotGo { pid, exe, why } => write!(
+                f,
+                "PID {pid} ({exe}) is not a Go program ({why}): maptrace traces Go binaries only"
+            ),
+            Failure::UnsupportedGo { version, why } => write!(
+                f,
+                "unsupported Go runtime {version}: {why}; maptrace supports {}",
+                crate::probes::SUPPORTED_GO
+            ),
+            Failure::Privileges { missing } => write!(
+                f,
+                "missing privileges: {} needed (run with sudo, or grant them with `setcap cap_bpf,cap_perfmon,cap_sys_ptrace+ep maptrace`)",
+                missing.join(", ")
+            ),
+            Failure::KernelSupport { what } => write!(
+                f,
+                "this kernel cannot run maptrace's probes: {what} (needs Linux ≥ 5.15 with CONFIG_UPROBE_EVENTS, BPF ring buffer and BTF)"
+            ),
+            Failure::BinaryGone { pid, exe } => write!(
+                f,
+                "the binary of PID {pid} ({exe}) was deleted or replaced since it started: restart the program, then trace it"
+            ),
+            Failure::Other(e) => write!(f, "{e:#}"),
+        }
+    }
+}
+
+impl std::error::Error for Failure {}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Self {
+        Failure::Other(e)
+    }
+}

@@ -1,0 +1,18 @@
+//! maptrace: an eBPF uprobe allocation tracer for Go programs.
+//!
+//! One module per stage of the data flow: `process` and `target` (the live process and its
+//! binary) → `probes` (what to attach where, and attaching) → `events` (ring-buffer records)
+//! → `symbolize` / `gotype` (names) → `sites` (aggregation) → `report` (text and JSON);
+//! `trace` runs one session and `cli` is the command line.
+
+pub mod cli;
+pub mod error;
+pub mod events;
+pub mod gotype;
+pub mod probes;
+pub mod process;
+pub mod report;
+pub mod sites;
+pub mod symbolize;
+pub mod target;
+pub mod trace;

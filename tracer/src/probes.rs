@@ -1,0 +1,266 @@
+//! Which runtime functions to probe in a given Go binary, and attaching the eBPF programs there.
+//!
+//! Every probed function gets an entry uprobe plus one uprobe per RET instruction (Go moves
+//! goroutine stacks, so uretprobes would corrupt them). Per-version calling conventions are
+//! resolved here, once, into a [`ProbePlan`].
+
+use std::{num::NonZeroU32, time::Instant};
+
+use aya::{
+    maps::{MapData, PerCpuArray, RingBuf},
+    programs::{
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
+        UProbe,
+    },
+    Ebpf, EbpfLoader,
+};
+use tracer_common::{ConstructorCookie, ContainerKind};
+
+use crate::{
+    error::Failure,
+    process::Process,
+    target::{Function, GoBinary, GoVersion},
+};
+
+/// The runtimes maptrace knows the calling conventions of.
+pub const SUPPORTED_GO: &str = "go1.19 through go1.27";
+
+/// What a probed function's registers mean to the eBPF programs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// The `mallocgc` family: (size, typ, …) → ptr.
+    Alloc,
+    /// A slice or map constructor; its heap allocations belong to the value it returns.
+    Constructor(ConstructorCookie),
+}
+
+#[derive(Clone, Debug)]
+pub struct ProbePoint {
+    pub function: Function,
+    pub role: Role,
+    pub rets: Vec<u64>,
+}
+
+/// The functions to probe in one binary.
+#[derive(Debug)]
+pub struct ProbePlan {
+    pub points: Vec<ProbePoint>,
+}
+
+/// Slices' element type argument of `growslice`: `(et, old slice, cap)` until Go 1.19,
+/// `(oldPtr, newLen, oldCap, num, et)` from Go 1.20 (src/runtime/slice.go).
+fn growslice_type_arg(v: &GoVersion) -> u8 {
+    if v.minor <= 19 {
+        0
+    } else {
+        4
+    }
+}
+
+fn check_supported(v: &GoVersion) -> Result<(), Failure> {
+    if v.major != 1 || v.minor < 19 {
+        return Err(Failure::UnsupportedGo {
+            version: v.raw.clone(),
+            why: "too old (maptrace needs the register ABI of Go 1.19+)".into(),
+        });
+    }
+    if v.minor > 27 {
+        return Err(Failure::UnsupportedGo {
+            version: v.raw.clone(),
+            why: "newer than this maptrace knows; upgrade maptrace".into(),
+        });
+    }
+    Ok(())
+}
+
+/// Size-specialized malloc entry points (Go 1.27 default, 1.26 with an experiment) are called
+/// directly by compiled code, bypassing `mallocgc`; their names follow one pattern.
+fn is_size_specialized_malloc(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix("runtime.mallocgc") else { return false };
+    let Some(rest) = ["TinySize", "TinySC", "SmallNoScanSC", "SmallScanNoHeaderSC"]
+        .iter()
+        .find_map(|p| rest.strip_prefix(p))
+    else {
+        return false;
+    };
+    !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_digit())
+}
+
+impl ProbePlan {
+    pub fn for_binary(bin: &GoBinary) -> Result<Self, Failure> {
+        let version = bin.version();
+        check_supported(version)?;
+        let slice = |arg| Role::Constructor(ConstructorCookie { kind: ContainerKind::Slice, type_arg: Some(arg) });
+        let map = |arg| Role::Constructor(ConstructorCookie { kind: ContainerKind::Map, type_arg: arg });
+        let growslice = slice(growslice_type_arg(version));
+
+        let mut wanted: Vec<(&Function, Role)> = Vec::new();
+        for f in bin.functions() {
+            let role = match f.name.as_str() {
+                "runtime.mallocgc" => Role::Alloc,
+                n if is_size_specialized_malloc(n) => Role::Alloc,
+                "runtime.makeslice" | "runtime.makeslice64" | "runtime.makeslicecopy" => slice(0),
+                "runtime.growslice" | "runtime.growsliceNoAlias" | "runtime.growsliceBuf"
+                | "runtime.growsliceBufNoAlias" => growslice,
+                "runtime.makemap" | "runtime.makemap64" => map(Some(0)),
+                "runtime.makemap_small" => map(None),
+                _ => continue,
+            };
+            wanted.push((f, role));
+        }
+        if !wanted.iter().any(|(f, _)| f.name == "runtime.mallocgc") {
+            return Err(Failure::UnsupportedGo {
+                version: version.raw.clone(),
+                why: "runtime.mallocgc not found in the symbol table or pclntab".into(),
+            });
+        }
+        let mut points = Vec::with_capacity(wanted.len());
+        for (f, role) in wanted {
+            let rets = bin
+                .ret_sites(f)
+                .map_err(|e| Failure::Other(anyhow::anyhow!("finding RET instructions of {}: {e}", f.name)))?;
+            points.push(ProbePoint { function: f.clone(), role, rets });
+        }
+        Ok(Self { points })
+    }
+
+    pub fn uprobe_count(&self) -> usize {
+        self.points.iter().map(|p| 1 + p.rets.len()).sum()
+    }
+}
+
+/// The loaded eBPF programs, attached to one process. Dropping it detaches every probe (the
+/// kernel also removes them if maptrace is killed: they live as long as its descriptors).
+pub struct Tracer {
+    ebpf: Ebpf,
+    pub attached: usize,
+    pub attach_time: std::time::Duration,
+}
+
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("MAPTRACE_EBPF_OBJECT"));
+
+impl Tracer {
+    pub fn attach(bin: &GoBinary, process: &Process, plan: &ProbePlan) -> Result<Self, Failure> {
+        let start = Instant::now();
+        let goid_offset = bin.layout().goid_offset;
+        let mut ebpf = EbpfLoader::new()
+            .override_global("GOID_OFFSET", &goid_offset, true)
+            .load(EBPF_OBJECT)
+            .map_err(|e| load_failure(&e))?;
+        for name in ["alloc_entry", "alloc_ret", "constructor_entry", "constructor_ret"] {
+            let prog: &mut UProbe = program(&mut ebpf, name)?;
+            prog.load().map_err(|e| load_failure(&e))?;
+        }
+        let pid = NonZeroU32::new(process.pid).ok_or(Failure::NoSuchProcess { pid: 0 })?;
+        let mut attached = 0;
+        for point in &plan.points {
+            let (entry_prog, ret_prog, cookie) = match point.role {
+                Role::Alloc => ("alloc_entry", "alloc_ret", None),
+                Role::Constructor(c) => ("constructor_entry", "constructor_ret", Some(c.encode())),
+            };
+            let sites = std::iter::once((entry_prog, point.function.entry, cookie))
+                .chain(point.rets.iter().map(|&r| (ret_prog, r, None)));
+            for (prog_name, vaddr, cookie) in sites {
+                let offset = bin.file_offset(vaddr).ok_or_else(|| {
+                    Failure::Other(anyhow::anyhow!("{}: address {vaddr:#x} is not in the file", point.function.name))
+                })?;
+                let prog: &mut UProbe = program(&mut ebpf, prog_name)?;
+                let at = UProbeAttachPoint { location: UProbeAttachLocation::AbsoluteOffset(offset), cookie };
+                prog.attach(at, &process.exe_path, UProbeScope::OneProcess(pid)).map_err(|e| {
+                    if !process.is_alive() {
+                        Failure::NoSuchProcess { pid: process.pid }
+                    } else {
+                        attach_failure(&point.function.name, &e)
+                    }
+                })?;
+                attached += 1;
+            }
+        }
+        Ok(Self { ebpf, attached, attach_time: start.elapsed() })
+    }
+
+    /// The ring buffer of [`tracer_common::Record`]s (can be taken once).
+    pub fn take_records(&mut self) -> anyhow::Result<RingBuf<MapData>> {
+        let map = self.ebpf.take_map("RECORDS").ok_or_else(|| anyhow::anyhow!("RECORDS map missing"))?;
+        Ok(RingBuf::try_from(map)?)
+    }
+
+    /// Records the kernel dropped because the ring buffer was full.
+    pub fn lost_records(&self) -> u64 {
+        self.ebpf
+            .map("LOST")
+            .and_then(|m| PerCpuArray::<_, u64>::try_from(m).ok())
+            .and_then(|a| a.get(&0, 0).ok())
+            .map(|per_cpu| per_cpu.iter().sum())
+            .unwrap_or(0)
+    }
+}
+
+fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut UProbe, Failure> {
+    ebpf.program_mut(name)
+        .ok_or_else(|| Failure::Other(anyhow::anyhow!("eBPF program {name} missing from the object")))?
+        .try_into()
+        .map_err(|e| Failure::Other(anyhow::anyhow!("eBPF program {name}: {e}")))
+}
+
+fn load_failure(e: &dyn std::error::Error) -> Failure {
+    let text = error_chain(e);
+    if text.contains("Operation not permitted") {
+        // With every capability present, EPERM means a lockdown or a seccomp filter refused BPF.
+        let missing = crate::process::missing_capabilities();
+        Failure::Privileges { missing: if missing.is_empty() { vec!["CAP_BPF"] } else { missing } }
+    } else {
+        Failure::KernelSupport { what: format!("loading the eBPF programs failed: {text}") }
+    }
+}
+
+fn attach_failure(function: &str, e: &dyn std::error::Error) -> Failure {
+    let text = error_chain(e);
+    if text.contains("Operation not permitted") {
+        Failure::Privileges { missing: vec!["CAP_PERFMON"] }
+    } else if text.contains("No such file") && text.contains("uprobe") {
+        Failure::KernelSupport { what: format!("uprobes unavailable: {text}") }
+    } else {
+        Failure::Other(anyhow::anyhow!("attaching to {function}: {text}"))
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn size_specialized_names() {
+        for yes in [
+            "runtime.mallocgcTinySC2",
+            "runtime.mallocgcSmallNoScanSC7",
+            "runtime.mallocgcSmallScanNoHeaderSC1",
+            "runtime.mallocgcTinySize15",
+            "runtime.mallocgcSmallNoScanSC26",
+        ] {
+            assert!(is_size_specialized_malloc(yes), "{yes}");
+        }
+        for no in [
+            "runtime.mallocgc",
+            "runtime.mallocgcTiny",
+            "runtime.mallocgcSmallNoScan",
+            "runtime.mallocgcSmallNoScanSC",
+            "runtime.mallocgcTinySlowPath",
+            "runtime.mallocgcSmallScanHeader",
+            "main.mallocgcSmallNoScanSC2",
+        ] {
+            assert!(!is_size_specialized_malloc(no), "{no}");
+        }
+    }
+}

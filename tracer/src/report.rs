@@ -1,0 +1,179 @@
+//! The final report: what was traced, and the allocation-site table, as text or one JSON document.
+
+use std::io::{self, Write};
+
+use serde::Serialize;
+
+use crate::sites::{SiteRow, Totals};
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub maptrace_version: &'static str,
+    pub target: TargetInfo,
+    /// Every allocation is trapped ("full"); the sampled mode is not built yet.
+    pub mode: &'static str,
+    pub duration_seconds: f64,
+    /// "duration", "interrupted" or "target exited".
+    pub ended_by: &'static str,
+    pub probes: ProbeInfo,
+    pub totals: Totals,
+    /// Records the kernel could not queue (ring buffer full): counts above are short by these.
+    pub lost_records: u64,
+    pub sites: Vec<SiteRow>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct TargetInfo {
+    pub pid: u32,
+    pub binary: String,
+    pub go_version: String,
+    pub experiments: Vec<String>,
+    /// No symbol table: names come from pclntab, struct offsets from the version table.
+    pub stripped: bool,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ProbeInfo {
+    pub functions: Vec<String>,
+    pub uprobes: usize,
+    pub attach_seconds: f64,
+}
+
+/// Human-readable sizes: 512 B, 4.0 KiB, 1.5 MiB.
+pub fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if b < 1024 {
+        return format!("{b} B");
+    }
+    let mut v = b as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
+}
+
+impl Report {
+    pub fn write_json(&self, w: &mut dyn Write) -> io::Result<()> {
+        serde_json::to_writer_pretty(&mut *w, self)?;
+        writeln!(w)
+    }
+
+    pub fn write_text(&self, w: &mut dyn Write) -> io::Result<()> {
+        let t = &self.target;
+        writeln!(
+            w,
+            "maptrace {}: PID {} {} ({}{}), {} mode, {:.1} s ({}), {} probes on {} functions",
+            self.maptrace_version,
+            t.pid,
+            t.binary,
+            t.go_version,
+            if t.stripped { ", stripped" } else { "" },
+            self.mode,
+            self.duration_seconds,
+            self.ended_by,
+            self.probes.uprobes,
+            self.probes.functions.len(),
+        )?;
+        writeln!(
+            w,
+            "{} heap allocations, {} in all; {} records, {} lost{}",
+            self.totals.heap_allocations,
+            human_bytes(self.totals.heap_bytes),
+            self.totals.records,
+            self.lost_records,
+            if self.lost_records > 0 { " (ring buffer full: counts are short by that much)" } else { "" },
+        )?;
+        if self.sites.is_empty() {
+            return writeln!(w, "\nno allocations seen");
+        }
+        writeln!(w)?;
+        write_table(w, &self.sites, usize::MAX)
+    }
+}
+
+/// The site table: one line per site, then its callers indented.
+pub fn write_table(w: &mut dyn Write, rows: &[SiteRow], caller_lines: usize) -> io::Result<()> {
+    let type_width = rows.iter().map(|r| r.type_name.chars().count()).max().unwrap_or(4).clamp(4, 48);
+    writeln!(w, "{:<6} {:>9} {:>10}  {:<type_width$}  SITE", "KIND", "COUNT", "BYTES", "TYPE")?;
+    for r in rows {
+        let (site, callers) = match r.stack.split_first() {
+            Some((s, rest)) => (format!("{} {}:{}", s.function, s.file, s.line), rest),
+            None => ("(runtime)".to_string(), &r.stack[..0]),
+        };
+        writeln!(
+            w,
+            "{:<6} {:>9} {:>10}  {:<type_width$}  {}",
+            r.kind.as_str(),
+            r.count,
+            human_bytes(r.bytes),
+            r.type_name,
+            site
+        )?;
+        for c in callers.iter().take(caller_lines) {
+            writeln!(w, "{:>width$}← {} {}:{}", "", c.function, c.file, c.line, width = 30 + type_width)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sites::{FrameRow, ValueKind};
+
+    fn report() -> Report {
+        Report {
+            maptrace_version: "0.1.0",
+            target: TargetInfo { pid: 42, binary: "/bin/demo".into(), go_version: "go1.24.11".into(), experiments: vec![], stripped: true },
+            mode: "full",
+            duration_seconds: 1.5,
+            ended_by: "target exited",
+            probes: ProbeInfo { functions: vec!["runtime.mallocgc".into()], uprobes: 4, attach_seconds: 0.2 },
+            totals: Totals { heap_allocations: 3, heap_bytes: 5000, records: 4 },
+            lost_records: 0,
+            sites: vec![SiteRow {
+                kind: ValueKind::Map,
+                type_name: "map[string]*main.Session".into(),
+                count: 3,
+                bytes: 5000,
+                stack: vec![
+                    FrameRow { function: "main.put".into(), file: "/src/main.go".into(), line: 12, pc: "0x1".into() },
+                    FrameRow { function: "main.main".into(), file: "/src/main.go".into(), line: 30, pc: "0x2".into() },
+                ],
+            }],
+        }
+    }
+
+    #[test]
+    fn text_names_everything_a_reader_needs() {
+        let mut out = Vec::new();
+        report().write_text(&mut out).unwrap();
+        let s = String::from_utf8(out).unwrap();
+        assert!(s.contains("PID 42 /bin/demo (go1.24.11, stripped), full mode"), "{s}");
+        assert!(s.contains("map[string]*main.Session"), "{s}");
+        assert!(s.contains("4.9 KiB"), "{s}");
+        assert!(s.contains("main.put /src/main.go:12"), "{s}");
+        assert!(s.contains("← main.main /src/main.go:30"), "{s}");
+    }
+
+    #[test]
+    fn json_is_one_document_with_the_rows() {
+        let mut out = Vec::new();
+        report().write_json(&mut out).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["sites"][0]["kind"], "map");
+        assert_eq!(v["sites"][0]["type"], "map[string]*main.Session");
+        assert_eq!(v["sites"][0]["stack"][0]["function"], "main.put");
+        assert_eq!(v["target"]["go_version"], "go1.24.11");
+        assert_eq!(v["lost_records"], 0);
+    }
+
+    #[test]
+    fn human_sizes() {
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(4096), "4.0 KiB");
+        assert_eq!(human_bytes(3 << 20), "3.0 MiB");
+    }
+}

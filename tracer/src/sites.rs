@@ -1,0 +1,297 @@
+//! Aggregating allocation events by allocation site: the first non-runtime frame of the stack,
+//! the kind of Go value (map, slice, other object) and its type.
+
+use std::{collections::HashMap, sync::Arc};
+
+use serde::Serialize;
+use tracer_common::{ContainerKind, RecordKind};
+
+use crate::{
+    events::Event,
+    gotype::GoType,
+    symbolize::{is_map_function, is_runtime_function},
+    target::Frame,
+};
+
+/// Names for program counters and type pointers (the live process, or a fake in tests).
+pub trait Resolve {
+    /// `pc` is exact: callers subtract one from return addresses.
+    fn frame(&mut self, pc: u64) -> Option<Arc<Frame>>;
+    fn go_type(&mut self, type_ptr: u64) -> Option<Arc<GoType>>;
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ValueKind {
+    Map,
+    Slice,
+    Object,
+}
+
+impl ValueKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ValueKind::Map => "map",
+            ValueKind::Slice => "slice",
+            ValueKind::Object => "object",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct SiteKey {
+    /// Return address into the site's function (0 when no user frame was captured).
+    site_pc: u64,
+    kind: ValueKind,
+    /// `*abi.Type` of the allocation, or the element/map type of a constructor.
+    type_ptr: u64,
+}
+
+#[derive(Clone, Debug)]
+struct SiteStats {
+    count: u64,
+    bytes: u64,
+    /// Return addresses from the site outwards, as first seen.
+    callers: Vec<u64>,
+}
+
+/// Running totals over every record, whether or not it became a row.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct Totals {
+    /// Heap blocks returned by the mallocgc family.
+    pub heap_allocations: u64,
+    pub heap_bytes: u64,
+    /// Ring-buffer records decoded.
+    pub records: u64,
+}
+
+/// The allocation-site table.
+#[derive(Default)]
+pub struct SiteTable {
+    sites: HashMap<SiteKey, SiteStats>,
+    pub totals: Totals,
+}
+
+/// One row of the final table, with names resolved.
+#[derive(Clone, Debug, Serialize)]
+pub struct SiteRow {
+    pub kind: ValueKind,
+    #[serde(rename = "type")]
+    pub type_name: String,
+    pub count: u64,
+    pub bytes: u64,
+    /// The site function, then its callers (outermost last).
+    pub stack: Vec<FrameRow>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct FrameRow {
+    pub function: String,
+    pub file: String,
+    pub line: u32,
+    pub pc: String,
+}
+
+/// How many caller frames a row keeps.
+const ROW_DEPTH: usize = 8;
+
+impl SiteTable {
+    pub fn add(&mut self, ev: &Event, names: &mut dyn Resolve) {
+        self.totals.records += 1;
+        if ev.kind == RecordKind::Alloc {
+            self.totals.heap_allocations += 1;
+            self.totals.heap_bytes += ev.size;
+            // Storage of a slice or map being constructed is reported with its constructor.
+            if ev.container != ContainerKind::None {
+                return;
+            }
+        }
+        // stack[0] is inside the probed runtime function; the rest are return addresses.
+        let mut kind = match ev.container {
+            ContainerKind::Map => ValueKind::Map,
+            ContainerKind::Slice => ValueKind::Slice,
+            ContainerKind::None => ValueKind::Object,
+        };
+        let mut site = None;
+        for (i, &pc) in ev.stack.iter().enumerate().skip(1) {
+            let Some(f) = names.frame(pc.wrapping_sub(1)) else { continue };
+            if !is_runtime_function(&f.function) {
+                site = Some(i);
+                break;
+            }
+            if kind == ValueKind::Object && is_map_function(&f.function) {
+                kind = ValueKind::Map;
+            }
+        }
+        let (site_pc, callers) = match site {
+            Some(i) => (ev.stack[i], &ev.stack[i..]),
+            None => (0, &ev.stack[..0]),
+        };
+        let key = SiteKey { site_pc, kind, type_ptr: ev.type_ptr };
+        let stats = self.sites.entry(key).or_insert_with(|| SiteStats {
+            count: 0,
+            bytes: 0,
+            callers: user_callers(callers, names),
+        });
+        stats.count += 1;
+        stats.bytes += ev.size;
+    }
+
+    pub fn len(&self) -> usize {
+        self.sites.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sites.is_empty()
+    }
+
+    /// Rows sorted by bytes, then count, largest first; at most `limit`.
+    pub fn rows(&self, names: &mut dyn Resolve, limit: usize) -> Vec<SiteRow> {
+        let mut keys: Vec<(&SiteKey, &SiteStats)> = self.sites.iter().collect();
+        keys.sort_by(|a, b| (b.1.bytes, b.1.count, a.0.site_pc).cmp(&(a.1.bytes, a.1.count, b.0.site_pc)));
+        keys.into_iter()
+            .take(limit)
+            .map(|(k, s)| SiteRow {
+                kind: k.kind,
+                type_name: type_name(k, names),
+                count: s.count,
+                bytes: s.bytes,
+                stack: s
+                    .callers
+                    .iter()
+                    .map(|&pc| {
+                        let f = names.frame(pc.wrapping_sub(1));
+                        FrameRow {
+                            function: f.as_ref().map_or_else(|| "?".to_string(), |f| f.function.clone()),
+                            file: f.as_ref().map_or_else(String::new, |f| f.file.clone()),
+                            line: f.as_ref().map_or(0, |f| f.line),
+                            pc: format!("{pc:#x}"),
+                        }
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+}
+
+/// The site and its callers up to the runtime frames that started the goroutine
+/// (runtime.main, runtime.goexit): those say nothing about the program.
+fn user_callers(callers: &[u64], names: &mut dyn Resolve) -> Vec<u64> {
+    let mut out = Vec::with_capacity(callers.len().min(ROW_DEPTH));
+    for (i, &pc) in callers.iter().enumerate().take(ROW_DEPTH) {
+        let runtime = names.frame(pc.wrapping_sub(1)).is_some_and(|f| is_runtime_function(&f.function));
+        if i > 0 && runtime {
+            break;
+        }
+        out.push(pc);
+    }
+    out
+}
+
+fn type_name(k: &SiteKey, names: &mut dyn Resolve) -> String {
+    let t = names.go_type(k.type_ptr);
+    match (k.kind, t) {
+        // Constructors of slices carry the element type.
+        (ValueKind::Slice, Some(t)) => format!("[]{}", t.name),
+        (ValueKind::Slice, None) => "[]?".into(),
+        (_, Some(t)) => t.name.clone(),
+        // makemap_small is not passed the map's type.
+        (ValueKind::Map, None) if k.type_ptr == 0 => "map (untyped)".into(),
+        // Since Go 1.25 escaping pointer-free locals may share one untyped allocation.
+        (ValueKind::Object, None) if k.type_ptr == 0 => "(untyped noscan)".into(),
+        (_, None) => format!("? (type at {:#x})", k.type_ptr),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::tests::record;
+
+    /// PCs 0x1000.. are runtime functions, 0x2000.. user functions; types by pointer.
+    struct Fake;
+
+    impl Resolve for Fake {
+        fn frame(&mut self, pc: u64) -> Option<Arc<Frame>> {
+            let function = match pc {
+                0x1000..=0x10ff => "runtime.mallocgc",
+                0x1100..=0x11ff => "runtime.makeslice",
+                0x1200..=0x12ff => "runtime.mapassign_faststr",
+                0x2000..=0x20ff => "main.makeThings",
+                0x2100..=0x21ff => "main.main",
+                _ => return None,
+            };
+            Some(Arc::new(Frame { function: function.into(), file: "/src/main.go".into(), line: (pc & 0xff) as u32, entry: pc & !0xff }))
+        }
+
+        fn go_type(&mut self, type_ptr: u64) -> Option<Arc<GoType>> {
+            let name = match type_ptr {
+                0x4a0000 => "main.Node",
+                0x4b0000 => "uint8",
+                0x4c0000 => "map[string]int",
+                0x4d0000 => "noalg.map.bucket[string]int",
+                _ => return None,
+            };
+            Some(Arc::new(GoType { name: name.into(), size: 48 }))
+        }
+    }
+
+    fn event(kind: RecordKind, container: ContainerKind, stack: &[u64], type_ptr: u64, size: u64) -> Event {
+        let mut r = record(kind, container, stack, 0);
+        r.type_ptr = type_ptr;
+        r.size = size;
+        Event::from_record(&r).unwrap()
+    }
+
+    #[test]
+    fn objects_slices_and_maps_get_their_own_rows() {
+        let mut t = SiteTable::default();
+        let obj = event(RecordKind::Alloc, ContainerKind::None, &[0x1000, 0x2010, 0x2110], 0x4a0000, 48);
+        let inner = event(RecordKind::Alloc, ContainerKind::Slice, &[0x1000, 0x1110, 0x2020, 0x2110], 0x4b0000, 4096);
+        let slice = event(RecordKind::Container, ContainerKind::Slice, &[0x1100, 0x2020, 0x2110], 0x4b0000, 4096);
+        let map = event(RecordKind::Container, ContainerKind::Map, &[0x1100, 0x2030, 0x2110], 0x4c0000, 400);
+        let growth = event(RecordKind::Alloc, ContainerKind::None, &[0x1000, 0x1210, 0x2040, 0x2110], 0x4d0000, 800);
+        for e in [&obj, &obj, &inner, &slice, &map, &growth] {
+            t.add(e, &mut Fake);
+        }
+        let rows = t.rows(&mut Fake, 10);
+        let find = |k: ValueKind, ty: &str| rows.iter().find(|r| r.kind == k && r.type_name == ty).cloned();
+        let o = find(ValueKind::Object, "main.Node").expect("object row");
+        assert_eq!((o.count, o.bytes), (2, 96));
+        assert_eq!(o.stack[0].function, "main.makeThings");
+        assert_eq!(o.stack[0].line, 0x0f);
+        assert_eq!(o.stack[1].function, "main.main");
+        let s = find(ValueKind::Slice, "[]uint8").expect("slice row");
+        assert_eq!((s.count, s.bytes), (1, 4096), "the inner allocation is not counted twice");
+        let m = find(ValueKind::Map, "map[string]int").expect("map row");
+        assert_eq!((m.count, m.bytes), (1, 400));
+        let g = find(ValueKind::Map, "noalg.map.bucket[string]int").expect("map growth row");
+        assert_eq!(g.count, 1);
+        assert_eq!(rows.len(), 4);
+        assert_eq!(t.totals.heap_allocations, 4);
+        assert_eq!(t.totals.heap_bytes, 48 + 48 + 4096 + 800);
+        assert_eq!(t.totals.records, 6);
+        assert_eq!(rows[0].type_name, "[]uint8", "sorted by bytes");
+    }
+
+    #[test]
+    fn untyped_and_unknown_types_are_named_honestly() {
+        let mut t = SiteTable::default();
+        t.add(&event(RecordKind::Container, ContainerKind::Map, &[0x1100, 0x2030], 0, 48), &mut Fake);
+        t.add(&event(RecordKind::Alloc, ContainerKind::None, &[0x1000, 0x2030], 0, 24), &mut Fake);
+        t.add(&event(RecordKind::Alloc, ContainerKind::None, &[0x1000, 0x2030], 0x999, 24), &mut Fake);
+        let names: Vec<String> = t.rows(&mut Fake, 10).into_iter().map(|r| r.type_name).collect();
+        assert!(names.contains(&"map (untyped)".to_string()));
+        assert!(names.contains(&"(untyped noscan)".to_string()));
+        assert!(names.contains(&"? (type at 0x999)".to_string()));
+    }
+
+    #[test]
+    fn a_stack_with_only_runtime_frames_has_an_empty_site() {
+        let mut t = SiteTable::default();
+        t.add(&event(RecordKind::Alloc, ContainerKind::None, &[0x1000, 0x1010], 0x4a0000, 48), &mut Fake);
+        let rows = t.rows(&mut Fake, 10);
+        assert_eq!(rows.len(), 1);
+        assert!(rows[0].stack.is_empty());
+    }
+}

@@ -1,0 +1,67 @@
+//! Program counters → function, file:line, from the binary's pclntab (works on stripped binaries).
+
+use std::{collections::HashMap, sync::Arc};
+
+use crate::target::{Frame, GoBinary};
+
+/// Memoizing symbolizer for one process image.
+pub struct Symbolizer<'a> {
+    binary: &'a GoBinary,
+    /// Runtime address minus link-time address (non-zero for PIE builds).
+    load_bias: u64,
+    cache: HashMap<u64, Option<Arc<Frame>>>,
+}
+
+impl<'a> Symbolizer<'a> {
+    pub fn new(binary: &'a GoBinary, load_bias: u64) -> Self {
+        Self { binary, load_bias, cache: HashMap::new() }
+    }
+
+    /// The frame executing `pc`. Pass a return address minus one so the call's own line is found.
+    pub fn frame(&mut self, pc: u64) -> Option<Arc<Frame>> {
+        let (binary, bias) = (self.binary, self.load_bias);
+        self.cache
+            .entry(pc)
+            .or_insert_with(|| binary.symbolize(pc.wrapping_sub(bias)).map(Arc::new))
+            .clone()
+    }
+
+    /// Frames of a captured stack (`stack[0]` is the probed instruction, the rest return addresses).
+    pub fn stack(&mut self, stack: &[u64]) -> Vec<(u64, Option<Arc<Frame>>)> {
+        stack
+            .iter()
+            .enumerate()
+            .map(|(i, &pc)| (pc, self.frame(if i == 0 { pc } else { pc.wrapping_sub(1) })))
+            .collect()
+    }
+}
+
+/// Functions of the Go runtime itself: they are never the "site" of an allocation.
+pub fn is_runtime_function(name: &str) -> bool {
+    name.starts_with("runtime.") || name.starts_with("internal/runtime/") || name.starts_with("runtime/internal/")
+}
+
+/// Runtime functions that work on maps: an allocation below one is map storage.
+pub fn is_map_function(name: &str) -> bool {
+    name.starts_with("internal/runtime/maps.")
+        || ["runtime.map", "runtime.hashGrow", "runtime.growWork", "runtime.makeBucketArray", "runtime.newoverflow"]
+            .iter()
+            .any(|p| name.starts_with(p))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runtime_and_map_functions() {
+        assert!(is_runtime_function("runtime.mallocgc"));
+        assert!(is_runtime_function("internal/runtime/maps.newarray"));
+        assert!(!is_runtime_function("runtime/pprof.StartCPUProfile"));
+        assert!(!is_runtime_function("main.main"));
+        assert!(is_map_function("runtime.mapassign_faststr"));
+        assert!(is_map_function("internal/runtime/maps.(*Map).growToTable"));
+        assert!(is_map_function("runtime.hashGrow"));
+        assert!(!is_map_function("runtime.makeslice"));
+    }
+}

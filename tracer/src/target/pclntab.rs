@@ -1,0 +1,284 @@
+//! The Go pclntab (`runtime/symtab.go`, `internal/abi/symtab.go`): every Go function's name, bounds and pc→file:line
+//! tables. It is what makes stripped binaries usable, since Go needs it at run time and never strips it. Layout
+//! (Go 1.18+): a header `{magic, pad, minLC, ptrSize, nfunc, nfiles, textStart, funcnameOffset, cuOffset,
+//! filetabOffset, pctabOffset, pclnOffset}`, then the tables at those offsets; the functab (at pclnOffset) holds
+//! `nfunc + 1` pairs `{entryoff, funcoff}` whose last entryoff is the end of text.
+
+use super::bytes::{cstr_at, u32_at, u64_at, uvarint};
+use super::elf::Image;
+use super::layout::ModuledataOffsets;
+use super::moduledata::{self, Module};
+use super::{Arch, Function, GoVersion, TargetError};
+
+/// Go 1.18–1.19.
+const MAGIC_GO118: u32 = 0xffff_fff0;
+/// Go 1.20 and later (unchanged through 1.27).
+const MAGIC_GO120: u32 = 0xffff_fff1;
+const HEADER_LEN: usize = 72;
+
+/// `_func` field offsets; unchanged from 1.18 to 1.27 (1.20 appended `startLine` after `cuOffset`).
+const FUNC_ENTRYOFF: usize = 0;
+const FUNC_NAMEOFF: usize = 4;
+const FUNC_PCFILE: usize = 20;
+const FUNC_PCLN: usize = 24;
+const FUNC_CUOFFSET: usize = 32;
+
+#[derive(Debug)]
+pub(crate) struct Header {
+    quantum: u8,
+    nfunc: usize,
+    /// Absolute address of text, or 0: Go 1.26 stopped writing it.
+    pub text_start: u64,
+    // Table offsets from the start of the header.
+    pub funcname: usize,
+    pub cu: usize,
+    pub filetab: usize,
+    pub pctab: usize,
+    pub pcln: usize,
+}
+
+impl Header {
+    fn parse(data: &[u8], arch: Arch, version: &GoVersion) -> Result<Header, TargetError> {
+        let corrupt = |what: &str| TargetError::corrupt(format!("pclntab header: {what}"));
+        let head = data.get(..HEADER_LEN).ok_or_else(|| corrupt("cut short"))?;
+        let magic = u32_at(head, 0).unwrap_or_default();
+        if magic != MAGIC_GO118 && magic != MAGIC_GO120 {
+            return Err(TargetError::UnsupportedVersion {
+                version: version.raw.clone(),
+                reason: format!("unknown pclntab format (magic {magic:#x})"),
+            });
+        }
+        let want_quantum = match arch {
+            Arch::Amd64 => 1,
+            Arch::Arm64 => 4,
+        };
+        if head[4..6] != [0, 0] || head[6] != want_quantum || head[7] != 8 {
+            return Err(corrupt("bad pad, instruction size or pointer size"));
+        }
+        let field = |i: usize| u64_at(head, 8 + 8 * i).unwrap_or_default();
+        let offset = |i: usize| {
+            usize::try_from(field(i))
+                .ok()
+                .filter(|&o| (HEADER_LEN..data.len()).contains(&o))
+                .ok_or_else(|| corrupt("table offset out of range"))
+        };
+        Ok(Header {
+            quantum: head[6],
+            nfunc: usize::try_from(field(0)).map_err(|_| corrupt("nfunc"))?,
+            text_start: field(2),
+            funcname: offset(3)?,
+            cu: offset(4)?,
+            filetab: offset(5)?,
+            pctab: offset(6)?,
+            pcln: offset(7)?,
+        })
+    }
+}
+
+pub(crate) struct Pclntab {
+    /// File offset of the header; the table is `bytes[start..start + len]`.
+    start: usize,
+    len: usize,
+    hdr: Header,
+    /// Each function's `_func` offset in the pcln table, in the order of [`super::GoBinary::functions`].
+    funcoffs: Vec<u32>,
+}
+
+pub(crate) struct Loaded {
+    pub table: Pclntab,
+    pub functions: Vec<Function>,
+    pub module: Option<Module>,
+}
+
+impl Pclntab {
+    /// Finds the pclntab (the `.gopclntab` section, or by its magic where there is none: PIE binaries before 1.27
+    /// keep it inside `.data.rel.ro`), the moduledata that points at it, and lists the functions.
+    pub fn load(
+        image: &Image,
+        bytes: &[u8],
+        version: &GoVersion,
+        offsets: &ModuledataOffsets,
+    ) -> Result<Loaded, TargetError> {
+        let candidates: Vec<(u64, usize, usize)> = match image.section(".gopclntab") {
+            Some(s) => {
+                let off = s
+                    .offset
+                    .ok_or_else(|| TargetError::corrupt(".gopclntab has no contents"))?;
+                vec![(s.addr, off as usize, s.size as usize)]
+            }
+            None => scan(image, bytes),
+        };
+        let mut error = TargetError::NotGo("no Go pclntab".into());
+        for (vaddr, start, len) in candidates {
+            match Pclntab::load_at(image, bytes, vaddr, start, len, version, offsets) {
+                Ok(loaded) => return Ok(loaded),
+                Err(e) => error = e,
+            }
+        }
+        Err(error)
+    }
+
+    fn load_at(
+        image: &Image,
+        bytes: &[u8],
+        vaddr: u64,
+        start: usize,
+        len: usize,
+        version: &GoVersion,
+        offsets: &ModuledataOffsets,
+    ) -> Result<Loaded, TargetError> {
+        let corrupt = |what: String| TargetError::corrupt(format!("pclntab at {vaddr:#x}: {what}"));
+        let data = start
+            .checked_add(len)
+            .and_then(|end| bytes.get(start..end))
+            .ok_or_else(|| corrupt("outside the file".into()))?;
+        let hdr = Header::parse(data, image.arch, version)?;
+        // Bound nfunc by the functab's room before trusting it for an allocation.
+        let functab_end = hdr
+            .nfunc
+            .checked_add(1)
+            .and_then(|n| n.checked_mul(8))
+            .and_then(|n| n.checked_add(hdr.pcln));
+        if functab_end.is_none_or(|end| end > data.len()) {
+            return Err(corrupt(format!("{} functions do not fit", hdr.nfunc)));
+        }
+        let functab =
+            |i: usize, field: usize| u32_at(data, hdr.pcln + 8 * i + field).unwrap_or_default();
+        let module = moduledata::find(image, bytes, vaddr, &hdr, functab(0, 0), offsets);
+        let text = match (module, hdr.text_start) {
+            (Some(m), _) => m.text,
+            (None, t) if t != 0 => t,
+            (None, _) => {
+                return Err(corrupt(
+                    "no runtime.moduledata refers to it, so text cannot be placed".into(),
+                ))
+            }
+        };
+        let mut functions = Vec::with_capacity(hdr.nfunc);
+        let mut funcoffs = Vec::with_capacity(hdr.nfunc);
+        for i in 0..hdr.nfunc {
+            let (entryoff, funcoff, endoff) = (functab(i, 0), functab(i, 4), functab(i + 1, 0));
+            let f = hdr.pcln.checked_add(funcoff as usize);
+            let field = |o: usize| f.and_then(|f| u32_at(data, f.checked_add(o)?));
+            if endoff < entryoff || field(FUNC_ENTRYOFF) != Some(entryoff) {
+                return Err(corrupt(format!("function {i} does not match the functab")));
+            }
+            let name = field(FUNC_NAMEOFF)
+                .and_then(|n| cstr_at(data, hdr.funcname.checked_add(n as usize)?))
+                .ok_or_else(|| corrupt(format!("name of function {i}")))?;
+            let (Some(entry), Some(end)) = (
+                text.checked_add(u64::from(entryoff)),
+                text.checked_add(u64::from(endoff)),
+            ) else {
+                return Err(corrupt("text address overflow".into()));
+            };
+            functions.push(Function {
+                name: String::from_utf8_lossy(name).into_owned(),
+                entry,
+                end,
+            });
+            funcoffs.push(funcoff);
+        }
+        Ok(Loaded {
+            table: Pclntab {
+                start,
+                len,
+                hdr,
+                funcoffs,
+            },
+            functions,
+            module,
+        })
+    }
+
+    /// File and line of `pc` in function number `idx` (entry `entry`); `("?", 0)` as in Go's own tracebacks when
+    /// the tables do not cover it.
+    pub fn file_line(&self, bytes: &[u8], idx: usize, entry: u64, pc: u64) -> (String, u32) {
+        self.try_file_line(bytes, idx, entry, pc)
+            .unwrap_or_else(|| ("?".to_string(), 0))
+    }
+
+    fn try_file_line(
+        &self,
+        bytes: &[u8],
+        idx: usize,
+        entry: u64,
+        pc: u64,
+    ) -> Option<(String, u32)> {
+        let data = bytes.get(self.start..self.start.checked_add(self.len)?)?;
+        let f = self
+            .hdr
+            .pcln
+            .checked_add(*self.funcoffs.get(idx)? as usize)?;
+        let field = |o: usize| u32_at(data, f.checked_add(o)?);
+        let line = self.pcvalue(data, field(FUNC_PCLN)?, entry, pc)?;
+        let fileno = self.pcvalue(data, field(FUNC_PCFILE)?, entry, pc)?;
+        // File numbers are per compilation unit: cutab[cuOffset + fileno] is the offset in filetab.
+        let slot = (field(FUNC_CUOFFSET)? as usize).checked_add(usize::try_from(fileno).ok()?)?;
+        let fileoff = u32_at(data, self.hdr.cu.checked_add(slot.checked_mul(4)?)?)?;
+        if fileoff == u32::MAX {
+            return None;
+        }
+        let file = cstr_at(data, self.hdr.filetab.checked_add(fileoff as usize)?)?;
+        Some((
+            String::from_utf8_lossy(file).into_owned(),
+            u32::try_from(line).ok()?,
+        ))
+    }
+
+    /// The value of the pc-value table at `off` (in pctab) for `target` (`runtime.pcvalue`). The table is a
+    /// sequence of (zigzag value delta, pc delta / minLC) varint pairs starting from value −1 at `entry`; a value
+    /// holds from its pc up to the next pair's pc. A zero byte after the first pair ends the table.
+    fn pcvalue(&self, data: &[u8], off: u32, entry: u64, target: u64) -> Option<i32> {
+        if off == 0 {
+            return None;
+        }
+        let mut p = self.hdr.pctab.checked_add(off as usize)?;
+        let (mut pc, mut val, mut first) = (entry, -1i32, true);
+        loop {
+            if *data.get(p)? == 0 && !first {
+                return None;
+            }
+            // Go decodes these varints into uint32s.
+            let uv = uvarint(data, &mut p)? as u32;
+            let delta = if uv & 1 != 0 { !(uv >> 1) } else { uv >> 1 };
+            val = val.wrapping_add(delta as i32);
+            let pcdelta = uvarint(data, &mut p)? as u32;
+            pc = pc.checked_add(u64::from(pcdelta) * u64::from(self.hdr.quantum))?;
+            if target < pc {
+                return Some(val);
+            }
+            first = false;
+        }
+    }
+}
+
+/// Pclntab candidates by magic, at 8-byte alignment in any loaded segment: (vaddr, file offset, bytes to the end
+/// of the segment). `load_at` then tells a real table from a lookalike by its header and moduledata.
+fn scan(image: &Image, bytes: &[u8]) -> Vec<(u64, usize, usize)> {
+    let mut found = Vec::new();
+    for seg in &image.segments {
+        let Some(data) = image.rest_of_segment(bytes, seg.vaddr) else {
+            continue;
+        };
+        let skip = ((8 - seg.vaddr % 8) % 8) as usize;
+        let Some(aligned) = data.get(skip..) else {
+            continue;
+        };
+        for (i, word) in aligned.chunks_exact(8).enumerate() {
+            let magic = u32_at(word, 0).unwrap_or_default();
+            if (magic == MAGIC_GO118 || magic == MAGIC_GO120)
+                && word[4..6] == [0, 0]
+                && word[7] == 8
+            {
+                let at = skip + 8 * i;
+                found.push((
+                    seg.vaddr + at as u64,
+                    seg.offset as usize + at,
+                    data.len() - at,
+                ));
+            }
+        }
+    }
+    found
+}

@@ -1,0 +1,725 @@
+//! Tests against real binaries of every supported toolchain (built by `cargo xtask build-targets`), with the
+//! toolchain's own `go tool nm` and `go tool objdump` as the reference.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::{Mutex, OnceLock};
+
+use super::*;
+
+const VERSIONS: [&str; 8] = [
+    "1.19", "1.21.13", "1.22.10", "1.23.9", "1.24.11", "1.25.5", "1.26.6", "1.27.3",
+];
+
+fn targets_dir() -> PathBuf {
+    std::env::var_os("MAPTRACE_GO_TARGETS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.cache/go-targets"))
+        })
+}
+
+fn target_path(ver: &str, name: &str) -> PathBuf {
+    let path = targets_dir().join(ver).join(name);
+    assert!(
+        path.is_file(),
+        "missing go-target {}: run `cargo xtask build-targets` (or point MAPTRACE_GO_TARGETS at a built tree)",
+        path.display()
+    );
+    path
+}
+
+type Key = (&'static str, &'static str);
+type Cache<T> = OnceLock<Mutex<HashMap<Key, &'static OnceLock<T>>>>;
+
+/// One value per (version, binary) for the whole test run, computed once even when tests ask in parallel.
+fn once<T: Send + Sync>(
+    cache: &'static Cache<T>,
+    key: Key,
+    init: impl FnOnce() -> T,
+) -> &'static T {
+    let cell: &'static OnceLock<T> = cache
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap()
+        .entry(key)
+        .or_insert_with(|| Box::leak(Box::new(OnceLock::new())));
+    cell.get_or_init(init)
+}
+
+fn bin(ver: &'static str, name: &'static str) -> &'static GoBinary {
+    static CACHE: Cache<GoBinary> = OnceLock::new();
+    once(&CACHE, (ver, name), || {
+        let path = target_path(ver, name);
+        GoBinary::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    })
+}
+
+fn go_tool(ver: &str, args: &[&str]) -> String {
+    let go = if ver.starts_with("1.19") {
+        PathBuf::from("/usr/lib/go-1.19/bin/go")
+    } else {
+        PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.cache/go"))
+            .join(ver)
+            .join("go/bin/go")
+    };
+    let out = Command::new(&go)
+        .arg("tool")
+        .args(args)
+        .env_remove("GOROOT")
+        .env("GOTOOLCHAIN", "local")
+        .env("GOFLAGS", "-mod=mod")
+        .env("GOPATH", "/tmp/gopath")
+        .env("GOCACHE", format!("/tmp/gocache-{ver}"))
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e}", go.display()));
+    assert!(
+        out.status.success(),
+        "go tool {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// `go tool nm` symbols of a binary: name → address.
+fn nm(ver: &'static str, name: &'static str) -> &'static HashMap<String, u64> {
+    static CACHE: Cache<HashMap<String, u64>> = OnceLock::new();
+    once(&CACHE, (ver, name), || {
+        let path = target_path(ver, name);
+        let out = go_tool(ver, &["nm", path.to_str().unwrap()]);
+        let mut syms = HashMap::new();
+        for line in out.lines() {
+            // "  addr T name", where the name may contain spaces (generic shapes).
+            let mut parts = line.trim_start().splitn(3, ' ');
+            let (Some(addr), Some(_kind), Some(sym)) = (parts.next(), parts.next(), parts.next())
+            else {
+                continue;
+            };
+            if let Ok(addr) = u64::from_str_radix(addr, 16) {
+                syms.insert(sym.to_string(), addr);
+            }
+        }
+        syms
+    })
+}
+
+const CORE: [&str; 5] = [
+    "runtime.mallocgc",
+    "runtime.makeslice",
+    "runtime.growslice",
+    "runtime.makemap",
+    "main.main",
+];
+
+#[test]
+fn version_and_symbols_presence() {
+    for ver in VERSIONS {
+        for name in ["counting", "counting-stripped", "counting-arm64"] {
+            let b = bin(ver, name);
+            let v = b.version();
+            let mut want = ver.split('.').map(|n| n.parse::<u32>().unwrap());
+            assert_eq!(
+                (v.major, v.minor),
+                (want.next().unwrap(), want.next().unwrap()),
+                "{ver}/{name}"
+            );
+            if let Some(patch) = want.next() {
+                assert_eq!(v.patch, patch, "{ver}/{name}");
+            }
+            assert!(v.raw.starts_with(&format!("go{ver}")), "{ver}/{name}: {v}");
+            assert_eq!(
+                b.experiments().is_empty(),
+                !v.raw.contains("X:"),
+                "{ver}/{name}: {v}"
+            );
+            let stripped = name.ends_with("stripped");
+            assert_eq!(b.has_symtab(), !stripped, "{ver}/{name}");
+            assert_eq!(b.has_dwarf(), !stripped, "{ver}/{name}");
+            let arch = if name.contains("arm64") {
+                Arch::Arm64
+            } else {
+                Arch::Amd64
+            };
+            assert_eq!(b.arch(), arch, "{ver}/{name}");
+        }
+    }
+}
+
+#[test]
+fn functions_match_go_tool_nm() {
+    for ver in VERSIONS {
+        for name in ["counting", "counting-arm64"] {
+            let (b, syms) = (bin(ver, name), nm(ver, name));
+            for f in CORE {
+                let func = b
+                    .function(f)
+                    .unwrap_or_else(|| panic!("{ver}/{name}: no {f}"));
+                assert_eq!(Some(&func.entry), syms.get(f), "{ver}/{name}: {f}");
+            }
+            // Every name nm also knows resolves to nm's address (the ABIInternal one where an ABI wrapper exists).
+            let mut n = 0;
+            for f in b.functions() {
+                assert!(f.entry < f.end, "{ver}/{name}: {f:?}");
+                if let Some(&addr) = syms.get(&f.name) {
+                    assert_eq!(
+                        b.function(&f.name).map(|g| g.entry),
+                        Some(addr),
+                        "{ver}/{name}: {}",
+                        f.name
+                    );
+                    n += 1;
+                }
+            }
+            assert!(
+                n * 10 >= b.functions().count() * 9,
+                "{ver}/{name}: only {n} functions in nm"
+            );
+        }
+        // Stripping keeps the code layout: same functions at the same places.
+        let (full, stripped) = (bin(ver, "counting"), bin(ver, "counting-stripped"));
+        for f in CORE {
+            assert_eq!(
+                full.function(f),
+                stripped.function(f),
+                "{ver}: {f} after stripping"
+            );
+        }
+        assert_eq!(
+            full.functions().count(),
+            stripped.functions().count(),
+            "{ver}"
+        );
+    }
+}
+
+struct Insn {
+    function: String,
+    addr: u64,
+    /// Base name of the file, as objdump prints it.
+    file: String,
+    line: u32,
+    ret: bool,
+}
+
+/// Functions whose every instruction is checked against `go tool objdump`.
+const DISASSEMBLED: &str = r"^(main\..*|runtime\.(mallocgc|growslice|makeslice|makemap))$";
+
+/// `go tool objdump -s DISASSEMBLED`: function, address, file:line and whether it is a RET, for each instruction.
+fn objdump(ver: &'static str, name: &'static str) -> &'static Vec<Insn> {
+    static CACHE: Cache<Vec<Insn>> = OnceLock::new();
+    once(&CACHE, (ver, name), || {
+        let path = target_path(ver, name);
+        let out = go_tool(
+            ver,
+            &["objdump", "-s", DISASSEMBLED, path.to_str().unwrap()],
+        );
+        let mut function = String::new();
+        let mut insns = Vec::new();
+        for l in out.lines() {
+            if let Some(text) = l.strip_prefix("TEXT ") {
+                function = text.split_once("(SB)").unwrap().0.to_string();
+                continue;
+            }
+            let cols: Vec<&str> = l
+                .split('\t')
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .collect();
+            if cols.is_empty() {
+                continue;
+            }
+            let (file, line) = cols[0].rsplit_once(':').unwrap();
+            insns.push(Insn {
+                function: function.clone(),
+                addr: u64::from_str_radix(cols[1].strip_prefix("0x").unwrap(), 16).unwrap(),
+                file: file.to_string(),
+                line: line.parse().unwrap(),
+                ret: cols.get(3) == Some(&"RET"),
+            });
+        }
+        insns
+    })
+}
+
+#[test]
+fn ret_sites_are_the_rets_objdump_sees() {
+    for ver in VERSIONS {
+        for name in ["counting", "counting-arm64"] {
+            let b = bin(ver, name);
+            let insns = objdump(ver, name);
+            let functions: BTreeSet<&str> = insns.iter().map(|i| i.function.as_str()).collect();
+            assert!(functions.len() >= 5, "{ver}/{name}: {functions:?}");
+            for func in functions {
+                let f = b.function(func).unwrap();
+                let ours = b.ret_sites(f).unwrap();
+                let want: Vec<u64> = insns
+                    .iter()
+                    .filter(|i| i.ret && i.function == func)
+                    .map(|i| i.addr)
+                    .collect();
+                assert_eq!(ours, want, "{ver}/{name}: {func}");
+                for &pc in &ours {
+                    let off = b.file_offset(pc).unwrap() as usize;
+                    let real = match b.arch() {
+                        Arch::Amd64 => b.bytes[off] == 0xc3,
+                        Arch::Arm64 => b.bytes[off..off + 4] == [0xc0, 0x03, 0x5f, 0xd6],
+                    };
+                    assert!(real, "{ver}/{name}: {func} RET at {pc:#x}");
+                }
+            }
+            assert!(!b
+                .ret_sites(b.function("runtime.mallocgc").unwrap())
+                .unwrap()
+                .is_empty());
+        }
+        // Stripping does not move code.
+        let f = |n| bin(ver, n).function("runtime.mallocgc").unwrap();
+        assert_eq!(
+            bin(ver, "counting").ret_sites(f("counting")).unwrap(),
+            bin(ver, "counting-stripped")
+                .ret_sites(f("counting-stripped"))
+                .unwrap(),
+            "{ver}"
+        );
+    }
+}
+
+#[test]
+fn symbolize_matches_objdump_lines() {
+    for ver in VERSIONS {
+        for name in ["counting", "counting-arm64"] {
+            let b = bin(ver, name);
+            for insn in objdump(ver, name) {
+                let frame = b.symbolize(insn.addr).unwrap();
+                let f = b.function(&insn.function).unwrap();
+                assert_eq!(
+                    (frame.function.as_str(), frame.entry),
+                    (f.name.as_str(), f.entry),
+                    "{ver}/{name}"
+                );
+                let same_file =
+                    frame.file == insn.file || frame.file.ends_with(&format!("/{}", insn.file));
+                assert!(same_file, "{ver}/{name}: {frame:?}");
+                assert_eq!(frame.line, insn.line, "{ver}/{name}: {:#x}", insn.addr);
+            }
+            let main = b.function("main.main").unwrap();
+            let frame = b.symbolize(main.entry).unwrap();
+            assert!(
+                frame.file.ends_with(".go") && (1..10_000).contains(&frame.line),
+                "{frame:?}"
+            );
+            assert_eq!(b.symbolize(main.end - 1).unwrap().function, "main.main");
+            let last = b.functions().last().unwrap();
+            assert!(b.symbolize(last.end).is_none() && b.symbolize(0).is_none());
+        }
+        // Stripped binaries symbolize from the pclntab alone.
+        let (full, stripped) = (bin(ver, "counting"), bin(ver, "counting-stripped"));
+        let main = full.function("main.main").unwrap();
+        for pc in main.entry..main.end {
+            assert_eq!(full.symbolize(pc), stripped.symbolize(pc), "{ver}: {pc:#x}");
+        }
+    }
+}
+
+#[test]
+fn layout_table_matches_dwarf() {
+    for ver in VERSIONS {
+        for name in ["counting", "counting-arm64"] {
+            let b = bin(ver, name);
+            assert_eq!(b.layout().source, LayoutSource::Dwarf, "{ver}/{name}");
+            let bytes = std::fs::read(target_path(ver, name)).unwrap();
+            let file = elf::open(&bytes).unwrap();
+            let members = dwarf::struct_members(&file, layout::DWARF_STRUCTS).unwrap();
+            let md = &members["runtime.moduledata"];
+            let from_dwarf = (
+                members["runtime.g"]["goid"],
+                layout::ModuledataOffsets {
+                    text: md["text"],
+                    types: md["types"],
+                    etypes: md["etypes"],
+                },
+            );
+            assert_eq!(
+                layout::table(b.version(), b.arch()),
+                Some(from_dwarf),
+                "{ver}/{name}"
+            );
+            assert_eq!(b.layout().goid_offset, from_dwarf.0, "{ver}/{name}");
+        }
+        // The stripped twin gets the same offset from the table.
+        let (full, stripped) = (
+            bin(ver, "counting").layout(),
+            bin(ver, "counting-stripped").layout(),
+        );
+        assert_eq!(stripped.source, LayoutSource::VersionTable, "{ver}");
+        assert_eq!(stripped.goid_offset, full.goid_offset, "{ver}");
+    }
+}
+
+#[test]
+fn types_base_is_runtime_types() {
+    for ver in VERSIONS {
+        for name in ["counting", "counting-stripped", "counting-arm64"] {
+            let b = bin(ver, name);
+            let base = b
+                .types_base()
+                .unwrap_or_else(|| panic!("{ver}/{name}: no types base"));
+            assert!(
+                b.file_offset(base).is_some() && base >= b.load_vaddr(),
+                "{ver}/{name}: {base:#x}"
+            );
+            if !name.contains("stripped") {
+                assert_eq!(
+                    Some(&base),
+                    nm(ver, name).get("runtime.types"),
+                    "{ver}/{name}"
+                );
+            }
+        }
+    }
+}
+
+/// `^runtime\.mallocgc(Tiny|SmallNoScan|SmallScanNoHeader)(SC|Size)\d+$`, without a regex crate.
+fn is_size_specialized_malloc(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix("runtime.mallocgc") else {
+        return false;
+    };
+    let Some(rest) = ["Tiny", "SmallNoScan", "SmallScanNoHeader"]
+        .iter()
+        .find_map(|p| rest.strip_prefix(p))
+    else {
+        return false;
+    };
+    let Some(digits) = ["SC", "Size"].iter().find_map(|p| rest.strip_prefix(p)) else {
+        return false;
+    };
+    !digits.is_empty() && digits.bytes().all(|c| c.is_ascii_digit())
+}
+
+#[test]
+fn go127_size_specialized_mallocs() {
+    for name in ["counting", "counting-stripped", "counting-arm64"] {
+        let b = bin("1.27.3", name);
+        let sc: BTreeSet<&str> = b
+            .functions()
+            .map(|f| f.name.as_str())
+            .filter(|n| is_size_specialized_malloc(n))
+            .collect();
+        assert_eq!(sc.len(), 14, "{name}: {sc:?}");
+        assert!(
+            sc.contains("runtime.mallocgcTinySC2")
+                && sc.contains("runtime.mallocgcSmallScanNoHeaderSC1")
+        );
+        for f in &sc {
+            assert!(
+                !b.ret_sites(b.function(f).unwrap()).unwrap().is_empty(),
+                "{name}: {f}"
+            );
+        }
+    }
+    for ver in ["1.24.11", "1.26.6"] {
+        assert!(
+            !bin(ver, "counting")
+                .functions()
+                .any(|f| is_size_specialized_malloc(&f.name)),
+            "{ver}"
+        );
+    }
+}
+
+#[test]
+fn cgo_binary() {
+    let b = bin("1.24.11", "counting-cgo");
+    let syms = nm("1.24.11", "counting-cgo");
+    for f in CORE {
+        assert_eq!(b.function(f).map(|f| f.entry), syms.get(f).copied(), "{f}");
+    }
+    // External linking puts C start-up code first: Go text does not start at the .text section.
+    let text = b.image.section(".text").unwrap().addr;
+    assert_ne!(b.functions().next().unwrap().entry, text);
+    assert!(!b
+        .ret_sites(b.function("runtime.mallocgc").unwrap())
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        b.symbolize(b.function("main.main").unwrap().entry)
+            .unwrap()
+            .function,
+        "main.main"
+    );
+    assert_eq!(b.types_base(), syms.get("runtime.types").copied());
+    assert_eq!(b.layout().goid_offset, 160);
+}
+
+#[test]
+fn go_version_strings() {
+    let v = |s| GoVersion::parse(s).map(|v| (v.major, v.minor, v.patch));
+    assert_eq!(v("go1.26.6-X:nogreenteagc"), Some((1, 26, 6)));
+    assert_eq!(v("go1.25.5 X:greenteagc"), Some((1, 25, 5)));
+    assert_eq!(v("go1.21rc2"), Some((1, 21, 0)));
+    assert_eq!(v("go1.22"), Some((1, 22, 0)));
+    assert_eq!(v("devel go1.27-abcdef Mon"), Some((1, 27, 0)));
+    assert_eq!(v("go1"), None);
+    assert_eq!(v("1.21.0"), None);
+    assert_eq!(v(""), None);
+    assert!(GoVersion::parse("go1.9.1").unwrap() < GoVersion::parse("go1.19").unwrap());
+    assert_eq!(
+        GoVersion::parse("go1.26.6-X:a").unwrap().to_string(),
+        "go1.26.6-X:a"
+    );
+}
+
+fn buildinfo_blob(flags: u8, version: &str, modinfo: &str) -> Vec<u8> {
+    let mut blob = b"\xff Go buildinf:".to_vec();
+    blob.extend([8, flags]);
+    blob.resize(32, 0);
+    for s in [version, modinfo] {
+        blob.push(s.len() as u8);
+        blob.extend(s.as_bytes());
+    }
+    blob
+}
+
+#[test]
+fn buildinfo_experiments() {
+    let parse = |v, m| buildinfo::BuildInfo::parse(&buildinfo_blob(2, v, m));
+    let bi = parse(
+        "go1.26.6-X:nogreenteagc",
+        "path\tx\nbuild\tGOEXPERIMENT=nogreenteagc,sizespecializedmalloc\n",
+    )
+    .unwrap();
+    assert_eq!(bi.experiments, ["nogreenteagc", "sizespecializedmalloc"]);
+    // Without module info (e.g. Bazel builds) the version's X: suffix still tells.
+    assert_eq!(
+        parse("go1.25.5 X:greenteagc", "").unwrap().experiments,
+        ["greenteagc"]
+    );
+    assert!(parse("go1.24.11", "build\tCGO_ENABLED=1\n")
+        .unwrap()
+        .experiments
+        .is_empty());
+    assert!(matches!(
+        parse("gccgo", ""),
+        Err(TargetError::UnsupportedVersion { .. })
+    ));
+    assert!(matches!(
+        buildinfo::BuildInfo::parse(&buildinfo_blob(0, "", "")),
+        Err(TargetError::UnsupportedVersion { .. })
+    ));
+    let cut = buildinfo_blob(2, "go1.24.11", "");
+    for len in 0..cut.len() - 1 {
+        assert!(buildinfo::BuildInfo::parse(&cut[..len]).is_err(), "{len}");
+    }
+}
+
+/// File range of a section's contents in a parsed binary.
+fn section_range(b: &GoBinary, name: &str) -> std::ops::Range<usize> {
+    let s = b.image.section(name).unwrap();
+    let off = s.offset.unwrap() as usize;
+    off..off + s.size as usize
+}
+
+#[test]
+fn truncated_binaries_are_errors() {
+    for (ver, name) in [
+        ("1.27.3", "counting"),
+        ("1.27.3", "counting-stripped"),
+        ("1.19", "counting-arm64"),
+    ] {
+        let b = bin(ver, name);
+        // Past the last section or segment contents there is only padding, which a cut may remove harmlessly.
+        let sections = b
+            .image
+            .sections
+            .iter()
+            .filter_map(|s| Some(s.offset? + s.size));
+        let segments = b.image.segments.iter().map(|s| s.offset + s.filesz);
+        let n = sections.chain(segments).max().unwrap() as usize;
+        for len in [
+            0,
+            3,
+            16,
+            40,
+            63,
+            64,
+            1000,
+            4096,
+            n / 4,
+            n / 2,
+            3 * n / 4,
+            n - 4096,
+            n - 100,
+            n - 1,
+        ] {
+            match GoBinary::parse(b.bytes[..len].to_vec()) {
+                Err(TargetError::NotElf(_) | TargetError::Truncated { .. }) => {}
+                other => panic!("{ver}/{name} cut at {len}: {other:?}"),
+            }
+        }
+        assert!(
+            GoBinary::parse(b.bytes[..n].to_vec()).is_ok(),
+            "{ver}/{name} without padding"
+        );
+    }
+}
+
+#[test]
+fn corrupt_binaries_are_errors() {
+    for (ver, name) in [
+        ("1.27.3", "counting-stripped"),
+        ("1.19", "counting-stripped"),
+    ] {
+        let b = bin(ver, name);
+        let pcln = section_range(b, ".gopclntab").start;
+        let buildinfo = section_range(b, ".go.buildinfo").start;
+        let patched = |patches: &[(usize, &[u8])]| {
+            let mut bytes = b.bytes.clone();
+            for (at, with) in patches {
+                bytes[*at..*at + with.len()].copy_from_slice(with);
+            }
+            GoBinary::parse(bytes)
+        };
+        let corrupt =
+            |r: Result<GoBinary, TargetError>| matches!(r, Err(TargetError::Corrupt { .. }));
+        assert!(
+            matches!(
+                patched(&[(pcln, &[0; 4])]),
+                Err(TargetError::UnsupportedVersion { .. })
+            ),
+            "{ver}: magic"
+        );
+        assert!(corrupt(patched(&[(pcln + 6, &[3])])), "{ver}: minLC");
+        assert!(corrupt(patched(&[(pcln + 8, &[0xff; 8])])), "{ver}: nfunc");
+        assert!(
+            corrupt(patched(&[(pcln + 64, &[0xff; 8])])),
+            "{ver}: pclnOffset"
+        );
+        let functab = pcln + bytes::u64_at(&b.bytes, pcln + 64).unwrap() as usize;
+        assert!(
+            corrupt(patched(&[(functab + 8, &[0xff; 4])])),
+            "{ver}: functab order"
+        );
+        assert!(
+            corrupt(patched(&[(functab + 4, &[0xff; 4])])),
+            "{ver}: funcoff"
+        );
+        assert!(
+            corrupt(patched(&[(buildinfo, b"x")])),
+            "{ver}: buildinfo magic"
+        );
+        assert!(matches!(
+            patched(&[(buildinfo + 15, &[0])]),
+            Err(TargetError::UnsupportedVersion { .. })
+        ));
+        assert!(
+            corrupt(patched(&[(buildinfo + 32, &[0xff, 0xff, 0x7f])])),
+            "{ver}: version length"
+        );
+        let Err(TargetError::UnsupportedVersion { version, .. }) =
+            patched(&[(buildinfo + 33, b"go1.99")])
+        else {
+            panic!("{ver}: a stripped go1.99 must be refused");
+        };
+        assert!(version.starts_with("go1.99"));
+        // The moduledata is the only record of where text starts from 1.26 on; before, the header has it.
+        let header_word = b.image.section(".gopclntab").unwrap().addr.to_le_bytes();
+        let writable = b.image.segments.iter().filter(|s| s.writable());
+        let at = writable
+            .flat_map(|s| (s.offset as usize..(s.offset + s.filesz) as usize).step_by(8))
+            .find(|&o| b.bytes[o..o + 8] == header_word)
+            .unwrap();
+        let without = patched(&[(at, &[0; 8])]);
+        if b.version().minor >= 26 {
+            assert!(corrupt(without), "{ver}: no moduledata");
+        } else {
+            let without = without.unwrap();
+            assert_eq!(without.types_base(), None);
+            assert_eq!(without.function("main.main"), b.function("main.main"));
+        }
+    }
+}
+
+#[test]
+fn sections_are_not_needed() {
+    // Renamed sections stand for binaries whose section headers are gone: the scans must find the same things.
+    for ver in ["1.19", "1.24.11", "1.27.3"] {
+        let b = bin(ver, "counting-stripped");
+        let mut bytes = b.bytes.clone();
+        let names = section_range(b, ".shstrtab");
+        for name in [&b".gopclntab"[..], b".go.buildinfo"] {
+            let at = bytes[names.clone()]
+                .windows(name.len())
+                .position(|w| w == name)
+                .unwrap();
+            bytes[names.start + at + 1] = b'X';
+        }
+        let renamed = GoBinary::parse(bytes).unwrap();
+        assert!(renamed.image.section(".gopclntab").is_none());
+        assert_eq!(renamed.version(), b.version());
+        assert_eq!(
+            renamed.functions().collect::<Vec<_>>(),
+            b.functions().collect::<Vec<_>>()
+        );
+        assert_eq!(renamed.types_base(), b.types_base());
+        let main = b.function("main.main").unwrap().entry;
+        assert_eq!(renamed.symbolize(main), b.symbolize(main));
+    }
+}
+
+#[test]
+fn unreadable_dwarf_falls_back_to_the_table() {
+    let b = bin("1.24.11", "counting");
+    let mut bytes = b.bytes.clone();
+    let info = section_range(b, ".debug_info");
+    bytes[info].fill(0);
+    let fallback = GoBinary::parse(bytes).unwrap();
+    assert_eq!(fallback.layout().source, LayoutSource::VersionTable);
+    assert_eq!(fallback.layout().goid_offset, b.layout().goid_offset);
+    assert_eq!(fallback.types_base(), b.types_base());
+}
+
+/// Random byte damage: parsing and every query must return, never panic.
+#[test]
+fn random_damage_never_panics() {
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for (ver, name) in [
+        ("1.27.3", "counting-stripped"),
+        ("1.21.13", "counting-arm64"),
+    ] {
+        let b = bin(ver, name);
+        let regions = [
+            section_range(b, ".gopclntab"),
+            section_range(b, ".go.buildinfo"),
+            0..b.bytes.len(),
+        ];
+        for round in 0..120 {
+            let mut bytes = b.bytes.clone();
+            let region = &regions[round % regions.len()];
+            // Damage near the start of the pclntab hits the header and functab, the rest the tables.
+            let span = if round % 2 == 0 {
+                region.len().min(4096)
+            } else {
+                region.len()
+            };
+            for _ in 0..1 + next() % 16 {
+                let at = region.start + (next() as usize % span);
+                bytes[at] = next() as u8;
+            }
+            let Ok(damaged) = GoBinary::parse(bytes) else {
+                continue;
+            };
+            for f in damaged.functions().step_by(7) {
+                let _ = damaged.ret_sites(f);
+                let _ = damaged.symbolize(f.entry);
+                let _ = damaged.symbolize(f.entry + (f.end - f.entry) / 2);
+            }
+        }
+    }
+}

@@ -1,0 +1,216 @@
+//! One tracing session: open the process, attach, stream records into the site table until the
+//! duration ends, the user interrupts or the target exits, then build the report.
+
+use std::{
+    io::{IsTerminal, Write},
+    os::fd::AsRawFd,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use tokio::{
+    io::{unix::AsyncFd, Interest},
+    signal::unix::{signal, SignalKind},
+};
+
+use crate::{
+    error::Failure,
+    events::Event,
+    gotype::{GoType, Memory, TypeNames},
+    probes::{ProbePlan, Tracer},
+    process::{missing_capabilities, Process},
+    report::{write_table, ProbeInfo, Report, TargetInfo},
+    sites::{Resolve, SiteTable},
+    symbolize::Symbolizer,
+    target::{Frame, GoBinary, TargetError},
+};
+
+pub struct TraceOptions {
+    pub pid: u32,
+    pub duration: Option<Duration>,
+    /// Redraw the top sites on stderr while tracing (a terminal); otherwise a progress line.
+    pub live: bool,
+    /// Rows in the report (`usize::MAX` for all).
+    pub top: usize,
+}
+
+/// Names from the live process, falling back to the binary file for static data (type
+/// descriptors) once the process has exited.
+struct Names<'a> {
+    symbols: Symbolizer<'a>,
+    types: TypeNames,
+    memory: ProcessOrFile<'a>,
+}
+
+struct ProcessOrFile<'a> {
+    process: &'a Process,
+    binary: &'a GoBinary,
+    load_bias: u64,
+}
+
+impl Memory for ProcessOrFile<'_> {
+    fn read(&self, addr: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        self.process.read(addr, buf).or_else(|e| {
+            self.binary
+                .read_static(addr.wrapping_sub(self.load_bias), buf)
+                .map_err(|_| e)
+        })
+    }
+}
+
+impl Resolve for Names<'_> {
+    fn frame(&mut self, pc: u64) -> Option<Arc<Frame>> {
+        self.symbols.frame(pc)
+    }
+
+    fn go_type(&mut self, type_ptr: u64) -> Option<Arc<GoType>> {
+        self.types.resolve(&self.memory, type_ptr)
+    }
+}
+
+fn open_binary(process: &Process) -> Result<GoBinary, Failure> {
+    GoBinary::open(&process.exe_path).map_err(|e| match e {
+        TargetError::NotElf(_) | TargetError::NotGo(_) => {
+            Failure::NotGo { pid: process.pid, exe: process.exe_display.clone(), why: e.to_string() }
+        }
+        TargetError::UnsupportedVersion { version, reason } => Failure::UnsupportedGo { version, why: reason },
+        other => Failure::Other(anyhow::anyhow!("reading {}: {other}", process.exe_display)),
+    })
+}
+
+pub async fn run(opts: &TraceOptions) -> Result<Report, Failure> {
+    if !crate::process::exists(opts.pid) {
+        return Err(Failure::NoSuchProcess { pid: opts.pid });
+    }
+    let missing = missing_capabilities();
+    if !missing.is_empty() {
+        return Err(Failure::Privileges { missing });
+    }
+    let process = Process::open(opts.pid)?;
+    let binary = open_binary(&process)?;
+    let plan = ProbePlan::for_binary(&binary)?;
+    let load_bias = process.load_bias(binary.load_vaddr()).unwrap_or(0);
+    let mut tracer = Tracer::attach(&binary, &process, &plan)?;
+    let start = Instant::now();
+    eprintln!(
+        "maptrace: attached {} uprobes on {} functions of PID {} ({}, {}) in {:.2} s; tracing {}",
+        tracer.attached,
+        plan.points.len(),
+        process.pid,
+        process.exe_display,
+        binary.version(),
+        tracer.attach_time.as_secs_f64(),
+        match opts.duration {
+            Some(d) => format!("for {}", humantime::format_duration(d)),
+            None => "until Ctrl-C or the target exits".into(),
+        }
+    );
+
+    let mut names = Names {
+        symbols: Symbolizer::new(&binary, load_bias),
+        types: TypeNames::new(binary.types_base().map(|b| b.wrapping_add(load_bias))),
+        memory: ProcessOrFile { process: &process, binary: &binary, load_bias },
+    };
+    let mut table = SiteTable::default();
+    let mut records = readable(tracer.take_records().map_err(Failure::Other)?)?;
+    let exit = readable(process.exit_fd())?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(|e| Failure::Other(e.into()))?;
+    let mut sigterm = signal(SignalKind::terminate()).map_err(|e| Failure::Other(e.into()))?;
+    let deadline = tokio::time::sleep(opts.duration.unwrap_or(Duration::from_secs(u64::MAX / 4)));
+    tokio::pin!(deadline);
+    let mut tick = tokio::time::interval(if opts.live { Duration::from_secs(1) } else { Duration::from_secs(5) });
+    tick.tick().await;
+
+    let ended_by = loop {
+        tokio::select! {
+            guard = records.readable_mut() => {
+                let mut guard = guard.map_err(|e| Failure::Other(e.into()))?;
+                drain(guard.get_inner_mut(), &mut table, &mut names);
+                guard.clear_ready();
+            }
+            _ = exit.readable() => break "target exited",
+            _ = &mut deadline => break "duration",
+            _ = sigint.recv() => break "interrupted",
+            _ = sigterm.recv() => break "interrupted",
+            _ = tick.tick() => progress(opts.live, start, &table, tracer.lost_records(), &mut names),
+        }
+    };
+    // Records already queued are still valid after the target exits.
+    drain(records.get_mut(), &mut table, &mut names);
+    let lost = tracer.lost_records();
+    if opts.live {
+        eprint!("\x1b[H\x1b[2J");
+    }
+
+    Ok(Report {
+        maptrace_version: env!("CARGO_PKG_VERSION"),
+        target: TargetInfo {
+            pid: process.pid,
+            binary: process.exe_display.clone(),
+            go_version: binary.version().to_string(),
+            experiments: binary.experiments().to_vec(),
+            stripped: !binary.has_symtab(),
+        },
+        mode: "full",
+        duration_seconds: start.elapsed().as_secs_f64(),
+        ended_by,
+        probes: ProbeInfo {
+            functions: plan.points.iter().map(|p| p.function.name.clone()).collect(),
+            uprobes: tracer.attached,
+            attach_seconds: tracer.attach_time.as_secs_f64(),
+        },
+        totals: table.totals,
+        lost_records: lost,
+        sites: table.rows(&mut names, opts.top),
+    })
+}
+
+/// Registers a descriptor with the reactor for readability.
+fn readable<T: AsRawFd>(fd: T) -> Result<AsyncFd<T>, Failure> {
+    // SAFETY: both callers pass an owner (the ring buffer map, or a borrow of the process's
+    // pidfd that outlives the AsyncFd) whose descriptor stays open and unchanged while registered.
+    unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }
+        .map_err(|e| Failure::Other(anyhow::anyhow!("polling a descriptor: {e}")))
+}
+
+fn drain(ring: &mut aya::maps::RingBuf<aya::maps::MapData>, table: &mut SiteTable, names: &mut Names) {
+    while let Some(item) = ring.next() {
+        match Event::decode(&item) {
+            Ok(ev) => {
+                // Resolve the type now, while the process (and any runtime-made type) exists.
+                names.go_type(ev.type_ptr);
+                table.add(&ev, names);
+            }
+            Err(e) => log_once(&format!("maptrace: skipping a malformed record: {e}")),
+        }
+    }
+}
+
+fn log_once(msg: &str) {
+    static SEEN: std::sync::Once = std::sync::Once::new();
+    SEEN.call_once(|| eprintln!("{msg}"));
+}
+
+fn progress(live: bool, start: Instant, table: &SiteTable, lost: u64, names: &mut Names) {
+    let t = &table.totals;
+    let head = format!(
+        "maptrace: {:.0} s, {} heap allocations ({}), {} sites, {} records lost",
+        start.elapsed().as_secs_f64(),
+        t.heap_allocations,
+        crate::report::human_bytes(t.heap_bytes),
+        table.len(),
+        lost
+    );
+    let mut err = std::io::stderr().lock();
+    if live {
+        let _ = write!(err, "\x1b[H\x1b[2J{head}  (Ctrl-C for the report)\n\n");
+        let _ = write_table(&mut err, &table.rows(names, 15), 0);
+    } else {
+        let _ = writeln!(err, "{head}");
+    }
+}
+
+/// Whether stderr is a terminal a live view can redraw.
+pub fn stderr_is_terminal() -> bool {
+    std::io::stderr().is_terminal()
+}

@@ -1,0 +1,97 @@
+//! `cargo xtask` (run it through `./x`): bootstrap the toolchain, build the eBPF object and the
+//! tracer, build the Go test programs for every Go version, run the demo and the test suite.
+//!
+//! One module per responsibility: `layout` (paths), `go_versions` (which toolchains), `process`
+//! (running commands with a rustup-free PATH), `setup` (installing tools into .cache/), `rust_build`,
+//! `go_targets`, `demo`, `test`, `timings`. A future `bench` subcommand gets its own module beside
+//! `test` and reuses `setup`, `rust_build` and `go_targets` the same way.
+
+mod demo;
+mod go_targets;
+mod go_versions;
+mod layout;
+mod process;
+mod rust_build;
+mod setup;
+mod test;
+mod timings;
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+
+use crate::layout::Layout;
+
+#[derive(Parser)]
+#[command(name = "x", bin_name = "./x", about = "Build, bootstrap and test maptrace (run through ./x)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install bpf-linker and the Go toolchains into .cache/ (skips what is there).
+    Setup,
+    /// Build the eBPF object: target/bpfel-unknown-none/release/tracer-ebpf.
+    BuildEbpf,
+    /// Build the eBPF object, then the maptrace binary: target/release/maptrace.
+    Build,
+    /// Build the Go test programs into .cache/go-targets/<version>/.
+    BuildTargets(GoSelection),
+    /// Run the leaky demo server and trace it with maptrace for 10 s (root).
+    Demo,
+    /// Set up, build everything, run the whole test suite (root, for the end-to-end tests).
+    Test {
+        #[command(flatten)]
+        go: GoSelection,
+        /// Passed on to `cargo test` (put them after `--`).
+        #[arg(last = true)]
+        cargo_test_args: Vec<String>,
+    },
+}
+
+/// Which Go versions to build for: by default 1.19, 1.24.11 and 1.27.3 (see go_versions::DEFAULT).
+#[derive(Args)]
+struct GoSelection {
+    /// Every supported version (1.19 and 1.21-1.27).
+    #[arg(long, conflicts_with = "go")]
+    all_go: bool,
+    /// These versions (full, like 1.24.11, or a line, like 1.24); repeat or separate with commas.
+    #[arg(long = "go", value_name = "VER", num_args = 1.., value_delimiter = ',')]
+    go: Vec<String>,
+}
+
+impl GoSelection {
+    fn versions(&self) -> Result<Vec<&'static go_versions::GoVersion>> {
+        go_versions::select(self.all_go, &self.go)
+    }
+}
+
+fn run(cli: Cli) -> Result<i32> {
+    let layout = Layout::new();
+    match cli.command {
+        Cmd::Setup => setup::setup(&layout)?,
+        Cmd::BuildEbpf => rust_build::build_ebpf(&layout)?,
+        Cmd::Build => rust_build::build(&layout)?,
+        Cmd::BuildTargets(go) => {
+            let versions = go.versions()?;
+            setup::ensure_go(&layout, &versions)?;
+            go_targets::build_targets(&layout, &versions)?;
+        }
+        Cmd::Demo => return demo::demo(&layout),
+        Cmd::Test { go, cargo_test_args } => return test::test(&layout, &go.versions()?, &cargo_test_args),
+    }
+    Ok(0)
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

