@@ -11,7 +11,7 @@ Examples:
 
 What you see: while tracing, the top allocation sites are redrawn on stderr (a progress line
 when stderr is not a terminal). At the end, stdout gets one row per allocation site: the kind
-of value (map, slice, object), its Go type, how many were allocated, their bytes, and the
+of value (map, slice, string, object), its Go type, how many were allocated, their bytes, and the
 allocation stack from the first non-runtime frame outwards. Slices and maps count once per
 make/append/growth, with the bytes of all the storage made for them.
 

@@ -25,6 +25,7 @@ pub trait Resolve {
 pub enum ValueKind {
     Map,
     Slice,
+    String,
     Object,
 }
 
@@ -33,6 +34,7 @@ impl ValueKind {
         match self {
             ValueKind::Map => "map",
             ValueKind::Slice => "slice",
+            ValueKind::String => "string",
             ValueKind::Object => "object",
         }
     }
@@ -45,6 +47,8 @@ struct SiteKey {
     kind: ValueKind,
     /// `*abi.Type` of the allocation, or the element/map type of a constructor.
     type_ptr: u64,
+    /// The type of an untyped allocation, known from the runtime function that made it.
+    untyped_as: Option<&'static str>,
 }
 
 #[derive(Clone, Debug)]
@@ -113,6 +117,7 @@ impl SiteTable {
             ContainerKind::None => ValueKind::Object,
         };
         let mut site = None;
+        let mut untyped_as = None;
         for (i, &pc) in ev.stack.iter().enumerate().skip(1) {
             let Some(f) = names.frame(pc.wrapping_sub(1)) else { continue };
             if !is_runtime_function(&f.function) {
@@ -122,12 +127,18 @@ impl SiteTable {
             if kind == ValueKind::Object && is_map_function(&f.function) {
                 kind = ValueKind::Map;
             }
+            if ev.type_ptr == 0 && untyped_as.is_none() {
+                if let Some((k, name)) = untyped_payload(&f.function) {
+                    kind = k;
+                    untyped_as = Some(name);
+                }
+            }
         }
         let (site_pc, callers) = match site {
             Some(i) => (ev.stack[i], &ev.stack[i..]),
             None => (0, &ev.stack[..0]),
         };
-        let key = SiteKey { site_pc, kind, type_ptr: ev.type_ptr };
+        let key = SiteKey { site_pc, kind, type_ptr: ev.type_ptr, untyped_as };
         let stats = self.sites.entry(key).or_insert_with(|| SiteStats {
             count: 0,
             bytes: 0,
@@ -188,7 +199,23 @@ fn user_callers(callers: &[u64], names: &mut dyn Resolve) -> Vec<u64> {
     out
 }
 
+/// What the runtime's untyped (pointer-free) allocations hold, by the function that makes them.
+fn untyped_payload(function: &str) -> Option<(ValueKind, &'static str)> {
+    match function {
+        "runtime.rawstring" | "runtime.rawstringtmp" | "runtime.slicebytetostring" | "runtime.intstring" => {
+            Some((ValueKind::String, "string"))
+        }
+        f if f.starts_with("runtime.concatstring") => Some((ValueKind::String, "string")),
+        "runtime.rawbyteslice" | "runtime.stringtoslicebyte" => Some((ValueKind::Slice, "[]uint8")),
+        "runtime.rawruneslice" | "runtime.stringtoslicerune" => Some((ValueKind::Slice, "[]int32")),
+        _ => None,
+    }
+}
+
 fn type_name(k: &SiteKey, names: &mut dyn Resolve) -> String {
+    if let Some(name) = k.untyped_as {
+        return name.to_string();
+    }
     let t = names.go_type(k.type_ptr);
     match (k.kind, t) {
         // Constructors of slices carry the element type.
@@ -217,6 +244,8 @@ mod tests {
                 0x1000..=0x10ff => "runtime.mallocgc",
                 0x1100..=0x11ff => "runtime.makeslice",
                 0x1200..=0x12ff => "runtime.mapassign_faststr",
+                0x1300..=0x13ff => "runtime.concatstring2",
+                0x1400..=0x14ff => "runtime.rawbyteslice",
                 0x2000..=0x20ff => "main.makeThings",
                 0x2100..=0x21ff => "main.main",
                 _ => return None,
@@ -284,6 +313,17 @@ mod tests {
         assert!(names.contains(&"map (untyped)".to_string()));
         assert!(names.contains(&"(untyped noscan)".to_string()));
         assert!(names.contains(&"? (type at 0x999)".to_string()));
+    }
+
+    #[test]
+    fn untyped_strings_and_byte_slices_are_named_by_their_maker() {
+        let mut t = SiteTable::default();
+        t.add(&event(RecordKind::Alloc, ContainerKind::None, &[0x1000, 0x1310, 0x2030], 0, 24), &mut Fake);
+        t.add(&event(RecordKind::Alloc, ContainerKind::None, &[0x1000, 0x1410, 0x2030], 0, 32), &mut Fake);
+        let rows = t.rows(&mut Fake, 10);
+        let kinds: Vec<(ValueKind, String)> = rows.into_iter().map(|r| (r.kind, r.type_name)).collect();
+        assert!(kinds.contains(&(ValueKind::String, "string".into())), "{kinds:?}");
+        assert!(kinds.contains(&(ValueKind::Slice, "[]uint8".into())), "{kinds:?}");
     }
 
     #[test]

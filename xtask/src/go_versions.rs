@@ -38,11 +38,6 @@ pub const ALL: &[GoVersion] = &[
 /// The one version `demo` uses and the cgo build (`counting-cgo`) is made with.
 pub const PRIMARY: &str = "1.24.11";
 
-/// What `build-targets` and `test` use without `--all-go`/`--go`: the oldest (Debian, pre-1.20
-/// pclntab, classic maps), the primary (swiss maps, split mallocgc) and the newest (size-specialized
-/// mallocgc). They span the version breaks that change probes most, at 3/8 of the cost of all of them.
-pub const DEFAULT: &[&str] = &["1.19", PRIMARY, "1.27.3"];
-
 impl GoVersion {
     /// The `go` binary of this toolchain.
     pub fn go_binary(&self, layout: &Layout) -> PathBuf {
@@ -69,12 +64,11 @@ pub fn find(wanted: &str) -> Result<&'static GoVersion> {
     }
 }
 
-/// The versions a command works on: all of them, the ones named, or DEFAULT. Oldest first, no repeats.
-pub fn select(all: bool, named: &[String]) -> Result<Vec<&'static GoVersion>> {
-    let chosen: Vec<&GoVersion> = if all {
+/// The versions a command works on: the ones named, or all of them (the test suite has tests for
+/// every supported version, and CI must cover them all). Oldest first, no repeats.
+pub fn select(named: &[String]) -> Result<Vec<&'static GoVersion>> {
+    let chosen: Vec<&GoVersion> = if named.is_empty() {
         ALL.iter().collect()
-    } else if named.is_empty() {
-        DEFAULT.iter().map(|n| find(n)).collect::<Result<_>>()?
     } else {
         named.iter().map(|n| find(n)).collect::<Result<_>>()?
     };

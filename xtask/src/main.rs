@@ -52,20 +52,22 @@ enum Cmd {
     },
 }
 
-/// Which Go versions to build for: by default 1.19, 1.24.11 and 1.27.3 (see go_versions::DEFAULT).
+/// Which Go versions to build for: every supported one unless `--go` narrows it down.
 #[derive(Args)]
 struct GoSelection {
-    /// Every supported version (1.19 and 1.21-1.27).
+    /// Every supported version (1.19 and 1.21-1.27): the default, spelled out.
     #[arg(long, conflicts_with = "go")]
     all_go: bool,
-    /// These versions (full, like 1.24.11, or a line, like 1.24); repeat or separate with commas.
+    /// Only these versions (full, like 1.24.11, or a line, like 1.24); repeat or separate with commas.
+    /// Quicker for local work; tests of the other versions then fail with "missing".
     #[arg(long = "go", value_name = "VER", num_args = 1.., value_delimiter = ',')]
     go: Vec<String>,
 }
 
 impl GoSelection {
     fn versions(&self) -> Result<Vec<&'static go_versions::GoVersion>> {
-        go_versions::select(self.all_go, &self.go)
+        // --all-go and no flag mean the same; clap rejects --all-go together with --go.
+        go_versions::select(&self.go)
     }
 }
 
