@@ -31,8 +31,10 @@ fn stop(child: &mut Child) {
     if matches!(child.try_wait(), Ok(Some(_))) {
         return;
     }
-    // SAFETY: kill has no memory-safety preconditions; the pid is our own child, not yet reaped.
-    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    if let Ok(pid) = libc::pid_t::try_from(child.id()) {
+        // SAFETY: kill has no memory-safety preconditions; the pid is our own child, not yet reaped.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+    }
     let deadline = Instant::now() + Duration::from_secs(3);
     while Instant::now() < deadline {
         if matches!(child.try_wait(), Ok(Some(_))) {
@@ -67,13 +69,12 @@ pub fn demo(layout: &Layout) -> Result<i32> {
     std::thread::spawn(move || {
         let mut lines = BufReader::new(stdout).lines();
         let _ = first_line.send(lines.next());
-        for line in lines.map_while(|l| l.ok()) {
+        for line in lines.map_while(Result::ok) {
             println!("demo server: {line}");
         }
     });
-    let line = match ready.recv_timeout(READY_TIMEOUT) {
-        Ok(Some(Ok(line))) => line,
-        _ => bail!("the demo server printed no ready line within {READY_TIMEOUT:?}"),
+    let Ok(Some(Ok(line))) = ready.recv_timeout(READY_TIMEOUT) else {
+        bail!("the demo server printed no ready line within {READY_TIMEOUT:?}");
     };
     let pid = match line.strip_prefix("ready ").map(str::trim) {
         Some(pid) if pid.parse::<u32>().is_ok() => pid.to_owned(),

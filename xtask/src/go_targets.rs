@@ -49,7 +49,13 @@ struct Build {
 impl Build {
     fn new(target: &str, suffix: &str, goarch: &'static str, cgo: bool, stripped: bool) -> Build {
         let strip = if stripped { "-stripped" } else { "" };
-        Build { target: target.to_owned(), output: format!("{target}{suffix}{strip}"), goarch, cgo, stripped }
+        Build {
+            target: target.to_owned(),
+            output: format!("{target}{suffix}{strip}"),
+            goarch,
+            cgo,
+            stripped,
+        }
     }
 
     /// `go build` arguments after the output path.
@@ -112,11 +118,12 @@ pub fn discover(src: &Path) -> Result<Vec<String>> {
         if !entry.file_type()?.is_dir() {
             continue;
         }
-        let is_main = fs::read_dir(entry.path())?.filter_map(|f| f.ok()).any(|f| {
+        let is_main = fs::read_dir(entry.path())?.filter_map(Result::ok).any(|f| {
             let name = f.file_name().to_string_lossy().into_owned();
             name.ends_with(".go")
                 && !name.ends_with("_test.go")
-                && fs::read_to_string(f.path()).is_ok_and(|text| text.lines().any(|l| l.trim() == "package main"))
+                && fs::read_to_string(f.path())
+                    .is_ok_and(|text| text.lines().any(|l| l.trim() == "package main"))
         });
         if is_main {
             targets.push(entry.file_name().to_string_lossy().into_owned());
@@ -155,13 +162,20 @@ fn source_files(src: &Path, target: &str) -> Result<Vec<PathBuf>> {
             let path = entry?.path();
             if path.is_dir() {
                 walk(&path, out)?;
-            } else if matches!(path.extension().and_then(|e| e.to_str()), Some("go" | "c" | "h" | "s" | "S" | "syso")) {
+            } else if matches!(
+                path.extension().and_then(|e| e.to_str()),
+                Some("go" | "c" | "h" | "s" | "S" | "syso")
+            ) {
                 out.push(path);
             }
         }
         Ok(())
     }
-    let mut files: Vec<PathBuf> = ["go.mod", "go.sum"].iter().map(|f| src.join(f)).filter(|f| f.exists()).collect();
+    let mut files: Vec<PathBuf> = ["go.mod", "go.sum"]
+        .iter()
+        .map(|f| src.join(f))
+        .filter(|f| f.exists())
+        .collect();
     walk(&src.join(target), &mut files)?;
     walk(&src.join("internal"), &mut files)?;
     files.sort();
@@ -172,7 +186,12 @@ fn source_files(src: &Path, target: &str) -> Result<Vec<PathBuf>> {
 fn hash_sources(src: &Path, target: &str) -> Result<u64> {
     let mut h = Fnv::new();
     for file in source_files(src, target)? {
-        h.add(file.strip_prefix(src).unwrap_or(&file).to_string_lossy().as_bytes());
+        h.add(
+            file.strip_prefix(src)
+                .unwrap_or(&file)
+                .to_string_lossy()
+                .as_bytes(),
+        );
         h.add(&fs::read(&file).with_context(|| format!("reading {}", file.display()))?);
     }
     Ok(h.0)
@@ -181,19 +200,34 @@ fn hash_sources(src: &Path, target: &str) -> Result<u64> {
 /// Identity of a toolchain: its path, its VERSION file and the size and mtime of its `go` binary
 /// (a reinstalled toolchain gets a new mtime).
 fn hash_toolchain(go: &Path) -> Result<u64> {
-    let meta = fs::metadata(go).with_context(|| format!("{} is missing; run `./x setup`", go.display()))?;
-    let mtime = meta.modified()?.duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos();
-    let version_file = go.parent().and_then(Path::parent).map(|root| root.join("VERSION"));
-    let version = version_file.and_then(|f| fs::read(f).ok()).unwrap_or_default();
+    let meta = fs::metadata(go)
+        .with_context(|| format!("{} is missing; run `./x setup`", go.display()))?;
+    let mtime = meta
+        .modified()?
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    let version_file = go
+        .parent()
+        .and_then(Path::parent)
+        .map(|root| root.join("VERSION"));
+    let version = version_file
+        .and_then(|f| fs::read(f).ok())
+        .unwrap_or_default();
     let mut h = Fnv::new();
-    h.add(go.as_os_str().as_encoded_bytes()).add(&version).add(&meta.len().to_le_bytes()).add(&mtime.to_le_bytes());
+    h.add(go.as_os_str().as_encoded_bytes())
+        .add(&version)
+        .add(&meta.len().to_le_bytes())
+        .add(&mtime.to_le_bytes());
     Ok(h.0)
 }
 
 /// The stamp a binary must carry to count as up to date.
 fn stamp_key(layout: &Layout, build: &Build, toolchain: u64, sources: u64) -> String {
     let mut h = Fnv::new();
-    h.add(RECIPE.as_bytes()).add(&toolchain.to_le_bytes()).add(&sources.to_le_bytes());
+    h.add(RECIPE.as_bytes())
+        .add(&toolchain.to_le_bytes())
+        .add(&sources.to_le_bytes());
     for flag in build.flags() {
         h.add(flag.as_bytes());
     }
@@ -222,18 +256,31 @@ pub fn build_targets(layout: &Layout, versions: &[&'static GoVersion]) -> Result
     let start = Instant::now();
     let src = layout.go_targets_src();
     let targets = discover(&src)?;
-    let sources: BTreeMap<&str, u64> =
-        targets.iter().map(|t| Ok((t.as_str(), hash_sources(&src, t)?))).collect::<Result<_>>()?;
+    let sources: BTreeMap<&str, u64> = targets
+        .iter()
+        .map(|t| Ok((t.as_str(), hash_sources(&src, t)?)))
+        .collect::<Result<_>>()?;
     let mut jobs = VecDeque::new();
     for &version in versions {
         let toolchain = hash_toolchain(&version.go_binary(layout))?;
-        jobs.push_back(VersionJob { version, toolchain, builds: plan(version, &targets) });
+        jobs.push_back(VersionJob {
+            version,
+            toolchain,
+            builds: plan(version, &targets),
+        });
     }
-    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(jobs.len()).max(1);
+    let workers = std::thread::available_parallelism()
+        .map_or(1, std::num::NonZero::get)
+        .min(jobs.len())
+        .max(1);
     println!(
         "build-targets: {} with Go {} ({workers} at a time)",
         targets.join(", "),
-        versions.iter().map(|v| v.name).collect::<Vec<_>>().join(", ")
+        versions
+            .iter()
+            .map(|v| v.name)
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     let queue = Mutex::new(jobs);
     let tally = Mutex::new(Tally::default());
@@ -258,19 +305,33 @@ pub fn build_targets(layout: &Layout, versions: &[&'static GoVersion]) -> Result
         layout.go_targets_out().display()
     );
     if !tally.failures.is_empty() {
-        bail!("{} Go build(s) failed:\n{}", tally.failures.len(), tally.failures.join("\n"));
+        bail!(
+            "{} Go build(s) failed:\n{}",
+            tally.failures.len(),
+            tally.failures.join("\n")
+        );
     }
     Ok(())
 }
 
 /// Builds what is stale for one version, one binary after the other.
-fn build_version(layout: &Layout, src: &Path, sources: &BTreeMap<&str, u64>, job: &VersionJob, tally: &Mutex<Tally>) {
+fn build_version(
+    layout: &Layout,
+    src: &Path,
+    sources: &BTreeMap<&str, u64>,
+    job: &VersionJob,
+    tally: &Mutex<Tally>,
+) {
     let name = job.version.name;
     let go = job.version.go_binary(layout);
     let out_dir = layout.go_targets_out().join(name);
     let stamp_dir = layout.go_stamps().join(name);
     if let Err(e) = fs::create_dir_all(&out_dir).and_then(|_| fs::create_dir_all(&stamp_dir)) {
-        tally.lock().unwrap().failures.push(format!("[{name}] creating {}: {e}", out_dir.display()));
+        tally
+            .lock()
+            .unwrap()
+            .failures
+            .push(format!("[{name}] creating {}: {e}", out_dir.display()));
         return;
     }
     let mut fresh = 0;
@@ -287,13 +348,21 @@ fn build_version(layout: &Layout, src: &Path, sources: &BTreeMap<&str, u64>, job
             Ok(()) => {
                 // A stamp that cannot be written only costs a rebuild next time.
                 let _ = fs::write(&stamp, &key);
-                println!("[{name}] built {} ({:.1}s)", build.output, started.elapsed().as_secs_f64());
+                println!(
+                    "[{name}] built {} ({:.1}s)",
+                    build.output,
+                    started.elapsed().as_secs_f64()
+                );
                 tally.lock().unwrap().built += 1;
             }
             Err(e) => {
                 let _ = fs::remove_file(&stamp);
                 println!("[{name}] FAILED {}", build.output);
-                tally.lock().unwrap().failures.push(format!("[{name}] {}: {e:#}", build.output));
+                tally
+                    .lock()
+                    .unwrap()
+                    .failures
+                    .push(format!("[{name}] {}: {e:#}", build.output));
             }
         }
     }
@@ -315,8 +384,14 @@ fn go_build(layout: &Layout, go: &Path, src: &Path, build: &Build, output: &Path
             cmd.env_remove(k.as_ref());
         }
     }
-    cmd.envs(build.env(layout)).arg("build").arg("-o").arg(&partial).args(build.flags());
-    let out = cmd.output().with_context(|| format!("cannot start {}", go.display()))?;
+    cmd.envs(build.env(layout))
+        .arg("build")
+        .arg("-o")
+        .arg(&partial)
+        .args(build.flags());
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot start {}", go.display()))?;
     if !out.status.success() {
         let _ = fs::remove_file(&partial);
         bail!(
@@ -328,6 +403,7 @@ fn go_build(layout: &Layout, go: &Path, src: &Path, build: &Build, output: &Path
             String::from_utf8_lossy(&out.stderr).trim_end()
         );
     }
-    fs::rename(&partial, output).with_context(|| format!("renaming {} to {}", partial.display(), output.display()))?;
+    fs::rename(&partial, output)
+        .with_context(|| format!("renaming {} to {}", partial.display(), output.display()))?;
     Ok(())
 }

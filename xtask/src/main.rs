@@ -24,7 +24,11 @@ use clap::{Args, Parser, Subcommand};
 use crate::layout::Layout;
 
 #[derive(Parser)]
-#[command(name = "x", bin_name = "./x", about = "Build, bootstrap and test maptrace (run through ./x)")]
+#[command(
+    name = "x",
+    bin_name = "./x",
+    about = "Build, bootstrap and test maptrace (run through ./x)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -83,7 +87,10 @@ fn run(cli: Cli) -> Result<i32> {
             go_targets::build_targets(&layout, &versions)?;
         }
         Cmd::Demo => return demo::demo(&layout),
-        Cmd::Test { go, cargo_test_args } => return test::test(&layout, &go.versions()?, &cargo_test_args),
+        Cmd::Test {
+            go,
+            cargo_test_args,
+        } => return test::test(&layout, &go.versions()?, &cargo_test_args),
     }
     Ok(0)
 }

