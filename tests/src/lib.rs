@@ -91,17 +91,24 @@ pub struct Target {
 
 impl Target {
     pub fn start(path: &std::path::Path, args: &[&str]) -> Self {
-        let mut child = Command::new(path)
-            .args(args)
+        let mut cmd = Command::new(path);
+        cmd.args(args);
+        Self::start_command(&mut cmd)
+    }
+
+    /// Starts a target through a command that ends by exec-ing it (so the PID is the child's).
+    pub fn start_command(cmd: &mut Command) -> Self {
+        let what = format!("{cmd:?}");
+        let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .unwrap_or_else(|e| panic!("starting {}: {e}", path.display()));
+            .unwrap_or_else(|e| panic!("starting {what}: {e}"));
         let stdin = child.stdin.take();
         let stdout = Lines::spawn(child.stdout.take().unwrap());
         let first = stdout.until("the target's ready line", |_| true).remove(0);
-        assert_eq!(first, format!("ready {}", child.id()), "protocol: first line of {}", path.display());
+        assert_eq!(first, format!("ready {}", child.id()), "protocol: first line of {what}");
         let pid = child.id();
         Self { child, stdin, stdout, pid }
     }

@@ -55,3 +55,39 @@ fn interrupt_ends_the_session_and_leaves_the_target_running() {
     assert!(std::path::Path::new(&format!("/proc/{pid}")).exists(), "the demo died");
     target.kill();
 }
+
+/// A target in its own mount namespace runs a binary that does not exist at that path outside
+/// it (a container's view): maptrace reads and probes it through /proc/PID/exe.
+#[test]
+fn target_in_another_mount_namespace() {
+    let dir = std::env::temp_dir().join(format!("maptrace-e2e-ns-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bin = target_path(GO, "counting");
+    let inside = dir.join("counting");
+    let script = format!(
+        "mount -t tmpfs none {d} && cp {bin} {inside} && exec {inside} -maps=5 -slices=6 -objects=7",
+        d = dir.display(),
+        bin = bin.display(),
+        inside = inside.display()
+    );
+    let mut target = Target::start_command(
+        std::process::Command::new("unshare").args(["--mount", "--propagation", "private", "sh", "-c", &script]),
+    );
+    assert!(!inside.exists(), "the binary must not be visible outside the namespace");
+    let pid = target.pid.to_string();
+    let mut maptrace = Maptrace::start(&["--pid", &pid, "--json", "--no-live"]);
+    maptrace.wait_attached();
+    target.go();
+    let (_, status) = target.finish();
+    assert!(status.success());
+    let outcome = maptrace.finish();
+    let _ = std::fs::remove_dir(&dir);
+    assert!(outcome.status.success(), "{outcome:#?}");
+    let report = outcome.json();
+    assert_eq!(report["target"]["binary"], inside.display().to_string());
+    for (f, n) in [("main.makeMaps", 5), ("main.makeSlices", 6), ("main.makeObjects", 7)] {
+        let rows = sites_at(&report, f);
+        assert_eq!(rows.len(), 1, "{f}: {report:#}");
+        assert_eq!(rows[0]["count"], n, "{f}: {:#}", rows[0]);
+    }
+}

@@ -44,8 +44,19 @@ impl ContainerKind {
     }
 }
 
-/// State saved at a `mallocgc`-family entry, keyed by the goroutine (`g` pointer), and read back
-/// at each of the function's RET instructions (never a uretprobe: Go moves stacks).
+/// Key of an allocation in flight: the goroutine and the depth of the allocator's frame below
+/// the top of its stack. The depth separates an allocation that the runtime makes while serving
+/// another (a GC starting inside mallocgc allocates too) and survives the stack being moved; an
+/// entry that fires again after stack growth lands on the same key.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AllocKey {
+    pub g: u64,
+    pub depth: u64,
+}
+
+/// State saved at a `mallocgc`-family entry and read back at each of the function's RET
+/// instructions (never a uretprobe: Go moves stacks).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct AllocEntry {
@@ -103,6 +114,7 @@ pub struct Record {
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: plain `repr(C)` integers, valid for any bit pattern.
+    unsafe impl aya::Pod for super::AllocKey {}
     unsafe impl aya::Pod for super::AllocEntry {}
     unsafe impl aya::Pod for super::ContainerEntry {}
     unsafe impl aya::Pod for super::Record {}

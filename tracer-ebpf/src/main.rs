@@ -19,7 +19,7 @@ use aya_ebpf::{
     EbpfContext,
 };
 use tracer_common::{
-    AllocEntry, ConstructorCookie, ContainerEntry, ContainerKind, Record, RecordKind,
+    AllocEntry, AllocKey, ConstructorCookie, ContainerEntry, ContainerKind, Record, RecordKind,
     MAX_IN_FLIGHT, MAX_STACK_DEPTH, RING_BUFFER_BYTES,
 };
 
@@ -35,18 +35,30 @@ static RECORDS: RingBuf = RingBuf::with_byte_size(RING_BUFFER_BYTES, 0);
 static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
-static ALLOC_IN_FLIGHT: LruHashMap<u64, AllocEntry> =
+static ALLOC_IN_FLIGHT: LruHashMap<AllocKey, AllocEntry> =
     LruHashMap::with_max_entries(MAX_IN_FLIGHT, 0);
+
+/// The last pointer reported per goroutine. On Go 1.27 mallocgc hands small sizes to a
+/// size-specialized function that is probed too: both return the same pointer, reported once.
+#[map]
+static LAST_ALLOC: LruHashMap<u64, u64> = LruHashMap::with_max_entries(MAX_IN_FLIGHT, 0);
 
 #[map]
 static CONSTRUCTOR_IN_FLIGHT: LruHashMap<u64, ContainerEntry> =
     LruHashMap::with_max_entries(MAX_IN_FLIGHT, 0);
 
-/// Entry of `mallocgc` and its size-specialized variants: (size, typ, …).
+/// Entry of `mallocgc` and its size-specialized variants: (size, typ, …). Zero-size requests
+/// return the shared `zerobase` and allocate nothing.
 #[uprobe]
 pub fn alloc_entry(ctx: ProbeContext) -> u32 {
-    let entry = AllocEntry { size: go_abi::int_reg(&ctx, 0), type_ptr: go_abi::int_reg(&ctx, 1) };
-    let _ = ALLOC_IN_FLIGHT.insert(&go_abi::g(&ctx), &entry, 0);
+    let size = go_abi::int_reg(&ctx, 0);
+    if size == 0 {
+        return 0;
+    }
+    let g = go_abi::g(&ctx);
+    let key = AllocKey { g, depth: go_abi::stack_depth(&ctx, g) };
+    let entry = AllocEntry { size, type_ptr: go_abi::int_reg(&ctx, 1) };
+    let _ = ALLOC_IN_FLIGHT.insert(&key, &entry, 0);
     0
 }
 
@@ -54,23 +66,31 @@ pub fn alloc_entry(ctx: ProbeContext) -> u32 {
 #[uprobe]
 pub fn alloc_ret(ctx: ProbeContext) -> u32 {
     let g = go_abi::g(&ctx);
-    let Some(entry) = ALLOC_IN_FLIGHT.get_ptr(&g) else { return 0 };
+    let depth = go_abi::stack_depth(&ctx, g);
+    let key = AllocKey { g, depth };
+    let Some(entry) = ALLOC_IN_FLIGHT.get_ptr(&key) else { return 0 };
     // SAFETY: the value is copied out before the key is removed.
     let entry = unsafe { *entry };
-    let _ = ALLOC_IN_FLIGHT.remove(&g);
+    let _ = ALLOC_IN_FLIGHT.remove(&key);
+    let ptr = go_abi::int_reg(&ctx, 0);
+    // SAFETY: per-goroutine key.
+    if LAST_ALLOC.get_ptr(&g).is_some_and(|last| unsafe { *last } == ptr) {
+        return 0;
+    }
+    let _ = LAST_ALLOC.insert(&g, &ptr, 0);
 
     let mut container = ContainerKind::None as u32;
     if let Some(c) = CONSTRUCTOR_IN_FLIGHT.get_ptr_mut(&g) {
         // SAFETY: per-goroutine key: only this goroutine's probes touch this entry.
         unsafe {
-            if go_abi::stack_depth(&ctx, g) > (*c).depth {
+            if depth > (*c).depth {
                 (*c).alloc_count += 1;
                 (*c).bytes += entry.size;
                 container = (*c).kind;
             }
         }
     }
-    emit(&ctx, g, RecordKind::Alloc, container, go_abi::int_reg(&ctx, 0), entry.size, entry.type_ptr, 1);
+    emit(&ctx, g, RecordKind::Alloc, container, ptr, entry.size, entry.type_ptr, 1);
     0
 }
 

@@ -9,7 +9,7 @@ use tracer_common::{ContainerKind, RecordKind};
 use crate::{
     events::Event,
     gotype::GoType,
-    symbolize::{is_map_function, is_runtime_function},
+    symbolize::{is_allocator, is_map_function, is_runtime_function},
     target::Frame,
 };
 
@@ -118,11 +118,22 @@ impl SiteTable {
         };
         let mut site = None;
         let mut untyped_as = None;
+        let mut below_other_runtime = false;
         for (i, &pc) in ev.stack.iter().enumerate().skip(1) {
             let Some(f) = names.frame(pc.wrapping_sub(1)) else { continue };
             if !is_runtime_function(&f.function) {
                 site = Some(i);
                 break;
+            }
+            if is_allocator(&f.function) {
+                // An allocation the runtime made while serving another (a GC cycle starting
+                // inside mallocgc allocates its workers): the runtime's own, not the caller's.
+                // (mallocgc directly above a size-specialized allocator is the same allocation.)
+                if below_other_runtime {
+                    break;
+                }
+            } else {
+                below_other_runtime = true;
             }
             if kind == ValueKind::Object && is_map_function(&f.function) {
                 kind = ValueKind::Map;
@@ -246,6 +257,8 @@ mod tests {
                 0x1200..=0x12ff => "runtime.mapassign_faststr",
                 0x1300..=0x13ff => "runtime.concatstring2",
                 0x1400..=0x14ff => "runtime.rawbyteslice",
+                0x1500..=0x15ff => "runtime.gcStart",
+                0x1600..=0x16ff => "runtime.mallocgcSmallScanNoHeaderSC5",
                 0x2000..=0x20ff => "main.makeThings",
                 0x2100..=0x21ff => "main.main",
                 _ => return None,
@@ -324,6 +337,19 @@ mod tests {
         let kinds: Vec<(ValueKind, String)> = rows.into_iter().map(|r| (r.kind, r.type_name)).collect();
         assert!(kinds.contains(&(ValueKind::String, "string".into())), "{kinds:?}");
         assert!(kinds.contains(&(ValueKind::Slice, "[]uint8".into())), "{kinds:?}");
+    }
+
+    #[test]
+    fn allocations_the_runtime_makes_inside_another_are_its_own() {
+        let mut t = SiteTable::default();
+        // A GC starting inside main's allocation allocates too.
+        t.add(&event(RecordKind::Alloc, ContainerKind::None, &[0x1000, 0x1510, 0x1010, 0x2010], 0x4a0000, 48), &mut Fake);
+        // Go 1.27: mallocgc hands the size to a specialized allocator: main's own allocation.
+        t.add(&event(RecordKind::Alloc, ContainerKind::None, &[0x1600, 0x1010, 0x2010], 0x4a0000, 48), &mut Fake);
+        let rows = t.rows(&mut Fake, 10);
+        assert_eq!(rows.len(), 2, "{rows:#?}");
+        let sites: Vec<&str> = rows.iter().map(|r| r.stack.first().map_or("(runtime)", |f| f.function.as_str())).collect();
+        assert!(sites.contains(&"(runtime)") && sites.contains(&"main.makeThings"), "{sites:?}");
     }
 
     #[test]

@@ -41,6 +41,11 @@ pub fn is_runtime_function(name: &str) -> bool {
     name.starts_with("runtime.") || name.starts_with("internal/runtime/") || name.starts_with("runtime/internal/")
 }
 
+/// The runtime's allocator entry points (mallocgc and the size-specialized functions beside it).
+pub fn is_allocator(name: &str) -> bool {
+    name.starts_with("runtime.mallocgc")
+}
+
 /// Runtime functions that work on maps: an allocation below one is map storage.
 pub fn is_map_function(name: &str) -> bool {
     name.starts_with("internal/runtime/maps.")
