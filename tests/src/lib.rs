@@ -222,6 +222,36 @@ impl Maptrace {
     }
 }
 
+/// A target's measured phase run under maptrace: what the target printed after its ready line,
+/// how it exited, and maptrace's JSON report.
+pub struct Traced {
+    pub target_output: Vec<String>,
+    pub target_status: ExitStatus,
+    pub report: Value,
+}
+
+/// Attaches maptrace (JSON, no live view) to a ready target, lets the target run its measured
+/// phase and waits for both to finish; maptrace must succeed.
+pub fn trace_measured_phase(mut target: Target) -> Traced {
+    let pid = target.pid.to_string();
+    let mut maptrace = Maptrace::start(&["--pid", &pid, "--json", "--no-live"]);
+    maptrace.wait_attached();
+    target.go();
+    let (target_output, target_status) = target.finish();
+    let outcome = maptrace.finish();
+    assert!(outcome.status.success(), "maptrace failed: {outcome:#?}");
+    Traced { target_output, target_status, report: outcome.json() }
+}
+
+/// Asserts one site row per function with the given count.
+pub fn assert_counts(report: &Value, expected: &[(&str, u64)]) {
+    for (function, n) in expected {
+        let rows = sites_at(report, function);
+        assert_eq!(rows.len(), 1, "exactly one site row at {function}: {report:#}");
+        assert_eq!(rows[0]["count"], *n, "{function}: {:#}", rows[0]);
+    }
+}
+
 /// Runs maptrace to completion (for the error cases).
 pub fn run_maptrace(args: &[&str]) -> Outcome {
     Maptrace::start(args).finish()

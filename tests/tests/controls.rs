@@ -1,23 +1,16 @@
 //! Controls and the end of a session: a target that allocates nothing gets no site of its own,
 //! and an interrupted or timed session still prints its report.
 
-use e2e::{site_functions, sites_at, target_path, Maptrace, Target};
+use e2e::{assert_counts, site_functions, sites_at, target_path, trace_measured_phase, Maptrace, Target};
 
 const GO: &str = "1.24.11";
 
 #[test]
 fn quiet_target_has_no_sites_of_its_own() {
     for go in ["1.21.13", "1.27.3"] {
-        let mut target = Target::start(&target_path(go, "quiet"), &["-sleep=1s"]);
-        let pid = target.pid.to_string();
-        let mut maptrace = Maptrace::start(&["--pid", &pid, "--json", "--no-live"]);
-        maptrace.wait_attached();
-        target.go();
-        let (_, status) = target.finish();
-        assert!(status.success());
-        let outcome = maptrace.finish();
-        assert!(outcome.status.success(), "{outcome:#?}");
-        let report = outcome.json();
+        let traced = trace_measured_phase(Target::start(&target_path(go, "quiet"), &["-sleep=1s"]));
+        assert!(traced.target_status.success());
+        let report = traced.report;
         let mine: Vec<String> = site_functions(&report).into_iter().filter(|f| f.starts_with("main.")).collect();
         assert!(mine.is_empty(), "go{go}: quiet allocated from {mine:?}: {report:#}");
     }
@@ -70,24 +63,13 @@ fn target_in_another_mount_namespace() {
         bin = bin.display(),
         inside = inside.display()
     );
-    let mut target = Target::start_command(
+    let target = Target::start_command(
         std::process::Command::new("unshare").args(["--mount", "--propagation", "private", "sh", "-c", &script]),
     );
     assert!(!inside.exists(), "the binary must not be visible outside the namespace");
-    let pid = target.pid.to_string();
-    let mut maptrace = Maptrace::start(&["--pid", &pid, "--json", "--no-live"]);
-    maptrace.wait_attached();
-    target.go();
-    let (_, status) = target.finish();
-    assert!(status.success());
-    let outcome = maptrace.finish();
+    let traced = trace_measured_phase(target);
     let _ = std::fs::remove_dir(&dir);
-    assert!(outcome.status.success(), "{outcome:#?}");
-    let report = outcome.json();
-    assert_eq!(report["target"]["binary"], inside.display().to_string());
-    for (f, n) in [("main.makeMaps", 5), ("main.makeSlices", 6), ("main.makeObjects", 7)] {
-        let rows = sites_at(&report, f);
-        assert_eq!(rows.len(), 1, "{f}: {report:#}");
-        assert_eq!(rows[0]["count"], n, "{f}: {:#}", rows[0]);
-    }
+    assert!(traced.target_status.success());
+    assert_eq!(traced.report["target"]["binary"], inside.display().to_string());
+    assert_counts(&traced.report, &[("main.makeMaps", 5), ("main.makeSlices", 6), ("main.makeObjects", 7)]);
 }

@@ -3,7 +3,7 @@
 //! with the right kinds, types and sizes, for every Go version, stripped and not. The target's
 //! own output and exit status must not change because it was traced.
 
-use e2e::{site_functions, sites_at, target_path, Maptrace, Target};
+use e2e::{assert_counts, site_functions, sites_at, target_path, trace_measured_phase, Target};
 
 const MAPS: u64 = 100;
 const SLICES: u64 = 200;
@@ -35,19 +35,12 @@ fn check(go: &str, stripped: bool) {
 
     let args = args();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut target = Target::start(&bin, &args);
-    let pid = target.pid.to_string();
-    let mut maptrace = Maptrace::start(&["--pid", &pid, "--json", "--no-live"]);
-    maptrace.wait_attached();
-    target.go();
-    let (traced_out, traced_status) = target.finish();
-    let outcome = maptrace.finish();
+    let traced = trace_measured_phase(Target::start(&bin, &args));
 
-    assert_eq!(traced_out, plain_out, "the target's output changed under tracing");
-    assert_eq!(traced_status.code(), plain_status.code(), "the target's exit status changed under tracing");
+    assert_eq!(traced.target_output, plain_out, "the target's output changed under tracing");
+    assert_eq!(traced.target_status.code(), plain_status.code(), "the target's exit status changed under tracing");
     assert!(plain_status.success(), "counting failed: {plain_status}");
-    assert!(outcome.status.success(), "maptrace failed: {outcome:#?}");
-    let report = outcome.json();
+    let report = traced.report;
     assert_eq!(report["ended_by"], "target exited");
     assert_eq!(report["lost_records"], 0, "records lost");
     assert_eq!(report["target"]["stripped"], stripped);
@@ -133,19 +126,7 @@ matrix! {
 #[test]
 fn cgo_build() {
     let bin = target_path("1.24.11", "counting-cgo");
-    let mut target = Target::start(&bin, &["-maps=10", "-slices=20", "-objects=30"]);
-    let pid = target.pid.to_string();
-    let mut maptrace = Maptrace::start(&["--pid", &pid, "--json", "--no-live"]);
-    maptrace.wait_attached();
-    target.go();
-    let (_, status) = target.finish();
-    assert!(status.success());
-    let outcome = maptrace.finish();
-    assert!(outcome.status.success(), "{outcome:#?}");
-    let report = outcome.json();
-    for (f, n) in [("main.makeMaps", 10), ("main.makeSlices", 20), ("main.makeObjects", 30)] {
-        let rows = sites_at(&report, f);
-        assert_eq!(rows.len(), 1, "{f}: {rows:#?}");
-        assert_eq!(rows[0]["count"], n, "{f}: {:#}", rows[0]);
-    }
+    let traced = trace_measured_phase(Target::start(&bin, &["-maps=10", "-slices=20", "-objects=30"]));
+    assert!(traced.target_status.success());
+    assert_counts(&traced.report, &[("main.makeMaps", 10), ("main.makeSlices", 20), ("main.makeObjects", 30)]);
 }
