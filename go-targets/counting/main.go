@@ -32,6 +32,9 @@ var (
 	mapSink   []map[string]int
 	sliceSink [][]byte
 	objSink   []*Node
+	// appendSink holds A slices with len = cap = 1, made before the measured phase, so that each
+	// append in growSlices must grow exactly one of them.
+	appendSink [][]uint64
 )
 
 // makeMaps makes exactly n maps. hint is a parameter, unknown at compile time, so the compiler calls
@@ -67,6 +70,16 @@ func makeObjects(k int) {
 	}
 }
 
+// growSlices appends one element to each of the a full slices in appendSink: exactly a calls to
+// runtime.growslice, each making a new []uint64 backing array of capacity 2 (16 bytes, noscan).
+//
+//go:noinline
+func growSlices(a int) {
+	for i := 0; i < a; i++ {
+		appendSink[i] = append(appendSink[i], uint64(i))
+	}
+}
+
 // Preallocated so that reading memory statistics in the measured phase allocates nothing.
 var before, after runtime.MemStats
 
@@ -75,10 +88,11 @@ func main() {
 	slices := flag.Int("slices", 200, "number of []byte main.makeSlices makes")
 	objects := flag.Int("objects", 300, "number of *main.Node main.makeObjects makes")
 	sliceSize := flag.Int("slice-size", 4096, "length in bytes of each slice")
+	appends := flag.Int("appends", 0, "number of appends main.growSlices makes, each growing a full 1-element []uint64")
 	mapHint := flag.Int("map-hint", 64, "size hint of each map (at least 64)")
 	memstats := flag.Bool("memstats", false, "append the runtime's own count of the measured phase's heap allocations to the done line (mallocs=, bytes=)")
 	flag.Parse()
-	if *maps < 0 || *slices < 0 || *objects < 0 || *sliceSize < 0 || *mapHint < 64 {
+	if *maps < 0 || *slices < 0 || *objects < 0 || *appends < 0 || *sliceSize < 0 || *mapHint < 64 {
 		fmt.Fprintln(os.Stderr, "counting: counts must be >= 0 and -map-hint >= 64")
 		os.Exit(2)
 	}
@@ -86,6 +100,10 @@ func main() {
 	mapSink = make([]map[string]int, *maps)
 	sliceSink = make([][]byte, *slices)
 	objSink = make([]*Node, *objects)
+	appendSink = make([][]uint64, *appends)
+	for i := range appendSink {
+		appendSink[i] = make([]uint64, 1)
+	}
 	done := make([]byte, 0, protocol.DoneBufSize)
 
 	protocol.Settle()
@@ -98,6 +116,7 @@ func main() {
 	makeMaps(*maps, *mapHint)
 	makeSlices(*slices, *sliceSize)
 	makeObjects(*objects)
+	growSlices(*appends)
 	if *memstats {
 		runtime.ReadMemStats(&after)
 		protocol.Done(done,

@@ -8,6 +8,9 @@ use e2e::{assert_counts, site_functions, sites_at, target_path, trace_measured_p
 const MAPS: u64 = 100;
 const SLICES: u64 = 200;
 const OBJECTS: u64 = 300;
+const APPENDS: u64 = 50;
+/// Each append grows a full 1-element `[]uint64` to capacity 2.
+const APPEND_BYTES: u64 = 16;
 const SLICE_SIZE: u64 = 4096;
 /// `main.Node`: a pointer, three 8-byte integers and a 16-byte array.
 const NODE_SIZE: u64 = 48;
@@ -17,6 +20,7 @@ fn args() -> Vec<String> {
         format!("-maps={MAPS}"),
         format!("-slices={SLICES}"),
         format!("-objects={OBJECTS}"),
+        format!("-appends={APPENDS}"),
         format!("-slice-size={SLICE_SIZE}"),
     ]
 }
@@ -69,9 +73,15 @@ fn check(go: &str, stripped: bool) {
     assert_eq!(objects["count"], OBJECTS, "{objects:#}");
     assert_eq!(objects["bytes"], OBJECTS * NODE_SIZE, "{objects:#}");
 
-    for (row, file_suffix) in [(&maps, "counting/main.go"), (&slices, "counting/main.go"), (&objects, "counting/main.go")] {
+    let grown = one("main.growSlices");
+    assert_eq!(grown["kind"], "slice", "{grown:#}");
+    assert_eq!(grown["type"], "[]uint64", "growslice's element type: {grown:#}");
+    assert_eq!(grown["count"], APPENDS, "{grown:#}");
+    assert_eq!(grown["bytes"], APPENDS * APPEND_BYTES, "{grown:#}");
+
+    for row in [&maps, &slices, &objects, &grown] {
         let site = &row["stack"][0];
-        assert!(site["file"].as_str().unwrap().ends_with(file_suffix), "site file: {site:#}");
+        assert!(site["file"].as_str().unwrap().ends_with("counting/main.go"), "site file: {site:#}");
         assert!(site["line"].as_u64().unwrap() > 0, "site line: {site:#}");
         assert_eq!(row["stack"][1]["function"], "main.main", "caller of the site: {row:#}");
     }
@@ -79,7 +89,10 @@ fn check(go: &str, stripped: bool) {
     // Only the runtime's (and the standard library's) own allocations may add rows.
     let extra: Vec<String> = site_functions(&report)
         .into_iter()
-        .filter(|f| f.starts_with("main.") && !["main.makeMaps", "main.makeSlices", "main.makeObjects"].contains(&f.as_str()))
+        .filter(|f| {
+            f.starts_with("main.")
+                && !["main.makeMaps", "main.makeSlices", "main.makeObjects", "main.growSlices"].contains(&f.as_str())
+        })
         .collect();
     assert!(extra.is_empty(), "unexpected allocation sites in main: {extra:?}");
 

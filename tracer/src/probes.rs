@@ -47,16 +47,6 @@ pub struct ProbePlan {
     pub points: Vec<ProbePoint>,
 }
 
-/// Slices' element type argument of `growslice`: `(et, old slice, cap)` until Go 1.19,
-/// `(oldPtr, newLen, oldCap, num, et)` from Go 1.20 (src/runtime/slice.go).
-fn growslice_type_arg(v: &GoVersion) -> u8 {
-    if v.minor <= 19 {
-        0
-    } else {
-        4
-    }
-}
-
 fn check_supported(v: &GoVersion) -> Result<(), Failure> {
     if v.major != 1 || v.minor < 19 {
         return Err(Failure::UnsupportedGo {
@@ -92,7 +82,7 @@ impl ProbePlan {
         check_supported(version)?;
         let slice = |arg| Role::Constructor(ConstructorCookie { kind: ContainerKind::Slice, type_arg: Some(arg) });
         let map = |arg| Role::Constructor(ConstructorCookie { kind: ContainerKind::Map, type_arg: arg });
-        let growslice = slice(growslice_type_arg(version));
+        let growslice = slice(bin.layout().growslice_type_arg);
 
         let mut wanted: Vec<(&Function, Role)> = Vec::new();
         for f in bin.functions() {

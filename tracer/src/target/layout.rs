@@ -11,12 +11,17 @@ pub enum LayoutSource {
     VersionTable,
 }
 
-/// Offsets into runtime structs that the eBPF side needs.
+/// Per-version facts about the runtime that the probes need: struct offsets, and the one
+/// calling-convention change among the probed functions.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RuntimeLayout {
     /// `runtime.g.goid`: moved 152 → 160 (1.23) → 152 (1.25).
     pub goid_offset: u64,
+    /// Where the goid offset came from.
     pub source: LayoutSource,
+    /// The integer argument register of `growslice`'s element type: `growslice(et, old, cap)`
+    /// until Go 1.19, `growslice(oldPtr, newLen, oldCap, num, et)` since 1.20 (runtime/slice.go).
+    pub growslice_type_arg: u8,
 }
 
 /// Offsets of the `runtime.moduledata` fields we read. The pclntab slices before them (at 0..128) have not moved
@@ -94,17 +99,13 @@ pub(crate) fn resolve(
 ) -> Result<Resolved, TargetError> {
     let member = |s: &str, m: &str| dwarf.and_then(|d| d.get(s)?.get(m).copied());
     let row = table_row(version, arch);
-    let runtime = match (member("runtime.g", "goid"), row) {
-        (Some(goid_offset), _) => RuntimeLayout {
-            goid_offset,
-            source: LayoutSource::Dwarf,
-        },
-        (None, Some(r)) => RuntimeLayout {
-            goid_offset: r.goid,
-            source: LayoutSource::VersionTable,
-        },
+    let (goid_offset, source) = match (member("runtime.g", "goid"), row) {
+        (Some(goid), _) => (goid, LayoutSource::Dwarf),
+        (None, Some(r)) => (r.goid, LayoutSource::VersionTable),
         (None, None) => return Err(no_table(version, arch)),
     };
+    let growslice_type_arg = if (version.major, version.minor) <= (1, 19) { 0 } else { 4 };
+    let runtime = RuntimeLayout { goid_offset, source, growslice_type_arg };
     let from_dwarf = || {
         let m = |f| member("runtime.moduledata", f);
         Some(md(m("text")?, m("types")?, m("etypes")?))
