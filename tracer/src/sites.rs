@@ -47,6 +47,8 @@ struct SiteKey {
     kind: ValueKind,
     /// `*abi.Type` of the allocation, or the element/map type of a constructor.
     type_ptr: u64,
+    /// `type_ptr` is a slice's element type (a slice constructor's argument).
+    elem_type: bool,
     /// The type of an untyped allocation, known from the runtime function that made it.
     untyped_as: Option<&'static str>,
 }
@@ -135,7 +137,8 @@ impl SiteTable {
             } else {
                 below_other_runtime = true;
             }
-            if kind == ValueKind::Object && is_map_function(&f.function) {
+            // Storage the map implementation makes (groups, tables, its directory slice) is the map's.
+            if is_map_function(&f.function) {
                 kind = ValueKind::Map;
             }
             if ev.type_ptr == 0 && untyped_as.is_none() {
@@ -149,7 +152,8 @@ impl SiteTable {
             Some(i) => (ev.stack[i], &ev.stack[i..]),
             None => (0, &ev.stack[..0]),
         };
-        let key = SiteKey { site_pc, kind, type_ptr: ev.type_ptr, untyped_as };
+        let elem_type = ev.kind == RecordKind::Container && ev.container == ContainerKind::Slice;
+        let key = SiteKey { site_pc, kind, type_ptr: ev.type_ptr, elem_type, untyped_as };
         let stats = self.sites.entry(key).or_insert_with(|| SiteStats {
             count: 0,
             bytes: 0,
@@ -228,16 +232,16 @@ fn type_name(k: &SiteKey, names: &mut dyn Resolve) -> String {
         return name.to_string();
     }
     let t = names.go_type(k.type_ptr);
-    match (k.kind, t) {
-        // Constructors of slices carry the element type.
-        (ValueKind::Slice, Some(t)) => format!("[]{}", t.name),
-        (ValueKind::Slice, None) => "[]?".into(),
-        (_, Some(t)) => t.name.clone(),
+    match t {
+        // Slice constructors carry the element type.
+        Some(t) if k.elem_type => format!("[]{}", t.name),
+        None if k.elem_type => "[]?".into(),
+        Some(t) => t.name.clone(),
         // makemap_small is not passed the map's type.
-        (ValueKind::Map, None) if k.type_ptr == 0 => "map (untyped)".into(),
+        None if k.type_ptr == 0 && k.kind == ValueKind::Map => "map (untyped)".into(),
         // Since Go 1.25 escaping pointer-free locals may share one untyped allocation.
-        (ValueKind::Object, None) if k.type_ptr == 0 => "(untyped noscan)".into(),
-        (_, None) => format!("? (type at {:#x})", k.type_ptr),
+        None if k.type_ptr == 0 => "(untyped noscan)".into(),
+        None => format!("? (type at {:#x})", k.type_ptr),
     }
 }
 
@@ -293,7 +297,8 @@ mod tests {
         let slice = event(RecordKind::Container, ContainerKind::Slice, &[0x1100, 0x2020, 0x2110], 0x4b0000, 4096);
         let map = event(RecordKind::Container, ContainerKind::Map, &[0x1100, 0x2030, 0x2110], 0x4c0000, 400);
         let growth = event(RecordKind::Alloc, ContainerKind::None, &[0x1000, 0x1210, 0x2040, 0x2110], 0x4d0000, 800);
-        for e in [&obj, &obj, &inner, &slice, &map, &growth] {
+        let directory = event(RecordKind::Container, ContainerKind::Slice, &[0x1100, 0x1210, 0x2040, 0x2110], 0x4a0000, 8);
+        for e in [&obj, &obj, &inner, &slice, &map, &growth, &directory] {
             t.add(e, &mut Fake);
         }
         let rows = t.rows(&mut Fake, 10);
@@ -309,10 +314,11 @@ mod tests {
         assert_eq!((m.count, m.bytes), (1, 400));
         let g = find(ValueKind::Map, "noalg.map.bucket[string]int").expect("map growth row");
         assert_eq!(g.count, 1);
-        assert_eq!(rows.len(), 4);
+        find(ValueKind::Map, "[]main.Node").expect("a slice the map implementation makes is map storage");
+        assert_eq!(rows.len(), 5);
         assert_eq!(t.totals.heap_allocations, 4);
         assert_eq!(t.totals.heap_bytes, 48 + 48 + 4096 + 800);
-        assert_eq!(t.totals.records, 6);
+        assert_eq!(t.totals.records, 7);
         assert_eq!(rows[0].type_name, "[]uint8", "sorted by bytes");
     }
 
