@@ -102,7 +102,6 @@ impl Target {
         let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
             .spawn()
             .unwrap_or_else(|e| panic!("starting {what}: {e}"));
         let stdin = child.stdin.take();

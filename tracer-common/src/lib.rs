@@ -23,6 +23,82 @@ pub enum RecordKind {
     /// A slice or map constructor (`makeslice`, `growslice`, `makemap`, …) returned after
     /// allocating `alloc_count` heap blocks of `size` bytes in all; `ptr` is its result.
     Container = 2,
+    /// A GC cycle reached mark termination ([`CycleRecord`]).
+    CycleEnd = 3,
+    /// A span is about to be swept: which of its objects the last cycle marked ([`SpanRecord`]).
+    SpanSwept = 4,
+}
+
+impl RecordKind {
+    /// The kind of the record in `bytes` (every record starts with its kind).
+    pub fn of(bytes: &[u8]) -> Option<Self> {
+        let k = u32::from_ne_bytes([*bytes.first()?, *bytes.get(1)?, *bytes.get(2)?, *bytes.get(3)?]);
+        Some(match k {
+            1 => Self::Alloc,
+            2 => Self::Container,
+            3 => Self::CycleEnd,
+            4 => Self::SpanSwept,
+            _ => return None,
+        })
+    }
+}
+
+/// What the eBPF programs need to know about this target's runtime, set once at load time from
+/// the binary's per-version layout (`tracer::target::RuntimeLayout`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProbeConfig {
+    /// `runtime.g.goid`.
+    pub goid_offset: u64,
+    /// Runtime address of the GC cycle counter (`runtime.work.cycles`, a uint32), 0 if unknown.
+    pub gc_cycles_addr: u64,
+    /// `runtime.mspan` fields.
+    pub span_start_addr: u64,
+    pub span_npages: u64,
+    pub span_nelems: u64,
+    /// 8 (uintptr, Go ≤ 1.21) or 2 (uint16).
+    pub span_nelems_size: u64,
+    pub span_elemsize: u64,
+    pub span_gcmark_bits: u64,
+    /// Green Tea GC keeps the marks of spans with objects in this size range (inclusive) inside
+    /// the span's page until sweep merges them; both 0 when the runtime does not.
+    pub inline_marks_min: u64,
+    pub inline_marks_max: u64,
+}
+
+/// Mark bits captured per swept span: 1024 objects, the most an 8 KiB span of 8-byte objects holds.
+pub const MAX_MARK_BYTES: usize = 128;
+
+/// Green Tea's inline marks: the last 64 bytes of the span's 8 KiB page (63 mark bytes, then the
+/// size class), read before `moveInlineMarks` copies them to `gcmarkBits` at sweep.
+pub const INLINE_MARKS_OFFSET: u64 = 8192 - 64;
+pub const INLINE_MARK_BYTES: usize = 63;
+
+/// [`RecordKind::CycleEnd`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct CycleRecord {
+    pub kind: u32,
+    pub _pad: u32,
+    /// The target's own cycle number (what `GODEBUG=gctrace=1` prints as `gc N`).
+    pub cycle: u64,
+    pub ktime_ns: u64,
+}
+
+/// [`RecordKind::SpanSwept`]: objects whose bit is clear in `marks` are freed by this sweep.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SpanRecord {
+    pub kind: u32,
+    /// Valid bytes in `marks` (0 if they could not be read).
+    pub marks_len: u32,
+    pub base: u64,
+    pub npages: u64,
+    pub elemsize: u64,
+    pub nelems: u64,
+    pub ktime_ns: u64,
+    /// Bit i (LSB first in byte i/8) set: object i survived the cycle.
+    pub marks: [u8; MAX_MARK_BYTES],
 }
 
 /// The kind of Go value a constructor makes, as set by the constructor's entry probe.
@@ -101,6 +177,9 @@ pub struct Record {
     pub type_ptr: u64,
     pub alloc_count: u64,
     pub ktime_ns: u64,
+    /// The target's GC cycle counter when the record was made (0 if unknown): an allocation
+    /// made during cycle N (or after it) can first be freed by cycle N+1.
+    pub gc_cycle: u64,
     /// The return address in the probed function's caller, read at the probe (frame-pointer
     /// unwinding starts one frame above it and would miss it).
     pub caller_pc: u64,
@@ -118,6 +197,9 @@ mod pod {
     unsafe impl aya::Pod for super::AllocEntry {}
     unsafe impl aya::Pod for super::ContainerEntry {}
     unsafe impl aya::Pod for super::Record {}
+    unsafe impl aya::Pod for super::ProbeConfig {}
+    unsafe impl aya::Pod for super::CycleRecord {}
+    unsafe impl aya::Pod for super::SpanRecord {}
 }
 
 /// The attach cookie of a constructor entry probe: which [`ContainerKind`] the function makes and

@@ -12,20 +12,32 @@ mod go_abi;
 
 use aya_ebpf::{
     bindings::BPF_F_USER_STACK,
-    helpers::{bpf_get_attach_cookie, bpf_get_stack, bpf_ktime_get_ns, bpf_probe_read_user},
+    helpers::{bpf_get_attach_cookie, bpf_get_stack, bpf_ktime_get_ns, bpf_probe_read_user, generated},
     macros::{map, uprobe},
     maps::{LruHashMap, PerCpuArray, RingBuf},
     programs::ProbeContext,
     EbpfContext,
 };
 use tracer_common::{
-    AllocEntry, AllocKey, ConstructorCookie, ContainerEntry, ContainerKind, Record, RecordKind,
-    MAX_IN_FLIGHT, MAX_STACK_DEPTH, RING_BUFFER_BYTES,
+    AllocEntry, AllocKey, ConstructorCookie, ContainerEntry, ContainerKind, CycleRecord, ProbeConfig,
+    Record, RecordKind, SpanRecord, INLINE_MARKS_OFFSET, INLINE_MARK_BYTES, MAX_IN_FLIGHT,
+    MAX_MARK_BYTES, MAX_STACK_DEPTH, RING_BUFFER_BYTES,
 };
 
-/// Offset of `runtime.g.goid` in this target's runtime, set by userspace at load time.
+/// This target's runtime layout, set by userspace at load time.
 #[no_mangle]
-static GOID_OFFSET: u64 = 0;
+static CONFIG: ProbeConfig = ProbeConfig {
+    goid_offset: 0,
+    gc_cycles_addr: 0,
+    span_start_addr: 0,
+    span_npages: 0,
+    span_nelems: 0,
+    span_nelems_size: 0,
+    span_elemsize: 0,
+    span_gcmark_bits: 0,
+    inline_marks_min: 0,
+    inline_marks_max: 0,
+};
 
 #[map]
 static RECORDS: RingBuf = RingBuf::with_byte_size(RING_BUFFER_BYTES, 0);
@@ -136,14 +148,78 @@ pub fn constructor_ret(ctx: ProbeContext) -> u32 {
     0
 }
 
+/// Entry of `runtime.gcMarkTermination`: cycle N's marking is complete, its sweep follows.
+#[uprobe]
+pub fn gc_cycle_end(_ctx: ProbeContext) -> u32 {
+    let Some(mut slot) = RECORDS.reserve::<CycleRecord>(0) else {
+        count_lost();
+        return 0;
+    };
+    // SAFETY: the helper only reads a clock.
+    let record = CycleRecord { kind: RecordKind::CycleEnd as u32, _pad: 0, cycle: gc_cycle(), ktime_ns: unsafe { bpf_ktime_get_ns() } };
+    slot.write(record);
+    slot.submit(0);
+    0
+}
+
+/// Entry of `runtime.(*sweepLocked).sweep` (the one function that sweeps every span): copy the
+/// span's bounds and the mark bits the last cycle left, before sweep frees the unmarked slots.
+#[uprobe]
+pub fn span_sweep(ctx: ProbeContext) -> u32 {
+    // SAFETY: a plain read of a loader-initialised global.
+    let cfg = unsafe { core::ptr::read_volatile(&CONFIG) };
+    // sweepLocked is {mspan *mspan}: the receiver points at the span pointer.
+    let span = read_u64(go_abi::int_reg(&ctx, 0));
+    if span == 0 {
+        return 0;
+    }
+    let Some(mut slot) = RECORDS.reserve::<SpanRecord>(0) else {
+        count_lost();
+        return 0;
+    };
+    let r = slot.as_mut_ptr();
+    let base = read_u64(span + cfg.span_start_addr);
+    let elemsize = read_u64(span + cfg.span_elemsize);
+    let nelems = if cfg.span_nelems_size == 2 {
+        // SAFETY: checked user read.
+        unsafe { bpf_probe_read_user((span + cfg.span_nelems) as *const u16) }.unwrap_or(0) as u64
+    } else {
+        read_u64(span + cfg.span_nelems)
+    };
+    let inline = elemsize >= cfg.inline_marks_min && elemsize <= cfg.inline_marks_max && cfg.inline_marks_max != 0;
+    let (marks_addr, cap) = if inline {
+        (base + INLINE_MARKS_OFFSET, INLINE_MARK_BYTES as u64)
+    } else {
+        (read_u64(span + cfg.span_gcmark_bits), MAX_MARK_BYTES as u64)
+    };
+    let mut len = nelems.div_ceil(8);
+    if len > cap {
+        len = cap;
+    }
+    // SAFETY: `r` is a reserved, exclusively owned SpanRecord; reads are checked helpers and
+    // `len` is bounded by the array size for the verifier.
+    unsafe {
+        (*r).kind = RecordKind::SpanSwept as u32;
+        (*r).base = base;
+        (*r).npages = read_u64(span + cfg.span_npages);
+        (*r).elemsize = elemsize;
+        (*r).nelems = nelems;
+        (*r).ktime_ns = bpf_ktime_get_ns();
+        let len = (len as usize) & (MAX_MARK_BYTES * 2 - 1);
+        let ok = len > 0
+            && len <= MAX_MARK_BYTES
+            && generated::bpf_probe_read_user((&raw mut (*r).marks).cast(), len as u32, marks_addr as *const _) == 0;
+        (*r).marks_len = if ok { len as u32 } else { 0 };
+    }
+    slot.submit(0);
+    0
+}
+
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn emit(ctx: &ProbeContext, g: u64, kind: RecordKind, container: u32, ptr: u64, size: u64, type_ptr: u64, alloc_count: u64) {
     let Some(mut slot) = RECORDS.reserve::<Record>(0) else {
-        if let Some(lost) = LOST.get_ptr_mut(0) {
-            // SAFETY: per-CPU slot, no concurrent writer.
-            unsafe { *lost += 1 };
-        }
+        count_lost();
         return;
     };
     let r = slot.as_mut_ptr();
@@ -157,6 +233,7 @@ fn emit(ctx: &ProbeContext, g: u64, kind: RecordKind, container: u32, ptr: u64, 
         (*r).type_ptr = type_ptr;
         (*r).alloc_count = alloc_count;
         (*r).ktime_ns = bpf_ktime_get_ns();
+        (*r).gc_cycle = gc_cycle();
         (*r).caller_pc = go_abi::return_address(ctx);
         (*r)._pad = 0;
         let n = bpf_get_stack(
@@ -170,12 +247,33 @@ fn emit(ctx: &ProbeContext, g: u64, kind: RecordKind, container: u32, ptr: u64, 
     slot.submit(0);
 }
 
-fn goid(g: u64) -> u64 {
-    // SAFETY: a plain read of a loader-initialised global; the user read is checked by the helper.
-    unsafe {
-        let off = core::ptr::read_volatile(&GOID_OFFSET);
-        bpf_probe_read_user((g + off) as *const u64).unwrap_or(0)
+fn count_lost() {
+    if let Some(lost) = LOST.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot, no concurrent writer.
+        unsafe { *lost += 1 };
     }
+}
+
+fn read_u64(addr: u64) -> u64 {
+    // SAFETY: the helper checks the user address.
+    unsafe { bpf_probe_read_user(addr as *const u64) }.unwrap_or(0)
+}
+
+fn goid(g: u64) -> u64 {
+    // SAFETY: a plain read of a loader-initialised global.
+    let off = unsafe { core::ptr::read_volatile(&CONFIG.goid_offset) };
+    read_u64(g + off)
+}
+
+/// The target's `work.cycles` (a uint32), 0 when its address is unknown.
+fn gc_cycle() -> u64 {
+    // SAFETY: a plain read of a loader-initialised global.
+    let addr = unsafe { core::ptr::read_volatile(&CONFIG.gc_cycles_addr) };
+    if addr == 0 {
+        return 0;
+    }
+    // SAFETY: checked user read.
+    unsafe { bpf_probe_read_user(addr as *const u32) }.unwrap_or(0) as u64
 }
 
 #[cfg(not(test))]

@@ -46,6 +46,10 @@ pub struct Cli {
     #[arg(long, value_name = "N", default_value_t = 25)]
     pub top: usize,
 
+    /// GC cycles an object must survive (after its creating frame returned) to count as retained.
+    #[arg(short = 'k', long = "cycles", value_name = "K", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
+    pub cycles: u32,
+
     /// No live view on stderr, even on a terminal.
     #[arg(long)]
     pub no_live: bool,

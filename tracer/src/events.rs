@@ -1,8 +1,63 @@
 //! Decoding ring-buffer records into events.
 
-use tracer_common::{ContainerKind, Record, RecordKind, MAX_STACK_DEPTH};
+use tracer_common::{ContainerKind, CycleRecord, Record, RecordKind, SpanRecord, MAX_MARK_BYTES, MAX_STACK_DEPTH};
 
-/// One decoded record.
+/// One decoded ring-buffer record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TraceEvent {
+    Alloc(Event),
+    /// GC cycle `cycle` reached mark termination (the target's own number).
+    CycleEnd { cycle: u64, ktime_ns: u64 },
+    SpanSwept(SpanSwept),
+}
+
+/// A span about to be swept, with the mark bits its objects got from the last cycle.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpanSwept {
+    pub base: u64,
+    pub npages: u64,
+    pub elemsize: u64,
+    pub nelems: u64,
+    pub ktime_ns: u64,
+    /// Bit i set: object i survived; empty if the kernel could not read them.
+    pub marks: Vec<u8>,
+}
+
+impl TraceEvent {
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        match RecordKind::of(bytes) {
+            Some(RecordKind::Alloc | RecordKind::Container) => Event::decode(bytes).map(TraceEvent::Alloc),
+            Some(RecordKind::CycleEnd) => {
+                let r: CycleRecord = read(bytes)?;
+                Ok(TraceEvent::CycleEnd { cycle: r.cycle, ktime_ns: r.ktime_ns })
+            }
+            Some(RecordKind::SpanSwept) => {
+                let r: SpanRecord = read(bytes)?;
+                let len = (r.marks_len as usize).min(MAX_MARK_BYTES);
+                Ok(TraceEvent::SpanSwept(SpanSwept {
+                    base: r.base,
+                    npages: r.npages,
+                    elemsize: r.elemsize,
+                    nelems: r.nelems,
+                    ktime_ns: r.ktime_ns,
+                    marks: r.marks[..len].to_vec(),
+                }))
+            }
+            None => Err(DecodeError::Kind(bytes.get(..4).map_or(0, |b| u32::from_ne_bytes(b.try_into().unwrap())))),
+        }
+    }
+}
+
+/// A `repr(C)` record of plain integers from the front of `bytes`.
+fn read<T: Copy>(bytes: &[u8]) -> Result<T, DecodeError> {
+    if bytes.len() < size_of::<T>() {
+        return Err(DecodeError::Size(bytes.len(), size_of::<T>()));
+    }
+    // SAFETY: the length is checked; callers only use plain-integer records, valid for any bits.
+    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) })
+}
+
+/// An allocation or a slice/map construction.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Event {
     pub kind: RecordKind,
@@ -14,6 +69,8 @@ pub struct Event {
     pub type_ptr: u64,
     pub alloc_count: u64,
     pub ktime_ns: u64,
+    /// The target's GC cycle counter when this happened (0 if unknown).
+    pub gc_cycle: u64,
     /// Program counters, innermost first: the probed instruction, then each caller's return
     /// address (the immediate caller included, which frame-pointer unwinding alone misses).
     pub stack: Vec<u64>,
@@ -29,12 +86,7 @@ pub enum DecodeError {
 
 impl Event {
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
-        if bytes.len() < size_of::<Record>() {
-            return Err(DecodeError::Size(bytes.len(), size_of::<Record>()));
-        }
-        // SAFETY: the length is checked; Record is plain integers, valid for any bit pattern.
-        let r: Record = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
-        Self::from_record(&r)
+        Self::from_record(&read::<Record>(bytes)?)
     }
 
     pub fn from_record(r: &Record) -> Result<Self, DecodeError> {
@@ -61,6 +113,7 @@ impl Event {
             type_ptr: r.type_ptr,
             alloc_count: r.alloc_count,
             ktime_ns: r.ktime_ns,
+            gc_cycle: r.gc_cycle,
             stack,
         })
     }
@@ -80,6 +133,7 @@ pub(crate) mod tests {
             type_ptr: 0x4a0000,
             alloc_count: 1,
             ktime_ns: 1,
+            gc_cycle: 3,
             caller_pc: caller,
             stack_len: stack.len() as u32,
             _pad: 0,
@@ -119,6 +173,28 @@ pub(crate) mod tests {
         let mut bad = r;
         bad.kind = 9;
         assert_eq!(Event::decode(&bytes(&bad)), Err(DecodeError::Kind(9)));
+    }
+
+    #[test]
+    fn cycle_and_span_records() {
+        let c = CycleRecord { kind: RecordKind::CycleEnd as u32, _pad: 0, cycle: 42, ktime_ns: 9 };
+        // SAFETY: viewing a repr(C) value as bytes.
+        let b = unsafe { std::slice::from_raw_parts((&c as *const CycleRecord).cast::<u8>(), size_of::<CycleRecord>()) };
+        assert_eq!(TraceEvent::decode(b), Ok(TraceEvent::CycleEnd { cycle: 42, ktime_ns: 9 }));
+
+        let mut s = SpanRecord { kind: RecordKind::SpanSwept as u32, marks_len: 2, base: 0x1000, npages: 1, elemsize: 512, nelems: 16, ktime_ns: 1, marks: [0; MAX_MARK_BYTES] };
+        s.marks[0] = 0b101;
+        s.marks[1] = 0x80;
+        // SAFETY: as above.
+        let b = unsafe { std::slice::from_raw_parts((&s as *const SpanRecord).cast::<u8>(), size_of::<SpanRecord>()) };
+        let TraceEvent::SpanSwept(span) = TraceEvent::decode(b).unwrap() else { panic!("not a span") };
+        assert_eq!((span.base, span.elemsize, span.nelems, span.marks), (0x1000, 512, 16, vec![0b101, 0x80]));
+        s.marks_len = 9999;
+        let b = unsafe { std::slice::from_raw_parts((&s as *const SpanRecord).cast::<u8>(), size_of::<SpanRecord>()) };
+        let TraceEvent::SpanSwept(span) = TraceEvent::decode(b).unwrap() else { panic!("not a span") };
+        assert_eq!(span.marks.len(), MAX_MARK_BYTES, "a bogus length is clamped");
+        assert!(TraceEvent::decode(&b[..8]).is_err());
+        assert_eq!(TraceEvent::decode(&[7, 0, 0, 0, 0]), Err(DecodeError::Kind(7)));
     }
 
     #[test]

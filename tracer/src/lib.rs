@@ -2,16 +2,21 @@
 //!
 //! One module per stage of the data flow: `process` and `target` (the live process and its
 //! binary) → `probes` (what to attach where, and attaching) → `events` (ring-buffer records)
-//! → `symbolize` / `gotype` (names) → `sites` (aggregation) → `report` (text and JSON);
-//! `trace` runs one session and `cli` is the command line.
+//! → `correlate` (events into `sites`, the `lifecycle` engine and creating `frames`, with names
+//! from `symbolize` / `gotype`) → `retention` and `report` (text and JSON); `trace` runs one
+//! session and `cli` is the command line.
 
 pub mod cli;
+pub mod correlate;
 pub mod error;
 pub mod events;
+pub mod frames;
 pub mod gotype;
+pub mod lifecycle;
 pub mod probes;
 pub mod process;
 pub mod report;
+pub mod retention;
 pub mod sites;
 pub mod symbolize;
 pub mod target;

@@ -13,6 +13,7 @@ fn main() {
         duration: cli.duration,
         live: !cli.no_live && stderr_is_terminal(),
         top: if cli.json { usize::MAX } else { cli.top },
+        retain_cycles: cli.cycles,
     };
     let result = tokio::runtime::Builder::new_current_thread()
         .enable_all()

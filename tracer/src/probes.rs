@@ -14,12 +14,12 @@ use aya::{
     },
     Ebpf, EbpfLoader,
 };
-use tracer_common::{ConstructorCookie, ContainerKind};
+use tracer_common::{ConstructorCookie, ContainerKind, ProbeConfig};
 
 use crate::{
     error::Failure,
     process::Process,
-    target::{Function, GoBinary, GoVersion},
+    target::{Function, GoBinary, GoVersion, RuntimeLayout},
 };
 
 /// The runtimes maptrace knows the calling conventions of.
@@ -32,6 +32,10 @@ pub enum Role {
     Alloc,
     /// A slice or map constructor; its heap allocations belong to the value it returns.
     Constructor(ConstructorCookie),
+    /// `gcMarkTermination`: a GC cycle's marking is complete (entry only).
+    CycleEnd,
+    /// `(*sweepLocked).sweep`: a span is about to be swept (entry only).
+    SpanSweep,
 }
 
 #[derive(Clone, Debug)]
@@ -94,6 +98,8 @@ impl ProbePlan {
                 | "runtime.growsliceBufNoAlias" => growslice,
                 "runtime.makemap" | "runtime.makemap64" => map(Some(0)),
                 "runtime.makemap_small" => map(None),
+                "runtime.gcMarkTermination" => Role::CycleEnd,
+                "runtime.(*sweepLocked).sweep" => Role::SpanSweep,
                 _ => continue,
             };
             wanted.push((f, role));
@@ -104,8 +110,20 @@ impl ProbePlan {
                 why: "runtime.mallocgc not found in the symbol table or pclntab".into(),
             });
         }
+        for needed in ["runtime.gcMarkTermination", "runtime.(*sweepLocked).sweep"] {
+            if !wanted.iter().any(|(f, _)| f.name == needed) {
+                return Err(Failure::UnsupportedGo {
+                    version: version.raw.clone(),
+                    why: format!("{needed} not found in the symbol table or pclntab"),
+                });
+            }
+        }
         let mut points = Vec::with_capacity(wanted.len());
         for (f, role) in wanted {
+            if matches!(role, Role::CycleEnd | Role::SpanSweep) {
+                points.push(ProbePoint { function: f.clone(), role, rets: Vec::new() });
+                continue;
+            }
             let rets = bin
                 .ret_sites(f)
                 .map_err(|e| Failure::Other(anyhow::anyhow!("finding RET instructions of {}: {e}", f.name)))?;
@@ -130,14 +148,14 @@ pub struct Tracer {
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("MAPTRACE_EBPF_OBJECT"));
 
 impl Tracer {
-    pub fn attach(bin: &GoBinary, process: &Process, plan: &ProbePlan) -> Result<Self, Failure> {
+    pub fn attach(bin: &GoBinary, process: &Process, plan: &ProbePlan, load_bias: u64) -> Result<Self, Failure> {
         let start = Instant::now();
-        let goid_offset = bin.layout().goid_offset;
+        let config = probe_config(bin.layout(), load_bias);
         let mut ebpf = EbpfLoader::new()
-            .override_global("GOID_OFFSET", &goid_offset, true)
+            .override_global("CONFIG", &config, true)
             .load(EBPF_OBJECT)
             .map_err(|e| load_failure(&e))?;
-        for name in ["alloc_entry", "alloc_ret", "constructor_entry", "constructor_ret"] {
+        for name in ["alloc_entry", "alloc_ret", "constructor_entry", "constructor_ret", "gc_cycle_end", "span_sweep"] {
             let prog: &mut UProbe = program(&mut ebpf, name)?;
             prog.load().map_err(|e| load_failure(&e))?;
         }
@@ -147,6 +165,8 @@ impl Tracer {
             let (entry_prog, ret_prog, cookie) = match point.role {
                 Role::Alloc => ("alloc_entry", "alloc_ret", None),
                 Role::Constructor(c) => ("constructor_entry", "constructor_ret", Some(c.encode())),
+                Role::CycleEnd => ("gc_cycle_end", "", None),
+                Role::SpanSweep => ("span_sweep", "", None),
             };
             let sites = std::iter::once((entry_prog, point.function.entry, cookie))
                 .chain(point.rets.iter().map(|&r| (ret_prog, r, None)));
@@ -183,6 +203,24 @@ impl Tracer {
             .and_then(|a| a.get(&0, 0).ok())
             .map(|per_cpu| per_cpu.iter().sum())
             .unwrap_or(0)
+    }
+}
+
+/// The eBPF side's view of the runtime layout, with addresses moved by the load bias.
+fn probe_config(layout: &RuntimeLayout, load_bias: u64) -> ProbeConfig {
+    let span = &layout.span;
+    let (inline_min, inline_max) = if layout.inline_mark_bits { layout.inline_mark_sizes } else { (0, 0) };
+    ProbeConfig {
+        goid_offset: layout.goid_offset,
+        gc_cycles_addr: layout.gc_cycles_addr + load_bias,
+        span_start_addr: span.start_addr,
+        span_npages: span.npages,
+        span_nelems: span.nelems,
+        span_nelems_size: u64::from(span.nelems_size),
+        span_elemsize: span.elemsize,
+        span_gcmark_bits: span.gcmark_bits,
+        inline_marks_min: inline_min,
+        inline_marks_max: inline_max,
     }
 }
 

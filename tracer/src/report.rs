@@ -4,7 +4,10 @@ use std::io::{self, Write};
 
 use serde::Serialize;
 
-use crate::sites::{SiteRow, Totals};
+use crate::{
+    retention::RetainedRow,
+    sites::{SiteRow, Totals},
+};
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
@@ -20,6 +23,27 @@ pub struct Report {
     /// Records the kernel could not queue (ring buffer full): counts above are short by these.
     pub lost_records: u64,
     pub sites: Vec<SiteRow>,
+    pub gc: GcInfo,
+    /// Sites whose objects outlive their creating frame by ≥ K GC cycles.
+    pub retained: Vec<RetainedRow>,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct GcInfo {
+    /// K: completed GC cycles an object must survive to count as retained.
+    pub retain_cycles: u32,
+    /// Mark terminations seen while tracing, and the target's own numbers of the first and last.
+    pub cycles_seen: u64,
+    pub first_cycle: Option<u64>,
+    pub last_cycle: Option<u64>,
+    /// Spans whose sweep was seen (how freed objects are found).
+    pub spans_swept: u64,
+    /// Objects tracked for lifetimes at the end, and dropped by the memory bound.
+    pub objects_tracked: usize,
+    pub objects_evicted: u64,
+    /// Sites with objects alive after K cycles whose creating frame was still on its goroutine's
+    /// stack at its last record: not retained by definition.
+    pub sites_with_active_frames: usize,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -86,11 +110,65 @@ impl Report {
             if self.lost_records > 0 { " (ring buffer full: counts are short by that much)" } else { "" },
         )?;
         if self.sites.is_empty() {
-            return writeln!(w, "\nno allocations seen");
+            writeln!(w, "\nno allocations seen")?;
+        } else {
+            writeln!(w, "\nAllocation sites")?;
+            write_table(w, &self.sites, usize::MAX)?;
         }
-        writeln!(w)?;
-        write_table(w, &self.sites, usize::MAX)
+        self.write_retained(w)
     }
+
+    fn write_retained(&self, w: &mut dyn Write) -> io::Result<()> {
+        let g = &self.gc;
+        let cycles = match (g.first_cycle, g.last_cycle) {
+            (Some(a), Some(b)) => format!("GC cycles {a}–{b} seen ({} mark terminations, {} spans swept)", g.cycles_seen, g.spans_swept),
+            _ => "no GC cycle completed while tracing".to_string(),
+        };
+        writeln!(w, "\nRetained: alive after ≥ {} GC cycles and after the creating frame returned; {cycles}", g.retain_cycles)?;
+        if g.objects_evicted > 0 {
+            writeln!(w, "({} objects dropped by the tracking bound: retained counts are lower bounds)", g.objects_evicted)?;
+        }
+        if self.retained.is_empty() {
+            writeln!(w, "nothing retained")?;
+        } else {
+            let type_width = self.retained.iter().map(|r| r.type_name.chars().count()).max().unwrap_or(4).clamp(4, 48);
+            writeln!(
+                w,
+                "{:<6} {:>20} {:>20} {:>20}  {:>9}  {:<9}  {:<type_width$}  SITE",
+                "KIND", "RETAINED", "LIVE", "ALLOCATED", "CYCLES", "TREND", "TYPE"
+            )?;
+            for r in &self.retained {
+                let site = r.stack.first().map_or("(runtime)".to_string(), |s| format!("{} {}:{}", s.function, s.file, s.line));
+                writeln!(
+                    w,
+                    "{:<6} {:>20} {:>20} {:>20}  {:>9}  {:<9}  {:<type_width$}  {}",
+                    r.kind.as_str(),
+                    count_bytes(r.retained_count, r.retained_bytes),
+                    count_bytes(r.live_count, r.live_bytes),
+                    count_bytes(r.allocated_count, r.allocated_bytes),
+                    format!("{}/{}", r.survived_cycles_p50, r.survived_cycles_max),
+                    r.trend,
+                    r.type_name,
+                    site
+                )?;
+                let live: Vec<String> = r.live_by_cycle.iter().map(|(c, n, _)| format!("gc{c}:{n}")).collect();
+                writeln!(w, "{:>8}live by cycle {}; oldest {:.1} s", "", live.join(" "), r.oldest_age_seconds)?;
+            }
+            writeln!(w, "(CYCLES: cycles survived by the live objects, median/most)")?;
+        }
+        if g.sites_with_active_frames > 0 {
+            writeln!(
+                w,
+                "{} more site(s) have objects alive after ≥ {} cycles whose creating frame is still running",
+                g.sites_with_active_frames, g.retain_cycles
+            )?;
+        }
+        Ok(())
+    }
+}
+
+fn count_bytes(count: u64, bytes: u64) -> String {
+    format!("{count} ({})", human_bytes(bytes))
 }
 
 /// The site table: one line per site, then its callers indented.
@@ -122,6 +200,7 @@ pub fn write_table(w: &mut dyn Write, rows: &[SiteRow], caller_lines: usize) -> 
 mod tests {
     use super::*;
     use crate::sites::{FrameRow, ValueKind};
+    use crate::retention::RetainedRow;
 
     fn report() -> Report {
         Report {
@@ -143,6 +222,26 @@ mod tests {
                     FrameRow { function: "main.main".into(), file: "/src/main.go".into(), line: 30, pc: "0x2".into() },
                 ],
             }],
+            gc: GcInfo { retain_cycles: 2, cycles_seen: 5, first_cycle: Some(3), last_cycle: Some(7), ..GcInfo::default() },
+            retained: vec![RetainedRow {
+                kind: ValueKind::Map,
+                type_name: "map[string]*main.Session".into(),
+                retained_count: 2,
+                retained_bytes: 4000,
+                live_count: 3,
+                live_bytes: 5000,
+                allocated_count: 3,
+                allocated_bytes: 5000,
+                freed_count: 0,
+                survived_cycles_p50: 3,
+                survived_cycles_max: 4,
+                oldest_age_seconds: 1.5,
+                dead_lifetime_p50_seconds: None,
+                trend: "growing",
+                live_by_cycle: vec![(5, 1, 1000), (6, 2, 3000), (7, 3, 5000)],
+                evicted_count: 0,
+                stack: vec![FrameRow { function: "main.put".into(), file: "/src/main.go".into(), line: 12, pc: "0x1".into() }],
+            }],
         }
     }
 
@@ -156,6 +255,11 @@ mod tests {
         assert!(s.contains("4.9 KiB"), "{s}");
         assert!(s.contains("main.put /src/main.go:12"), "{s}");
         assert!(s.contains("← main.main /src/main.go:30"), "{s}");
+        assert!(s.contains("Retained: alive after ≥ 2 GC cycles"), "{s}");
+        assert!(s.contains("GC cycles 3–7 seen"), "{s}");
+        assert!(s.contains("2 (3.9 KiB)"), "{s}");
+        assert!(s.contains("growing"), "{s}");
+        assert!(s.contains("gc5:1 gc6:2 gc7:3"), "{s}");
     }
 
     #[test]
@@ -168,6 +272,9 @@ mod tests {
         assert_eq!(v["sites"][0]["stack"][0]["function"], "main.put");
         assert_eq!(v["target"]["go_version"], "go1.24.11");
         assert_eq!(v["lost_records"], 0);
+        assert_eq!(v["retained"][0]["retained_count"], 2);
+        assert_eq!(v["retained"][0]["trend"], "growing");
+        assert_eq!(v["gc"]["last_cycle"], 7);
     }
 
     #[test]

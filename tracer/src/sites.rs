@@ -9,7 +9,7 @@ use tracer_common::{ContainerKind, RecordKind};
 use crate::{
     events::Event,
     gotype::GoType,
-    symbolize::{is_allocator, is_map_function, is_runtime_function},
+    symbolize::{is_allocator, is_gc_function, is_map_function, is_runtime_function, is_runtime_type},
     target::Frame,
 };
 
@@ -71,11 +71,20 @@ pub struct Totals {
     pub records: u64,
 }
 
-/// The allocation-site table.
+/// The allocation-site table. Sites are numbered in order of first sight.
 #[derive(Default)]
 pub struct SiteTable {
-    sites: HashMap<SiteKey, SiteStats>,
+    index: HashMap<SiteKey, u64>,
+    sites: Vec<(SiteKey, SiteStats)>,
     pub totals: Totals,
+}
+
+/// Where [`SiteTable::add`] put a record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SiteHit {
+    pub site: u64,
+    /// Index in the record's stack of the site's frame (None: only runtime frames).
+    pub frame_index: Option<usize>,
 }
 
 /// One row of the final table, with names resolved.
@@ -102,14 +111,15 @@ pub struct FrameRow {
 const ROW_DEPTH: usize = 8;
 
 impl SiteTable {
-    pub fn add(&mut self, ev: &Event, names: &mut dyn Resolve) {
+    /// Counts a record at its site; `None` for storage of a slice or map under construction,
+    /// which is reported with its constructor's record.
+    pub fn add(&mut self, ev: &Event, names: &mut dyn Resolve) -> Option<SiteHit> {
         self.totals.records += 1;
         if ev.kind == RecordKind::Alloc {
             self.totals.heap_allocations += 1;
             self.totals.heap_bytes += ev.size;
-            // Storage of a slice or map being constructed is reported with its constructor.
             if ev.container != ContainerKind::None {
-                return;
+                return None;
             }
         }
         // stack[0] is inside the probed runtime function; the rest are return addresses.
@@ -137,6 +147,10 @@ impl SiteTable {
             } else {
                 below_other_runtime = true;
             }
+            // The collector's own bookkeeping (workers started by runtime.GC or an allocation).
+            if is_gc_function(&f.function) {
+                break;
+            }
             // Storage the map implementation makes (groups, tables, its directory slice) is the map's.
             if is_map_function(&f.function) {
                 kind = ValueKind::Map;
@@ -148,19 +162,31 @@ impl SiteTable {
                 }
             }
         }
+        // Objects of the runtime's own types (sudogs, goroutine descriptors) are its bookkeeping,
+        // whatever user call led to them.
+        if names.go_type(ev.type_ptr).is_some_and(|t| is_runtime_type(&t.name)) {
+            site = None;
+        }
         let (site_pc, callers) = match site {
             Some(i) => (ev.stack[i], &ev.stack[i..]),
             None => (0, &ev.stack[..0]),
         };
         let elem_type = ev.kind == RecordKind::Container && ev.container == ContainerKind::Slice;
         let key = SiteKey { site_pc, kind, type_ptr: ev.type_ptr, elem_type, untyped_as };
-        let stats = self.sites.entry(key).or_insert_with(|| SiteStats {
-            count: 0,
-            bytes: 0,
-            callers: user_callers(callers, names),
-        });
+        let id = match self.index.get(&key) {
+            Some(&id) => id,
+            None => {
+                let id = self.sites.len() as u64;
+                let stats = SiteStats { count: 0, bytes: 0, callers: user_callers(callers, names) };
+                self.sites.push((key, stats));
+                self.index.insert(key, id);
+                id
+            }
+        };
+        let stats = &mut self.sites[id as usize].1;
         stats.count += 1;
         stats.bytes += ev.size;
+        Some(SiteHit { site: id, frame_index: site })
     }
 
     pub fn len(&self) -> usize {
@@ -173,30 +199,37 @@ impl SiteTable {
 
     /// Rows sorted by bytes, then count, largest first; at most `limit`.
     pub fn rows(&self, names: &mut dyn Resolve, limit: usize) -> Vec<SiteRow> {
-        let mut keys: Vec<(&SiteKey, &SiteStats)> = self.sites.iter().collect();
-        keys.sort_by(|a, b| (b.1.bytes, b.1.count, a.0.site_pc).cmp(&(a.1.bytes, a.1.count, b.0.site_pc)));
-        keys.into_iter()
-            .take(limit)
-            .map(|(k, s)| SiteRow {
-                kind: k.kind,
-                type_name: type_name(k, names),
-                count: s.count,
-                bytes: s.bytes,
-                stack: s
-                    .callers
-                    .iter()
-                    .map(|&pc| {
-                        let f = names.frame(pc.wrapping_sub(1));
-                        FrameRow {
-                            function: f.as_ref().map_or_else(|| "?".to_string(), |f| f.function.clone()),
-                            file: f.as_ref().map_or_else(String::new, |f| f.file.clone()),
-                            line: f.as_ref().map_or(0, |f| f.line),
-                            pc: format!("{pc:#x}"),
-                        }
-                    })
-                    .collect(),
+        let mut order: Vec<&(SiteKey, SiteStats)> = self.sites.iter().collect();
+        order.sort_by(|a, b| (b.1.bytes, b.1.count, a.0.site_pc).cmp(&(a.1.bytes, a.1.count, b.0.site_pc)));
+        order.into_iter().take(limit).map(|(k, s)| row(k, s, names)).collect()
+    }
+
+    /// The row of one site, by the id [`Self::add`] returned.
+    pub fn row(&self, site: u64, names: &mut dyn Resolve) -> Option<SiteRow> {
+        let (k, s) = self.sites.get(site as usize)?;
+        Some(row(k, s, names))
+    }
+}
+
+fn row(k: &SiteKey, s: &SiteStats, names: &mut dyn Resolve) -> SiteRow {
+    SiteRow {
+        kind: k.kind,
+        type_name: type_name(k, names),
+        count: s.count,
+        bytes: s.bytes,
+        stack: s
+            .callers
+            .iter()
+            .map(|&pc| {
+                let f = names.frame(pc.wrapping_sub(1));
+                FrameRow {
+                    function: f.as_ref().map_or_else(|| "?".to_string(), |f| f.function.clone()),
+                    file: f.as_ref().map_or_else(String::new, |f| f.file.clone()),
+                    line: f.as_ref().map_or(0, |f| f.line),
+                    pc: format!("{pc:#x}"),
+                }
             })
-            .collect()
+            .collect(),
     }
 }
 
@@ -263,6 +296,9 @@ mod tests {
                 0x1400..=0x14ff => "runtime.rawbyteslice",
                 0x1500..=0x15ff => "runtime.gcStart",
                 0x1600..=0x16ff => "runtime.mallocgcSmallScanNoHeaderSC5",
+                0x1700..=0x17ff => "runtime.GC",
+                0x1800..=0x18ff => "runtime.gcBgMarkStartWorkers",
+                0x1900..=0x19ff => "runtime.acquireSudog",
                 0x2000..=0x20ff => "main.makeThings",
                 0x2100..=0x21ff => "main.main",
                 _ => return None,
@@ -276,6 +312,7 @@ mod tests {
                 0x4b0000 => "uint8",
                 0x4c0000 => "map[string]int",
                 0x4d0000 => "noalg.map.bucket[string]int",
+                0x4e0000 => "runtime.sudog",
                 _ => return None,
             };
             Some(Arc::new(GoType { name: name.into(), size: 48 }))
@@ -356,6 +393,18 @@ mod tests {
         assert_eq!(rows.len(), 2, "{rows:#?}");
         let sites: Vec<&str> = rows.iter().map(|r| r.stack.first().map_or("(runtime)", |f| f.function.as_str())).collect();
         assert!(sites.contains(&"(runtime)") && sites.contains(&"main.makeThings"), "{sites:?}");
+    }
+
+    #[test]
+    fn the_collectors_and_the_runtimes_own_objects_are_not_the_callers() {
+        let mut t = SiteTable::default();
+        // runtime.GC starting its mark workers from main.
+        let worker = event(RecordKind::Alloc, ContainerKind::None, &[0x1000, 0x1810, 0x1710, 0x2010], 0x4a0000, 16);
+        // A sudog for a channel wait in main.
+        let sudog = event(RecordKind::Alloc, ContainerKind::None, &[0x1000, 0x1910, 0x2010], 0x4e0000, 88);
+        assert_eq!(t.add(&worker, &mut Fake).unwrap().frame_index, None);
+        assert_eq!(t.add(&sudog, &mut Fake).unwrap().frame_index, None);
+        assert!(t.rows(&mut Fake, 10).iter().all(|r| r.stack.is_empty()));
     }
 
     #[test]

@@ -46,6 +46,16 @@ pub fn is_allocator(name: &str) -> bool {
     name.starts_with("runtime.mallocgc")
 }
 
+/// The garbage collector's functions (`runtime.gcStart`, `runtime.gcBgMarkStartWorkers`, …).
+pub fn is_gc_function(name: &str) -> bool {
+    name.starts_with("runtime.gc")
+}
+
+/// Go type names of the runtime's own data structures (type names carry the package name).
+pub fn is_runtime_type(type_name: &str) -> bool {
+    type_name.starts_with("runtime.")
+}
+
 /// Runtime functions that work on maps: an allocation below one is map storage.
 pub fn is_map_function(name: &str) -> bool {
     name.starts_with("internal/runtime/maps.")

@@ -14,8 +14,10 @@ use tokio::{
 };
 
 use crate::{
+    correlate::Correlator,
     error::Failure,
-    events::Event,
+    events::TraceEvent,
+    lifecycle::LifecycleConfig,
     gotype::{GoType, Memory, TypeNames},
     probes::{ProbePlan, Tracer},
     process::{missing_capabilities, Process},
@@ -32,6 +34,8 @@ pub struct TraceOptions {
     pub live: bool,
     /// Rows in the report (`usize::MAX` for all).
     pub top: usize,
+    /// K: GC cycles an object must survive to count as retained.
+    pub retain_cycles: u32,
 }
 
 /// Names from the live process, falling back to the binary file for static data (type
@@ -90,7 +94,7 @@ pub async fn run(opts: &TraceOptions) -> Result<Report, Failure> {
     let binary = open_binary(&process)?;
     let plan = ProbePlan::for_binary(&binary)?;
     let load_bias = process.load_bias(binary.load_vaddr()).unwrap_or(0);
-    let mut tracer = Tracer::attach(&binary, &process, &plan)?;
+    let mut tracer = Tracer::attach(&binary, &process, &plan, load_bias)?;
     let start = Instant::now();
     eprintln!(
         "maptrace: attached {} uprobes on {} functions of PID {} ({}, {}) in {:.2} s; tracing {}",
@@ -111,7 +115,7 @@ pub async fn run(opts: &TraceOptions) -> Result<Report, Failure> {
         types: TypeNames::new(binary.types_base().map(|b| b.wrapping_add(load_bias))),
         memory: ProcessOrFile { process: &process, binary: &binary, load_bias },
     };
-    let mut table = SiteTable::default();
+    let mut state = Correlator::new(LifecycleConfig { retain_cycles: opts.retain_cycles, ..LifecycleConfig::default() });
     let mut records = readable(tracer.take_records().map_err(Failure::Other)?)?;
     let exit = readable(process.exit_fd())?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(|e| Failure::Other(e.into()))?;
@@ -125,18 +129,19 @@ pub async fn run(opts: &TraceOptions) -> Result<Report, Failure> {
         tokio::select! {
             guard = records.readable_mut() => {
                 let mut guard = guard.map_err(|e| Failure::Other(e.into()))?;
-                drain(guard.get_inner_mut(), &mut table, &mut names);
+                drain(guard.get_inner_mut(), &mut state, &mut names);
                 guard.clear_ready();
             }
             _ = exit.readable() => break "target exited",
             _ = &mut deadline => break "duration",
             _ = sigint.recv() => break "interrupted",
             _ = sigterm.recv() => break "interrupted",
-            _ = tick.tick() => progress(opts.live, start, &table, tracer.lost_records(), &mut names),
+            _ = tick.tick() => progress(opts.live, start, &state.sites, tracer.lost_records(), &mut names),
         }
     };
     // Records already queued are still valid after the target exits.
-    drain(records.get_mut(), &mut table, &mut names);
+    drain(records.get_mut(), &mut state, &mut names);
+    let exited = ended_by == "target exited";
     let lost = tracer.lost_records();
     if opts.live {
         eprint!("\x1b[H\x1b[2J");
@@ -159,9 +164,11 @@ pub async fn run(opts: &TraceOptions) -> Result<Report, Failure> {
             uprobes: tracer.attached,
             attach_seconds: tracer.attach_time.as_secs_f64(),
         },
-        totals: table.totals,
+        totals: state.sites.totals,
         lost_records: lost,
-        sites: table.rows(&mut names, opts.top),
+        sites: state.sites.rows(&mut names, opts.top),
+        gc: state.gc_info(exited),
+        retained: state.retained(&mut names, exited, monotonic_ns()),
     })
 }
 
@@ -173,17 +180,21 @@ fn readable<T: AsRawFd>(fd: T) -> Result<AsyncFd<T>, Failure> {
         .map_err(|e| Failure::Other(anyhow::anyhow!("polling a descriptor: {e}")))
 }
 
-fn drain(ring: &mut aya::maps::RingBuf<aya::maps::MapData>, table: &mut SiteTable, names: &mut Names) {
+fn drain(ring: &mut aya::maps::RingBuf<aya::maps::MapData>, state: &mut Correlator, names: &mut Names) {
     while let Some(item) = ring.next() {
-        match Event::decode(&item) {
-            Ok(ev) => {
-                // Resolve the type now, while the process (and any runtime-made type) exists.
-                names.go_type(ev.type_ptr);
-                table.add(&ev, names);
-            }
+        match TraceEvent::decode(&item) {
+            Ok(ev) => state.record(&ev, names),
             Err(e) => log_once(&format!("maptrace: skipping a malformed record: {e}")),
         }
     }
+}
+
+/// CLOCK_MONOTONIC, the clock of the kernel's record timestamps (bpf_ktime_get_ns).
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 fn log_once(msg: &str) {

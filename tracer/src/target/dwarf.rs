@@ -5,13 +5,20 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 
-use gimli::{EndianSlice, LittleEndian};
+use gimli::{DebugInfoOffset, EndianSlice, LittleEndian};
 use object::{Object, ObjectSection};
 
 use super::elf::File;
 
-/// struct name → member name → byte offset.
-pub(crate) type StructMembers = HashMap<String, HashMap<String, u64>>;
+/// A struct member: its byte offset, and the byte size of its type where DWARF gives one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Member {
+    pub offset: u64,
+    pub size: Option<u64>,
+}
+
+/// struct name → member name → member.
+pub(crate) type StructMembers = HashMap<String, HashMap<String, Member>>;
 
 type Dwarf<'a> = gimli::Dwarf<EndianSlice<'a, LittleEndian>>;
 
@@ -51,7 +58,9 @@ fn load<'a>(file: &File<'a>, id: gimli::SectionId) -> Result<Cow<'a, [u8]>, Stri
 }
 
 fn find_structs(dwarf: &Dwarf<'_>, wanted: &[&str]) -> gimli::Result<StructMembers> {
-    let mut found = StructMembers::new();
+    // Member offsets, with the .debug_info offset of each member's type, whose size is looked up afterwards.
+    let mut found: HashMap<String, HashMap<String, (u64, Option<DebugInfoOffset>)>> =
+        HashMap::new();
     let mut units = dwarf.units();
     while let Some(header) = units.next()? {
         // Not `dwarf.unit()`: that also parses the line program, which is neither needed nor loaded.
@@ -90,8 +99,9 @@ fn find_structs(dwarf: &Dwarf<'_>, wanted: &[&str]) -> gimli::Result<StructMembe
                     let off = entry
                         .attr(gimli::DW_AT_data_member_location)?
                         .and_then(|a| a.udata_value());
+                    let ty = type_ref(&header, entry.attr_value(gimli::DW_AT_type)?);
                     if let (Some(m), Some(off)) = (name()?, off) {
-                        found.entry(s.clone()).or_default().insert(m, off);
+                        found.entry(s.clone()).or_default().insert(m, (off, ty));
                     }
                 }
                 _ => {}
@@ -101,5 +111,112 @@ fn find_structs(dwarf: &Dwarf<'_>, wanted: &[&str]) -> gimli::Result<StructMembe
             break;
         }
     }
-    Ok(found)
+    let mut sizes = TypeSizes::new(dwarf);
+    let mut members = StructMembers::new();
+    for (s, ms) in found {
+        let mut out = HashMap::with_capacity(ms.len());
+        for (m, (offset, ty)) in ms {
+            let size = ty.and_then(|t| sizes.size(t));
+            out.insert(m, Member { offset, size });
+        }
+        members.insert(s, out);
+    }
+    Ok(members)
+}
+
+/// A `DW_AT_type` value as an offset into .debug_info (Go refers to types across units with DW_FORM_ref_addr).
+fn type_ref(
+    header: &gimli::UnitHeader<EndianSlice<'_, LittleEndian>>,
+    value: Option<gimli::AttributeValue<EndianSlice<'_, LittleEndian>>>,
+) -> Option<DebugInfoOffset> {
+    match value? {
+        gimli::AttributeValue::UnitRef(o) => o.to_debug_info_offset(header),
+        gimli::AttributeValue::DebugInfoRef(o) => Some(o),
+        _ => None,
+    }
+}
+
+type Header<'a> = gimli::UnitHeader<EndianSlice<'a, LittleEndian>>;
+
+/// `DW_AT_byte_size` of type DIEs, found by .debug_info offset (through typedefs), cached per type.
+struct TypeSizes<'d, 'a> {
+    dwarf: &'d Dwarf<'a>,
+    headers: Vec<Header<'a>>,
+    abbrevs: HashMap<gimli::DebugAbbrevOffset, std::sync::Arc<gimli::Abbreviations>>,
+    cache: HashMap<DebugInfoOffset, Option<u64>>,
+}
+
+/// Typedef hops followed before giving up (a corrupt file may contain a cycle).
+const MAX_TYPEDEFS: usize = 8;
+
+impl<'d, 'a> TypeSizes<'d, 'a> {
+    /// Unit headers up to the first unreadable one: a type past it just has no size.
+    fn new(dwarf: &'d Dwarf<'a>) -> Self {
+        let mut headers = Vec::new();
+        let mut units = dwarf.units();
+        while let Ok(Some(h)) = units.next() {
+            headers.push(h);
+        }
+        TypeSizes {
+            dwarf,
+            headers,
+            abbrevs: HashMap::new(),
+            cache: HashMap::new(),
+        }
+    }
+
+    fn size(&mut self, ty: DebugInfoOffset) -> Option<u64> {
+        if let Some(&s) = self.cache.get(&ty) {
+            return s;
+        }
+        let mut at = ty;
+        let mut size = None;
+        for _ in 0..MAX_TYPEDEFS {
+            match self.lookup(at) {
+                Some((Some(s), _)) => {
+                    size = Some(s);
+                    break;
+                }
+                Some((None, Some(next))) => at = next,
+                _ => break,
+            }
+        }
+        self.cache.insert(ty, size);
+        size
+    }
+
+    /// The byte size of the type DIE at `off`, or else (for a typedef) the type it names.
+    fn lookup(&mut self, off: DebugInfoOffset) -> Option<(Option<u64>, Option<DebugInfoOffset>)> {
+        let header = *self
+            .headers
+            .iter()
+            .find(|h| off.to_unit_offset(*h).is_some())?;
+        let unit_off = off.to_unit_offset(&header)?;
+        let abbrev_off = header.debug_abbrev_offset();
+        let abbrevs = match self.abbrevs.get(&abbrev_off) {
+            Some(a) => a.clone(),
+            None => {
+                let a = self.dwarf.abbreviations(&header).ok()?;
+                self.abbrevs.insert(abbrev_off, a.clone());
+                a
+            }
+        };
+        let entry = header.entry(&abbrevs, unit_off).ok()?;
+        let size = entry
+            .attr(gimli::DW_AT_byte_size)
+            .ok()
+            .flatten()
+            .and_then(|a| a.udata_value());
+        Some(match entry.tag() {
+            // Go gives pointers no byte size: they are address-sized.
+            gimli::DW_TAG_pointer_type if size.is_none() => {
+                (Some(u64::from(header.address_size())), None)
+            }
+            gimli::DW_TAG_typedef => (
+                size,
+                type_ref(&header, entry.attr_value(gimli::DW_AT_type).ok().flatten()),
+            ),
+            _ => (size, None),
+        })
+    }
 }

@@ -7,7 +7,7 @@ use object::elf::{
     ELFCLASS64, ELFDATA2LSB, EM_AARCH64, EM_X86_64, PF_W, PF_X, PT_LOAD, SHT_NOBITS, SHT_SYMTAB,
 };
 use object::read::elf::{ElfFile64, FileHeader, ProgramHeader, SectionHeader};
-use object::{Endianness, Object, ObjectSection};
+use object::{Endianness, Object, ObjectSection, ObjectSymbol};
 
 use super::bytes::{u16_at, u64_at};
 use super::{Arch, TargetError};
@@ -19,6 +19,8 @@ pub(crate) struct Segment {
     pub vaddr: u64,
     pub offset: u64,
     pub filesz: u64,
+    /// Size in memory: `filesz` plus the zero-filled tail (.bss).
+    pub memsz: u64,
     pub flags: u32,
 }
 
@@ -119,6 +121,7 @@ impl Image {
                 vaddr: ph.p_vaddr(endian),
                 offset: ph.p_offset(endian),
                 filesz: ph.p_filesz(endian),
+                memsz: ph.p_memsz(endian),
                 flags: ph.p_flags(endian),
             });
         }
@@ -180,6 +183,17 @@ impl Image {
         self.segment(vaddr).is_some_and(|s| s.flags & PF_X != 0)
     }
 
+    /// True if `[vaddr, vaddr + len)` lies in the memory image of one writable segment (data or bss).
+    pub fn is_writable_memory(&self, vaddr: u64, len: u64) -> bool {
+        self.segments.iter().any(|s| {
+            s.writable()
+                && vaddr >= s.vaddr
+                && (vaddr - s.vaddr)
+                    .checked_add(len)
+                    .is_some_and(|end| end <= s.memsz)
+        })
+    }
+
     /// `len` file bytes at `vaddr`, if they lie within one segment's file-backed part.
     pub fn read<'a>(&self, bytes: &'a [u8], vaddr: u64, len: u64) -> Option<&'a [u8]> {
         let s = self.segment(vaddr)?;
@@ -201,4 +215,11 @@ impl Image {
     pub fn read_u64(&self, bytes: &[u8], vaddr: u64) -> Option<u64> {
         u64_at(self.read(bytes, vaddr, 8)?, 0)
     }
+}
+
+/// Address of a symbol in `.symtab`, if the file has one that names it (a defined data or text symbol).
+pub(crate) fn symbol_address(file: &File<'_>, name: &str) -> Option<u64> {
+    file.symbol_by_name(name)
+        .filter(|s| s.is_definition())
+        .map(|s| s.address())
 }

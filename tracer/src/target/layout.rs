@@ -11,18 +11,116 @@ pub enum LayoutSource {
     VersionTable,
 }
 
-/// Per-version facts about the runtime that the probes need: struct offsets, and the one
-/// calling-convention change among the probed functions.
+/// `runtime.mspan` field offsets: what a sweep probe copies out of the span it is handed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SpanLayout {
+    /// `startAddr` (uintptr): the span base, where object 0 starts.
+    pub start_addr: u64,
+    /// `npages` (uintptr): span length in 8 KiB runtime pages.
+    pub npages: u64,
+    /// `nelems`: number of object slots.
+    pub nelems: u64,
+    /// Byte size of `nelems`: uintptr (8) up to 1.21, uint16 (2) from 1.22.
+    pub nelems_size: u8,
+    /// `elemsize` (uintptr): object slot size.
+    pub elemsize: u64,
+    /// `gcmarkBits` (`*gcBits`): this cycle's mark bitmap, bit i (byte i/8, bit i%8) for object i. Under Green Tea
+    /// it holds no marks for inline-mark spans until sweep (see [`RuntimeLayout::inline_mark_bits`]).
+    pub gcmark_bits: u64,
+}
+
+/// Per-version facts about the runtime that the probes need: struct offsets, the one calling-convention change
+/// among the probed functions, the GC's mark-bit placement and the GC cycle counter. Resolved once per binary:
+/// offsets from DWARF when the binary has it, else from the version table; Green Tea and the cycle counter's
+/// address from the binary itself (see the fields).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RuntimeLayout {
     /// `runtime.g.goid`: moved 152 → 160 (1.23) → 152 (1.25).
     pub goid_offset: u64,
-    /// Where the goid offset came from.
+    /// Where `goid_offset` came from. The other struct offsets (`span`, `workType.cycles`) likewise come from
+    /// DWARF whenever it describes their struct, else from the table.
     pub source: LayoutSource,
     /// The integer argument register of `growslice`'s element type: `growslice(et, old, cap)`
     /// until Go 1.19, `growslice(oldPtr, newLen, oldCap, num, et)` since 1.20 (runtime/slice.go).
     pub growslice_type_arg: u8,
+    /// `runtime.mspan` field offsets.
+    pub span: SpanLayout,
+    /// Green Tea GC: spans whose objects are 16..=512 bytes (`gcUsesSpanInlineMarkBits(size)`:
+    /// `heapBitsInSpan(size) && size >= 16`) keep their mark bits inline, at the end of the span's first 8 KiB
+    /// page, until sweep merges them into `gcmarkBits` (`moveInlineMarks`). True for 1.26+ by default, for 1.25
+    /// with `GOEXPERIMENT=greenteagc`, false with `nogreenteagc` (or `none`). Decided from the version and
+    /// experiments, and checked against the code: a binary whose `runtime.(*mspan).moveInlineMarks` contradicts the
+    /// decision is refused rather than guessed at.
+    ///
+    /// Where the marks are (`runtime/mgcmark_greenteagc.go@go1.27.3:66-71,180-182,228-236`; identical in 1.25.5
+    /// and 1.26.6): `spanInlineMarkBitsFromBase(base)` is `base + gc.PageSize - sizeof(spanInlineMarkBits)` =
+    /// `base + 8192 - 128`, with `base = s.startAddr` (size classes up to 512 bytes have one-page spans, which
+    /// `mallocinit` checks: `malloc.go@go1.27.3:466-480`), laid out as
+    /// `{scans [63]uint8 @0, owned uint8 @63, marks [63]uint8 @64, class spanClass (uint8) @127}`. So the marks
+    /// are the 63 bytes at **`base + 8192 - 64`** ([`INLINE_MARKS_OFFSET`], [`INLINE_MARKS_LEN`]), and object i
+    /// (at `base + i * elemsize`) is marked iff `marks[i / 8] >> (i % 8) & 1` (`markBitsForIndex`): the same bit
+    /// order as `gcmarkBits`. 63 bytes cover the 504 objects of the 16-byte class, since these spans reserve the
+    /// last 128 bytes: `nelems = (8192 - 128 [- 128 heap bits if scan]) / elemsize` (`mheap.go@go1.27.3:1458-1468`).
+    /// The byte after the marks is the span class, not marks. Sweep ORs the inline marks into `gcmarkBits`
+    /// (`mgcsweep.go@go1.27.3:655-656`, after the specials loop, which already reads the inline marks) and
+    /// clears them, so before that point (at `(*sweepLocked).sweep` entry) "marked" is the inline bit (OR the
+    /// `gcmarkBits` bit, which the mark phase leaves clear for these spans); a tracer reading only `gcmarkBits`
+    /// would take every live small object for dead.
+    pub inline_mark_bits: bool,
+    /// Inclusive element-size range of spans using inline mark bits: (16, 512) when `inline_mark_bits`, 512 being
+    /// `gc.MinSizeForMallocHeader` = `PtrSize * PtrBits` (`internal/runtime/gc/malloc.go@go1.27.3:47`; the same on
+    /// amd64 and arm64); the empty range (0, 0) otherwise, so that a range check alone is enough.
+    pub inline_mark_sizes: (u64, u64),
+    /// Link-time virtual address of `runtime.work.cycles`, the count of completed GC cycles (the number gctrace
+    /// prints; bumped in `gcStart`). Add the load bias for a PIE. From the symbol table (`runtime.work` + the
+    /// `runtime.workType.cycles` offset) when there is one, else from the code of `runtime.gcTrigger.test`
+    /// (see `gc.rs`).
+    pub gc_cycles_addr: u64,
+    /// Byte size of `runtime.work.cycles`: 4 (uint32 in 1.19, atomic.Uint32 since).
+    pub gc_cycles_size: u8,
 }
+
+impl RuntimeLayout {
+    /// True if a span of objects of `elemsize` bytes keeps its mark bits inline (Green Tea).
+    pub fn span_uses_inline_marks(&self, elemsize: u64) -> bool {
+        let (lo, hi) = self.inline_mark_sizes;
+        self.inline_mark_bits && (lo..=hi).contains(&elemsize)
+    }
+}
+
+/// Green Tea inline marks start this many bytes after the span base: `8192 - 64`.
+pub const INLINE_MARKS_OFFSET: u64 = GC_PAGE_SIZE - 64;
+/// Bytes of Green Tea inline marks (`spanInlineMarkBits.marks [63]uint8`).
+pub const INLINE_MARKS_LEN: u64 = 63;
+/// `gc.PageSize`, the runtime page: 8 KiB in every version.
+const GC_PAGE_SIZE: u64 = 8192;
+/// Element sizes with inline marks: `gcUsesSpanInlineMarkBits` = `size >= 16 && heapBitsInSpan(size)`, the latter
+/// `size <= gc.MinSizeForMallocHeader` (= 8 * 64 on 64-bit; `mbitmap.go@go1.27.3:76-80`). The same in 1.25.5,
+/// 1.26.6 and 1.27.3 (`mgcmark_greenteagc.go:258`).
+const INLINE_MARK_SIZES: (u64, u64) = (16, 512);
+/// `runtime.work.cycles`: uint32 in 1.19, atomic.Uint32 from 1.20; 4 bytes either way.
+const WORK_CYCLES_SIZE: u8 = 4;
+
+/// Green Tea GC per version and experiments: no such GC before 1.25, opt-in (`greenteagc`) in 1.25, default from
+/// 1.26 (`internal/buildcfg/exp.go@go1.26.6:88`) with `nogreenteagc` to opt out. Experiments apply in order as
+/// `buildcfg` parses them: `none` clears every flag, `noX` clears X.
+pub(crate) fn green_tea_by_version(version: &GoVersion, experiments: &[String]) -> bool {
+    if version.major != 1 || version.minor < 25 {
+        return false;
+    }
+    let mut on = version.minor >= 26;
+    for e in experiments {
+        match e.as_str() {
+            "greenteagc" => on = true,
+            "nogreenteagc" | "none" => on = false,
+            _ => {}
+        }
+    }
+    on
+}
+
+/// The newest release whose Green Tea code was checked (the function names and files `gc.rs` looks for).
+pub(crate) const LAST_CHECKED_MINOR: u32 = 27;
 
 /// Offsets of the `runtime.moduledata` fields we read. The pclntab slices before them (at 0..128) have not moved
 /// since Go 1.18, which is how [`super::moduledata`] recognises the struct in the first place.
@@ -33,19 +131,38 @@ pub(crate) struct ModuledataOffsets {
     pub etypes: u64,
 }
 
+/// Struct offsets, resolved before the code is read; [`runtime_layout`] completes them into a [`RuntimeLayout`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Structs {
+    pub goid_offset: u64,
+    pub source: LayoutSource,
+    pub span: SpanLayout,
+    /// `runtime.workType.cycles`: (offset in `runtime.work`, byte size).
+    pub work_cycles: (u64, u8),
+}
+
 pub(crate) struct Resolved {
-    pub runtime: RuntimeLayout,
+    pub structs: Structs,
     pub moduledata: ModuledataOffsets,
 }
 
 /// The DWARF structs that [`resolve`] reads.
-pub(crate) const DWARF_STRUCTS: &[&str] = &["runtime.g", "runtime.moduledata"];
+pub(crate) const DWARF_STRUCTS: &[&str] = &[
+    "runtime.g",
+    "runtime.moduledata",
+    "runtime.mspan",
+    "runtime.workType",
+];
 
 struct Row {
     minor: u32,
     arches: &'static [Arch],
     goid: u64,
     moduledata: ModuledataOffsets,
+    span: SpanLayout,
+    /// `runtime.workType.cycles` on (amd64, arm64): workType pads fields to the cache line, 64 bytes on amd64 and
+    /// 128 on arm64 (`internal/cpu`), so the offset differs by architecture from 1.21 on.
+    cycles: (u64, u64),
 }
 
 const BOTH: &[Arch] = &[Arch::Amd64, Arch::Arm64];
@@ -58,20 +175,48 @@ const fn md(text: u64, types: u64, etypes: u64) -> ModuledataOffsets {
     }
 }
 
-/// Go 1.x layouts, measured from DWARF of go1.19.8 and go1.21.13 … go1.27.3 builds for amd64 and arm64 (identical).
-/// 1.20 is absent: no toolchain was available to measure it. moduledata gained `covctrs/ecovctrs` after 1.19
-/// (types 280 → 296) and `typedesclen` before `etypes` in 1.27.
+const fn span(
+    start_addr: u64,
+    npages: u64,
+    (nelems, nelems_size): (u64, u8),
+    elemsize: u64,
+    gcmark_bits: u64,
+) -> SpanLayout {
+    SpanLayout {
+        start_addr,
+        npages,
+        nelems,
+        nelems_size,
+        elemsize,
+        gcmark_bits,
+    }
+}
+
+/// Go 1.x layouts, measured from DWARF of go1.19.8 and go1.21.13 … go1.27.3 builds for amd64 and arm64 (identical
+/// except `workType.cycles`). 1.20 is absent: no toolchain was available to measure it. moduledata gained
+/// `covctrs/ecovctrs` after 1.19 (types 280 → 296) and `typedesclen` before `etypes` in 1.27. mspan:
+/// `elemsize` 104 → 112 in 1.21 (`isUserArenaChunk` and friends), and in 1.22 `freeindex`/`nelems` shrank from
+/// uintptr to uint16, moving nelems 56 → 50, allocBits/gcmarkBits 72/80 → 64/72 and elemsize back to 104.
 #[rustfmt::skip]
 const TABLE: &[Row] = &[
-    Row { minor: 19, arches: BOTH, goid: 152, moduledata: md(176, 280, 288) },
-    Row { minor: 21, arches: BOTH, goid: 152, moduledata: md(176, 296, 304) },
-    Row { minor: 22, arches: BOTH, goid: 152, moduledata: md(176, 296, 304) },
-    Row { minor: 23, arches: BOTH, goid: 160, moduledata: md(176, 296, 304) },
-    Row { minor: 24, arches: BOTH, goid: 160, moduledata: md(176, 296, 304) },
-    Row { minor: 25, arches: BOTH, goid: 152, moduledata: md(176, 296, 304) },
-    Row { minor: 26, arches: BOTH, goid: 152, moduledata: md(176, 296, 304) },
-    Row { minor: 27, arches: BOTH, goid: 152, moduledata: md(176, 296, 312) },
+    Row { minor: 19, arches: BOTH, goid: 152, moduledata: md(176, 280, 288), span: span(24, 32, (56, 8), 104, 80), cycles: (344, 344) },
+    Row { minor: 21, arches: BOTH, goid: 152, moduledata: md(176, 296, 304), span: span(24, 32, (56, 8), 112, 80), cycles: (400, 528) },
+    Row { minor: 22, arches: BOTH, goid: 152, moduledata: md(176, 296, 304), span: span(24, 32, (50, 2), 104, 72), cycles: (400, 528) },
+    Row { minor: 23, arches: BOTH, goid: 160, moduledata: md(176, 296, 304), span: span(24, 32, (50, 2), 104, 72), cycles: (424, 552) },
+    Row { minor: 24, arches: BOTH, goid: 160, moduledata: md(176, 296, 304), span: span(24, 32, (50, 2), 104, 72), cycles: (424, 552) },
+    Row { minor: 25, arches: BOTH, goid: 152, moduledata: md(176, 296, 304), span: span(24, 32, (50, 2), 104, 72), cycles: (512, 704) },
+    Row { minor: 26, arches: BOTH, goid: 152, moduledata: md(176, 296, 304), span: span(24, 32, (50, 2), 104, 72), cycles: (648, 904) },
+    Row { minor: 27, arches: BOTH, goid: 152, moduledata: md(176, 296, 312), span: span(24, 32, (50, 2), 104, 72), cycles: (648, 904) },
 ];
+
+impl Row {
+    fn cycles(&self, arch: Arch) -> u64 {
+        match arch {
+            Arch::Amd64 => self.cycles.0,
+            Arch::Arm64 => self.cycles.1,
+        }
+    }
+}
 
 fn table_row(version: &GoVersion, arch: Arch) -> Option<&'static Row> {
     if version.major != 1 {
@@ -98,31 +243,92 @@ pub(crate) fn resolve(
     dwarf: Option<&StructMembers>,
 ) -> Result<Resolved, TargetError> {
     let member = |s: &str, m: &str| dwarf.and_then(|d| d.get(s)?.get(m).copied());
+    let offset = |s: &str, m: &str| member(s, m).map(|m| m.offset);
     let row = table_row(version, arch);
-    let (goid_offset, source) = match (member("runtime.g", "goid"), row) {
+    // Each struct comes whole from DWARF or whole from the table, never a mix.
+    fn pick<T>(dwarf: Option<T>, row: Option<&Row>, table: impl Fn(&Row) -> T) -> Option<T> {
+        dwarf.or_else(|| row.map(table))
+    }
+    let (goid_offset, source) = match (offset("runtime.g", "goid"), row) {
         (Some(goid), _) => (goid, LayoutSource::Dwarf),
         (None, Some(r)) => (r.goid, LayoutSource::VersionTable),
         (None, None) => return Err(no_table(version, arch)),
     };
-    let growslice_type_arg = if (version.major, version.minor) <= (1, 19) { 0 } else { 4 };
-    let runtime = RuntimeLayout { goid_offset, source, growslice_type_arg };
+    let span_from_dwarf = || {
+        let m = |f| offset("runtime.mspan", f);
+        let nelems = member("runtime.mspan", "nelems")?;
+        let nelems_size = u8::try_from(nelems.size?)
+            .ok()
+            .filter(|s| [1, 2, 4, 8].contains(s))?;
+        Some(span(
+            m("startAddr")?,
+            m("npages")?,
+            (nelems.offset, nelems_size),
+            m("elemsize")?,
+            m("gcmarkBits")?,
+        ))
+    };
+    let span = pick(span_from_dwarf(), row, |r| r.span).ok_or_else(|| no_table(version, arch))?;
+    let cycles_from_dwarf = member("runtime.workType", "cycles").and_then(|c| {
+        let size = u8::try_from(c.size?).ok().filter(|&s| s == 4 || s == 8)?;
+        Some((c.offset, size))
+    });
+    let work_cycles = pick(cycles_from_dwarf, row, |r| {
+        (r.cycles(arch), WORK_CYCLES_SIZE)
+    })
+    .ok_or_else(|| no_table(version, arch))?;
     let from_dwarf = || {
-        let m = |f| member("runtime.moduledata", f);
+        let m = |f| offset("runtime.moduledata", f);
         Some(md(m("text")?, m("types")?, m("etypes")?))
     };
-    let moduledata = match (from_dwarf(), row) {
-        (Some(m), _) => m,
-        (None, Some(r)) => r.moduledata,
-        (None, None) => return Err(no_table(version, arch)),
-    };
+    let moduledata =
+        pick(from_dwarf(), row, |r| r.moduledata).ok_or_else(|| no_table(version, arch))?;
     Ok(Resolved {
-        runtime,
+        structs: Structs {
+            goid_offset,
+            source,
+            span,
+            work_cycles,
+        },
         moduledata,
     })
+}
+
+/// The complete layout, once the code has told where `runtime.work.cycles` is and whether Green Tea is on.
+pub(crate) fn runtime_layout(
+    version: &GoVersion,
+    structs: &Structs,
+    gc_cycles_addr: u64,
+    inline_mark_bits: bool,
+) -> RuntimeLayout {
+    RuntimeLayout {
+        goid_offset: structs.goid_offset,
+        source: structs.source,
+        growslice_type_arg: if (version.major, version.minor) <= (1, 19) {
+            0
+        } else {
+            4
+        },
+        span: structs.span,
+        inline_mark_bits,
+        inline_mark_sizes: if inline_mark_bits {
+            INLINE_MARK_SIZES
+        } else {
+            (0, 0)
+        },
+        gc_cycles_addr,
+        gc_cycles_size: structs.work_cycles.1,
+    }
 }
 
 /// The table's answer alone, to check it against DWARF.
 #[cfg(test)]
 pub(crate) fn table(version: &GoVersion, arch: Arch) -> Option<(u64, ModuledataOffsets)> {
     table_row(version, arch).map(|r| (r.goid, r.moduledata))
+}
+
+/// The table's mspan layout and `workType.cycles` offset, to check them against DWARF.
+#[cfg(test)]
+pub(crate) fn table_span_cycles(version: &GoVersion, arch: Arch) -> Option<(SpanLayout, u64)> {
+    table_row(version, arch).map(|r| (r.span, r.cycles(arch)))
 }

@@ -9,6 +9,7 @@ mod buildinfo;
 mod bytes;
 mod dwarf;
 mod elf;
+mod gc;
 mod layout;
 mod moduledata;
 mod pclntab;
@@ -22,7 +23,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 pub use buildinfo::GoVersion;
-pub use layout::{LayoutSource, RuntimeLayout};
+pub use layout::{LayoutSource, RuntimeLayout, SpanLayout, INLINE_MARKS_LEN, INLINE_MARKS_OFFSET};
 
 /// CPU architecture of the target. Registers, RET encodings and (in principle) struct layouts depend on it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -160,10 +161,46 @@ impl GoBinary {
         let resolved = layout::resolve(&build.version, image.arch, structs.as_ref())?;
         let loaded = pclntab::Pclntab::load(&image, &bytes, &build.version, &resolved.moduledata)?;
         let functions = loaded.functions;
-        let by_name = index_by_name(&functions, |i| {
+        let file_of = |i: usize| {
             let entry = functions[i].entry;
             loaded.table.file_line(&bytes, i, entry, entry).0
-        });
+        };
+        let by_name = index_by_name(&functions, file_of);
+        let code = |name: &str| {
+            let f = &functions[*by_name.get(name)?];
+            let bytes = image.read(&bytes, f.entry, f.end.checked_sub(f.entry)?)?;
+            Some(gc::Code {
+                entry: f.entry,
+                bytes,
+            })
+        };
+        let work = image
+            .has_symtab
+            .then(|| elf::symbol_address(&file, "runtime.work"))
+            .flatten();
+        let gc_cycles_addr = match work {
+            Some(work) => work
+                .checked_add(resolved.structs.work_cycles.0)
+                .filter(|&a| image.is_writable_memory(a, u64::from(resolved.structs.work_cycles.1)))
+                .ok_or_else(|| {
+                    TargetError::corrupt(format!(
+                        "runtime.work at {work:#x} is not in a writable segment"
+                    ))
+                })?,
+            None => gc::cycles_from_code(&image, code)
+                .map_err(|why| gc::cycles_not_found(&build.version, image.arch, &why))?,
+        };
+        let green_tea_code = gc::green_tea_code(
+            &build.version,
+            by_name
+                .get(gc::MOVE_INLINE_MARKS)
+                .map(|&i| file_of(i))
+                .as_deref(),
+            loaded.table.lists_name(&bytes, gc::MOVE_INLINE_MARKS),
+        );
+        let green_tea = gc::green_tea(&build.version, &build.experiments, green_tea_code)?;
+        let layout =
+            layout::runtime_layout(&build.version, &resolved.structs, gc_cycles_addr, green_tea);
         Ok(GoBinary {
             bytes,
             image,
@@ -171,7 +208,7 @@ impl GoBinary {
             pclntab: loaded.table,
             functions,
             by_name,
-            layout: resolved.runtime,
+            layout,
             types_base: loaded.module.map(|m| m.types),
         })
     }
@@ -262,9 +299,12 @@ impl GoBinary {
     /// Bytes at a link-time address, from the file: read-only data such as type descriptors, which
     /// stay readable after the process has exited.
     pub fn read_static(&self, vaddr: u64, buf: &mut [u8]) -> Result<(), TargetError> {
-        let src = self.image.read(&self.bytes, vaddr, buf.len() as u64).ok_or_else(|| {
-            TargetError::corrupt(format!("{:#x}+{} is not in the file", vaddr, buf.len()))
-        })?;
+        let src = self
+            .image
+            .read(&self.bytes, vaddr, buf.len() as u64)
+            .ok_or_else(|| {
+                TargetError::corrupt(format!("{:#x}+{} is not in the file", vaddr, buf.len()))
+            })?;
         buf.copy_from_slice(src);
         Ok(())
     }

@@ -191,6 +191,29 @@ impl Pclntab {
         })
     }
 
+    /// True if the function-name table holds `name`: the name of a function that is linked out of line, or
+    /// only inlined (inline trees name their callees in the same table).
+    pub fn lists_name(&self, bytes: &[u8], name: &str) -> bool {
+        let Some(data) = self
+            .start
+            .checked_add(self.len)
+            .and_then(|end| bytes.get(self.start..end))
+        else {
+            return false;
+        };
+        // The name table runs up to the next table, the CU table.
+        let end = if self.hdr.cu > self.hdr.funcname {
+            self.hdr.cu
+        } else {
+            data.len()
+        };
+        let Some(table) = data.get(self.hdr.funcname..end) else {
+            return false;
+        };
+        let name = name.as_bytes();
+        table.split(|&b| b == 0).any(|s| s == name)
+    }
+
     /// File and line of `pc` in function number `idx` (entry `entry`); `("?", 0)` as in Go's own tracebacks when
     /// the tables do not cover it.
     pub fn file_line(&self, bytes: &[u8], idx: usize, entry: u64, pc: u64) -> (String, u32) {

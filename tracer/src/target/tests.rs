@@ -333,11 +333,11 @@ fn layout_table_matches_dwarf() {
             let members = dwarf::struct_members(&file, layout::DWARF_STRUCTS).unwrap();
             let md = &members["runtime.moduledata"];
             let from_dwarf = (
-                members["runtime.g"]["goid"],
+                members["runtime.g"]["goid"].offset,
                 layout::ModuledataOffsets {
-                    text: md["text"],
-                    types: md["types"],
-                    etypes: md["etypes"],
+                    text: md["text"].offset,
+                    types: md["types"].offset,
+                    etypes: md["etypes"].offset,
                 },
             );
             assert_eq!(
@@ -676,6 +676,14 @@ fn unreadable_dwarf_falls_back_to_the_table() {
     let fallback = GoBinary::parse(bytes).unwrap();
     assert_eq!(fallback.layout().source, LayoutSource::VersionTable);
     assert_eq!(fallback.layout().goid_offset, b.layout().goid_offset);
+    // Everything else too: the span layout and the cycle counter (the symbol plus the table's offset).
+    assert_eq!(
+        *fallback.layout(),
+        RuntimeLayout {
+            source: LayoutSource::VersionTable,
+            ..b.layout().clone()
+        }
+    );
     assert_eq!(fallback.types_base(), b.types_base());
 }
 
@@ -692,12 +700,21 @@ fn random_damage_never_panics() {
     for (ver, name) in [
         ("1.27.3", "counting-stripped"),
         ("1.21.13", "counting-arm64"),
+        ("1.25.5", "counting-arm64-stripped"),
     ] {
         let b = bin(ver, name);
+        // The code that locates the GC cycle counter in stripped binaries.
+        let code = |f: &str| {
+            let f = b.function(f).unwrap();
+            let off = b.file_offset(f.entry).unwrap() as usize;
+            off..off + (f.end - f.entry) as usize
+        };
         let regions = [
             section_range(b, ".gopclntab"),
             section_range(b, ".go.buildinfo"),
             0..b.bytes.len(),
+            code("runtime.gcTrigger.test"),
+            code("runtime.gcStart"),
         ];
         for round in 0..120 {
             let mut bytes = b.bytes.clone();
@@ -715,6 +732,12 @@ fn random_damage_never_panics() {
             let Ok(damaged) = GoBinary::parse(bytes) else {
                 continue;
             };
+            // Whatever damaged code yields has passed the rule's own checks.
+            let cycles = damaged.layout().gc_cycles_addr;
+            assert!(
+                damaged.image.is_writable_memory(cycles, 4),
+                "{ver}/{name}: {cycles:#x}"
+            );
             for f in damaged.functions().step_by(7) {
                 let _ = damaged.ret_sites(f);
                 let _ = damaged.symbolize(f.entry);
@@ -722,4 +745,255 @@ fn random_damage_never_panics() {
             }
         }
     }
+}
+
+/// `runtime.workType.cycles` and the `runtime.mspan` fields of `SpanLayout`, from DWARF: (offset, size).
+fn dwarf_gc_members(
+    ver: &'static str,
+    name: &'static str,
+) -> (HashMap<String, dwarf::Member>, dwarf::Member) {
+    let bytes = std::fs::read(target_path(ver, name)).unwrap();
+    let file = elf::open(&bytes).unwrap();
+    let mut m = dwarf::struct_members(&file, &["runtime.mspan", "runtime.workType"]).unwrap();
+    let cycles = m["runtime.workType"]["cycles"];
+    (m.remove("runtime.mspan").unwrap(), cycles)
+}
+
+#[test]
+fn span_layout_and_cycles_offset_match_dwarf() {
+    for ver in VERSIONS {
+        for name in ["counting", "counting-arm64"] {
+            let b = bin(ver, name);
+            let (span, cycles) = dwarf_gc_members(ver, name);
+            let nelems = span["nelems"];
+            let from_dwarf = SpanLayout {
+                start_addr: span["startAddr"].offset,
+                npages: span["npages"].offset,
+                nelems: nelems.offset,
+                nelems_size: nelems.size.unwrap() as u8,
+                elemsize: span["elemsize"].offset,
+                gcmark_bits: span["gcmarkBits"].offset,
+            };
+            // Pointer and uintptr members are 8 bytes; nelems shrank to uint16 in 1.22.
+            for f in ["startAddr", "npages", "elemsize", "gcmarkBits", "allocBits"] {
+                assert_eq!(span[f].size, Some(8), "{ver}/{name}: mspan.{f}");
+            }
+            let want_nelems = if b.version().minor >= 22 { 2 } else { 8 };
+            assert_eq!(from_dwarf.nelems_size, want_nelems, "{ver}/{name}");
+            assert_eq!(cycles.size, Some(4), "{ver}/{name}: workType.cycles");
+            assert_eq!(
+                layout::table_span_cycles(b.version(), b.arch()),
+                Some((from_dwarf, cycles.offset)),
+                "{ver}/{name}"
+            );
+            assert_eq!(b.layout().span, from_dwarf, "{ver}/{name}");
+            assert_eq!(b.layout().gc_cycles_size, 4, "{ver}/{name}");
+            println!(
+                "{ver:8} {:5} mspan startAddr {} npages {} nelems {} (u{}) elemsize {} gcmarkBits {} | workType.cycles {}",
+                b.arch(),
+                from_dwarf.start_addr,
+                from_dwarf.npages,
+                from_dwarf.nelems,
+                8 * from_dwarf.nelems_size,
+                from_dwarf.elemsize,
+                from_dwarf.gcmark_bits,
+                cycles.offset
+            );
+            // The stripped twin gets the same from the table.
+            let stripped = bin(
+                ver,
+                if name == "counting" {
+                    "counting-stripped"
+                } else {
+                    "counting-arm64-stripped"
+                },
+            );
+            assert_eq!(
+                stripped.layout().source,
+                LayoutSource::VersionTable,
+                "{ver}/{name}"
+            );
+            assert_eq!(stripped.layout().span, from_dwarf, "{ver}/{name}");
+            assert_eq!(stripped.layout().gc_cycles_size, 4, "{ver}/{name}");
+        }
+    }
+}
+
+/// Binaries with symbols and their `-s -w` twins.
+const TWINS: [(&str, &str); 5] = [
+    ("counting", "counting-stripped"),
+    ("counting-arm64", "counting-arm64-stripped"),
+    ("demo", "demo-stripped"),
+    ("quiet", "quiet-stripped"),
+    ("counting-cgo", "counting-cgo-stripped"),
+];
+
+/// The code rule of `gc.rs` applied to a binary whatever its symbols.
+fn cycles_from_code(b: &GoBinary) -> Result<u64, String> {
+    gc::cycles_from_code(&b.image, |name| {
+        let f = b.function(name)?;
+        Some(gc::Code {
+            entry: f.entry,
+            bytes: b.image.read(&b.bytes, f.entry, f.end - f.entry)?,
+        })
+    })
+}
+
+/// The section of `b` that contains `addr`: (name, start).
+fn section_of(b: &GoBinary, addr: u64) -> (&str, u64) {
+    let s = b
+        .image
+        .sections
+        .iter()
+        .find(|s| s.addr != 0 && (s.addr..s.addr + s.size).contains(&addr))
+        .unwrap();
+    (&s.name, s.addr)
+}
+
+/// Where the GC cycle counter is without symbols. The `-s -w` twin is not a byte-for-byte relink of the data:
+/// its `.go.buildinfo` also records `build -ldflags="-s -w"` (0x20 bytes more), which moves every later data
+/// section (by 0x20, or 0x1020 when the segment then starts a page later). Code does not move. So the stripped
+/// answer must sit at the same offset in the same section as the symbol-derived answer of the unstripped twin.
+#[test]
+fn gc_cycles_address_without_symbols() {
+    for ver in VERSIONS {
+        for (full, stripped) in TWINS {
+            if !targets_dir().join(ver).join(full).is_file() {
+                assert!(full.contains("cgo"), "{ver}: no {full}");
+                continue;
+            }
+            let (b, s) = (bin(ver, full), bin(ver, stripped));
+            let work = nm(ver, full)["runtime.work"];
+            let (_, cycles) = dwarf_gc_members(ver, full);
+            let want = work + cycles.offset;
+            assert!(b.has_symtab() && !s.has_symtab(), "{ver}/{full}");
+            assert_eq!(
+                b.layout().gc_cycles_addr,
+                want,
+                "{ver}/{full}: from the symbol"
+            );
+            // The code rule agrees on the unstripped binary too (it is only used without symbols).
+            assert_eq!(cycles_from_code(b), Ok(want), "{ver}/{full}: code rule");
+            let (section, start) = section_of(b, want);
+            let twin_start = s.image.section(section).unwrap().addr;
+            let got = s.layout().gc_cycles_addr;
+            assert_eq!(
+                got.checked_sub(twin_start),
+                Some(want - start),
+                "{ver}/{stripped}: {got:#x} is not {section}+{:#x}",
+                want - start
+            );
+            assert_eq!(s.layout().gc_cycles_size, 4);
+            if full == "counting" || full == "counting-arm64" {
+                println!(
+                    "{ver:8} {:5} runtime.work {work:#x} + cycles {} = {want:#x} ({section}+{:#x}); stripped twin {got:#x}",
+                    b.arch(),
+                    cycles.offset,
+                    want - start
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn gc_cycles_rule_checks_itself() {
+    for (ver, name) in [
+        ("1.27.3", "counting-stripped"),
+        ("1.19", "counting-stripped"),
+        ("1.23.9", "counting-arm64-stripped"),
+    ] {
+        let b = bin(ver, name);
+        let patched = |func: &str, fill: u8| {
+            let f = b.function(func).unwrap();
+            let off = b.file_offset(f.entry).unwrap() as usize;
+            let mut bytes = b.bytes.clone();
+            bytes[off..off + (f.end - f.entry) as usize].fill(fill);
+            GoBinary::parse(bytes)
+        };
+        // Without the reader the counter cannot be found; without the writer the answer is not confirmed.
+        for func in ["runtime.gcTrigger.test", "runtime.gcStart"] {
+            match patched(func, 0) {
+                Err(TargetError::UnsupportedVersion { reason, .. }) => {
+                    assert!(
+                        reason.contains("runtime.work.cycles"),
+                        "{ver}/{name}: {reason}"
+                    );
+                    assert!(
+                        reason.contains(&b.arch().to_string()),
+                        "{ver}/{name}: {reason}"
+                    );
+                }
+                other => panic!("{ver}/{name} without {func}: {other:?}"),
+            }
+        }
+    }
+    // A reference outside writable memory is refused: point the load somewhere in text.
+    let b = bin("1.27.3", "counting-stripped");
+    let f = b.function("runtime.gcTrigger.test").unwrap();
+    let code = b.image.read(&b.bytes, f.entry, f.end - f.entry).unwrap();
+    // MOVL rel32(IP), DX; SUBL DX, CX
+    let at = code
+        .windows(8)
+        .position(|w| w[..2] == [0x8b, 0x15] && w[6..] == [0x29, 0xd1])
+        .unwrap();
+    let mut bytes = b.bytes.clone();
+    let off = b.file_offset(f.entry).unwrap() as usize + at;
+    bytes[off + 2..off + 6].copy_from_slice(&(-64i32).to_le_bytes());
+    match GoBinary::parse(bytes) {
+        Err(TargetError::UnsupportedVersion { reason, .. }) => {
+            assert!(reason.contains("writable"), "{reason}")
+        }
+        other => panic!("a text address taken for the counter: {other:?}"),
+    }
+}
+
+/// The Green Tea GC is the default from 1.26: exactly 1.26 and 1.27 among the test binaries, none of which sets
+/// GOEXPERIMENT.
+#[test]
+fn green_tea_inline_mark_bits() {
+    for ver in VERSIONS {
+        for name in [
+            "counting",
+            "counting-stripped",
+            "counting-arm64",
+            "counting-arm64-stripped",
+            "demo",
+            "quiet",
+        ] {
+            let b = bin(ver, name);
+            let l = b.layout();
+            let want = b.version().minor >= 26;
+            assert_eq!(l.inline_mark_bits, want, "{ver}/{name}");
+            assert_eq!(
+                l.inline_mark_sizes,
+                if want { (16, 512) } else { (0, 0) },
+                "{ver}/{name}"
+            );
+            assert_eq!(l.span_uses_inline_marks(16), want);
+            assert_eq!(l.span_uses_inline_marks(512), want);
+            assert!(
+                !l.span_uses_inline_marks(8)
+                    && !l.span_uses_inline_marks(576)
+                    && !l.span_uses_inline_marks(0)
+            );
+            // What the decision was checked against.
+            let f = b.function(gc::MOVE_INLINE_MARKS);
+            assert_eq!(f.is_some(), want, "{ver}/{name}");
+            if let Some(f) = f {
+                let file = b.symbolize(f.entry).unwrap().file;
+                assert!(file.ends_with("/runtime/mgcmark_greenteagc.go"), "{file}");
+            }
+            if name == "counting" {
+                println!(
+                    "{ver:8} {}: experiments {:?} → inline_mark_bits {} {:?}",
+                    b.version(),
+                    b.experiments(),
+                    l.inline_mark_bits,
+                    l.inline_mark_sizes
+                );
+            }
+        }
+    }
+    assert_eq!((INLINE_MARKS_OFFSET, INLINE_MARKS_LEN), (8192 - 64, 63));
 }

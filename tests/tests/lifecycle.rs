@@ -1,0 +1,116 @@
+//! Object lifetimes across GC cycles (go-targets/cache and churn, TRUTH.md): the cache's maps are
+//! retained and grow every cycle; churn's garbage is all freed and nothing of main's is retained.
+//! GC cycle numbers are the target's own, as `GODEBUG=gctrace=1` prints them.
+
+use std::process::Command;
+
+use e2e::{target_path, trace_measured_phase, Target};
+use serde_json::Value;
+
+const ROUNDS: u64 = 5;
+const PER_ROUND: u64 = 20;
+const SETTLE: u64 = 2;
+
+fn retained_at<'a>(report: &'a Value, function: &str) -> Vec<&'a Value> {
+    report["retained"]
+        .as_array()
+        .expect("retained array")
+        .iter()
+        .filter(|r| r["stack"][0]["function"] == function)
+        .collect()
+}
+
+fn main_retained(report: &Value) -> Vec<String> {
+    report["retained"]
+        .as_array()
+        .expect("retained array")
+        .iter()
+        .filter_map(|r| r["stack"][0]["function"].as_str())
+        .filter(|f| f.starts_with("main."))
+        .map(String::from)
+        .collect()
+}
+
+/// The `gc N` numbers gctrace printed.
+fn gctrace_cycles(stderr: &str) -> Vec<u64> {
+    stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix("gc ")?.split_whitespace().next()?.parse().ok())
+        .collect()
+}
+
+fn cache(go: &str, stripped: bool) {
+    let bin = target_path(go, if stripped { "cache-stripped" } else { "cache" });
+    let trace_file = std::env::temp_dir().join(format!("maptrace-gctrace-{}-{go}-{stripped}", std::process::id()));
+    let mut cmd = Command::new(&bin);
+    cmd.args([format!("-rounds={ROUNDS}"), format!("-per-round={PER_ROUND}"), format!("-settle={SETTLE}")])
+        .env("GODEBUG", "gctrace=1")
+        .stderr(std::fs::File::create(&trace_file).unwrap());
+    let traced = trace_measured_phase(Target::start_command(&mut cmd));
+    let gctrace = std::fs::read_to_string(&trace_file).unwrap();
+    let _ = std::fs::remove_file(&trace_file);
+    assert!(traced.target_status.success());
+    let report = traced.report;
+
+    let rows = retained_at(&report, "main.addEntries");
+    assert_eq!(rows.len(), 1, "one retained row at main.addEntries: {:#}", report["retained"]);
+    let row = rows[0];
+    assert_eq!(row["kind"], "map", "{row:#}");
+    assert_eq!(row["type"], "map[string]int", "{row:#}");
+    let maps = ROUNDS * PER_ROUND;
+    assert_eq!(row["retained_count"], maps, "{row:#}");
+    assert_eq!(row["live_count"], maps, "{row:#}");
+    assert_eq!(row["allocated_count"], maps, "{row:#}");
+    assert_eq!(row["freed_count"], 0, "{row:#}");
+    assert_eq!(row["trend"], "growing", "{row:#}");
+    assert!(row["survived_cycles_max"].as_u64().unwrap() >= ROUNDS + SETTLE - 1, "{row:#}");
+    assert_eq!(main_retained(&report), vec!["main.addEntries"], "{:#}", report["retained"]);
+
+    let gc = &report["gc"];
+    let (first, last) = (gc["first_cycle"].as_u64().unwrap(), gc["last_cycle"].as_u64().unwrap());
+    assert!(gc["cycles_seen"].as_u64().unwrap() >= ROUNDS + SETTLE, "{gc:#}");
+    assert_eq!(last - first + 1, gc["cycles_seen"].as_u64().unwrap(), "consecutive cycle numbers: {gc:#}");
+    // gctrace prints after a cycle ends; the target may exit before the last line is out.
+    let printed: Vec<u64> = gctrace_cycles(&gctrace).into_iter().filter(|&c| c >= first).collect();
+    assert_eq!(printed.first(), Some(&first), "gctrace printed {printed:?}, maptrace saw {first}..{last}");
+    assert!(printed.iter().all(|c| (first..=last).contains(c)), "gctrace printed {printed:?}, maptrace saw {first}..{last}");
+    assert!(printed.len() as u64 >= last - first, "gctrace printed {printed:?}, maptrace saw {first}..{last}");
+}
+
+fn churn(go: &str, stripped: bool) {
+    let bin = target_path(go, if stripped { "churn-stripped" } else { "churn" });
+    let traced = trace_measured_phase(Target::start(&bin, &["-rounds=5", "-per-round=50"]));
+    assert!(traced.target_status.success());
+    let report = traced.report;
+    assert_eq!(main_retained(&report), Vec::<String>::new(), "churn retains nothing: {:#}", report["retained"]);
+    assert!(report["gc"]["cycles_seen"].as_u64().unwrap() >= 6, "{:#}", report["gc"]);
+    assert!(report["gc"]["spans_swept"].as_u64().unwrap() > 0, "{:#}", report["gc"]);
+}
+
+macro_rules! matrix {
+    ($($name:ident => $go:expr),* $(,)?) => {
+        $(
+            mod $name {
+                #[test]
+                fn cache_unstripped() { super::cache($go, false); }
+                #[test]
+                fn cache_stripped() { super::cache($go, true); }
+                #[test]
+                fn churn_unstripped() { super::churn($go, false); }
+                #[test]
+                fn churn_stripped() { super::churn($go, true); }
+            }
+        )*
+    };
+}
+
+matrix! {
+    go1_19 => "1.19",
+    go1_21 => "1.21.13",
+    go1_22 => "1.22.10",
+    go1_23 => "1.23.9",
+    go1_24 => "1.24.11",
+    go1_25 => "1.25.5",
+    go1_26 => "1.26.6",
+    go1_27 => "1.27.3",
+}

@@ -1,0 +1,110 @@
+//! The Retained section: sites whose objects are alive after K completed GC cycles *and* after
+//! their creating frame returned (design.md's definition), from the lifecycle engine, the
+//! creating-frame tracker and the site table.
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+
+use crate::{
+    correlate::PARTS,
+    frames::{CreatingFrames, FrameState},
+    lifecycle::{Lifecycle, SiteLifecycle, Totals},
+    sites::{FrameRow, Resolve, SiteTable, ValueKind},
+};
+
+/// One retained site.
+#[derive(Clone, Debug, Serialize)]
+pub struct RetainedRow {
+    pub kind: ValueKind,
+    #[serde(rename = "type")]
+    pub type_name: String,
+    /// Alive after ≥ K cycles, creating frame returned.
+    pub retained_count: u64,
+    pub retained_bytes: u64,
+    /// In use: allocated and not seen freed (pprof's inuse view).
+    pub live_count: u64,
+    pub live_bytes: u64,
+    /// Everything this site allocated while traced (pprof's alloc view).
+    pub allocated_count: u64,
+    pub allocated_bytes: u64,
+    pub freed_count: u64,
+    /// Cycles survived by the live objects so far: median and most.
+    pub survived_cycles_p50: u64,
+    pub survived_cycles_max: u64,
+    /// Seconds since the oldest live object of the site was allocated.
+    pub oldest_age_seconds: f64,
+    /// Lifetime of the site's objects that died, median, in seconds (None: none died).
+    pub dead_lifetime_p50_seconds: Option<f64>,
+    /// "growing", "stable", "shrinking" or "unknown": the live count, cycle over cycle.
+    pub trend: &'static str,
+    /// (cycle, live count, live bytes) at the last cycles' mark terminations.
+    pub live_by_cycle: Vec<(u64, u64, u64)>,
+    /// Objects dropped from tracking by the memory bound: counts above are lower bounds.
+    pub evicted_count: u64,
+    pub stack: Vec<FrameRow>,
+}
+
+/// Retained rows, most retained bytes first.
+pub fn retained_rows(
+    lifecycle: &Lifecycle,
+    sites: &SiteTable,
+    frames: &CreatingFrames,
+    names: &mut dyn Resolve,
+    target_exited: bool,
+    now_ns: u64,
+) -> Vec<RetainedRow> {
+    let returned = |site: u64| frames.state(site & !PARTS, target_exited) == FrameState::Returned;
+    // A value's parts add bytes to its site, not numbers.
+    let mut retained: HashMap<u64, Totals> = HashMap::new();
+    for (site, t) in lifecycle.retained_matching(|o| returned(o.site)) {
+        let v = retained.entry(site & !PARTS).or_default();
+        v.bytes += t.bytes;
+        if site & PARTS == 0 {
+            v.count += t.count;
+        }
+    }
+    let survival = lifecycle.live_survival();
+    let mut oldest: HashMap<u64, u64> = HashMap::new();
+    for o in lifecycle.objects() {
+        let t = oldest.entry(o.site & !PARTS).or_insert(o.time_ns);
+        *t = (*t).min(o.time_ns);
+    }
+    let mut rows: Vec<RetainedRow> = retained
+        .into_iter()
+        .filter(|(_, totals)| totals.count > 0)
+        .filter_map(|(site, totals)| {
+            let s = lifecycle.site(site)?;
+            let parts = lifecycle.site(site | PARTS);
+            let part_bytes = |f: fn(&SiteLifecycle) -> u64| parts.map_or(0, f);
+            let row = sites.row(site, names)?;
+            // No user frame: the runtime's own bookkeeping, nothing the program can act on.
+            if row.stack.is_empty() {
+                return None;
+            }
+            let live = survival.get(&site);
+            Some(RetainedRow {
+                kind: row.kind,
+                type_name: row.type_name,
+                retained_count: totals.count,
+                retained_bytes: totals.bytes,
+                live_count: s.live_count,
+                live_bytes: s.live_bytes + part_bytes(|p| p.live_bytes),
+                allocated_count: s.allocated_count,
+                allocated_bytes: s.allocated_bytes + part_bytes(|p| p.allocated_bytes),
+                freed_count: s.freed_count,
+                survived_cycles_p50: live.map_or(0, |h| h.value_at_quantile(0.5)),
+                survived_cycles_max: live.map_or(0, |h| h.max()),
+                oldest_age_seconds: oldest.get(&site).map_or(0.0, |&t| now_ns.saturating_sub(t) as f64 / 1e9),
+                dead_lifetime_p50_seconds: (!s.lifetime_ns.is_empty())
+                    .then(|| s.lifetime_ns.value_at_quantile(0.5) as f64 / 1e9),
+                trend: s.trend().as_str(),
+                live_by_cycle: s.live_by_cycle.iter().copied().collect(),
+                evicted_count: s.evicted_count,
+                stack: row.stack,
+            })
+        })
+        .collect();
+    rows.sort_by(|a, b| (b.retained_bytes, b.retained_count).cmp(&(a.retained_bytes, a.retained_count)));
+    rows
+}
