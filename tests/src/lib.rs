@@ -112,14 +112,20 @@ impl Target {
         Self { child, stdin, stdout, pid }
     }
 
-    /// Lets the target run its measured work.
+    /// Lets the target run its measured work (stdin stays open: lingering targets wait for EOF).
     pub fn go(&mut self) {
-        let mut stdin = self.stdin.take().expect("go() once");
+        let stdin = self.stdin.as_mut().expect("stdin open");
         stdin.write_all(b"go\n").unwrap();
     }
 
-    /// Waits for exit: the output after the ready line, and the status.
+    /// Waits for the target's `done` line.
+    pub fn wait_done(&mut self) -> String {
+        self.stdout.until("the target's done line", |l| l.starts_with("done")).pop().unwrap()
+    }
+
+    /// Closes stdin and waits for exit: the output after the ready line, and the status.
     pub fn finish(mut self) -> (Vec<String>, ExitStatus) {
+        drop(self.stdin.take());
         let out = self.stdout.rest();
         (out, wait_with_deadline(&mut self.child, "the target"))
     }
@@ -240,6 +246,23 @@ pub fn trace_measured_phase(mut target: Target) -> Traced {
     let outcome = maptrace.finish();
     assert!(outcome.status.success(), "maptrace failed: {outcome:#?}");
     Traced { target_output, target_status, report: outcome.json() }
+}
+
+/// Traces a target that stays alive after its measured phase: maptrace is interrupted once the
+/// target printed its done line (so the target's memory can still be read), then the target is
+/// let go. Returns the done line and the report.
+pub fn trace_until_done(mut target: Target) -> (String, Value) {
+    let pid = target.pid.to_string();
+    let mut maptrace = Maptrace::start(&["--pid", &pid, "--json", "--no-live"]);
+    maptrace.wait_attached();
+    target.go();
+    let done = target.wait_done();
+    maptrace.interrupt();
+    let outcome = maptrace.finish();
+    let (_, status) = target.finish();
+    assert!(status.success(), "the target failed: {status}");
+    assert!(outcome.status.success(), "maptrace failed: {outcome:#?}");
+    (done, outcome.json())
 }
 
 /// Asserts one site row per function with the given count.

@@ -27,6 +27,16 @@ pub enum RecordKind {
     CycleEnd = 3,
     /// A span is about to be swept: which of its objects the last cycle marked ([`SpanRecord`]).
     SpanSwept = 4,
+    /// `SetFinalizer` registered a finalizer: `ptr` the object, `size` the `*funcval`.
+    FinalizerSet = 5,
+    /// `SetFinalizer(x, nil)`: `ptr` the object.
+    FinalizerRemoved = 6,
+    /// A sweep found the object unreachable and queued its finalizer: `ptr` the object.
+    FinalizerQueued = 7,
+    /// The finalizer goroutine starts a finalizer: `ptr` the object, `size` the `*funcval`.
+    FinalizerStarted = 8,
+    /// `AddCleanup` (Go 1.24+): `ptr` the object.
+    CleanupSet = 9,
 }
 
 impl RecordKind {
@@ -38,6 +48,11 @@ impl RecordKind {
             2 => Self::Container,
             3 => Self::CycleEnd,
             4 => Self::SpanSwept,
+            5 => Self::FinalizerSet,
+            6 => Self::FinalizerRemoved,
+            7 => Self::FinalizerQueued,
+            8 => Self::FinalizerStarted,
+            9 => Self::CleanupSet,
             _ => return None,
         })
     }
@@ -64,6 +79,10 @@ pub struct ProbeConfig {
     /// the span's page until sweep merges them; both 0 when the runtime does not.
     pub inline_marks_min: u64,
     pub inline_marks_max: u64,
+    /// Runtime address range of the finalizer goroutine's loop (`runfinq`/`runFinalizers`): a
+    /// `reflectcall` returning there is a finalizer starting.
+    pub finalizer_loop_start: u64,
+    pub finalizer_loop_end: u64,
 }
 
 /// Mark bits captured per swept span: 1024 objects, the most an 8 KiB span of 8-byte objects holds.
@@ -169,8 +188,11 @@ pub struct Record {
     /// For `Container`: its own kind.
     pub container: u32,
     pub goid: u64,
+    /// The goroutine's `g` pointer (to read its state later, e.g. the finalizer goroutine's).
+    pub g: u64,
     pub ptr: u64,
-    /// Bytes requested (`Alloc`) or allocated in all (`Container`).
+    /// Bytes requested (`Alloc`) or allocated in all (`Container`); for object events, the
+    /// auxiliary value (a finalizer's `*funcval`).
     pub size: u64,
     /// `*abi.Type` in the target: the allocated type (`Alloc`, 0 for untyped memory) or the
     /// constructor's element/map type (`Container`).
@@ -200,6 +222,62 @@ mod pod {
     unsafe impl aya::Pod for super::ProbeConfig {}
     unsafe impl aya::Pod for super::CycleRecord {}
     unsafe impl aya::Pod for super::SpanRecord {}
+}
+
+/// The attach cookie of an object event probe (finalizers, cleanups): which record to make and
+/// which Go ABI argument registers hold the object and the auxiliary value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ObjectEventCookie {
+    pub kind: RecordKind,
+    pub ptr_arg: u8,
+    pub aux_arg: Option<u8>,
+    /// The object pointer is the first word of what `ptr_arg` points to (`reflectcall`'s
+    /// register-argument block).
+    pub deref_ptr: bool,
+    /// Only when called from the finalizer goroutine's loop ([`ProbeConfig::finalizer_loop_start`]).
+    pub from_finalizer_loop: bool,
+    /// The register holding a type (`addfinalizer`'s `ot *ptrtype`), if any.
+    pub type_arg: Option<u8>,
+    /// Arguments are on the stack (an assembly function's ABI0): `ptr_arg`/`aux_arg` then
+    /// count 8-byte words from SP at entry (the return address is word 0).
+    pub stack_args: bool,
+}
+
+impl ObjectEventCookie {
+    pub const fn encode(self) -> u64 {
+        let aux = match self.aux_arg {
+            Some(a) => a as u64 + 1,
+            None => 0,
+        };
+        (self.kind as u64)
+            | ((self.ptr_arg as u64) << 8)
+            | (aux << 16)
+            | ((self.deref_ptr as u64) << 24)
+            | ((self.from_finalizer_loop as u64) << 25)
+            | ((self.stack_args as u64) << 26)
+            | (match self.type_arg {
+                Some(a) => a as u64 + 1,
+                None => 0,
+            } << 32)
+    }
+
+    pub fn decode(cookie: u64) -> Option<Self> {
+        let kind = (cookie & 0xff) as u32;
+        let kind = RecordKind::of(&kind.to_ne_bytes())?;
+        let aux = (cookie >> 16) & 0xff;
+        Some(Self {
+            kind,
+            ptr_arg: ((cookie >> 8) & 0xff) as u8,
+            aux_arg: if aux == 0 { None } else { Some((aux - 1) as u8) },
+            deref_ptr: cookie & (1 << 24) != 0,
+            from_finalizer_loop: cookie & (1 << 25) != 0,
+            stack_args: cookie & (1 << 26) != 0,
+            type_arg: match (cookie >> 32) & 0xff {
+                0 => None,
+                t => Some((t - 1) as u8),
+            },
+        })
+    }
 }
 
 /// The attach cookie of a constructor entry probe: which [`ContainerKind`] the function makes and

@@ -20,9 +20,12 @@ mod arch {
         // The verifier only allows context loads at constant offsets: load each register with
         // its own instruction (volatile, so they are not folded into one computed load), then
         // index the copy on the stack.
-        let regs = [&r.rax, &r.rbx, &r.rcx, &r.rdi, &r.rsi, &r.r8, &r.r9, &r.r10, &r.r11]
-            .map(|reg| unsafe { core::ptr::read_volatile(reg) });
-        regs.get(n as usize).copied().unwrap_or(0)
+        // The copy has 16 slots and the index is masked so that the verifier can bound it.
+        let mut regs = [0u64; 16];
+        for (slot, reg) in regs.iter_mut().zip([&r.rax, &r.rbx, &r.rcx, &r.rdi, &r.rsi, &r.r8, &r.r9, &r.r10, &r.r11]) {
+            *slot = unsafe { core::ptr::read_volatile(reg) };
+        }
+        regs[(n & 15) as usize]
     }
 
     pub fn g(r: &pt_regs) -> u64 {
@@ -56,7 +59,7 @@ mod arch {
         for (i, slot) in regs.iter_mut().enumerate() {
             *slot = unsafe { core::ptr::read_volatile(&r.regs[i]) };
         }
-        regs.get(n as usize).copied().unwrap_or(0)
+        regs[(n & 15) as usize]
     }
 
     pub fn g(r: &pt_regs) -> u64 {
@@ -76,6 +79,14 @@ mod arch {
 /// The `n`th integer argument at a function's entry (or the `n`th result at its RET).
 pub fn int_reg(ctx: &ProbeContext, n: u8) -> u64 {
     arch::int_reg(arch::regs(ctx), n)
+}
+
+/// Word `n` above SP: with ABI0 (assembly functions) word 0 is the return address and the
+/// arguments follow.
+pub fn stack_word(ctx: &ProbeContext, n: u8) -> u64 {
+    let addr = arch::sp(arch::regs(ctx)) + 8 * n as u64;
+    // SAFETY: bpf_probe_read_user checks the user address.
+    unsafe { aya_ebpf::helpers::bpf_probe_read_user(addr as *const u64) }.unwrap_or(0)
 }
 
 /// The current goroutine's `g` pointer.

@@ -19,7 +19,7 @@ use aya_ebpf::{
     EbpfContext,
 };
 use tracer_common::{
-    AllocEntry, AllocKey, ConstructorCookie, ContainerEntry, ContainerKind, CycleRecord, ProbeConfig,
+    AllocEntry, AllocKey, ConstructorCookie, ContainerEntry, ContainerKind, CycleRecord, ObjectEventCookie, ProbeConfig,
     Record, RecordKind, SpanRecord, INLINE_MARKS_OFFSET, INLINE_MARK_BYTES, MAX_IN_FLIGHT,
     MAX_MARK_BYTES, MAX_STACK_DEPTH, RING_BUFFER_BYTES,
 };
@@ -37,6 +37,8 @@ static CONFIG: ProbeConfig = ProbeConfig {
     span_gcmark_bits: 0,
     inline_marks_min: 0,
     inline_marks_max: 0,
+    finalizer_loop_start: 0,
+    finalizer_loop_end: 0,
 };
 
 #[map]
@@ -148,6 +150,35 @@ pub fn constructor_ret(ctx: ProbeContext) -> u32 {
     0
 }
 
+/// Entry of a finalizer or cleanup function of the runtime; the attach cookie says which record
+/// to make and where its object pointer is.
+#[uprobe]
+pub fn object_event(ctx: ProbeContext) -> u32 {
+    // SAFETY: the helper only reads the current probe's cookie.
+    let Some(cookie) = ObjectEventCookie::decode(unsafe { bpf_get_attach_cookie(ctx.as_ptr()) }) else {
+        return 0;
+    };
+    if cookie.from_finalizer_loop {
+        // SAFETY: plain reads of a loader-initialised global.
+        let (start, end) = unsafe {
+            (core::ptr::read_volatile(&CONFIG.finalizer_loop_start), core::ptr::read_volatile(&CONFIG.finalizer_loop_end))
+        };
+        let ret = go_abi::return_address(&ctx);
+        if ret < start || ret >= end {
+            return 0;
+        }
+    }
+    let arg = |n: u8| if cookie.stack_args { go_abi::stack_word(&ctx, n) } else { go_abi::int_reg(&ctx, n) };
+    let mut ptr = arg(cookie.ptr_arg);
+    if cookie.deref_ptr {
+        ptr = read_u64(ptr);
+    }
+    let aux = cookie.aux_arg.map_or(0, arg);
+    let type_ptr = cookie.type_arg.map_or(0, arg);
+    emit(&ctx, go_abi::g(&ctx), cookie.kind, 0, ptr, aux, type_ptr, 0);
+    0
+}
+
 /// Entry of `runtime.gcMarkTermination`: cycle N's marking is complete, its sweep follows.
 #[uprobe]
 pub fn gc_cycle_end(_ctx: ProbeContext) -> u32 {
@@ -228,6 +259,7 @@ fn emit(ctx: &ProbeContext, g: u64, kind: RecordKind, container: u32, ptr: u64, 
         (*r).kind = kind as u32;
         (*r).container = container;
         (*r).goid = goid(g);
+        (*r).g = g;
         (*r).ptr = ptr;
         (*r).size = size;
         (*r).type_ptr = type_ptr;

@@ -6,6 +6,8 @@ use tracer_common::{ContainerKind, CycleRecord, Record, RecordKind, SpanRecord, 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TraceEvent {
     Alloc(Event),
+    /// A finalizer or cleanup event (`kind` says which): `ptr` the object, `size` the `*funcval`.
+    Object(Event),
     /// GC cycle `cycle` reached mark termination (the target's own number).
     CycleEnd { cycle: u64, ktime_ns: u64 },
     SpanSwept(SpanSwept),
@@ -27,6 +29,13 @@ impl TraceEvent {
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         match RecordKind::of(bytes) {
             Some(RecordKind::Alloc | RecordKind::Container) => Event::decode(bytes).map(TraceEvent::Alloc),
+            Some(
+                RecordKind::FinalizerSet
+                | RecordKind::FinalizerRemoved
+                | RecordKind::FinalizerQueued
+                | RecordKind::FinalizerStarted
+                | RecordKind::CleanupSet,
+            ) => Event::decode(bytes).map(TraceEvent::Object),
             Some(RecordKind::CycleEnd) => {
                 let r: CycleRecord = read(bytes)?;
                 Ok(TraceEvent::CycleEnd { cycle: r.cycle, ktime_ns: r.ktime_ns })
@@ -64,6 +73,7 @@ pub struct Event {
     /// For allocations: the constructor in flight on the goroutine; for constructors: their kind.
     pub container: ContainerKind,
     pub goid: u64,
+    pub g: u64,
     pub ptr: u64,
     pub size: u64,
     pub type_ptr: u64,
@@ -90,10 +100,10 @@ impl Event {
     }
 
     pub fn from_record(r: &Record) -> Result<Self, DecodeError> {
-        let kind = match r.kind {
-            1 => RecordKind::Alloc,
-            2 => RecordKind::Container,
-            k => return Err(DecodeError::Kind(k)),
+        // Records of other layouts never decode as an Event.
+        let kind = match RecordKind::of(&r.kind.to_ne_bytes()) {
+            Some(RecordKind::CycleEnd | RecordKind::SpanSwept) | None => return Err(DecodeError::Kind(r.kind)),
+            Some(k) => k,
         };
         let captured = &r.stack[..(r.stack_len as usize).min(MAX_STACK_DEPTH)];
         let mut stack = Vec::with_capacity(captured.len() + 1);
@@ -108,6 +118,7 @@ impl Event {
             kind,
             container: ContainerKind::from_u32(r.container),
             goid: r.goid,
+            g: r.g,
             ptr: r.ptr,
             size: r.size,
             type_ptr: r.type_ptr,
@@ -128,6 +139,7 @@ pub(crate) mod tests {
             kind: kind as u32,
             container: container as u32,
             goid: 7,
+            g: 0xc000001000,
             ptr: 0xc000010000,
             size: 48,
             type_ptr: 0x4a0000,
@@ -171,8 +183,8 @@ pub(crate) mod tests {
         let b = bytes(&r);
         assert_eq!(Event::decode(&b[..10]), Err(DecodeError::Size(10, size_of::<Record>())));
         let mut bad = r;
-        bad.kind = 9;
-        assert_eq!(Event::decode(&bytes(&bad)), Err(DecodeError::Kind(9)));
+        bad.kind = 99;
+        assert_eq!(Event::decode(&bytes(&bad)), Err(DecodeError::Kind(99)));
     }
 
     #[test]
@@ -194,7 +206,7 @@ pub(crate) mod tests {
         let TraceEvent::SpanSwept(span) = TraceEvent::decode(b).unwrap() else { panic!("not a span") };
         assert_eq!(span.marks.len(), MAX_MARK_BYTES, "a bogus length is clamped");
         assert!(TraceEvent::decode(&b[..8]).is_err());
-        assert_eq!(TraceEvent::decode(&[7, 0, 0, 0, 0]), Err(DecodeError::Kind(7)));
+        assert_eq!(TraceEvent::decode(&[99, 0, 0, 0, 0]), Err(DecodeError::Kind(99)));
     }
 
     #[test]

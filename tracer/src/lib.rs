@@ -10,6 +10,7 @@ pub mod cli;
 pub mod correlate;
 pub mod error;
 pub mod events;
+pub mod finalizers;
 pub mod frames;
 pub mod gotype;
 pub mod lifecycle;

@@ -5,6 +5,7 @@ use std::io::{self, Write};
 use serde::Serialize;
 
 use crate::{
+    finalizers::FinalizerSection,
     retention::RetainedRow,
     sites::{SiteRow, Totals},
 };
@@ -26,6 +27,7 @@ pub struct Report {
     pub gc: GcInfo,
     /// Sites whose objects outlive their creating frame by ≥ K GC cycles.
     pub retained: Vec<RetainedRow>,
+    pub finalizers: FinalizerSection,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -115,7 +117,43 @@ impl Report {
             writeln!(w, "\nAllocation sites")?;
             write_table(w, &self.sites, usize::MAX)?;
         }
-        self.write_retained(w)
+        self.write_retained(w)?;
+        self.write_finalizers(w)
+    }
+
+    fn write_finalizers(&self, w: &mut dyn Write) -> io::Result<()> {
+        let f = &self.finalizers;
+        let c = &f.counts;
+        writeln!(
+            w,
+            "\nFinalizers: {} registered, {} removed, {} queued, {} started, {} pending; {} cleanups registered",
+            c.registered, c.removed, c.queued, c.started, f.pending, c.cleanups_registered
+        )?;
+        if let Some(b) = &f.blocked {
+            writeln!(
+                w,
+                "finalizer goroutine blocked for {:.1} s in {} (object {}, state: {}), {} finalizer(s) queued behind it",
+                b.blocked_seconds, b.finalizer, b.object_type, b.state, b.queue_depth
+            )?;
+        }
+        if f.never_ran.is_empty() {
+            return writeln!(w, "no finalizer left unrun after ≥ {} GC cycles", self.gc.retain_cycles);
+        }
+        for r in &f.never_ran {
+            let site = r.registered_at.first().map_or("(runtime)".to_string(), |s| format!("{} {}:{}", s.function, s.file, s.line));
+            writeln!(
+                w,
+                "{:>6} never ran: {} — {} with finalizer {}, {} cycles ({:.1} s) after SetFinalizer at {}",
+                r.count,
+                r.reason.describe(),
+                r.object_type,
+                r.finalizer,
+                r.age_cycles,
+                r.age_seconds,
+                site
+            )?;
+        }
+        Ok(())
     }
 
     fn write_retained(&self, w: &mut dyn Write) -> io::Result<()> {
@@ -200,6 +238,7 @@ pub fn write_table(w: &mut dyn Write, rows: &[SiteRow], caller_lines: usize) -> 
 mod tests {
     use super::*;
     use crate::sites::{FrameRow, ValueKind};
+    use crate::finalizers::{FinalizerCounts, NeverRan, NeverRanRow};
     use crate::retention::RetainedRow;
 
     fn report() -> Report {
@@ -242,6 +281,20 @@ mod tests {
                 evicted_count: 0,
                 stack: vec![FrameRow { function: "main.put".into(), file: "/src/main.go".into(), line: 12, pc: "0x1".into() }],
             }],
+            finalizers: FinalizerSection {
+                counts: FinalizerCounts { registered: 3, ..FinalizerCounts::default() },
+                pending: 3,
+                never_ran: vec![NeverRanRow {
+                    reason: NeverRan::ReachableFromOwnFinalizer,
+                    count: 3,
+                    object_type: "main.Resource".into(),
+                    finalizer: "main.open.func1".into(),
+                    age_cycles: 4,
+                    age_seconds: 0.5,
+                    registered_at: vec![FrameRow { function: "main.open".into(), file: "/src/main.go".into(), line: 40, pc: "0x3".into() }],
+                }],
+                blocked: None,
+            },
         }
     }
 
@@ -260,6 +313,7 @@ mod tests {
         assert!(s.contains("2 (3.9 KiB)"), "{s}");
         assert!(s.contains("growing"), "{s}");
         assert!(s.contains("gc5:1 gc6:2 gc7:3"), "{s}");
+        assert!(s.contains("3 never ran: reachable from its own finalizer (a cycle: it can never run) — main.Resource with finalizer main.open.func1"), "{s}");
     }
 
     #[test]
@@ -275,6 +329,7 @@ mod tests {
         assert_eq!(v["retained"][0]["retained_count"], 2);
         assert_eq!(v["retained"][0]["trend"], "growing");
         assert_eq!(v["gc"]["last_cycle"], 7);
+        assert_eq!(v["finalizers"]["never_ran"][0]["reason"], "reachable_from_own_finalizer");
     }
 
     #[test]

@@ -217,19 +217,18 @@ fn row(k: &SiteKey, s: &SiteStats, names: &mut dyn Resolve) -> SiteRow {
         type_name: type_name(k, names),
         count: s.count,
         bytes: s.bytes,
-        stack: s
-            .callers
-            .iter()
-            .map(|&pc| {
-                let f = names.frame(pc.wrapping_sub(1));
-                FrameRow {
-                    function: f.as_ref().map_or_else(|| "?".to_string(), |f| f.function.clone()),
-                    file: f.as_ref().map_or_else(String::new, |f| f.file.clone()),
-                    line: f.as_ref().map_or(0, |f| f.line),
-                    pc: format!("{pc:#x}"),
-                }
-            })
-            .collect(),
+        stack: s.callers.iter().map(|&pc| frame_row(pc, names)).collect(),
+    }
+}
+
+/// A return address as a report frame (the call's own line).
+pub fn frame_row(pc: u64, names: &mut dyn Resolve) -> FrameRow {
+    let f = names.frame(pc.wrapping_sub(1));
+    FrameRow {
+        function: f.as_ref().map_or_else(|| "?".to_string(), |f| f.function.clone()),
+        file: f.as_ref().map_or_else(String::new, |f| f.file.clone()),
+        line: f.as_ref().map_or(0, |f| f.line),
+        pc: format!("{pc:#x}"),
     }
 }
 

@@ -82,7 +82,9 @@ fn open_binary(process: &Process) -> Result<GoBinary, Failure> {
     })
 }
 
-pub async fn run(opts: &TraceOptions) -> Result<Report, Failure> {
+/// Runs one session. The probes stay attached in the returned [`Tracer`]: removing them takes the
+/// kernel ~0.1 s each, so the caller prints the report first, then detaches.
+pub async fn run(opts: &TraceOptions) -> Result<(Report, Tracer), Failure> {
     if !crate::process::exists(opts.pid) {
         return Err(Failure::NoSuchProcess { pid: opts.pid });
     }
@@ -147,7 +149,7 @@ pub async fn run(opts: &TraceOptions) -> Result<Report, Failure> {
         eprint!("\x1b[H\x1b[2J");
     }
 
-    Ok(Report {
+    let report = Report {
         maptrace_version: env!("CARGO_PKG_VERSION"),
         target: TargetInfo {
             pid: process.pid,
@@ -167,9 +169,16 @@ pub async fn run(opts: &TraceOptions) -> Result<Report, Failure> {
         totals: state.sites.totals,
         lost_records: lost,
         sites: state.sites.rows(&mut names, opts.top),
+        finalizers: state.finalizer_section(
+            &mut names,
+            &ProcessOrFile { process: &process, binary: &binary, load_bias },
+            binary.layout(),
+            monotonic_ns(),
+        ),
         gc: state.gc_info(exited),
         retained: state.retained(&mut names, exited, monotonic_ns()),
-    })
+    };
+    Ok((report, tracer))
 }
 
 /// Registers a descriptor with the reactor for readability.

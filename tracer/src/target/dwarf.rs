@@ -220,3 +220,42 @@ impl<'d, 'a> TypeSizes<'d, 'a> {
         })
     }
 }
+
+/// Values of the `DW_TAG_constant` DIEs whose name starts with `prefix` (Go writes package constants as
+/// `runtime.waitReasonSleep` and so on, `DW_AT_const_value` as sdata). The tests check tables against them.
+#[cfg(test)]
+pub(crate) fn constants(file: &File<'_>, prefix: &str) -> Result<HashMap<String, i64>, String> {
+    let sections = gimli::DwarfSections::load(|id| load(file, id))?;
+    let dwarf = sections.borrow(|s| EndianSlice::new(s, LittleEndian));
+    let find = || -> gimli::Result<HashMap<String, i64>> {
+        let mut out = HashMap::new();
+        let mut units = dwarf.units();
+        while let Some(header) = units.next()? {
+            let abbrevs = dwarf.abbreviations(&header)?;
+            let mut entries = header.entries(&abbrevs);
+            while let Some((_, entry)) = entries.next_dfs()? {
+                if entry.tag() != gimli::DW_TAG_constant {
+                    continue;
+                }
+                let Some(gimli::AttributeValue::String(name)) =
+                    entry.attr_value(gimli::DW_AT_name)?
+                else {
+                    continue;
+                };
+                let name = String::from_utf8_lossy(name.slice());
+                if !name.starts_with(prefix) {
+                    continue;
+                }
+                let value = entry.attr(gimli::DW_AT_const_value)?.and_then(|a| {
+                    a.sdata_value()
+                        .or_else(|| a.udata_value().and_then(|u| i64::try_from(u).ok()))
+                });
+                if let Some(v) = value {
+                    out.insert(name.into_owned(), v);
+                }
+            }
+        }
+        Ok(out)
+    };
+    find().map_err(|e| format!("DWARF: {e}"))
+}

@@ -37,8 +37,14 @@ pub struct SpanLayout {
 pub struct RuntimeLayout {
     /// `runtime.g.goid`: moved 152 → 160 (1.23) → 152 (1.25).
     pub goid_offset: u64,
-    /// Where `goid_offset` came from. The other struct offsets (`span`, `workType.cycles`) likewise come from
-    /// DWARF whenever it describes their struct, else from the table.
+    /// `runtime.g.atomicstatus` (uint32; `atomic.Uint32` since 1.20): the `_G*` state, `_Gwaiting` = 4. 144, 152 in
+    /// 1.23–1.24 (always `goid_offset - 8`).
+    pub g_atomicstatus: u64,
+    /// `runtime.g.waitreason` (`waitReason`, a uint8): why a `_Gwaiting` goroutine is parked; [`Self::wait_reason`]
+    /// names it. 176, 184 in 1.23–1.24.
+    pub g_waitreason: u64,
+    /// Where `goid_offset` (and the other `runtime.g` offsets, all or none) came from. The other struct offsets
+    /// (`span`, `workType.cycles`) likewise come from DWARF whenever it describes their struct, else from the table.
     pub source: LayoutSource,
     /// The integer argument register of `growslice`'s element type: `growslice(et, old, cap)`
     /// until Go 1.19, `growslice(oldPtr, newLen, oldCap, num, et)` since 1.20 (runtime/slice.go).
@@ -78,9 +84,20 @@ pub struct RuntimeLayout {
     pub gc_cycles_addr: u64,
     /// Byte size of `runtime.work.cycles`: 4 (uint32 in 1.19, atomic.Uint32 since).
     pub gc_cycles_size: u8,
+    /// `runtime.waitReasonStrings` of this release: the string `waitReason(v).String()` gives, at index v. Taken from
+    /// the version (the strings are not in DWARF); empty for a release without a table (1.20, or newer than 1.27),
+    /// so that [`Self::wait_reason`] answers `None` rather than a guess. The enum was reordered in 1.26
+    /// (`waitReasonFinalizerWait` 16 → 10).
+    pub wait_reasons: &'static [&'static str],
 }
 
 impl RuntimeLayout {
+    /// The runtime's string for a `g.waitreason` value (`""` for `waitReasonZero`), or `None` if it is out of
+    /// range or the release has no table.
+    pub fn wait_reason(&self, v: u8) -> Option<&'static str> {
+        self.wait_reasons.get(usize::from(v)).copied()
+    }
+
     /// True if a span of objects of `elemsize` bytes keeps its mark bits inline (Green Tea).
     pub fn span_uses_inline_marks(&self, elemsize: u64) -> bool {
         let (lo, hi) = self.inline_mark_sizes;
@@ -135,6 +152,8 @@ pub(crate) struct ModuledataOffsets {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Structs {
     pub goid_offset: u64,
+    /// `runtime.g` (atomicstatus, waitreason).
+    pub g_status: (u64, u64),
     pub source: LayoutSource,
     pub span: SpanLayout,
     /// `runtime.workType.cycles`: (offset in `runtime.work`, byte size).
@@ -158,6 +177,8 @@ struct Row {
     minor: u32,
     arches: &'static [Arch],
     goid: u64,
+    /// `runtime.g` (atomicstatus, waitreason).
+    g_status: (u64, u64),
     moduledata: ModuledataOffsets,
     span: SpanLayout,
     /// `runtime.workType.cycles` on (amd64, arm64): workType pads fields to the cache line, 64 bytes on amd64 and
@@ -193,20 +214,21 @@ const fn span(
 }
 
 /// Go 1.x layouts, measured from DWARF of go1.19.8 and go1.21.13 … go1.27.3 builds for amd64 and arm64 (identical
-/// except `workType.cycles`). 1.20 is absent: no toolchain was available to measure it. moduledata gained
-/// `covctrs/ecovctrs` after 1.19 (types 280 → 296) and `typedesclen` before `etypes` in 1.27. mspan:
-/// `elemsize` 104 → 112 in 1.21 (`isUserArenaChunk` and friends), and in 1.22 `freeindex`/`nelems` shrank from
-/// uintptr to uint16, moving nelems 56 → 50, allocBits/gcmarkBits 72/80 → 64/72 and elemsize back to 104.
+/// except `workType.cycles`). 1.20 is absent: no toolchain was available to measure it. `runtime.g`: goid,
+/// atomicstatus and waitreason all moved by 8 in 1.23–1.24. moduledata gained `covctrs/ecovctrs` after 1.19
+/// (types 280 → 296) and `typedesclen` before `etypes` in 1.27. mspan: `elemsize` 104 → 112 in 1.21
+/// (`isUserArenaChunk` and friends), and in 1.22 `freeindex`/`nelems` shrank from uintptr to uint16, moving
+/// nelems 56 → 50, allocBits/gcmarkBits 72/80 → 64/72 and elemsize back to 104.
 #[rustfmt::skip]
 const TABLE: &[Row] = &[
-    Row { minor: 19, arches: BOTH, goid: 152, moduledata: md(176, 280, 288), span: span(24, 32, (56, 8), 104, 80), cycles: (344, 344) },
-    Row { minor: 21, arches: BOTH, goid: 152, moduledata: md(176, 296, 304), span: span(24, 32, (56, 8), 112, 80), cycles: (400, 528) },
-    Row { minor: 22, arches: BOTH, goid: 152, moduledata: md(176, 296, 304), span: span(24, 32, (50, 2), 104, 72), cycles: (400, 528) },
-    Row { minor: 23, arches: BOTH, goid: 160, moduledata: md(176, 296, 304), span: span(24, 32, (50, 2), 104, 72), cycles: (424, 552) },
-    Row { minor: 24, arches: BOTH, goid: 160, moduledata: md(176, 296, 304), span: span(24, 32, (50, 2), 104, 72), cycles: (424, 552) },
-    Row { minor: 25, arches: BOTH, goid: 152, moduledata: md(176, 296, 304), span: span(24, 32, (50, 2), 104, 72), cycles: (512, 704) },
-    Row { minor: 26, arches: BOTH, goid: 152, moduledata: md(176, 296, 304), span: span(24, 32, (50, 2), 104, 72), cycles: (648, 904) },
-    Row { minor: 27, arches: BOTH, goid: 152, moduledata: md(176, 296, 312), span: span(24, 32, (50, 2), 104, 72), cycles: (648, 904) },
+    Row { minor: 19, arches: BOTH, goid: 152, g_status: (144, 176), moduledata: md(176, 280, 288), span: span(24, 32, (56, 8), 104, 80), cycles: (344, 344) },
+    Row { minor: 21, arches: BOTH, goid: 152, g_status: (144, 176), moduledata: md(176, 296, 304), span: span(24, 32, (56, 8), 112, 80), cycles: (400, 528) },
+    Row { minor: 22, arches: BOTH, goid: 152, g_status: (144, 176), moduledata: md(176, 296, 304), span: span(24, 32, (50, 2), 104, 72), cycles: (400, 528) },
+    Row { minor: 23, arches: BOTH, goid: 160, g_status: (152, 184), moduledata: md(176, 296, 304), span: span(24, 32, (50, 2), 104, 72), cycles: (424, 552) },
+    Row { minor: 24, arches: BOTH, goid: 160, g_status: (152, 184), moduledata: md(176, 296, 304), span: span(24, 32, (50, 2), 104, 72), cycles: (424, 552) },
+    Row { minor: 25, arches: BOTH, goid: 152, g_status: (144, 176), moduledata: md(176, 296, 304), span: span(24, 32, (50, 2), 104, 72), cycles: (512, 704) },
+    Row { minor: 26, arches: BOTH, goid: 152, g_status: (144, 176), moduledata: md(176, 296, 304), span: span(24, 32, (50, 2), 104, 72), cycles: (648, 904) },
+    Row { minor: 27, arches: BOTH, goid: 152, g_status: (144, 176), moduledata: md(176, 296, 312), span: span(24, 32, (50, 2), 104, 72), cycles: (648, 904) },
 ];
 
 impl Row {
@@ -249,9 +271,24 @@ pub(crate) fn resolve(
     fn pick<T>(dwarf: Option<T>, row: Option<&Row>, table: impl Fn(&Row) -> T) -> Option<T> {
         dwarf.or_else(|| row.map(table))
     }
-    let (goid_offset, source) = match (offset("runtime.g", "goid"), row) {
-        (Some(goid), _) => (goid, LayoutSource::Dwarf),
-        (None, Some(r)) => (r.goid, LayoutSource::VersionTable),
+    // A member that DWARF gives with an unexpected size is taken as undescribed.
+    let sized = |s: &str, m: &str, size: u64| {
+        member(s, m)
+            .filter(|m| m.size.is_none_or(|s| s == size))
+            .map(|m| m.offset)
+    };
+    let g_from_dwarf = || {
+        Some((
+            offset("runtime.g", "goid")?,
+            (
+                sized("runtime.g", "atomicstatus", 4)?,
+                sized("runtime.g", "waitreason", 1)?,
+            ),
+        ))
+    };
+    let ((goid_offset, g_status), source) = match (g_from_dwarf(), row) {
+        (Some(g), _) => (g, LayoutSource::Dwarf),
+        (None, Some(r)) => ((r.goid, r.g_status), LayoutSource::VersionTable),
         (None, None) => return Err(no_table(version, arch)),
     };
     let span_from_dwarf = || {
@@ -286,6 +323,7 @@ pub(crate) fn resolve(
     Ok(Resolved {
         structs: Structs {
             goid_offset,
+            g_status,
             source,
             span,
             work_cycles,
@@ -303,6 +341,8 @@ pub(crate) fn runtime_layout(
 ) -> RuntimeLayout {
     RuntimeLayout {
         goid_offset: structs.goid_offset,
+        g_atomicstatus: structs.g_status.0,
+        g_waitreason: structs.g_status.1,
         source: structs.source,
         growslice_type_arg: if (version.major, version.minor) <= (1, 19) {
             0
@@ -318,13 +358,111 @@ pub(crate) fn runtime_layout(
         },
         gc_cycles_addr,
         gc_cycles_size: structs.work_cycles.1,
+        wait_reasons: wait_reasons(version),
     }
 }
+
+/// `runtime.waitReasonStrings` by release (empty when there is no table for it).
+fn wait_reasons(version: &GoVersion) -> &'static [&'static str] {
+    match (version.major, version.minor) {
+        (1, 19) => WAIT_REASONS_1_19,
+        (1, 21) => WAIT_REASONS_1_21,
+        (1, 22) => WAIT_REASONS_1_22,
+        (1, 23) => WAIT_REASONS_1_23,
+        (1, 24) => WAIT_REASONS_1_24,
+        (1, 25) => WAIT_REASONS_1_25,
+        (1, 26) | (1, 27) => WAIT_REASONS_1_26,
+        _ => &[],
+    }
+}
+
+// `waitReasonStrings`, indexed by `waitReason` value (the order of the `iota` const block before it), from
+// `runtime2.go`: `@go1.19.8:1039-1096`, `@go1.21.13:1058-1125`, `@go1.22.10:1095-1172`, `@go1.23.9:1062-1141`,
+// `@go1.24.11:1045-1136`, `@go1.25.5:1056-1153`, `@go1.26.6:1223-1320`, `@go1.27.3:1224-1321` (same as 1.26).
+// Checked against each toolchain's source and the binaries' DWARF constants by the tests.
+#[rustfmt::skip]
+const WAIT_REASONS_1_19: &[&str] = &[
+    "", "GC assist marking", "IO wait", "chan receive (nil chan)", "chan send (nil chan)", "dumping heap",
+    "garbage collection", "garbage collection scan", "panicwait", "select", "select (no cases)", "GC assist wait",
+    "GC sweep wait", "GC scavenge wait", "chan receive", "chan send", "finalizer wait", "force gc (idle)",
+    "semacquire", "sleep", "sync.Cond.Wait", "timer goroutine (idle)", "trace reader (blocked)",
+    "wait for GC cycle", "GC worker (idle)", "preempted", "debug call",
+];
+#[rustfmt::skip]
+const WAIT_REASONS_1_21: &[&str] = &[
+    "", "GC assist marking", "IO wait", "chan receive (nil chan)", "chan send (nil chan)", "dumping heap",
+    "garbage collection", "garbage collection scan", "panicwait", "select", "select (no cases)", "GC assist wait",
+    "GC sweep wait", "GC scavenge wait", "chan receive", "chan send", "finalizer wait", "force gc (idle)",
+    "semacquire", "sleep", "sync.Cond.Wait", "sync.Mutex.Lock", "sync.RWMutex.RLock", "sync.RWMutex.Lock",
+    "trace reader (blocked)", "wait for GC cycle", "GC worker (idle)", "GC worker (active)", "preempted",
+    "debug call", "GC mark termination", "stopping the world",
+];
+#[rustfmt::skip]
+const WAIT_REASONS_1_22: &[&str] = &[
+    "", "GC assist marking", "IO wait", "chan receive (nil chan)", "chan send (nil chan)", "dumping heap",
+    "garbage collection", "garbage collection scan", "panicwait", "select", "select (no cases)", "GC assist wait",
+    "GC sweep wait", "GC scavenge wait", "chan receive", "chan send", "finalizer wait", "force gc (idle)",
+    "semacquire", "sleep", "sync.Cond.Wait", "sync.Mutex.Lock", "sync.RWMutex.RLock", "sync.RWMutex.Lock",
+    "trace reader (blocked)", "wait for GC cycle", "GC worker (idle)", "GC worker (active)", "preempted",
+    "debug call", "GC mark termination", "stopping the world", "flushing proc caches", "trace goroutine status",
+    "trace proc status", "page trace flush", "coroutine",
+];
+#[rustfmt::skip]
+const WAIT_REASONS_1_23: &[&str] = &[
+    "", "GC assist marking", "IO wait", "chan receive (nil chan)", "chan send (nil chan)", "dumping heap",
+    "garbage collection", "garbage collection scan", "panicwait", "select", "select (no cases)", "GC assist wait",
+    "GC sweep wait", "GC scavenge wait", "chan receive", "chan send", "finalizer wait", "force gc (idle)",
+    "semacquire", "sleep", "sync.Cond.Wait", "sync.Mutex.Lock", "sync.RWMutex.RLock", "sync.RWMutex.Lock",
+    "trace reader (blocked)", "wait for GC cycle", "GC worker (idle)", "GC worker (active)", "preempted",
+    "debug call", "GC mark termination", "stopping the world", "flushing proc caches", "trace goroutine status",
+    "trace proc status", "page trace flush", "coroutine", "GC weak to strong wait",
+];
+#[rustfmt::skip]
+const WAIT_REASONS_1_24: &[&str] = &[
+    "", "GC assist marking", "IO wait", "chan receive (nil chan)", "chan send (nil chan)", "dumping heap",
+    "garbage collection", "garbage collection scan", "panicwait", "select", "select (no cases)", "GC assist wait",
+    "GC sweep wait", "GC scavenge wait", "chan receive", "chan send", "finalizer wait", "force gc (idle)",
+    "semacquire", "sleep", "sync.Cond.Wait", "sync.Mutex.Lock", "sync.RWMutex.RLock", "sync.RWMutex.Lock",
+    "sync.WaitGroup.Wait", "trace reader (blocked)", "wait for GC cycle", "GC worker (idle)", "GC worker (active)",
+    "preempted", "debug call", "GC mark termination", "stopping the world", "flushing proc caches",
+    "trace goroutine status", "trace proc status", "page trace flush", "coroutine", "GC weak to strong wait",
+    "synctest.Run", "synctest.Wait", "chan receive (synctest)", "chan send (synctest)", "select (synctest)",
+];
+#[rustfmt::skip]
+const WAIT_REASONS_1_25: &[&str] = &[
+    "", "GC assist marking", "IO wait", "chan receive (nil chan)", "chan send (nil chan)", "dumping heap",
+    "garbage collection", "garbage collection scan", "panicwait", "select", "select (no cases)", "GC assist wait",
+    "GC sweep wait", "GC scavenge wait", "chan receive", "chan send", "finalizer wait", "force gc (idle)",
+    "GOMAXPROCS updater (idle)", "semacquire", "sleep", "sync.Cond.Wait", "sync.Mutex.Lock", "sync.RWMutex.RLock",
+    "sync.RWMutex.Lock", "sync.WaitGroup.Wait", "trace reader (blocked)", "wait for GC cycle", "GC worker (idle)",
+    "GC worker (active)", "preempted", "debug call", "GC mark termination", "stopping the world",
+    "flushing proc caches", "trace goroutine status", "trace proc status", "page trace flush", "coroutine",
+    "GC weak to strong wait", "synctest.Run", "synctest.Wait", "chan receive (durable)", "chan send (durable)",
+    "select (durable)", "sync.WaitGroup.Wait (durable)", "cleanup wait",
+];
+#[rustfmt::skip]
+const WAIT_REASONS_1_26: &[&str] = &[
+    "", "GC assist marking", "IO wait", "dumping heap", "garbage collection", "garbage collection scan",
+    "panicwait", "GC assist wait", "GC sweep wait", "GC scavenge wait", "finalizer wait", "force gc (idle)",
+    "GOMAXPROCS updater (idle)", "semacquire", "sleep", "chan receive (nil chan)", "chan send (nil chan)",
+    "select (no cases)", "select", "chan receive", "chan send", "sync.Cond.Wait", "sync.Mutex.Lock",
+    "sync.RWMutex.RLock", "sync.RWMutex.Lock", "sync.WaitGroup.Wait", "trace reader (blocked)", "wait for GC cycle",
+    "GC worker (idle)", "GC worker (active)", "preempted", "debug call", "GC mark termination",
+    "stopping the world", "flushing proc caches", "trace goroutine status", "trace proc status", "page trace flush",
+    "coroutine", "GC weak to strong wait", "synctest.Run", "synctest.Wait", "chan receive (durable)",
+    "chan send (durable)", "select (durable)", "sync.WaitGroup.Wait (durable)", "cleanup wait",
+];
 
 /// The table's answer alone, to check it against DWARF.
 #[cfg(test)]
 pub(crate) fn table(version: &GoVersion, arch: Arch) -> Option<(u64, ModuledataOffsets)> {
     table_row(version, arch).map(|r| (r.goid, r.moduledata))
+}
+
+/// The table's `runtime.g` (atomicstatus, waitreason) offsets, to check them against DWARF.
+#[cfg(test)]
+pub(crate) fn table_g_status(version: &GoVersion, arch: Arch) -> Option<(u64, u64)> {
+    table_row(version, arch).map(|r| r.g_status)
 }
 
 /// The table's mspan layout and `workType.cycles` offset, to check them against DWARF.

@@ -997,3 +997,146 @@ fn green_tea_inline_mark_bits() {
     }
     assert_eq!((INLINE_MARKS_OFFSET, INLINE_MARKS_LEN), (8192 - 64, 63));
 }
+
+/// `runtime/runtime2.go` of a toolchain.
+fn runtime2_go(ver: &str) -> String {
+    let path = if ver.starts_with("1.19") {
+        PathBuf::from("/usr/lib/go-1.19/src/runtime/runtime2.go")
+    } else {
+        PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.cache/go"))
+            .join(ver)
+            .join("go/src/runtime/runtime2.go")
+    };
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The `waitReason` constants of a toolchain's source in `iota` order (so name i has value i), and
+/// `waitReasonStrings` mapped through them: (names, strings by value).
+fn source_wait_reasons(ver: &str) -> (Vec<String>, Vec<String>) {
+    let src = runtime2_go(ver);
+    let mut lines = src.lines();
+    lines
+        .by_ref()
+        .find(|l| l.trim_start().starts_with("waitReasonZero") && l.contains("= iota"))
+        .unwrap_or_else(|| panic!("{ver}: no waitReason enum"));
+    let mut names = vec!["waitReasonZero".to_string()];
+    for l in lines.by_ref() {
+        let code = l.split("//").next().unwrap().trim();
+        if code == ")" {
+            break;
+        }
+        if !code.is_empty() {
+            names.push(code.split_whitespace().next().unwrap().to_string());
+        }
+    }
+    lines
+        .by_ref()
+        .find(|l| l.starts_with("var waitReasonStrings"))
+        .unwrap_or_else(|| panic!("{ver}: no waitReasonStrings"));
+    let mut strings: HashMap<String, String> = HashMap::new();
+    for l in lines.take_while(|l| !l.starts_with('}')) {
+        if let Some((name, s)) = l.trim().split_once(':') {
+            let s = s.trim().trim_end_matches(',');
+            strings.insert(name.to_string(), s.trim_matches('"').to_string());
+        }
+    }
+    assert_eq!(strings.len(), names.len(), "{ver}: {strings:?}");
+    let by_value = names.iter().map(|n| strings[n].clone()).collect();
+    (names, by_value)
+}
+
+#[test]
+fn g_status_offsets_and_wait_reasons() {
+    for ver in VERSIONS {
+        let (names, strings) = source_wait_reasons(ver);
+        for (name, stripped) in [
+            ("counting", "counting-stripped"),
+            ("counting-arm64", "counting-arm64-stripped"),
+        ] {
+            let (b, s) = (bin(ver, name), bin(ver, stripped));
+            let bytes = std::fs::read(target_path(ver, name)).unwrap();
+            let file = elf::open(&bytes).unwrap();
+            let members = dwarf::struct_members(&file, &["runtime.g"]).unwrap();
+            let g = &members["runtime.g"];
+            let (status, reason) = (g["atomicstatus"], g["waitreason"]);
+            assert_eq!(
+                (status.size, reason.size),
+                (Some(4), Some(1)),
+                "{ver}/{name}"
+            );
+            let from_dwarf = (status.offset, reason.offset);
+            assert_eq!(
+                layout::table_g_status(b.version(), b.arch()),
+                Some(from_dwarf),
+                "{ver}/{name}"
+            );
+            for (l, source) in [
+                (b.layout(), LayoutSource::Dwarf),
+                (s.layout(), LayoutSource::VersionTable),
+            ] {
+                assert_eq!(l.source, source, "{ver}/{name}");
+                assert_eq!(
+                    (l.g_atomicstatus, l.g_waitreason),
+                    from_dwarf,
+                    "{ver}/{name}"
+                );
+            }
+
+            // The table is the source's waitReasonStrings, and the DWARF constants agree with the source's order.
+            assert_eq!(b.layout().wait_reasons, strings, "{ver}/{name}");
+            assert_eq!(s.layout().wait_reasons, strings, "{ver}/{stripped}");
+            assert_eq!(b.layout().wait_reason(strings.len() as u8), None);
+            let consts = dwarf::constants(&file, "runtime.waitReason").unwrap();
+            // Every enum value has its constant in DWARF (checked on all of these builds).
+            assert_eq!(consts.len(), names.len(), "{ver}/{name}: {consts:?}");
+            for (c, &v) in &consts {
+                let short = c.strip_prefix("runtime.").unwrap();
+                assert_eq!(
+                    names.get(v as usize).map(String::as_str),
+                    Some(short),
+                    "{ver}/{name}: {c} = {v}"
+                );
+            }
+            let expect = [
+                ("FinalizerWait", "finalizer wait"),
+                ("ChanReceive", "chan receive"),
+                ("Sleep", "sleep"),
+                ("SelectNoCases", "select (no cases)"),
+            ];
+            for (c, want) in expect {
+                let v = consts[&format!("runtime.waitReason{c}")];
+                let v = u8::try_from(v).unwrap();
+                assert_eq!(b.layout().wait_reason(v), Some(want), "{ver}/{name}: {c}");
+                assert_eq!(
+                    s.layout().wait_reason(v),
+                    Some(want),
+                    "{ver}/{stripped}: {c}"
+                );
+            }
+            let fin = consts["runtime.waitReasonFinalizerWait"];
+            println!(
+                "{ver:8} {:5} g.atomicstatus {} g.waitreason {} | waitReasonFinalizerWait {fin} ({} reasons, {} in DWARF)",
+                b.arch(),
+                from_dwarf.0,
+                from_dwarf.1,
+                names.len(),
+                consts.len()
+            );
+        }
+    }
+    // A release without a table names no reason rather than guessing.
+    let b = bin("1.24.11", "counting");
+    let mut v = b.version().clone();
+    v.minor = 20;
+    let structs = layout::resolve(&v, b.arch(), None);
+    assert!(structs.is_err(), "no table for 1.20");
+    let l = layout::runtime_layout(
+        &v,
+        &layout::resolve(b.version(), b.arch(), None)
+            .unwrap()
+            .structs,
+        0,
+        false,
+    );
+    assert_eq!(l.wait_reason(16), None);
+}

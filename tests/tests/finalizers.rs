@@ -1,0 +1,76 @@
+//! Finalizers that never run, and why (go-targets/finalizers/TRUTH.md): still reachable, reachable
+//! from their own finalizer, queued behind a blocked finalizer, sharing a tiny block; and the
+//! control, where every finalizer runs and nothing is reported.
+
+use e2e::{target_path, trace_until_done, Target};
+use serde_json::Value;
+
+const N: u64 = 10;
+
+fn run(go: &str, stripped: bool, scenario: &str) -> (String, Value) {
+    let bin = target_path(go, if stripped { "finalizers-stripped" } else { "finalizers" });
+    trace_until_done(Target::start(&bin, &[&format!("-scenario={scenario}"), &format!("-n={N}")]))
+}
+
+/// The never-ran group for `reason`, checked against the truth.
+fn row<'a>(report: &'a Value, reason: &str, object_type: &str, finalizer: &str, site: &str) -> &'a Value {
+    let rows = report["finalizers"]["never_ran"].as_array().expect("never_ran array");
+    let found: Vec<&Value> = rows.iter().filter(|r| r["reason"] == reason).collect();
+    assert_eq!(found.len(), 1, "one {reason} group: {:#}", report["finalizers"]);
+    let r = found[0];
+    assert_eq!(r["count"], N, "{r:#}");
+    assert_eq!(r["object_type"], object_type, "{r:#}");
+    assert_eq!(r["finalizer"], finalizer, "{r:#}");
+    assert_eq!(r["registered_at"][0]["function"], site, "{r:#}");
+    assert!(r["age_cycles"].as_u64().unwrap() >= 2, "{r:#}");
+    r
+}
+
+fn check(go: &str, stripped: bool) {
+    // held, cycle, tiny and blocked in one process: one finding of each kind, N each.
+    let (done, report) = run(go, stripped, "all");
+    assert_eq!(done, format!("done registered={N} ran=1"));
+    let f = &report["finalizers"];
+    assert_eq!(f["counts"]["registered"], 4 * N + 1, "{f:#}");
+    assert_eq!(f["never_ran"].as_array().unwrap().len(), 4, "{f:#}");
+    row(&report, "still_reachable", "main.Resource", "main.finalize", "main.openHeld");
+    row(&report, "reachable_from_own_finalizer", "main.Resource", "main.openCycles.func1", "main.openCycles");
+    row(&report, "tiny_block_shared", "int32", "main.finalizeTiny", "main.openTiny");
+    row(&report, "queued_behind_blocked_finalizer", "main.Resource", "main.finalize", "main.dropFinalized");
+    let blocked = &f["blocked"];
+    assert_eq!(blocked["finalizer"], "main.blockingFinalizer", "{f:#}");
+    assert_eq!(blocked["object_type"], "main.Resource", "{f:#}");
+    assert_eq!(blocked["state"], "chan receive", "{f:#}");
+    assert_eq!(blocked["queue_depth"], N, "{f:#}");
+
+    let (done, report) = run(go, stripped, "allrun");
+    assert_eq!(done, format!("done registered={N} ran={N}"));
+    let f = &report["finalizers"];
+    assert_eq!(f["never_ran"], serde_json::json!([]), "the control has no finding: {f:#}");
+    assert_eq!(f["blocked"], Value::Null, "{f:#}");
+    assert_eq!((f["counts"]["registered"].as_u64(), f["counts"]["started"].as_u64()), (Some(N), Some(N)), "{f:#}");
+}
+
+macro_rules! matrix {
+    ($($name:ident => $go:expr),* $(,)?) => {
+        $(
+            mod $name {
+                #[test]
+                fn unstripped() { super::check($go, false); }
+                #[test]
+                fn stripped() { super::check($go, true); }
+            }
+        )*
+    };
+}
+
+matrix! {
+    go1_19 => "1.19",
+    go1_21 => "1.21.13",
+    go1_22 => "1.22.10",
+    go1_23 => "1.23.9",
+    go1_24 => "1.24.11",
+    go1_25 => "1.25.5",
+    go1_26 => "1.26.6",
+    go1_27 => "1.27.3",
+}
