@@ -73,3 +73,34 @@ fn target_in_another_mount_namespace() {
     assert_eq!(traced.report["target"]["binary"], inside.display().to_string());
     assert_counts(&traced.report, &[("main.makeMaps", 5), ("main.makeSlices", 6), ("main.makeObjects", 7)]);
 }
+
+/// The demo's truth (go-targets/demo/TRUTH.md): sessions, their buffers and keys are retained and
+/// growing; the per-request garbage is not.
+#[test]
+fn demo_leak_is_retained_and_garbage_is_not() {
+    let target = Target::start(&target_path(GO, "demo"), &[]);
+    let pid = target.pid.to_string();
+    let mut maptrace = Maptrace::start(&["--pid", &pid, "--duration", "5s", "--json", "--no-live"]);
+    maptrace.wait_attached();
+    let outcome = maptrace.finish();
+    target.kill();
+    assert!(outcome.status.success(), "{outcome:#?}");
+    let report = outcome.json();
+    let retained: Vec<(String, String, String)> = report["retained"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let s = |v: &serde_json::Value| v.as_str().unwrap_or("").to_string();
+            (s(&r["stack"][0]["function"]), s(&r["type"]), s(&r["trend"]))
+        })
+        .collect();
+    for (site, ty) in [("main.newSession", "main.Session"), ("main.newSession", "[]uint8"), ("main.sessionKey", "string")] {
+        assert!(
+            retained.iter().any(|(f, t, trend)| f == site && t == ty && trend == "growing"),
+            "{site} {ty} retained and growing: {retained:?}"
+        );
+    }
+    assert!(!retained.iter().any(|(f, _, _)| f == "main.newRequest"), "request garbage is not retained: {retained:?}");
+    assert!(report["gc"]["cycles_seen"].as_u64().unwrap() >= 3, "{:#}", report["gc"]);
+}

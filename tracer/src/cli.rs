@@ -10,10 +10,19 @@ Examples:
   sudo maptrace --pid 4242 -d 30s --json   trace for 30 seconds, write one JSON document
 
 What you see: while tracing, the top allocation sites are redrawn on stderr (a progress line
-when stderr is not a terminal). At the end, stdout gets one row per allocation site: the kind
-of value (map, slice, string, object), its Go type, how many were allocated, their bytes, and the
-allocation stack from the first non-runtime frame outwards. Slices and maps count once per
-make/append/growth, with the bytes of all the storage made for them.
+when stderr is not a terminal). At the end, stdout gets three sections:
+  Allocation sites  one row per site: the kind of value (map, slice, string, object), its Go
+                    type, how many were allocated, their bytes, and the stack from the first
+                    non-runtime frame outwards. Slices and maps count once per make/append
+                    growth/makemap, with the bytes of all the storage made for them.
+  Retained          sites whose objects are alive after K completed GC cycles (--cycles) and
+                    after the frame that created them returned: retained, live (in use) and
+                    allocated counts and bytes, cycles survived, live count cycle by cycle and
+                    whether it grows. Cycle numbers are the target's own (GODEBUG=gctrace=1).
+  Finalizers        registered, queued, started, pending; each group that never ran after K
+                    cycles, and why: still reachable, reachable from its own finalizer (it can
+                    never run), queued behind a blocked finalizer (named, with its wait reason),
+                    or sharing a tiny-allocator block with live values.
 
 Cost: every allocation of the target traps into the kernel (full mode), which costs
 microseconds per allocation: use it for investigations, not on hot services for long.

@@ -172,12 +172,17 @@ impl Correlator {
             self.lifecycle.on_alloc(Alloc { site: hit.site, ..alloc });
         }
         if let Some(i) = hit.frame_index {
-            self.frames.created(hit.site, ev.goid, &ev.stack, i);
+            self.frames.created(hit.site, ev.goid, &ev.stack, i, ev.ktime_ns);
         }
     }
 
     pub fn gc_info(&self, target_exited: bool) -> GcInfo {
-        let returned_state = |site| self.frames.state(site, target_exited) == crate::frames::FrameState::Returned;
+        let frame_running: std::collections::HashSet<u64> = self
+            .lifecycle
+            .retained_objects()
+            .filter(|o| o.site & PARTS == 0 && !self.frames.returned(o.site, o.time_ns, target_exited))
+            .map(|o| o.site)
+            .collect();
         GcInfo {
             retain_cycles: self.lifecycle.config().retain_cycles,
             cycles_seen: self.cycles_seen,
@@ -186,11 +191,7 @@ impl Correlator {
             spans_swept: self.spans_swept,
             objects_tracked: self.lifecycle.tracked(),
             objects_evicted: self.lifecycle.evicted(),
-            sites_with_active_frames: self
-                .lifecycle
-                .sites()
-                .filter(|(site, s)| site & PARTS == 0 && s.retained_count > 0 && !returned_state(*site))
-                .count(),
+            sites_with_active_frames: frame_running.len(),
         }
     }
 

@@ -5,31 +5,26 @@
 //! return addresses from the site's caller outwards (depth from the stack top, which survives the
 //! runtime copying stacks). A goroutine that makes no later record leaves the question open until
 //! the target exits.
+//!
+//! Objects are judged one by one: an object made before the oldest creating frame still open at
+//! its site was opened belongs to a frame that has since returned (each goroutine runs one frame
+//! instance at a time), so a loop that keeps calling the site does not hide what earlier calls
+//! left behind.
 
 use std::collections::HashMap;
 
-/// What is known of a site's creating frames.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum FrameState {
-    /// Every goroutine that created objects at the site has since left the frame (or exited).
-    Returned,
-    /// A creating goroutine's latest record still had the frame on its stack.
-    Active,
-}
-
-/// One creating frame still believed active: its site and its callers' return addresses.
+/// One creating frame still believed active: its site, its callers' return addresses, and when
+/// its first object was made.
 struct OpenFrame {
     site: u64,
     chain: Vec<u64>,
+    opened_ns: u64,
 }
 
 /// Creating frames per goroutine, closed as later stacks show them gone.
 #[derive(Default)]
 pub struct CreatingFrames {
     open: HashMap<u64, Vec<OpenFrame>>,
-    /// Open frames per site.
-    open_per_site: HashMap<u64, u32>,
 }
 
 impl CreatingFrames {
@@ -37,39 +32,30 @@ impl CreatingFrames {
     /// frames the stack no longer holds. Call it for every record before [`Self::created`].
     pub fn observe(&mut self, goid: u64, stack: &[u64]) {
         let Some(frames) = self.open.get_mut(&goid) else { return };
-        let per_site = &mut self.open_per_site;
-        frames.retain(|f| {
-            let held = holds(stack, &f.chain);
-            if !held {
-                if let Some(n) = per_site.get_mut(&f.site) {
-                    *n = n.saturating_sub(1);
-                }
-            }
-            held
-        });
+        frames.retain(|f| holds(stack, &f.chain));
         if frames.is_empty() {
             self.open.remove(&goid);
         }
     }
 
-    /// Goroutine `goid` allocated at `site`, whose frame is `stack[site_index]`.
-    pub fn created(&mut self, site: u64, goid: u64, stack: &[u64], site_index: usize) {
+    /// Goroutine `goid` allocated at `site` at `time_ns`, the site's frame being `stack[site_index]`.
+    pub fn created(&mut self, site: u64, goid: u64, stack: &[u64], site_index: usize, time_ns: u64) {
         let chain = stack.get(site_index + 1..).unwrap_or_default();
         let frames = self.open.entry(goid).or_default();
         if frames.iter().any(|f| f.site == site && f.chain == chain) {
             return;
         }
-        frames.push(OpenFrame { site, chain: chain.to_vec() });
-        *self.open_per_site.entry(site).or_default() += 1;
+        frames.push(OpenFrame { site, chain: chain.to_vec(), opened_ns: time_ns });
     }
 
-    /// The state of `site`'s creating frames; every frame has returned once the target exited.
-    pub fn state(&self, site: u64, target_exited: bool) -> FrameState {
-        if target_exited || self.open_per_site.get(&site).copied().unwrap_or(0) == 0 {
-            FrameState::Returned
-        } else {
-            FrameState::Active
+    /// Whether the frame that made an object at `site` at `time_ns` has returned (everything has
+    /// once the target exited).
+    pub fn returned(&self, site: u64, time_ns: u64, target_exited: bool) -> bool {
+        if target_exited {
+            return true;
         }
+        let oldest_open = self.open.values().flatten().filter(|f| f.site == site).map(|f| f.opened_ns).min();
+        oldest_open.is_none_or(|opened| time_ns < opened)
     }
 }
 
@@ -91,39 +77,39 @@ mod tests {
         let mut f = CreatingFrames::default();
         let creation = [0x1, 0x2, 0x10, 0x20, 0x30]; // probe, site (index 1), chain
         f.observe(7, &creation);
-        f.created(100, 7, &creation, 1);
-        assert_eq!(f.state(100, false), FrameState::Active);
-        // Deeper in the same frame: still active.
+        f.created(100, 7, &creation, 1, 10);
+        assert!(!f.returned(100, 10, false));
+        // Deeper in the same frame: still open.
         f.observe(7, &[0x1, 0x5, 0x2, 0x10, 0x20, 0x30]);
-        assert_eq!(f.state(100, false), FrameState::Active);
+        assert!(!f.returned(100, 10, false));
         // main.main allocating by itself at another line: the site's frame is gone.
         f.observe(7, &[0x1, 0x11, 0x20, 0x30]);
-        assert_eq!(f.state(100, false), FrameState::Returned);
+        assert!(f.returned(100, 10, false));
     }
 
     #[test]
     fn other_goroutines_do_not_close_a_frame() {
         let mut f = CreatingFrames::default();
-        f.created(100, 7, &[0x1, 0x2, 0x10, 0x20, 0x30], 1);
+        f.created(100, 7, &[0x1, 0x2, 0x10, 0x20, 0x30], 1, 10);
         f.observe(8, &[0x1, 0x11, 0x20, 0x30]);
-        assert_eq!(f.state(100, false), FrameState::Active);
-        assert_eq!(f.state(100, true), FrameState::Returned, "everything returned once the target exited");
+        assert!(!f.returned(100, 10, false));
+        assert!(f.returned(100, 10, true), "everything returned once the target exited");
     }
 
     #[test]
-    fn a_site_is_returned_only_when_every_creator_left_it() {
+    fn objects_of_earlier_calls_have_returned_while_a_new_call_runs() {
         let mut f = CreatingFrames::default();
-        f.created(100, 7, &[0x1, 0x2, 0x10, 0x20, 0x30], 1);
-        f.created(100, 8, &[0x1, 0x2, 0x12, 0x20, 0x30], 1);
-        f.created(100, 8, &[0x1, 0x2, 0x12, 0x20, 0x30], 1); // the same frame again: counted once
-        f.observe(7, &[0x1, 0x11, 0x20, 0x30]);
-        assert_eq!(f.state(100, false), FrameState::Active);
-        f.observe(8, &[0x1, 0x13, 0x20, 0x30]);
-        assert_eq!(f.state(100, false), FrameState::Returned);
-        // Called again from the same place: open again.
-        f.created(100, 7, &[0x1, 0x2, 0x10, 0x20, 0x30], 1);
-        assert_eq!(f.state(100, false), FrameState::Active);
-        assert_eq!(f.state(999, false), FrameState::Returned, "a site never created has nothing open");
+        f.created(100, 7, &[0x1, 0x2, 0x10, 0x20, 0x30], 1, 10);
+        f.observe(7, &[0x1, 0x11, 0x20, 0x30]); // returned
+        f.created(100, 7, &[0x1, 0x2, 0x10, 0x20, 0x30], 1, 50); // called again
+        f.created(100, 7, &[0x1, 0x2, 0x10, 0x20, 0x30], 1, 60); // the same call: still opened at 50
+        assert!(f.returned(100, 10, false), "made by the first call");
+        assert!(!f.returned(100, 50, false) && !f.returned(100, 60, false), "made by the running call");
+        // A second goroutine's older open frame holds back everything after its start.
+        f.created(100, 8, &[0x1, 0x2, 0x12, 0x20, 0x30], 1, 40);
+        assert!(f.returned(100, 30, false));
+        assert!(!f.returned(100, 45, false));
+        assert!(f.returned(999, 1_000, false), "a site never created has nothing open");
     }
 
     #[test]

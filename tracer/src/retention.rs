@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::{
     correlate::PARTS,
-    frames::{CreatingFrames, FrameState},
+    frames::CreatingFrames,
     lifecycle::{Lifecycle, SiteLifecycle, Totals},
     sites::{FrameRow, Resolve, SiteTable, ValueKind},
 };
@@ -54,10 +54,9 @@ pub fn retained_rows(
     target_exited: bool,
     now_ns: u64,
 ) -> Vec<RetainedRow> {
-    let returned = |site: u64| frames.state(site & !PARTS, target_exited) == FrameState::Returned;
     // A value's parts add bytes to its site, not numbers.
     let mut retained: HashMap<u64, Totals> = HashMap::new();
-    for (site, t) in lifecycle.retained_matching(|o| returned(o.site)) {
+    for (site, t) in lifecycle.retained_matching(|o| frames.returned(o.site & !PARTS, o.time_ns, target_exited)) {
         let v = retained.entry(site & !PARTS).or_default();
         v.bytes += t.bytes;
         if site & PARTS == 0 {
