@@ -31,7 +31,7 @@ var (
 	// block is never closed: blockingFinalizer waits on it forever.
 	block = make(chan struct{})
 	// tinyKeep keeps alive the tiny values that share a 16-byte block with a finalized one.
-	tinyKeep []*int32
+	tinyKeep []*int64
 )
 
 func finalize(r *Resource) { ran.Add(1) }
@@ -42,7 +42,7 @@ func blockingFinalizer(r *Resource) {
 	<-block
 }
 
-func finalizeTiny(p *int32) { ran.Add(1) }
+func finalizeTiny(p *int64) { ran.Add(1) }
 
 // openHeld registers n finalizers on resources the registry keeps reachable.
 //
@@ -91,17 +91,19 @@ func dropFinalized(n int) {
 	}
 }
 
-// openTiny registers n finalizers on 4-byte pointer-free values, each allocated right before a
-// second one that stays reachable: they share a 16-byte tiny block, which lives as long as either.
+// openTiny registers n finalizers on 8-byte pointer-free values (tiny allocations: two share a
+// 16-byte block), each allocated between values kept in main.tinyKeep. With 8-byte values every
+// block the loop touches holds two of its values, so each finalized value shares its block with
+// a kept one (a preceding filler, or its own neighbour), whatever the allocator's state.
 //
 //go:noinline
 func openTiny(n int) {
+	tinyKeep = append(tinyKeep, new(int64))
 	for i := 0; i < n; i++ {
-		p := new(int32)
-		*p = int32(i)
+		p := new(int64)
+		*p = int64(i)
 		runtime.SetFinalizer(p, finalizeTiny)
-		q := new(int32)
-		tinyKeep = append(tinyKeep, q)
+		tinyKeep = append(tinyKeep, new(int64))
 	}
 }
 
@@ -126,7 +128,7 @@ func main() {
 		fmt.Fprintln(os.Stderr, "finalizers: -scenario must be held, cycle, blocked, tiny, all or allrun; -n >= 1; -cycles >= 0")
 		os.Exit(2)
 	}
-	tinyKeep = make([]*int32, 0, *n)
+	tinyKeep = make([]*int64, 0, *n+1)
 	done := make([]byte, 0, protocol.DoneBufSize)
 	protocol.Settle()
 
