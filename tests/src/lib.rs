@@ -14,8 +14,31 @@ use std::{
 
 use serde_json::Value;
 
-/// Every supported toolchain, as named under `MAPTRACE_GO_TARGETS`.
-pub const GO_VERSIONS: [&str; 8] = ["1.19", "1.21.13", "1.22.10", "1.23.9", "1.24.11", "1.25.5", "1.26.6", "1.27.3"];
+/// Declares, for every supported Go version (as named under `MAPTRACE_GO_TARGETS`), a module with two tests calling
+/// `check(go_version, stripped)`: `go_matrix!(super::check);` (the path is seen from inside the
+/// generated modules).
+#[macro_export]
+macro_rules! go_matrix {
+    ($check:path) => {
+        $crate::go_matrix!(@each $check;
+            go1_19 "1.19", go1_21 "1.21.13", go1_22 "1.22.10", go1_23 "1.23.9",
+            go1_24 "1.24.11", go1_25 "1.25.5", go1_26 "1.26.6", go1_27 "1.27.3");
+    };
+    (@each $check:path; $($name:ident $go:literal),*) => {
+        $(
+            mod $name {
+                #[test]
+                fn unstripped() {
+                    $check($go, false);
+                }
+                #[test]
+                fn stripped() {
+                    $check($go, true);
+                }
+            }
+        )*
+    };
+}
 
 /// A hang is a failure: nothing here should take this long.
 const PATIENCE: Duration = Duration::from_secs(120);

@@ -107,33 +107,7 @@ fn check(go: &str, stripped: bool) {
     );
 }
 
-macro_rules! matrix {
-    ($($name:ident => $go:expr),* $(,)?) => {
-        $(
-            mod $name {
-                #[test]
-                fn unstripped() {
-                    super::check($go, false);
-                }
-                #[test]
-                fn stripped() {
-                    super::check($go, true);
-                }
-            }
-        )*
-    };
-}
-
-matrix! {
-    go1_19 => "1.19",
-    go1_21 => "1.21.13",
-    go1_22 => "1.22.10",
-    go1_23 => "1.23.9",
-    go1_24 => "1.24.11",
-    go1_25 => "1.25.5",
-    go1_26 => "1.26.6",
-    go1_27 => "1.27.3",
-}
+e2e::go_matrix!(super::check);
 
 /// The cgo build (externally linked) traces the same.
 #[test]

@@ -87,30 +87,9 @@ fn churn(go: &str, stripped: bool) {
     assert!(report["gc"]["spans_swept"].as_u64().unwrap() > 0, "{:#}", report["gc"]);
 }
 
-macro_rules! matrix {
-    ($($name:ident => $go:expr),* $(,)?) => {
-        $(
-            mod $name {
-                #[test]
-                fn cache_unstripped() { super::cache($go, false); }
-                #[test]
-                fn cache_stripped() { super::cache($go, true); }
-                #[test]
-                fn churn_unstripped() { super::churn($go, false); }
-                #[test]
-                fn churn_stripped() { super::churn($go, true); }
-            }
-        )*
-    };
+fn check(go: &str, stripped: bool) {
+    cache(go, stripped);
+    churn(go, stripped);
 }
 
-matrix! {
-    go1_19 => "1.19",
-    go1_21 => "1.21.13",
-    go1_22 => "1.22.10",
-    go1_23 => "1.23.9",
-    go1_24 => "1.24.11",
-    go1_25 => "1.25.5",
-    go1_26 => "1.26.6",
-    go1_27 => "1.27.3",
-}
+e2e::go_matrix!(super::check);
