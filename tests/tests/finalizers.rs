@@ -52,12 +52,16 @@ fn check(go: &str, stripped: bool) {
     assert_eq!(blocked["object_type"], "main.Resource", "{f:#}");
     assert_eq!(blocked["state"], "chan receive", "{f:#}");
     assert_eq!(blocked["queue_depth"].as_u64(), Some(N + tiny_queued), "{f:#}");
+    assert_eq!(f["goroutine"]["state"], "chan receive", "{f:#}");
+    assert_eq!(f["goroutine"]["last_started"], "main.blockingFinalizer", "{f:#}");
 
     let (done, report) = run(go, stripped, "allrun");
     assert_eq!(done, format!("done registered={N} ran={N}"));
     let f = &report["finalizers"];
     assert_eq!(f["never_ran"], serde_json::json!([]), "the control has no finding: {f:#}");
     assert_eq!(f["blocked"], Value::Null, "{f:#}");
+    assert_eq!(f["goroutine"]["state"], "finalizer wait", "idle once every finalizer ran: {f:#}");
+    assert_eq!(f["goroutine"]["last_started"], "main.finalize", "{f:#}");
     assert_eq!((f["counts"]["registered"].as_u64(), f["counts"]["started"].as_u64()), (Some(N), Some(N)), "{f:#}");
 }
 

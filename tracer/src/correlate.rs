@@ -8,7 +8,9 @@ use tracer_common::RecordKind;
 
 use crate::{
     events::{Event, TraceEvent},
-    finalizers::{diagnose, BlockedFinalizer, Evidence, FinalizerSection, Finalizers, NeverRan, NeverRanRow},
+    finalizers::{
+        diagnose, BlockedFinalizer, Evidence, FinalizerGoroutine, FinalizerSection, Finalizers, NeverRan, NeverRanRow,
+    },
     frames::CreatingFrames,
     gotype::Memory,
     symbolize::is_runtime_function,
@@ -230,6 +232,12 @@ impl Correlator {
             queue_depth: f.queue_depth(),
         });
 
+        let goroutine = f.running.as_ref().map(|run| FinalizerGoroutine {
+            state: goroutine_state(memory, layout, run.g).unwrap_or_else(|| "unknown".into()),
+            last_started: function_of(run.funcval, names),
+            last_started_seconds_ago: now_ns.saturating_sub(run.since_ns) as f64 / 1e9,
+        });
+
         let mut groups: HashMap<(NeverRan, u64, u64), NeverRanRow> = HashMap::new();
         for r in f.not_run() {
             let Some(reason) = diagnose(r, last.saturating_sub(r.cycle), k, blocked.is_some(), &evidence) else { continue };
@@ -248,7 +256,7 @@ impl Correlator {
         }
         let mut never_ran: Vec<NeverRanRow> = groups.into_values().collect();
         never_ran.sort_by(|a, b| (a.reason, std::cmp::Reverse(a.count)).cmp(&(b.reason, std::cmp::Reverse(b.count))));
-        FinalizerSection { counts: f.counts, pending: f.not_run().len() as u64, never_ran, blocked }
+        FinalizerSection { counts: f.counts, pending: f.not_run().len() as u64, never_ran, blocked, goroutine }
     }
 
     pub fn retained(&self, names: &mut dyn Resolve, target_exited: bool, now_ns: u64) -> Vec<RetainedRow> {

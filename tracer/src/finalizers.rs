@@ -287,6 +287,16 @@ pub struct BlockedFinalizer {
     pub queue_depth: u64,
 }
 
+/// The finalizer goroutine, once it has been seen running a finalizer.
+#[derive(Clone, Debug, Serialize)]
+pub struct FinalizerGoroutine {
+    /// "finalizer wait" when idle, another wait reason, "running" or "runnable".
+    pub state: String,
+    /// The finalizer it started last, and how long ago.
+    pub last_started: String,
+    pub last_started_seconds_ago: f64,
+}
+
 /// The report's Finalizers section.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct FinalizerSection {
@@ -295,4 +305,5 @@ pub struct FinalizerSection {
     pub pending: u64,
     pub never_ran: Vec<NeverRanRow>,
     pub blocked: Option<BlockedFinalizer>,
+    pub goroutine: Option<FinalizerGoroutine>,
 }

@@ -129,6 +129,15 @@ impl Report {
             "\nFinalizers: {} registered, {} removed, {} queued, {} started, {} pending; {} cleanups registered",
             c.registered, c.removed, c.queued, c.started, f.pending, c.cleanups_registered
         )?;
+        if let Some(g) = &f.goroutine {
+            writeln!(
+                w,
+                "finalizer goroutine: {}; last started {} {:.1} s ago",
+                if g.state == "finalizer wait" { "idle (finalizer wait)" } else { g.state.as_str() },
+                g.last_started,
+                g.last_started_seconds_ago
+            )?;
+        }
         if let Some(b) = &f.blocked {
             writeln!(
                 w,
@@ -294,6 +303,7 @@ mod tests {
                     registered_at: vec![FrameRow { function: "main.open".into(), file: "/src/main.go".into(), line: 40, pc: "0x3".into() }],
                 }],
                 blocked: None,
+                goroutine: None,
             },
         }
     }
