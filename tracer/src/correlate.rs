@@ -79,6 +79,10 @@ impl Evidence for MemoryEvidence<'_> {
         self.lifecycle.objects_in(block..block + 16).any(|o| o.addr != object)
     }
 
+    fn points_to_pointer_free(&self, ptr_type: u64) -> bool {
+        crate::gotype::points_to_pointer_free(self.memory, ptr_type).unwrap_or(false)
+    }
+
     fn closure_refers_to(&self, funcval: u64, object: u64, size: u64) -> bool {
         // A funcval is the code pointer, then the captured variables.
         let words = self.lifecycle.object_containing(funcval).map_or(CLOSURE_WORDS, |o| (o.size / 8).min(CLOSURE_WORDS));

@@ -150,6 +150,8 @@ pub trait Evidence {
     fn live_size(&self, object: u64) -> Option<u64>;
     /// Other live tracked objects in the 16-byte block at `block`.
     fn others_in_block(&self, block: u64, object: u64) -> bool;
+    /// Whether the objects `ptr_type` (a `*T`) points to hold no pointers: only those are tiny.
+    fn points_to_pointer_free(&self, ptr_type: u64) -> bool;
     /// Whether the finalizer closure `funcval` holds a pointer into `[object, object + size)`.
     fn closure_refers_to(&self, funcval: u64, object: u64, size: u64) -> bool;
 }
@@ -166,8 +168,11 @@ pub fn diagnose(r: &Registration, cycles_since: u64, k: u64, blocked: bool, evid
         State::Registered if cycles_since < k => None,
         State::Registered => {
             let size = evidence.live_size(r.object);
-            if let Some(size) = size {
-                if size < TINY_BLOCK && evidence.others_in_block(r.object & !(TINY_BLOCK - 1), r.object) {
+            if size.is_some_and(|s| s < TINY_BLOCK) && evidence.points_to_pointer_free(r.ptr_type) {
+                // The tiny allocator fills a block from its start, so an object past the start has
+                // an earlier neighbour even when that one was allocated before tracing began.
+                let block = r.object & !(TINY_BLOCK - 1);
+                if r.object != block || evidence.others_in_block(block, r.object) {
                     return Some(NeverRan::TinyBlockShared);
                 }
             }
@@ -206,6 +211,7 @@ mod tests {
         sizes: HashMap<u64, u64>,
         shared_blocks: Vec<u64>,
         cyclic: Vec<u64>,
+        with_pointers: Vec<u64>,
     }
 
     impl Evidence for World {
@@ -217,6 +223,9 @@ mod tests {
         }
         fn closure_refers_to(&self, funcval: u64, _object: u64, _size: u64) -> bool {
             self.cyclic.contains(&funcval)
+        }
+        fn points_to_pointer_free(&self, ptr_type: u64) -> bool {
+            !self.with_pointers.contains(&ptr_type)
         }
     }
 
@@ -241,22 +250,35 @@ mod tests {
 
     #[test]
     fn diagnoses() {
+        const PTR_TO_STRUCT_WITH_POINTERS: u64 = 0x77;
         let mut f = Finalizers::default();
-        f.record(&ev(RecordKind::FinalizerSet, 0x1000, 0xa0, 1)); // held
-        f.record(&ev(RecordKind::FinalizerSet, 0x2000, 0xb0, 1)); // cycle
-        f.record(&ev(RecordKind::FinalizerSet, 0x3004, 0xc0, 1)); // tiny, shares block 0x3000
-        f.record(&ev(RecordKind::FinalizerSet, 0x4000, 0xd0, 1)); // queued
+        let mut set = |object: u64, funcval: u64, ptr_type: u64| {
+            let mut e = ev(RecordKind::FinalizerSet, object, funcval, 1);
+            e.type_ptr = ptr_type;
+            f.record(&e);
+        };
+        set(0x1000, 0xa0, 0); // held
+        set(0x2000, 0xb0, 0); // cycle
+        set(0x3008, 0xc0, 0); // tiny, second in its block: an earlier value shares it, tracked or not
+        set(0x5000, 0xc0, 0); // tiny, first in block 0x5000, a tracked value after it
+        set(0x6000, 0xc0, 0); // tiny, alone in its block
+        set(0x7008, 0xe0, PTR_TO_STRUCT_WITH_POINTERS); // 8 bytes with a pointer: not tiny
+        set(0x4000, 0xd0, 0); // queued
         f.record(&ev(RecordKind::FinalizerQueued, 0x4000, 0xd0, 2));
         let world = World {
-            sizes: HashMap::from([(0x1000, 32), (0x2000, 32), (0x3004, 4)]),
-            shared_blocks: vec![0x3000],
+            sizes: HashMap::from([(0x1000, 32), (0x2000, 32), (0x3008, 8), (0x5000, 8), (0x6000, 8), (0x7008, 8)]),
+            shared_blocks: vec![0x5000, 0x7000],
             cyclic: vec![0xb0],
+            with_pointers: vec![PTR_TO_STRUCT_WITH_POINTERS],
         };
         let get = |p: u64| f.pending[&p].clone();
         assert_eq!(diagnose(&get(0x1000), 2, 2, false, &world), Some(NeverRan::StillReachable));
         assert_eq!(diagnose(&get(0x1000), 1, 2, false, &world), None, "too young");
         assert_eq!(diagnose(&get(0x2000), 3, 2, false, &world), Some(NeverRan::ReachableFromOwnFinalizer));
-        assert_eq!(diagnose(&get(0x3004), 3, 2, false, &world), Some(NeverRan::TinyBlockShared));
+        assert_eq!(diagnose(&get(0x3008), 3, 2, false, &world), Some(NeverRan::TinyBlockShared));
+        assert_eq!(diagnose(&get(0x5000), 3, 2, false, &world), Some(NeverRan::TinyBlockShared));
+        assert_eq!(diagnose(&get(0x6000), 3, 2, false, &world), Some(NeverRan::StillReachable));
+        assert_eq!(diagnose(&get(0x7008), 3, 2, false, &world), Some(NeverRan::StillReachable), "size class 8, not tiny");
         assert_eq!(diagnose(&get(0x4000), 3, 2, true, &world), Some(NeverRan::QueuedBehindBlockedFinalizer));
         assert_eq!(diagnose(&get(0x4000), 3, 2, false, &world), None, "queued and the goroutine is not stuck");
     }
