@@ -32,6 +32,10 @@ var (
 	block = make(chan struct{})
 	// tinyKeep keeps alive the tiny values that share a 16-byte block with a finalized one.
 	tinyKeep []*int64
+	// scenarios by -scenario name (cleanups.go adds the cleanup ones on Go 1.24+).
+	scenarios = map[string]func(int){
+		"held": openHeld, "cycle": openCycles, "blocked": openBlocked, "tiny": openTiny, "all": openAll, "allrun": dropFinalized,
+	}
 )
 
 func finalize(r *Resource) { ran.Add(1) }
@@ -117,16 +121,19 @@ func openAll(n int) {
 }
 
 func main() {
-	scenario := flag.String("scenario", "allrun", "held, cycle, blocked, tiny, all (those four together) or allrun (the control)")
+	scenario := flag.String("scenario", "allrun", "held, cycle, blocked, tiny, all (those four together) or allrun (the control); cheld, ccycle, cblocked, call, callrun: the same with cleanups (Go 1.24+)")
 	n := flag.Int("n", 10, "finalizers the scenario registers")
 	cycles := flag.Int("cycles", 4, "GC cycles forced after the scenario")
 	flag.Parse()
-	run, ok := map[string]func(int){
-		"held": openHeld, "cycle": openCycles, "blocked": openBlocked, "tiny": openTiny, "all": openAll, "allrun": dropFinalized,
-	}[*scenario]
+	run, ok := scenarios[*scenario]
 	if !ok || *n < 1 || *cycles < 0 {
-		fmt.Fprintln(os.Stderr, "finalizers: -scenario must be held, cycle, blocked, tiny, all or allrun; -n >= 1; -cycles >= 0")
+		fmt.Fprintln(os.Stderr, "finalizers: -scenario must be one of TRUTH.md's (cleanup ones need Go 1.24+); -n >= 1; -cycles >= 0")
 		os.Exit(2)
+	}
+	// Go 1.25+ runs cleanups on max(GOMAXPROCS/4, 1) goroutines: one, so that a blocked cleanup
+	// holds up every cleanup queued after it (1.24 runs them on the finalizer goroutine).
+	if runtime.GOMAXPROCS(0) > 4 {
+		runtime.GOMAXPROCS(4)
 	}
 	tinyKeep = make([]*int64, 0, *n+1)
 	done := make([]byte, 0, protocol.DoneBufSize)

@@ -1,6 +1,6 @@
 //! Finalizers that never run, and why (go-targets/finalizers/TRUTH.md): still reachable, reachable
 //! from their own finalizer, queued behind a blocked finalizer, sharing a tiny block; and the
-//! control, where every finalizer runs and nothing is reported.
+//! control, where every finalizer runs and nothing is reported; the same for cleanups (Go 1.24+).
 
 use e2e::{target_path, trace_until_done, Target};
 use serde_json::Value;
@@ -12,17 +12,26 @@ fn run(go: &str, stripped: bool, scenario: &str) -> (String, Value) {
     trace_until_done(Target::start(&bin, &[&format!("-scenario={scenario}"), &format!("-n={N}")]))
 }
 
-/// The never-ran group for `reason` at `site`, checked against the truth; returns its count.
-fn row(report: &Value, reason: &str, object_type: &str, finalizer: &str, site: &str) -> u64 {
+/// The never-ran group of `kind` for `reason` at `site`, checked against the truth; returns its count.
+fn row(report: &Value, kind: &str, reason: &str, object_type: &str, function: &str, site: &str) -> u64 {
     let rows = report["finalizers"]["never_ran"].as_array().expect("never_ran array");
-    let found: Vec<&Value> =
-        rows.iter().filter(|r| r["reason"] == reason && r["registered_at"][0]["function"] == site).collect();
-    assert_eq!(found.len(), 1, "one {reason} group at {site}: {:#}", report["finalizers"]);
+    let found: Vec<&Value> = rows
+        .iter()
+        .filter(|r| r["kind"] == kind && r["reason"] == reason && r["registered_at"][0]["function"] == site)
+        .collect();
+    assert_eq!(found.len(), 1, "one {kind} {reason} group at {site}: {:#}", report["finalizers"]);
     let r = found[0];
     assert_eq!(r["object_type"], object_type, "{r:#}");
-    assert_eq!(r["finalizer"], finalizer, "{r:#}");
+    assert_eq!(r["function"], function, "{r:#}");
     assert!(r["age_cycles"].as_u64().unwrap() >= 2, "{r:#}");
     r["count"].as_u64().unwrap()
+}
+
+/// The one goroutine seen running a `kind` (finalizer or cleanup) last.
+fn runner<'a>(f: &'a Value, kind: &str) -> &'a Value {
+    let found: Vec<&Value> = f["runners"].as_array().expect("runners array").iter().filter(|r| r["last_started_kind"] == kind).collect();
+    assert_eq!(found.len(), 1, "one goroutine last ran a {kind}: {f:#}");
+    found[0]
 }
 
 fn check(go: &str, stripped: bool) {
@@ -31,13 +40,14 @@ fn check(go: &str, stripped: bool) {
     assert_eq!(done, format!("done registered={N} ran=1"));
     let f = &report["finalizers"];
     assert_eq!(f["counts"]["registered"], 4 * N + 1, "{f:#}");
-    assert_eq!(row(&report, "still_reachable", "main.Resource", "main.finalize", "main.openHeld"), N);
-    assert_eq!(row(&report, "reachable_from_own_finalizer", "main.Resource", "main.openCycles.func1", "main.openCycles"), N);
-    assert_eq!(row(&report, "queued_behind_blocked_finalizer", "main.Resource", "main.finalize", "main.dropFinalized"), N);
+    let fin = |reason, object_type, function, site| row(&report, "finalizer", reason, object_type, function, site);
+    assert_eq!(fin("still_reachable", "main.Resource", "main.finalize", "main.openHeld"), N);
+    assert_eq!(fin("reachable_from_own_finalizer", "main.Resource", "main.openCycles.func1", "main.openCycles"), N);
+    assert_eq!(fin("queued_behind_blocked_finalizer", "main.Resource", "main.finalize", "main.dropFinalized"), N);
     // TRUTH.md: a tiny value can rarely land in a block of its own (the goroutine changed P, or the
     // allocation cache was flushed, between it and its kept neighbour); that block dies and its
     // finalizer is queued, here behind the blocked one. Every tiny finalizer is one or the other.
-    let tiny = row(&report, "tiny_block_shared", "int64", "main.finalizeTiny", "main.openTiny");
+    let tiny = fin("tiny_block_shared", "int64", "main.finalizeTiny", "main.openTiny");
     let tiny_queued = f["never_ran"]
         .as_array()
         .unwrap()
@@ -47,22 +57,61 @@ fn check(go: &str, stripped: bool) {
         .sum::<u64>();
     assert_eq!(tiny + tiny_queued, N, "{f:#}");
     assert!(tiny >= N - 2, "{f:#}");
-    let blocked = &f["blocked"];
-    assert_eq!(blocked["finalizer"], "main.blockingFinalizer", "{f:#}");
+    let fing = runner(f, "finalizer");
+    assert_eq!(fing["last_started"], "main.blockingFinalizer", "{f:#}");
+    assert_eq!(fing["state"], "chan receive", "{f:#}");
+    let blocked = &fing["blocked"];
     assert_eq!(blocked["object_type"], "main.Resource", "{f:#}");
-    assert_eq!(blocked["state"], "chan receive", "{f:#}");
     assert_eq!(blocked["queue_depth"].as_u64(), Some(N + tiny_queued), "{f:#}");
-    assert_eq!(f["goroutine"]["state"], "chan receive", "{f:#}");
-    assert_eq!(f["goroutine"]["last_started"], "main.blockingFinalizer", "{f:#}");
 
     let (done, report) = run(go, stripped, "allrun");
     assert_eq!(done, format!("done registered={N} ran={N}"));
     let f = &report["finalizers"];
     assert_eq!(f["never_ran"], serde_json::json!([]), "the control has no finding: {f:#}");
-    assert_eq!(f["blocked"], Value::Null, "{f:#}");
-    assert_eq!(f["goroutine"]["state"], "finalizer wait", "idle once every finalizer ran: {f:#}");
-    assert_eq!(f["goroutine"]["last_started"], "main.finalize", "{f:#}");
+    let fing = runner(f, "finalizer");
+    assert_eq!(fing["blocked"], Value::Null, "{f:#}");
+    assert_eq!(fing["state"], "finalizer wait", "idle once every finalizer ran: {f:#}");
+    assert_eq!(fing["last_started"], "main.finalize", "{f:#}");
     assert_eq!((f["counts"]["registered"].as_u64(), f["counts"]["started"].as_u64()), (Some(N), Some(N)), "{f:#}");
 }
 
+/// The cleanup variants (Go 1.24+): held, cycle (through an owner the cleanup captures) and
+/// blocked in one process, then the control.
+fn check_cleanups(go: &str, stripped: bool) {
+    let (done, report) = run(go, stripped, "call");
+    assert_eq!(done, format!("done registered={N} ran=1"));
+    let f = &report["finalizers"];
+    let c = &f["counts"];
+    assert_eq!((c["cleanups_registered"].as_u64(), c["registered"].as_u64()), (Some(3 * N + 1), Some(0)), "{f:#}");
+    let cleanup = |reason, function, site| row(&report, "cleanup", reason, "main.Resource", function, site);
+    assert_eq!(cleanup("still_reachable", "main.cleanupDone", "main.openHeldCleanups"), N);
+    assert_eq!(cleanup("reachable_from_own_finalizer", "main.openCycleCleanups.func1", "main.openCycleCleanups"), N);
+    assert_eq!(cleanup("queued_behind_blocked_finalizer", "main.cleanupDone", "main.dropCleaned"), N);
+    assert_eq!(f["never_ran"].as_array().unwrap().len(), 3, "nothing else: {f:#}");
+    let cleaner = runner(f, "cleanup");
+    // Go 1.24 runs cleanups on the finalizer goroutine, later releases on goroutines of their own.
+    assert_eq!(cleaner["runs"], if go.starts_with("1.24") { "finalizers and cleanups" } else { "cleanups" }, "{f:#}");
+    assert_eq!(cleaner["last_started"], "main.blockingCleanup", "{f:#}");
+    assert_eq!(cleaner["state"], "chan receive", "{f:#}");
+    assert_eq!(cleaner["blocked"]["queue_depth"].as_u64(), Some(N), "{f:#}");
+    assert_eq!(cleaner["blocked"]["object_type"], "main.Resource", "{f:#}");
+
+    let (done, report) = run(go, stripped, "callrun");
+    assert_eq!(done, format!("done registered={N} ran={N}"));
+    let f = &report["finalizers"];
+    assert_eq!(f["never_ran"], serde_json::json!([]), "the control has no finding: {f:#}");
+    let c = &f["counts"];
+    assert_eq!((c["cleanups_registered"].as_u64(), c["cleanups_queued"].as_u64(), c["cleanups_started"].as_u64()), (Some(N), Some(N), Some(N)), "{f:#}");
+    let cleaner = runner(f, "cleanup");
+    assert_eq!(cleaner["blocked"], Value::Null, "{f:#}");
+    assert_eq!(cleaner["last_started"], "main.cleanupDone", "{f:#}");
+    assert_eq!(cleaner["state"], if go.starts_with("1.24") { "finalizer wait" } else { "cleanup wait" }, "idle: {f:#}");
+}
+
 e2e::go_matrix!(super::check);
+
+/// AddCleanup exists since Go 1.24.
+mod cleanups {
+    e2e::go_matrix!(@each super::super::check_cleanups;
+        go1_24 "1.24.11", go1_25 "1.25.5", go1_26 "1.26.6", go1_27 "1.27.3");
+}

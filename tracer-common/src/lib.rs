@@ -35,8 +35,15 @@ pub enum RecordKind {
     FinalizerQueued = 7,
     /// The finalizer goroutine starts a finalizer: `ptr` the object, `size` the `*funcval`.
     FinalizerStarted = 8,
-    /// `AddCleanup` (Go 1.24+): `ptr` the object.
+    /// `AddCleanup` (Go 1.24+): `ptr` the object, `size` the cleanup's handle (the word that
+    /// names this registration when it is queued and run), `type_ptr` the cleanup `*funcval` when
+    /// the runtime passes it apart from the handle (1.26+).
     CleanupSet = 9,
+    /// A sweep freed an object's cleanup special and queued the cleanup: `ptr` the object,
+    /// `size` the handle.
+    CleanupQueued = 10,
+    /// A cleanup is called: `ptr` the handle.
+    CleanupStarted = 11,
 }
 
 impl RecordKind {
@@ -53,6 +60,8 @@ impl RecordKind {
             7 => Self::FinalizerQueued,
             8 => Self::FinalizerStarted,
             9 => Self::CleanupSet,
+            10 => Self::CleanupQueued,
+            11 => Self::CleanupStarted,
             _ => return None,
         })
     }
@@ -83,7 +92,16 @@ pub struct ProbeConfig {
     /// `reflectcall` returning there is a finalizer starting.
     pub finalizer_loop_start: u64,
     pub finalizer_loop_end: u64,
+    /// `runtime.special`: where its kind byte is, the kind of a cleanup special (0: the runtime
+    /// has no cleanups) and where a cleanup special keeps the handle ([`RecordKind::CleanupSet`]).
+    pub special_kind: u64,
+    pub special_kind_cleanup: u64,
+    pub special_cleanup_handle: u64,
 }
+
+/// An argument "register" number meaning the closure context register (RDX on amd64, R26 on
+/// arm64), which holds the `*funcval` at an indirect call.
+pub const CLOSURE_CONTEXT: u8 = 0x40;
 
 /// Mark bits captured per swept span: 1024 objects, the most an 8 KiB span of 8-byte objects holds.
 pub const MAX_MARK_BYTES: usize = 128;

@@ -5,6 +5,7 @@
 //! apply. Everything architecture-specific in the eBPF crate lives here.
 
 use aya_ebpf::programs::ProbeContext;
+use tracer_common::CLOSURE_CONTEXT;
 
 #[cfg(bpf_target_arch = "x86_64")]
 mod arch {
@@ -30,6 +31,10 @@ mod arch {
 
     pub fn g(r: &pt_regs) -> u64 {
         r.r14
+    }
+
+    pub fn closure_context(r: &pt_regs) -> u64 {
+        r.rdx
     }
 
     pub fn sp(r: &pt_regs) -> u64 {
@@ -66,6 +71,10 @@ mod arch {
         r.regs[28]
     }
 
+    pub fn closure_context(r: &pt_regs) -> u64 {
+        r.regs[26]
+    }
+
     pub fn sp(r: &pt_regs) -> u64 {
         r.sp
     }
@@ -76,8 +85,12 @@ mod arch {
     }
 }
 
-/// The `n`th integer argument at a function's entry (or the `n`th result at its RET).
+/// The `n`th integer argument at a function's entry (or the `n`th result at its RET), or the
+/// closure context for [`CLOSURE_CONTEXT`].
 pub fn int_reg(ctx: &ProbeContext, n: u8) -> u64 {
+    if n == CLOSURE_CONTEXT {
+        return arch::closure_context(arch::regs(ctx));
+    }
     arch::int_reg(arch::regs(ctx), n)
 }
 

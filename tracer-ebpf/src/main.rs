@@ -39,6 +39,9 @@ static CONFIG: ProbeConfig = ProbeConfig {
     inline_marks_max: 0,
     finalizer_loop_start: 0,
     finalizer_loop_end: 0,
+    special_kind: 0,
+    special_kind_cleanup: 0,
+    special_cleanup_handle: 0,
 };
 
 #[map]
@@ -176,6 +179,24 @@ pub fn object_event(ctx: ProbeContext) -> u32 {
     let aux = cookie.aux_arg.map_or(0, arg);
     let type_ptr = cookie.type_arg.map_or(0, arg);
     emit(&ctx, go_abi::g(&ctx), cookie.kind, 0, ptr, aux, type_ptr, 0);
+    0
+}
+
+/// Entry of `runtime.freeSpecial(s *special, p unsafe.Pointer, size uintptr)`: a sweep unlinked
+/// a special of a dead object. Only cleanup specials are sent (the others are finalizers, which
+/// `queuefinalizer` reports, and the profiler's, which are many).
+#[uprobe]
+pub fn special_freed(ctx: ProbeContext) -> u32 {
+    // SAFETY: a plain read of a loader-initialised global.
+    let cfg = unsafe { core::ptr::read_volatile(&CONFIG) };
+    let special = go_abi::int_reg(&ctx, 0);
+    // SAFETY: checked user read.
+    let kind = unsafe { bpf_probe_read_user((special + cfg.special_kind) as *const u8) }.unwrap_or(0);
+    if cfg.special_kind_cleanup == 0 || u64::from(kind) != cfg.special_kind_cleanup {
+        return 0;
+    }
+    let handle = read_u64(special + cfg.special_cleanup_handle);
+    emit(&ctx, go_abi::g(&ctx), RecordKind::CleanupQueued, 0, go_abi::int_reg(&ctx, 1), handle, 0, 0);
     0
 }
 

@@ -2,31 +2,35 @@
 //! GC cycle ends and span sweeps age and free them, and every goroutine's stack tells whether
 //! creating frames have returned.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use tracer_common::RecordKind;
 
 use crate::{
     events::{Event, TraceEvent},
-    finalizers::{
-        diagnose, BlockedFinalizer, Evidence, FinalizerGoroutine, FinalizerSection, Finalizers, NeverRan, NeverRanRow,
-    },
+    finalizers::{diagnose, Blocked, Evidence, FinalizerSection, Finalizers, Mechanism, NeverRan, NeverRanRow, RunnerGoroutine},
     frames::CreatingFrames,
     gotype::Memory,
     symbolize::is_runtime_function,
-    target::RuntimeLayout,
+    target::{CleanupFunction, CleanupLayout, RuntimeLayout},
     lifecycle::{Alloc, Lifecycle, LifecycleConfig, SweptSpan},
     report::GcInfo,
     retention::{retained_rows, RetainedRow},
     sites::{frame_row, Resolve, SiteTable},
 };
 
-/// A finalizer counts as blocked once finalizers queued after it started have waited this long.
+/// A finalizer or cleanup counts as blocked once others queued after it started have waited this long.
 const BLOCKED_AFTER_NS: u64 = 50_000_000;
 /// The finalizer goroutine's wait reason when it is idle.
-const IDLE: &str = "finalizer wait";
-/// Closure words scanned for a pointer back to the object (captured variables are few).
-const CLOSURE_WORDS: u64 = 16;
+const FINALIZER_IDLE: &str = "finalizer wait";
+/// Words scanned per block on the way from a finalizer's or cleanup's closure (and argument) to
+/// its object: captured variables are few.
+const SCAN_WORDS: u64 = 16;
+/// Pointer hops followed from those roots: a cleanup's own closure sits inside AddCleanup's
+/// wrapper (1.24–1.25), and an argument may point at a struct that points at the object.
+const SCAN_DEPTH: usize = 3;
+/// Blocks read per scan at most.
+const SCAN_BLOCKS: usize = 256;
 
 fn read_word(memory: &dyn Memory, addr: u64) -> Option<u64> {
     let mut b = [0u8; 8];
@@ -64,9 +68,11 @@ fn registration_site(stack: &[u64], names: &mut dyn Resolve) -> Vec<u64> {
     stack[from..].iter().take(6).copied().collect()
 }
 
-/// Object sizes and tiny blocks from the lifecycle engine, closures from the target's memory.
+/// Object sizes, types and tiny blocks from the lifecycle engine and the site table; closures
+/// from the target's memory.
 struct MemoryEvidence<'a> {
     lifecycle: &'a Lifecycle,
+    sites: &'a SiteTable,
     memory: &'a dyn Memory,
 }
 
@@ -75,19 +81,51 @@ impl Evidence for MemoryEvidence<'_> {
         self.lifecycle.object_containing(object).map(|o| o.size)
     }
 
+    fn tiny(&self, object: u64) -> bool {
+        let Some(o) = self.lifecycle.object_containing(object) else { return false };
+        let type_ptr = (o.site & PARTS == 0).then(|| self.sites.object_type(o.site)).flatten();
+        o.size < 16 && type_ptr.is_some_and(|t| crate::gotype::pointer_free(self.memory, t) == Some(true))
+    }
+
     fn others_in_block(&self, block: u64, object: u64) -> bool {
         self.lifecycle.objects_in(block..block + 16).any(|o| o.addr != object)
     }
 
-    fn points_to_pointer_free(&self, ptr_type: u64) -> bool {
-        crate::gotype::points_to_pointer_free(self.memory, ptr_type).unwrap_or(false)
+    fn reachable_from(&self, roots: &[u64], object: u64, size: u64) -> bool {
+        let target = object..object + size.max(1);
+        let mut seen = HashSet::new();
+        let mut frontier: Vec<u64> = roots.iter().copied().filter(|&r| r != 0).collect();
+        for _ in 0..SCAN_DEPTH {
+            let mut next = Vec::new();
+            for block in frontier {
+                if seen.len() >= SCAN_BLOCKS || !seen.insert(block) {
+                    continue;
+                }
+                // Within the block's own allocation when it is known.
+                let words = self.lifecycle.object_containing(block).map_or(SCAN_WORDS, |o| ((o.addr + o.size - block) / 8).min(SCAN_WORDS));
+                for w in read_words(self.memory, block, words) {
+                    if target.contains(&w) {
+                        return true;
+                    }
+                    // Hop only to tracked heap objects: integers and code pointers stay behind.
+                    if self.lifecycle.object_containing(w).is_some() {
+                        next.push(w);
+                    }
+                }
+            }
+            frontier = next;
+        }
+        false
     }
+}
 
-    fn closure_refers_to(&self, funcval: u64, object: u64, size: u64) -> bool {
-        // A funcval is the code pointer, then the captured variables.
-        let words = self.lifecycle.object_containing(funcval).map_or(CLOSURE_WORDS, |o| (o.size / 8).min(CLOSURE_WORDS));
-        (1..words).filter_map(|i| read_word(self.memory, funcval + 8 * i)).any(|w| (object..object + size.max(1)).contains(&w))
+/// Up to `n` words from `addr`: in one read, or word by word up to the first unreadable one.
+fn read_words(memory: &dyn Memory, addr: u64, n: u64) -> Vec<u64> {
+    let mut buf = vec![0u8; 8 * n as usize];
+    if memory.read(addr, &mut buf).is_ok() {
+        return buf.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap())).collect();
     }
+    (0..n).map_while(|i| read_word(memory, addr + 8 * i)).collect()
 }
 
 /// Storage allocated under a constructor that has not returned yet, per goroutine (at most this
@@ -107,19 +145,21 @@ pub struct Correlator {
     /// its record (which follows them on the same goroutine) arrives.
     pending: HashMap<u64, Vec<Alloc>>,
     finalizers: Finalizers,
+    cleanups: Option<CleanupLayout>,
     cycles_seen: u64,
     first_cycle: Option<u64>,
     spans_swept: u64,
 }
 
 impl Correlator {
-    pub fn new(cfg: LifecycleConfig) -> Self {
+    pub fn new(cfg: LifecycleConfig, cleanups: Option<CleanupLayout>) -> Self {
         Self {
             sites: SiteTable::default(),
             lifecycle: Lifecycle::new(cfg),
             frames: CreatingFrames::default(),
             pending: HashMap::new(),
-            finalizers: Finalizers::default(),
+            finalizers: Finalizers::new(cleanups.is_some_and(|c| c.runs_on_finalizer_goroutine())),
+            cleanups,
             cycles_seen: 0,
             first_cycle: None,
             spans_swept: 0,
@@ -132,7 +172,16 @@ impl Correlator {
             TraceEvent::Object(ev) => {
                 names.go_type(ev.type_ptr);
                 self.frames.observe(ev.goid, &ev.stack);
-                self.finalizers.record(ev);
+                // The object's type as allocated, while it is alive (cleanups get no type).
+                let alloc_type = self
+                    .lifecycle
+                    .object_containing(ev.ptr)
+                    .filter(|o| o.site & PARTS == 0)
+                    .and_then(|o| self.sites.object_type(o.site));
+                match self.cleanup_function(ev, names.memory()) {
+                    Some(function) => self.finalizers.record(&Event { type_ptr: function, ..ev.clone() }, alloc_type.unwrap_or(0)),
+                    None => self.finalizers.record(ev, alloc_type.unwrap_or(0)),
+                }
             }
             TraceEvent::CycleEnd { cycle, ktime_ns } => {
                 // The entry probe fires again when the function's stack check grows the stack.
@@ -148,6 +197,21 @@ impl Correlator {
                 self.lifecycle.on_span_swept(&span, s.ktime_ns);
                 self.spans_swept += 1;
             }
+        }
+    }
+
+    /// The cleanup `*funcval` of a registration whose record has only its handle: read now,
+    /// while the handle (AddCleanup's wrapper closure) is surely alive.
+    fn cleanup_function(&self, ev: &Event, memory: &dyn Memory) -> Option<u64> {
+        let CleanupFunction::CapturedByHandle { by_reference } = self.cleanups?.function else { return None };
+        if ev.kind != RecordKind::CleanupSet {
+            return None;
+        }
+        let capture = read_word(memory, ev.size + 8)?;
+        if by_reference {
+            read_word(memory, capture)
+        } else {
+            Some(capture)
         }
     }
 
@@ -201,7 +265,7 @@ impl Correlator {
         }
     }
 
-    /// The Finalizers section; reads the target's memory (closures, the finalizer goroutine).
+    /// The Finalizers section; reads the target's memory (closures, the runner goroutines).
     pub fn finalizer_section(
         &self,
         names: &mut dyn Resolve,
@@ -212,55 +276,83 @@ impl Correlator {
         let f = &self.finalizers;
         let k = u64::from(self.lifecycle.config().retain_cycles);
         let last = self.lifecycle.last_cycle().unwrap_or(0);
-        let evidence = MemoryEvidence { lifecycle: &self.lifecycle, memory };
-        let function_of = |funcval: u64, names: &mut dyn Resolve| {
+        let evidence = MemoryEvidence { lifecycle: &self.lifecycle, sites: &self.sites, memory };
+        let seconds_since = |t: u64| now_ns.saturating_sub(t) as f64 / 1e9;
+        let function_name = |funcval: u64, names: &mut dyn Resolve| {
             read_word(memory, funcval)
                 .and_then(|code| names.frame(code))
                 .map_or_else(|| format!("? (funcval {funcval:#x})"), |fr| fr.function.clone())
         };
-        let object_type = |ptr_type: u64, names: &mut dyn Resolve| {
-            names.go_type(ptr_type).map_or_else(|| "?".to_string(), |t| t.name.trim_start_matches('*').to_string())
+        // From the registration's `*T`, else the object's type as allocated.
+        let object_type = |ptr_type: u64, alloc_type: u64, names: &mut dyn Resolve| {
+            let name = if ptr_type != 0 {
+                names.go_type(ptr_type).map(|t| t.name.trim_start_matches('*').to_string())
+            } else {
+                names.go_type(alloc_type).map(|t| t.name.clone())
+            };
+            name.unwrap_or_else(|| "?".to_string())
+        };
+        let idle = |m: Mechanism| match (m, layout.cleanups) {
+            (Mechanism::Cleanup, Some(c)) => c.runner_idle,
+            _ => FINALIZER_IDLE,
         };
 
-        // Stuck: a finalizer started, and others were queued after it began and still wait.
-        let blocked = f.running.as_ref().filter(|run| {
-            let waiting_since = f.not_run().iter().filter_map(|r| r.queued_at()).filter(|&q| q >= run.since_ns).min();
+        let mut runners: Vec<RunnerGoroutine> = Vec::new();
+        for run in f.running.values() {
             let state = goroutine_state(memory, layout, run.g);
-            waiting_since.is_some_and(|q| now_ns.saturating_sub(q) >= BLOCKED_AFTER_NS) && state.as_deref() != Some(IDLE)
-        });
-        let blocked = blocked.map(|run| BlockedFinalizer {
-            finalizer: function_of(run.funcval, names),
-            object_type: object_type(run.ptr_type, names),
-            state: goroutine_state(memory, layout, run.g).unwrap_or_else(|| "unknown".into()),
-            blocked_seconds: now_ns.saturating_sub(run.since_ns) as f64 / 1e9,
-            queue_depth: f.queue_depth(),
-        });
+            // Stuck: others were queued for it after it started the current one, and still wait.
+            let waiting_since = f
+                .not_run()
+                .iter()
+                .filter(|r| f.serves(run, r.mechanism))
+                .filter_map(|r| r.queued_at())
+                .filter(|&q| q >= run.since_ns)
+                .min();
+            let stuck = waiting_since.is_some_and(|q| now_ns.saturating_sub(q) >= BLOCKED_AFTER_NS) && state.as_deref() != Some(idle(run.mechanism));
+            runners.push(RunnerGoroutine {
+                goid: run.goid,
+                runs: match (f.cleanups_on_finalizer_goroutine, run.mechanism) {
+                    (true, _) => "finalizers and cleanups",
+                    (false, Mechanism::Finalizer) => "finalizers",
+                    (false, Mechanism::Cleanup) => "cleanups",
+                },
+                state: state.unwrap_or_else(|| "unknown".into()),
+                last_started: function_name(run.function, names),
+                last_started_kind: run.mechanism,
+                last_started_seconds_ago: seconds_since(run.since_ns),
+                blocked: stuck.then(|| Blocked {
+                    object_type: object_type(run.ptr_type, run.alloc_type, names),
+                    blocked_seconds: seconds_since(run.since_ns),
+                    queue_depth: f.queue_depth(run),
+                }),
+            });
+        }
+        runners.sort_by_key(|r| r.goid);
+        let blocked = |m: Mechanism| {
+            f.running.values().any(|run| f.serves(run, m) && runners.iter().any(|r| r.goid == run.goid && r.blocked.is_some()))
+        };
 
-        let goroutine = f.running.as_ref().map(|run| FinalizerGoroutine {
-            state: goroutine_state(memory, layout, run.g).unwrap_or_else(|| "unknown".into()),
-            last_started: function_of(run.funcval, names),
-            last_started_seconds_ago: now_ns.saturating_sub(run.since_ns) as f64 / 1e9,
-        });
-
-        let mut groups: HashMap<(NeverRan, u64, u64), NeverRanRow> = HashMap::new();
+        let mut groups: HashMap<(Mechanism, NeverRan, u64, u64), NeverRanRow> = HashMap::new();
         for r in f.not_run() {
-            let Some(reason) = diagnose(r, last.saturating_sub(r.cycle), k, blocked.is_some(), &evidence) else { continue };
+            let Some(reason) = diagnose(r, last.saturating_sub(r.cycle), k, blocked(r.mechanism), &evidence) else { continue };
             let site = registration_site(&r.stack, names);
-            let code = read_word(memory, r.funcval).unwrap_or(r.funcval);
-            let row = groups.entry((reason, site.first().copied().unwrap_or(0), code)).or_insert_with(|| NeverRanRow {
+            let code = read_word(memory, r.function).unwrap_or(r.function);
+            let key = (r.mechanism, reason, site.first().copied().unwrap_or(0), code);
+            let row = groups.entry(key).or_insert_with(|| NeverRanRow {
+                kind: r.mechanism,
                 reason,
                 count: 0,
-                object_type: object_type(r.ptr_type, names),
-                finalizer: function_of(r.funcval, names),
+                object_type: object_type(r.ptr_type, r.alloc_type, names),
+                function: function_name(r.function, names),
                 age_cycles: last.saturating_sub(r.cycle),
-                age_seconds: now_ns.saturating_sub(r.time_ns) as f64 / 1e9,
+                age_seconds: seconds_since(r.time_ns),
                 registered_at: site.iter().map(|&pc| frame_row(pc, names)).collect(),
             });
             row.count += 1;
         }
         let mut never_ran: Vec<NeverRanRow> = groups.into_values().collect();
-        never_ran.sort_by(|a, b| (a.reason, std::cmp::Reverse(a.count)).cmp(&(b.reason, std::cmp::Reverse(b.count))));
-        FinalizerSection { counts: f.counts, pending: f.not_run().len() as u64, never_ran, blocked, goroutine }
+        never_ran.sort_by(|a, b| (a.kind, a.reason, std::cmp::Reverse(a.count)).cmp(&(b.kind, b.reason, std::cmp::Reverse(b.count))));
+        FinalizerSection { counts: f.counts, pending: f.not_run().len() as u64, never_ran, runners }
     }
 
     pub fn retained(&self, names: &mut dyn Resolve, target_exited: bool, now_ns: u64) -> Vec<RetainedRow> {

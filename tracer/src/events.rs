@@ -34,7 +34,9 @@ impl TraceEvent {
                 | RecordKind::FinalizerRemoved
                 | RecordKind::FinalizerQueued
                 | RecordKind::FinalizerStarted
-                | RecordKind::CleanupSet,
+                | RecordKind::CleanupSet
+                | RecordKind::CleanupQueued
+                | RecordKind::CleanupStarted,
             ) => Event::decode(bytes).map(TraceEvent::Object),
             Some(RecordKind::CycleEnd) => {
                 let r: CycleRecord = read(bytes)?;

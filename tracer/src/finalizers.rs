@@ -1,29 +1,47 @@
 //! Finalizers and cleanups: registered, removed, queued, started — and for each one that never
 //! ran after K GC cycles, why (design.md, "Finalizer never ran"):
-//! (a) the object is still reachable; (b) it is reachable from its own finalizer (a cycle: it can
-//! never run); (c) it was queued but the finalizer goroutine is stuck in an earlier finalizer;
-//! (d) it shares a tiny-allocator block with other live values.
+//! (a) the object is still reachable; (b) it is reachable from its own finalizer or cleanup (a
+//! cycle: it can never run); (c) it was queued but the goroutine that runs it is stuck in an
+//! earlier one; (d) it shares a tiny-allocator block with other live values.
 //!
 //! Facts come from events (addfinalizer, removefinalizer, queuefinalizer at sweep, reflectcall
-//! from the finalizer goroutine's loop, addCleanup), the lifecycle engine (object sizes and
-//! liveness) and, for (b) and the blocked goroutine's state, the target's memory at report time.
+//! from the finalizer goroutine's loop; addCleanup, freeSpecial at sweep, the cleanup runner's
+//! call), the lifecycle engine (object sizes and liveness) and, for (b) and the runners' states,
+//! the target's memory at report time.
 
-use std::collections::HashMap;
+use std::collections::{hash_map::Entry, HashMap};
 
 use serde::Serialize;
 use tracer_common::RecordKind;
 
 use crate::events::Event;
 
-/// Why a finalizer never ran.
+/// `runtime.SetFinalizer` or `runtime.AddCleanup`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mechanism {
+    Finalizer,
+    Cleanup,
+}
+
+impl Mechanism {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mechanism::Finalizer => "finalizer",
+            Mechanism::Cleanup => "cleanup",
+        }
+    }
+}
+
+/// Why a finalizer or cleanup never ran.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum NeverRan {
     /// (a) The object is still reachable from the program.
     StillReachable,
-    /// (b) The object is reachable from its own finalizer's closure: it can never be collected.
+    /// (b) The object is reachable from its own finalizer or cleanup: it can never be collected.
     ReachableFromOwnFinalizer,
-    /// (c) Queued, but the finalizer goroutine is blocked in an earlier finalizer.
+    /// (c) Queued, but the goroutine that runs it is blocked in an earlier one.
     QueuedBehindBlockedFinalizer,
     /// (d) The object shares a tiny-allocator block with other live values.
     TinyBlockShared,
@@ -33,8 +51,8 @@ impl NeverRan {
     pub fn describe(self) -> &'static str {
         match self {
             NeverRan::StillReachable => "still reachable",
-            NeverRan::ReachableFromOwnFinalizer => "reachable from its own finalizer (a cycle: it can never run)",
-            NeverRan::QueuedBehindBlockedFinalizer => "queued behind a blocked finalizer",
+            NeverRan::ReachableFromOwnFinalizer => "reachable from its own finalizer or cleanup (a cycle: it can never run)",
+            NeverRan::QueuedBehindBlockedFinalizer => "queued behind a blocked finalizer or cleanup",
             NeverRan::TinyBlockShared => "in a tiny-allocator block shared with live values",
         }
     }
@@ -44,32 +62,49 @@ impl NeverRan {
 enum State {
     Registered,
     Queued { at_ns: u64 },
-    Started,
 }
 
-/// One registered finalizer.
+/// A registration: a finalizer is known by its object (one per object), a cleanup by its handle
+/// (an object can have many).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Key {
+    Finalizer(u64),
+    Cleanup(u64),
+}
+
+/// One registered finalizer or cleanup.
 #[derive(Clone, Debug)]
 pub struct Registration {
+    pub mechanism: Mechanism,
     pub object: u64,
-    /// `*funcval` of the finalizer (its first word is the code pointer).
-    pub funcval: u64,
-    /// `*T` of the object (`addfinalizer`'s `ot`).
+    /// The finalizer's or cleanup's `*funcval` (its first word is the code pointer); for a cleanup
+    /// whose record has only the handle (Go 1.24–1.25), what the correlator read through it.
+    pub function: u64,
+    /// A cleanup's handle (see `target::CleanupLayout`); 0 for a finalizer.
+    pub handle: u64,
+    /// `*T` of the object (`addfinalizer`'s `ot`); 0 for a cleanup.
     pub ptr_type: u64,
+    /// `T` as the object was allocated, if that was traced.
+    pub alloc_type: u64,
     pub time_ns: u64,
     pub cycle: u64,
     pub stack: Vec<u64>,
     state: State,
 }
 
-/// The finalizer the finalizer goroutine started last.
+/// What a runner goroutine (the finalizer goroutine, a cleanup goroutine) started last.
 #[derive(Clone, Debug)]
 pub struct Running {
+    pub mechanism: Mechanism,
     pub object: u64,
-    pub funcval: u64,
-    /// `*T` of the object, from its registration (0 if registered before tracing began).
+    pub function: u64,
+    pub handle: u64,
+    /// `*T` and `T` of the object, from its registration (0 if unknown).
     pub ptr_type: u64,
-    /// The finalizer goroutine (to read its state).
+    pub alloc_type: u64,
+    /// The runner goroutine (to read its state).
     pub g: u64,
+    pub goid: u64,
     pub since_ns: u64,
 }
 
@@ -81,66 +116,123 @@ pub struct FinalizerCounts {
     pub queued: u64,
     pub started: u64,
     pub cleanups_registered: u64,
+    pub cleanups_queued: u64,
+    pub cleanups_started: u64,
 }
 
 #[derive(Default)]
 pub struct Finalizers {
-    pending: HashMap<u64, Registration>,
+    pending: HashMap<Key, Registration>,
     pub counts: FinalizerCounts,
-    pub running: Option<Running>,
+    /// By runner goroutine (`g`).
+    pub running: HashMap<u64, Running>,
+    /// Go 1.24 runs cleanups on the finalizer goroutine; later releases on goroutines of their own.
+    pub cleanups_on_finalizer_goroutine: bool,
 }
 
 impl Finalizers {
-    pub fn record(&mut self, ev: &Event) {
+    pub fn new(cleanups_on_finalizer_goroutine: bool) -> Self {
+        Self { cleanups_on_finalizer_goroutine, ..Self::default() }
+    }
+
+    /// `alloc_type`: for a registration, the object's type as allocated (0 if unknown).
+    pub fn record(&mut self, ev: &Event, alloc_type: u64) {
+        let registration = |mechanism, function, handle, ptr_type| Registration {
+            mechanism,
+            object: ev.ptr,
+            function,
+            handle,
+            ptr_type,
+            alloc_type,
+            time_ns: ev.ktime_ns,
+            cycle: ev.gc_cycle,
+            stack: ev.stack.clone(),
+            state: State::Registered,
+        };
+        // An entry probe fires twice for one call when the function's prologue grows the stack and
+        // restarts it: a registration or queueing seen again for the same key is not counted again.
         match ev.kind {
             RecordKind::FinalizerSet => {
-                self.counts.registered += 1;
-                self.pending.insert(
-                    ev.ptr,
-                    Registration {
-                        object: ev.ptr,
-                        funcval: ev.size,
-                        ptr_type: ev.type_ptr,
-                        time_ns: ev.ktime_ns,
-                        cycle: ev.gc_cycle,
-                        stack: ev.stack.clone(),
-                        state: State::Registered,
-                    },
-                );
+                if let Entry::Vacant(e) = self.pending.entry(Key::Finalizer(ev.ptr)) {
+                    e.insert(registration(Mechanism::Finalizer, ev.size, 0, ev.type_ptr));
+                    self.counts.registered += 1;
+                }
             }
             RecordKind::FinalizerRemoved => {
-                if self.pending.remove(&ev.ptr).is_some() {
+                if self.pending.remove(&Key::Finalizer(ev.ptr)).is_some() {
                     self.counts.removed += 1;
                 }
             }
-            // Go 1.24 queues cleanups through the same function, without an object.
+            // Go 1.24 queues cleanups through the same function, without an object (counted from
+            // freeSpecial instead).
             RecordKind::FinalizerQueued if ev.ptr != 0 => {
-                self.counts.queued += 1;
-                if let Some(r) = self.pending.get_mut(&ev.ptr) {
-                    r.state = State::Queued { at_ns: ev.ktime_ns };
+                if self.queued(Key::Finalizer(ev.ptr), ev.ktime_ns) {
+                    self.counts.queued += 1;
                 }
             }
             RecordKind::FinalizerStarted => {
                 self.counts.started += 1;
-                // Started, and the one before it has returned (the goroutine runs one at a time).
-                let ptr_type = self.pending.remove(&ev.ptr).map_or(0, |r| r.ptr_type);
-                self.running = Some(Running { object: ev.ptr, funcval: ev.size, ptr_type, g: ev.g, since_ns: ev.ktime_ns });
+                self.started(Key::Finalizer(ev.ptr), Mechanism::Finalizer, ev);
             }
-            RecordKind::CleanupSet => self.counts.cleanups_registered += 1,
+            RecordKind::CleanupSet => {
+                if let Entry::Vacant(e) = self.pending.entry(Key::Cleanup(ev.size)) {
+                    e.insert(registration(Mechanism::Cleanup, ev.type_ptr, ev.size, 0));
+                    self.counts.cleanups_registered += 1;
+                }
+            }
+            RecordKind::CleanupQueued => {
+                if self.queued(Key::Cleanup(ev.size), ev.ktime_ns) {
+                    self.counts.cleanups_queued += 1;
+                }
+            }
+            RecordKind::CleanupStarted => {
+                self.counts.cleanups_started += 1;
+                self.started(Key::Cleanup(ev.ptr), Mechanism::Cleanup, ev);
+            }
             _ => {}
         }
     }
 
-    /// Finalizers registered (or queued) and not started, oldest first.
+    /// Whether this is news: false when the registration was already queued.
+    fn queued(&mut self, key: Key, at_ns: u64) -> bool {
+        match self.pending.get_mut(&key) {
+            Some(r) if r.state != State::Registered => false,
+            Some(r) => {
+                r.state = State::Queued { at_ns };
+                true
+            }
+            None => true,
+        }
+    }
+
+    /// Started, and the one before it on the same goroutine has returned (a runner runs one at a time).
+    fn started(&mut self, key: Key, mechanism: Mechanism, ev: &Event) {
+        let r = self.pending.remove(&key);
+        let (object, function, handle) = match (mechanism, &r) {
+            (Mechanism::Finalizer, _) => (ev.ptr, ev.size, 0),
+            (Mechanism::Cleanup, Some(r)) => (r.object, r.function, r.handle),
+            (Mechanism::Cleanup, None) => (0, 0, ev.ptr),
+        };
+        let (ptr_type, alloc_type) = r.map_or((0, 0), |r| (r.ptr_type, r.alloc_type));
+        let run = Running { mechanism, object, function, handle, ptr_type, alloc_type, g: ev.g, goid: ev.goid, since_ns: ev.ktime_ns };
+        self.running.insert(ev.g, run);
+    }
+
+    /// Registered (or queued) and not started, oldest first.
     pub fn not_run(&self) -> Vec<&Registration> {
-        let mut v: Vec<&Registration> = self.pending.values().filter(|r| r.state != State::Started).collect();
-        v.sort_by_key(|r| (r.time_ns, r.object));
+        let mut v: Vec<&Registration> = self.pending.values().collect();
+        v.sort_by_key(|r| (r.time_ns, r.object, r.handle));
         v
     }
 
-    /// Queued and waiting.
-    pub fn queue_depth(&self) -> u64 {
-        self.pending.values().filter(|r| matches!(r.state, State::Queued { .. })).count() as u64
+    /// Whether the goroutine that ran `run` also runs registrations of `mechanism`.
+    pub fn serves(&self, run: &Running, mechanism: Mechanism) -> bool {
+        run.mechanism == mechanism || self.cleanups_on_finalizer_goroutine
+    }
+
+    /// Queued and waiting for a runner that `run`'s goroutine stands for.
+    pub fn queue_depth(&self, run: &Running) -> u64 {
+        self.pending.values().filter(|r| r.queued_at().is_some() && self.serves(run, r.mechanism)).count() as u64
     }
 }
 
@@ -148,27 +240,27 @@ impl Finalizers {
 pub trait Evidence {
     /// The object's size if it was allocated while traced and is still alive.
     fn live_size(&self, object: u64) -> Option<u64>;
+    /// Whether the tiny allocator made the object: it is under 16 bytes and its type has no pointers.
+    fn tiny(&self, object: u64) -> bool;
     /// Other live tracked objects in the 16-byte block at `block`.
     fn others_in_block(&self, block: u64, object: u64) -> bool;
-    /// Whether the objects `ptr_type` (a `*T`) points to hold no pointers: only those are tiny.
-    fn points_to_pointer_free(&self, ptr_type: u64) -> bool;
-    /// Whether the finalizer closure `funcval` holds a pointer into `[object, object + size)`.
-    fn closure_refers_to(&self, funcval: u64, object: u64, size: u64) -> bool;
+    /// Whether `[object, object + size)` is reachable, within a few pointer hops, from `roots`
+    /// (the finalizer's closure; a cleanup's closure and argument).
+    fn reachable_from(&self, roots: &[u64], object: u64, size: u64) -> bool;
 }
 
 /// Go's tiny allocator: pointer-free allocations under 16 bytes share 16-byte blocks.
 const TINY_BLOCK: u64 = 16;
 
 /// Why `r` has not run, given `cycles_since` completed cycles since it was registered and
-/// whether the finalizer goroutine is stuck (`blocked`). None: not (yet) a finding.
+/// whether the goroutine that would run it is stuck (`blocked`). None: not (yet) a finding.
 pub fn diagnose(r: &Registration, cycles_since: u64, k: u64, blocked: bool, evidence: &dyn Evidence) -> Option<NeverRan> {
     match r.state {
-        State::Started => None,
         State::Queued { .. } => blocked.then_some(NeverRan::QueuedBehindBlockedFinalizer),
         State::Registered if cycles_since < k => None,
         State::Registered => {
             let size = evidence.live_size(r.object);
-            if size.is_some_and(|s| s < TINY_BLOCK) && evidence.points_to_pointer_free(r.ptr_type) {
+            if size.is_some() && evidence.tiny(r.object) {
                 // The tiny allocator fills a block from its start, so an object past the start has
                 // an earlier neighbour even when that one was allocated before tracing began.
                 let block = r.object & !(TINY_BLOCK - 1);
@@ -176,7 +268,7 @@ pub fn diagnose(r: &Registration, cycles_since: u64, k: u64, blocked: bool, evid
                     return Some(NeverRan::TinyBlockShared);
                 }
             }
-            if evidence.closure_refers_to(r.funcval, r.object, size.unwrap_or(1)) {
+            if evidence.reachable_from(&[r.function, r.handle], r.object, size.unwrap_or(1)) {
                 return Some(NeverRan::ReachableFromOwnFinalizer);
             }
             Some(NeverRan::StillReachable)
@@ -188,7 +280,7 @@ impl Registration {
     pub fn queued_at(&self) -> Option<u64> {
         match self.state {
             State::Queued { at_ns } => Some(at_ns),
-            _ => None,
+            State::Registered => None,
         }
     }
 }
@@ -207,6 +299,17 @@ mod tests {
         Event::from_record(&r).unwrap()
     }
 
+    impl Finalizers {
+        fn record0(&mut self, e: &Event) {
+            self.record(e, 0);
+        }
+    }
+
+    fn on(g: u64, mut e: Event) -> Event {
+        e.g = g;
+        e
+    }
+
     struct World {
         sizes: HashMap<u64, u64>,
         shared_blocks: Vec<u64>,
@@ -218,114 +321,148 @@ mod tests {
         fn live_size(&self, object: u64) -> Option<u64> {
             self.sizes.get(&object).copied()
         }
+        fn tiny(&self, object: u64) -> bool {
+            self.sizes.get(&object).is_some_and(|&s| s < 16) && !self.with_pointers.contains(&object)
+        }
         fn others_in_block(&self, block: u64, _object: u64) -> bool {
             self.shared_blocks.contains(&block)
         }
-        fn closure_refers_to(&self, funcval: u64, _object: u64, _size: u64) -> bool {
-            self.cyclic.contains(&funcval)
-        }
-        fn points_to_pointer_free(&self, ptr_type: u64) -> bool {
-            !self.with_pointers.contains(&ptr_type)
+        fn reachable_from(&self, roots: &[u64], _object: u64, _size: u64) -> bool {
+            roots.iter().any(|r| self.cyclic.contains(r))
         }
     }
 
     #[test]
     fn lifecycle_of_registrations() {
-        let mut f = Finalizers::default();
+        let mut f = Finalizers::new(false);
         for (i, p) in [0x100u64, 0x200, 0x300, 0x400].iter().enumerate() {
-            f.record(&ev(RecordKind::FinalizerSet, *p, 0xf00 + i as u64, 1));
+            f.record0(&ev(RecordKind::FinalizerSet, *p, 0xf00 + i as u64, 1));
         }
-        f.record(&ev(RecordKind::FinalizerRemoved, 0x400, 0, 2));
-        f.record(&ev(RecordKind::FinalizerQueued, 0x100, 0xf00, 3));
-        f.record(&ev(RecordKind::FinalizerQueued, 0, 0xabc, 3)); // a 1.24 cleanup: no object
-        f.record(&ev(RecordKind::FinalizerQueued, 0x200, 0xf01, 3));
-        f.record(&ev(RecordKind::FinalizerStarted, 0x100, 0xf00, 4));
-        f.record(&ev(RecordKind::CleanupSet, 0x900, 0, 5));
-        assert_eq!((f.counts.registered, f.counts.removed, f.counts.queued, f.counts.started, f.counts.cleanups_registered), (4, 1, 2, 1, 1));
-        let waiting: Vec<u64> = f.not_run().iter().map(|r| r.object).collect();
-        assert_eq!(waiting, vec![0x200, 0x300]);
-        assert_eq!(f.queue_depth(), 1);
-        assert_eq!(f.running.as_ref().map(|r| (r.object, r.funcval, r.since_ns)), Some((0x100, 0xf00, 4)));
+        f.record0(&ev(RecordKind::FinalizerRemoved, 0x400, 0, 2));
+        f.record0(&ev(RecordKind::FinalizerQueued, 0x100, 0xf00, 3));
+        f.record0(&ev(RecordKind::FinalizerQueued, 0, 0xabc, 3)); // a 1.24 cleanup: no object
+        f.record0(&ev(RecordKind::FinalizerQueued, 0x200, 0xf01, 3));
+        f.record0(&on(7, ev(RecordKind::FinalizerStarted, 0x100, 0xf00, 4)));
+        // Two cleanups on one object, told apart by their handles; one is queued and run on
+        // another goroutine.
+        f.record0(&ev(RecordKind::CleanupSet, 0x900, 0xc1, 5));
+        f.record0(&ev(RecordKind::CleanupSet, 0x900, 0xc2, 5));
+        f.record0(&ev(RecordKind::CleanupQueued, 0x900, 0xc1, 6));
+        f.record0(&ev(RecordKind::CleanupQueued, 0x900, 0xc2, 6));
+        f.record0(&on(8, ev(RecordKind::CleanupStarted, 0xc1, 0, 7)));
+        // An entry probe that fired twice for one call (the prologue grew the stack).
+        f.record0(&ev(RecordKind::CleanupSet, 0x900, 0xc2, 5));
+        f.record0(&ev(RecordKind::CleanupQueued, 0x900, 0xc2, 6));
+        f.record0(&ev(RecordKind::FinalizerSet, 0x300, 0xf02, 1));
+        let c = f.counts;
+        assert_eq!((c.registered, c.removed, c.queued, c.started), (4, 1, 2, 1));
+        assert_eq!((c.cleanups_registered, c.cleanups_queued, c.cleanups_started), (2, 2, 1));
+        let waiting: Vec<(u64, u64)> = f.not_run().iter().map(|r| (r.object, r.handle)).collect();
+        assert_eq!(waiting, vec![(0x200, 0), (0x300, 0), (0x900, 0xc2)]);
+        let fing = &f.running[&7];
+        assert_eq!((fing.mechanism, fing.object, fing.function, fing.since_ns), (Mechanism::Finalizer, 0x100, 0xf00, 4));
+        let cleaner = &f.running[&8];
+        assert_eq!((cleaner.mechanism, cleaner.object, cleaner.handle), (Mechanism::Cleanup, 0x900, 0xc1));
+        assert_eq!(f.queue_depth(fing), 1, "the finalizer goroutine's queue");
+        assert_eq!(f.queue_depth(cleaner), 1, "the cleanup goroutine's queue");
+        // Go 1.24: one goroutine runs both.
+        let mut shared = Finalizers::new(true);
+        shared.record0(&ev(RecordKind::FinalizerSet, 0x100, 0xf00, 1));
+        shared.record0(&ev(RecordKind::CleanupSet, 0x200, 0xc1, 1));
+        shared.record0(&ev(RecordKind::FinalizerQueued, 0x100, 0xf00, 2));
+        shared.record0(&ev(RecordKind::CleanupQueued, 0x200, 0xc1, 2));
+        shared.record0(&on(7, ev(RecordKind::FinalizerSet, 0x300, 0xf00, 3)));
+        shared.record0(&on(7, ev(RecordKind::FinalizerQueued, 0x300, 0xf00, 3)));
+        shared.record0(&on(7, ev(RecordKind::FinalizerStarted, 0x300, 0xf00, 4)));
+        assert_eq!(shared.queue_depth(&shared.running[&7]), 2);
     }
 
     #[test]
     fn diagnoses() {
-        const PTR_TO_STRUCT_WITH_POINTERS: u64 = 0x77;
-        let mut f = Finalizers::default();
-        let mut set = |object: u64, funcval: u64, ptr_type: u64| {
-            let mut e = ev(RecordKind::FinalizerSet, object, funcval, 1);
-            e.type_ptr = ptr_type;
-            f.record(&e);
-        };
-        set(0x1000, 0xa0, 0); // held
-        set(0x2000, 0xb0, 0); // cycle
-        set(0x3008, 0xc0, 0); // tiny, second in its block: an earlier value shares it, tracked or not
-        set(0x5000, 0xc0, 0); // tiny, first in block 0x5000, a tracked value after it
-        set(0x6000, 0xc0, 0); // tiny, alone in its block
-        set(0x7008, 0xe0, PTR_TO_STRUCT_WITH_POINTERS); // 8 bytes with a pointer: not tiny
-        set(0x4000, 0xd0, 0); // queued
-        f.record(&ev(RecordKind::FinalizerQueued, 0x4000, 0xd0, 2));
+        let mut f = Finalizers::new(false);
+        let mut set = |object: u64, funcval: u64| f.record0(&ev(RecordKind::FinalizerSet, object, funcval, 1));
+        set(0x1000, 0xa0); // held
+        set(0x2000, 0xb0); // cycle
+        set(0x3008, 0xc0); // tiny, second in its block: an earlier value shares it, tracked or not
+        set(0x5000, 0xc0); // tiny, first in block 0x5000, a tracked value after it
+        set(0x6000, 0xc0); // tiny, alone in its block
+        set(0x7008, 0xe0); // 8 bytes with a pointer: not tiny
+        set(0x4000, 0xd0); // queued
+        f.record0(&ev(RecordKind::FinalizerQueued, 0x4000, 0xd0, 2));
+        f.record0(&ev(RecordKind::CleanupSet, 0x8000, 0xcc, 1)); // a cleanup whose handle reaches its object
         let world = World {
-            sizes: HashMap::from([(0x1000, 32), (0x2000, 32), (0x3008, 8), (0x5000, 8), (0x6000, 8), (0x7008, 8)]),
+            sizes: HashMap::from([(0x1000, 32), (0x2000, 32), (0x3008, 8), (0x5000, 8), (0x6000, 8), (0x7008, 8), (0x8000, 32)]),
             shared_blocks: vec![0x5000, 0x7000],
-            cyclic: vec![0xb0],
-            with_pointers: vec![PTR_TO_STRUCT_WITH_POINTERS],
+            cyclic: vec![0xb0, 0xcc],
+            with_pointers: vec![0x7008],
         };
-        let get = |p: u64| f.pending[&p].clone();
-        assert_eq!(diagnose(&get(0x1000), 2, 2, false, &world), Some(NeverRan::StillReachable));
-        assert_eq!(diagnose(&get(0x1000), 1, 2, false, &world), None, "too young");
-        assert_eq!(diagnose(&get(0x2000), 3, 2, false, &world), Some(NeverRan::ReachableFromOwnFinalizer));
-        assert_eq!(diagnose(&get(0x3008), 3, 2, false, &world), Some(NeverRan::TinyBlockShared));
-        assert_eq!(diagnose(&get(0x5000), 3, 2, false, &world), Some(NeverRan::TinyBlockShared));
-        assert_eq!(diagnose(&get(0x6000), 3, 2, false, &world), Some(NeverRan::StillReachable));
-        assert_eq!(diagnose(&get(0x7008), 3, 2, false, &world), Some(NeverRan::StillReachable), "size class 8, not tiny");
-        assert_eq!(diagnose(&get(0x4000), 3, 2, true, &world), Some(NeverRan::QueuedBehindBlockedFinalizer));
-        assert_eq!(diagnose(&get(0x4000), 3, 2, false, &world), None, "queued and the goroutine is not stuck");
+        let why = |k: Key, cycles_since: u64, blocked: bool| {
+            let r = &f.pending[&k];
+            diagnose(r, cycles_since, 2, blocked, &world)
+        };
+        let fin = Key::Finalizer;
+        assert_eq!(why(fin(0x1000), 2, false), Some(NeverRan::StillReachable));
+        assert_eq!(why(fin(0x1000), 1, false), None, "too young");
+        assert_eq!(why(fin(0x2000), 3, false), Some(NeverRan::ReachableFromOwnFinalizer));
+        assert_eq!(why(fin(0x3008), 3, false), Some(NeverRan::TinyBlockShared));
+        assert_eq!(why(fin(0x5000), 3, false), Some(NeverRan::TinyBlockShared));
+        assert_eq!(why(fin(0x6000), 3, false), Some(NeverRan::StillReachable));
+        assert_eq!(why(fin(0x7008), 3, false), Some(NeverRan::StillReachable), "size class 8, not tiny");
+        assert_eq!(why(fin(0x4000), 3, true), Some(NeverRan::QueuedBehindBlockedFinalizer));
+        assert_eq!(why(fin(0x4000), 3, false), None, "queued and the goroutine is not stuck");
+        assert_eq!(why(Key::Cleanup(0xcc), 3, false), Some(NeverRan::ReachableFromOwnFinalizer));
     }
 }
 
-/// One group of finalizers that never ran: same reason, registering site and finalizer.
+/// One group of finalizers or cleanups that never ran: same kind, reason, registering site and function.
 #[derive(Clone, Debug, Serialize)]
 pub struct NeverRanRow {
+    pub kind: Mechanism,
     pub reason: NeverRan,
     pub count: u64,
     pub object_type: String,
-    pub finalizer: String,
+    /// The finalizer or cleanup function.
+    pub function: String,
     /// Completed GC cycles since the oldest of them was registered, and its age.
     pub age_cycles: u64,
     pub age_seconds: f64,
-    /// Where `SetFinalizer` was called, site first.
+    /// Where `SetFinalizer` or `AddCleanup` was called, site first.
     pub registered_at: Vec<crate::sites::FrameRow>,
 }
 
-/// The finalizer the finalizer goroutine is stuck in, when finalizers wait behind it.
+/// A goroutine that runs finalizers or cleanups, as of the last one it was seen starting.
 #[derive(Clone, Debug, Serialize)]
-pub struct BlockedFinalizer {
-    pub finalizer: String,
-    pub object_type: String,
-    /// The goroutine's state: a wait reason ("chan receive"), or "running"/"runnable".
+pub struct RunnerGoroutine {
+    pub goid: u64,
+    /// "finalizers", "cleanups", or "finalizers and cleanups" (Go 1.24's finalizer goroutine).
+    pub runs: &'static str,
+    /// "finalizer wait" or "cleanup wait" when idle, another wait reason, "running" or "runnable".
     pub state: String,
+    /// The function it started last, its kind, and how long ago.
+    pub last_started: String,
+    pub last_started_kind: Mechanism,
+    pub last_started_seconds_ago: f64,
+    /// Set when it is stuck in that function while others wait behind it.
+    pub blocked: Option<Blocked>,
+}
+
+/// What a stuck runner holds up.
+#[derive(Clone, Debug, Serialize)]
+pub struct Blocked {
+    /// The type of the object whose finalizer or cleanup is stuck.
+    pub object_type: String,
     pub blocked_seconds: f64,
+    /// Finalizers or cleanups queued for this runner and not started.
     pub queue_depth: u64,
 }
 
-/// The finalizer goroutine, once it has been seen running a finalizer.
-#[derive(Clone, Debug, Serialize)]
-pub struct FinalizerGoroutine {
-    /// "finalizer wait" when idle, another wait reason, "running" or "runnable".
-    pub state: String,
-    /// The finalizer it started last, and how long ago.
-    pub last_started: String,
-    pub last_started_seconds_ago: f64,
-}
-
-/// The report's Finalizers section.
+/// The report's Finalizers section (finalizers and cleanups).
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct FinalizerSection {
     pub counts: FinalizerCounts,
     /// Registered and not started (yet).
     pub pending: u64,
     pub never_ran: Vec<NeverRanRow>,
-    pub blocked: Option<BlockedFinalizer>,
-    pub goroutine: Option<FinalizerGoroutine>,
+    /// Ordered by goroutine id.
+    pub runners: Vec<RunnerGoroutine>,
 }

@@ -2,8 +2,7 @@
 //!
 //! `abi.Type` (formerly `runtime._type`) has been laid out the same from Go 1.19 to 1.27: Size_
 //! at 0, PtrBytes at 8, TFlag at 20, Kind_ at 23, Str (a nameOff into the module's type data) at
-//! 40; 48 bytes in all, and a pointer type's Elem follows it. A name is one flag byte, a uvarint
-//! length and the bytes.
+//! 40. A name is one flag byte, a uvarint length and the bytes.
 
 use std::{collections::HashMap, io, sync::Arc};
 
@@ -26,7 +25,6 @@ pub struct GoType {
 
 const TYPE_SIZE_OFF: usize = 0;
 const TYPE_PTRBYTES_OFF: u64 = 8;
-const PTRTYPE_ELEM_OFF: u64 = 48;
 const TYPE_TFLAG_OFF: usize = 20;
 const TYPE_STR_OFF: usize = 40;
 const TYPE_HEADER_LEN: usize = 48;
@@ -82,14 +80,11 @@ fn read_type(mem: &dyn Memory, types_base: u64, type_ptr: u64) -> io::Result<GoT
     Ok(GoType { name, size })
 }
 
-/// Whether the type `ptr_type` (a `*T`) points to holds no pointers; None if unreadable.
-pub fn points_to_pointer_free(mem: &dyn Memory, ptr_type: u64) -> Option<bool> {
-    let word = |addr: u64| {
-        let mut b = [0u8; 8];
-        mem.read(addr, &mut b).ok().map(|()| u64::from_le_bytes(b))
-    };
-    let elem = word(ptr_type.checked_add(PTRTYPE_ELEM_OFF)?).filter(|&e| e != 0)?;
-    Some(word(elem + TYPE_PTRBYTES_OFF)? == 0)
+/// Whether the type holds no pointers (`PtrBytes` is 0); None if unreadable.
+pub fn pointer_free(mem: &dyn Memory, type_ptr: u64) -> Option<bool> {
+    let mut b = [0u8; 8];
+    mem.read(type_ptr.checked_add(TYPE_PTRBYTES_OFF)?, &mut b).ok()?;
+    Some(u64::from_le_bytes(b) == 0)
 }
 
 fn uvarint(b: &[u8]) -> Option<(u64, usize)> {
@@ -168,28 +163,16 @@ mod tests {
     }
 
     #[test]
-    fn pointer_free_elements() {
-        let ptr_to = |elem: u64| {
-            let mut t = type_desc(8, 0, 0);
-            t.extend_from_slice(&elem.to_le_bytes());
-            t
-        };
+    fn pointer_free_types() {
         let with_ptr_bytes = |n: u64| {
             let mut t = type_desc(16, 0, 0);
             t[TYPE_PTRBYTES_OFF as usize..][..8].copy_from_slice(&n.to_le_bytes());
             t
         };
-        let img = Image(vec![
-            (0x500000, ptr_to(0x600000)),
-            (0x500100, ptr_to(0x600100)),
-            (0x500200, ptr_to(0)),
-            (0x600000, with_ptr_bytes(0)),
-            (0x600100, with_ptr_bytes(8)),
-        ]);
-        assert_eq!(points_to_pointer_free(&img, 0x500000), Some(true));
-        assert_eq!(points_to_pointer_free(&img, 0x500100), Some(false));
-        assert_eq!(points_to_pointer_free(&img, 0x500200), None, "no element type");
-        assert_eq!(points_to_pointer_free(&img, 0x900000), None, "unreadable");
+        let img = Image(vec![(0x600000, with_ptr_bytes(0)), (0x600100, with_ptr_bytes(8))]);
+        assert_eq!(pointer_free(&img, 0x600000), Some(true));
+        assert_eq!(pointer_free(&img, 0x600100), Some(false));
+        assert_eq!(pointer_free(&img, 0x900000), None, "unreadable");
     }
 
     #[test]

@@ -19,7 +19,7 @@ use tracer_common::{ConstructorCookie, ContainerKind, ObjectEventCookie, ProbeCo
 use crate::{
     error::Failure,
     process::Process,
-    target::{Function, GoBinary, GoVersion, RuntimeLayout},
+    target::{CleanupFunction, Function, GoBinary, GoVersion, RuntimeLayout},
 };
 
 /// The runtimes maptrace knows the calling conventions of.
@@ -36,13 +36,17 @@ pub enum Role {
     CycleEnd,
     /// `(*sweepLocked).sweep`: a span is about to be swept (entry only).
     SpanSweep,
-    /// A finalizer or cleanup function (entry only).
+    /// A finalizer or cleanup function (entry only), or the call of a cleanup.
     ObjectEvent(ObjectEventCookie),
+    /// `freeSpecial`: a sweep releases an object's special record (entry only).
+    SpecialFreed,
 }
 
 #[derive(Clone, Debug)]
 pub struct ProbePoint {
     pub function: Function,
+    /// Where the first probe goes: the function's entry, or an instruction inside it.
+    pub at: u64,
     pub role: Role,
     pub rets: Vec<u64>,
 }
@@ -123,7 +127,18 @@ impl ProbePlan {
                 "runtime.removefinalizer" => object(RecordKind::FinalizerRemoved, 0, None, None),
                 // queuefinalizer(p, fn *funcval, nret, fint, ot), called from a sweep
                 "runtime.queuefinalizer" => object(RecordKind::FinalizerQueued, 0, Some(1), None),
-                "runtime.addCleanup" => object(RecordKind::CleanupSet, 0, None, None),
+                // addCleanup(p, handle…) → id; freeSpecial(s *special, p, size) queues a dead object's cleanup.
+                "runtime.addCleanup" => match bin.layout().cleanups {
+                    Some(c) => {
+                        let function = match c.function {
+                            CleanupFunction::Register(r) => Some(r),
+                            CleanupFunction::CapturedByHandle { .. } => None,
+                        };
+                        object(RecordKind::CleanupSet, 0, Some(c.handle_at_register), function)
+                    }
+                    None => continue,
+                },
+                "runtime.freeSpecial" if bin.layout().cleanups.is_some() => Role::SpecialFreed,
                 _ => continue,
             };
             wanted.push((f, role));
@@ -150,6 +165,18 @@ impl ProbePlan {
             };
             wanted.push((body, Role::ObjectEvent(started)));
         }
+        // A cleanup starts at the one call through a register in the function that runs them.
+        let mut inside = Vec::new();
+        if let Some(c) = bin.layout().cleanups {
+            if let Some(runner) = bin.function(c.runner) {
+                let calls = bin
+                    .indirect_call_sites(runner)
+                    .map_err(|e| Failure::Other(anyhow::anyhow!("finding the cleanup call in {}: {e}", runner.name)))?;
+                if let [call] = calls[..] {
+                    inside.push((runner, call, object(RecordKind::CleanupStarted, c.handle_at_call, None, None)));
+                }
+            }
+        }
         for needed in ["runtime.gcMarkTermination", "runtime.(*sweepLocked).sweep"] {
             if !wanted.iter().any(|(f, _)| f.name == needed) {
                 return Err(Failure::UnsupportedGo {
@@ -158,16 +185,18 @@ impl ProbePlan {
                 });
             }
         }
-        let mut points = Vec::with_capacity(wanted.len());
+        let mut points = Vec::with_capacity(wanted.len() + inside.len());
         for (f, role) in wanted {
-            if matches!(role, Role::CycleEnd | Role::SpanSweep | Role::ObjectEvent(_)) {
-                points.push(ProbePoint { function: f.clone(), role, rets: Vec::new() });
-                continue;
-            }
-            let rets = bin
-                .ret_sites(f)
-                .map_err(|e| Failure::Other(anyhow::anyhow!("finding RET instructions of {}: {e}", f.name)))?;
-            points.push(ProbePoint { function: f.clone(), role, rets });
+            let rets = if matches!(role, Role::Alloc | Role::Constructor(_)) {
+                bin.ret_sites(f)
+                    .map_err(|e| Failure::Other(anyhow::anyhow!("finding RET instructions of {}: {e}", f.name)))?
+            } else {
+                Vec::new()
+            };
+            points.push(ProbePoint { function: f.clone(), at: f.entry, role, rets });
+        }
+        for (f, at, role) in inside {
+            points.push(ProbePoint { function: f.clone(), at, role, rets: Vec::new() });
         }
         Ok(Self { points })
     }
@@ -200,7 +229,16 @@ impl Tracer {
             .override_global("CONFIG", &config, true)
             .load(EBPF_OBJECT)
             .map_err(|e| load_failure(&e))?;
-        for name in ["alloc_entry", "alloc_ret", "constructor_entry", "constructor_ret", "gc_cycle_end", "span_sweep", "object_event"] {
+        for name in [
+            "alloc_entry",
+            "alloc_ret",
+            "constructor_entry",
+            "constructor_ret",
+            "gc_cycle_end",
+            "span_sweep",
+            "object_event",
+            "special_freed",
+        ] {
             let prog: &mut UProbe = program(&mut ebpf, name)?;
             prog.load().map_err(|e| load_failure(&e))?;
         }
@@ -213,8 +251,9 @@ impl Tracer {
                 Role::CycleEnd => ("gc_cycle_end", "", None),
                 Role::SpanSweep => ("span_sweep", "", None),
                 Role::ObjectEvent(c) => ("object_event", "", Some(c.encode())),
+                Role::SpecialFreed => ("special_freed", "", None),
             };
-            let sites = std::iter::once((entry_prog, point.function.entry, cookie))
+            let sites = std::iter::once((entry_prog, point.at, cookie))
                 .chain(point.rets.iter().map(|&r| (ret_prog, r, None)));
             for (prog_name, vaddr, cookie) in sites {
                 let offset = bin.file_offset(vaddr).ok_or_else(|| {
@@ -276,6 +315,9 @@ fn probe_config(layout: &RuntimeLayout, load_bias: u64) -> ProbeConfig {
         inline_marks_max: inline_max,
         finalizer_loop_start: 0,
         finalizer_loop_end: 0,
+        special_kind: layout.cleanups.map_or(0, |c| c.special_kind_offset),
+        special_kind_cleanup: layout.cleanups.map_or(0, |c| u64::from(c.special_kind)),
+        special_cleanup_handle: layout.cleanups.map_or(0, |c| c.special_handle_offset),
     }
 }
 

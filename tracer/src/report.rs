@@ -126,39 +126,54 @@ impl Report {
         let c = &f.counts;
         writeln!(
             w,
-            "\nFinalizers: {} registered, {} removed, {} queued, {} started, {} pending; {} cleanups registered",
-            c.registered, c.removed, c.queued, c.started, f.pending, c.cleanups_registered
+            "\nFinalizers: {} registered, {} removed, {} queued, {} started; cleanups: {} registered, {} queued, {} started; {} pending",
+            c.registered, c.removed, c.queued, c.started, c.cleanups_registered, c.cleanups_queued, c.cleanups_started, f.pending
         )?;
-        if let Some(g) = &f.goroutine {
+        for g in &f.runners {
+            let state = if g.state.ends_with(" wait") && g.blocked.is_none() { format!("idle ({})", g.state) } else { g.state.clone() };
             writeln!(
                 w,
-                "finalizer goroutine: {}; last started {} {:.1} s ago",
-                if g.state == "finalizer wait" { "idle (finalizer wait)" } else { g.state.as_str() },
+                "goroutine {} (runs {}): {}; last started {} {} {:.1} s ago",
+                g.goid,
+                g.runs,
+                state,
+                g.last_started_kind.as_str(),
                 g.last_started,
                 g.last_started_seconds_ago
             )?;
-        }
-        if let Some(b) = &f.blocked {
-            writeln!(
-                w,
-                "finalizer goroutine blocked for {:.1} s in {} (object {}, state: {}), {} finalizer(s) queued behind it",
-                b.blocked_seconds, b.finalizer, b.object_type, b.state, b.queue_depth
-            )?;
+            if let Some(b) = &g.blocked {
+                writeln!(
+                    w,
+                    "  blocked for {:.1} s in {} {} (object {}, state: {}), {} queued behind it",
+                    b.blocked_seconds,
+                    g.last_started_kind.as_str(),
+                    g.last_started,
+                    b.object_type,
+                    g.state,
+                    b.queue_depth
+                )?;
+            }
         }
         if f.never_ran.is_empty() {
-            return writeln!(w, "no finalizer left unrun after ≥ {} GC cycles", self.gc.retain_cycles);
+            return writeln!(w, "no finalizer or cleanup left unrun after ≥ {} GC cycles", self.gc.retain_cycles);
         }
         for r in &f.never_ran {
             let site = r.registered_at.first().map_or("(runtime)".to_string(), |s| format!("{} {}:{}", s.function, s.file, s.line));
             writeln!(
                 w,
-                "{:>6} never ran: {} — {} with finalizer {}, {} cycles ({:.1} s) after SetFinalizer at {}",
+                "{:>6} {} never ran: {} — {} with {} {}, {} cycles ({:.1} s) after {} at {}",
                 r.count,
+                r.kind.as_str(),
                 r.reason.describe(),
                 r.object_type,
-                r.finalizer,
+                r.kind.as_str(),
+                r.function,
                 r.age_cycles,
                 r.age_seconds,
+                match r.kind {
+                    crate::finalizers::Mechanism::Finalizer => "SetFinalizer",
+                    crate::finalizers::Mechanism::Cleanup => "AddCleanup",
+                },
                 site
             )?;
         }
@@ -247,7 +262,7 @@ pub fn write_table(w: &mut dyn Write, rows: &[SiteRow], caller_lines: usize) -> 
 mod tests {
     use super::*;
     use crate::sites::{FrameRow, ValueKind};
-    use crate::finalizers::{FinalizerCounts, NeverRan, NeverRanRow};
+    use crate::finalizers::{Blocked, FinalizerCounts, Mechanism, NeverRan, NeverRanRow, RunnerGoroutine};
     use crate::retention::RetainedRow;
 
     fn report() -> Report {
@@ -293,17 +308,37 @@ mod tests {
             finalizers: FinalizerSection {
                 counts: FinalizerCounts { registered: 3, ..FinalizerCounts::default() },
                 pending: 3,
-                never_ran: vec![NeverRanRow {
-                    reason: NeverRan::ReachableFromOwnFinalizer,
-                    count: 3,
-                    object_type: "main.Resource".into(),
-                    finalizer: "main.open.func1".into(),
-                    age_cycles: 4,
-                    age_seconds: 0.5,
-                    registered_at: vec![FrameRow { function: "main.open".into(), file: "/src/main.go".into(), line: 40, pc: "0x3".into() }],
+                never_ran: vec![
+                    NeverRanRow {
+                        kind: Mechanism::Finalizer,
+                        reason: NeverRan::ReachableFromOwnFinalizer,
+                        count: 3,
+                        object_type: "main.Resource".into(),
+                        function: "main.open.func1".into(),
+                        age_cycles: 4,
+                        age_seconds: 0.5,
+                        registered_at: vec![FrameRow { function: "main.open".into(), file: "/src/main.go".into(), line: 40, pc: "0x3".into() }],
+                    },
+                    NeverRanRow {
+                        kind: Mechanism::Cleanup,
+                        reason: NeverRan::QueuedBehindBlockedFinalizer,
+                        count: 5,
+                        object_type: "main.File".into(),
+                        function: "main.closeFile".into(),
+                        age_cycles: 2,
+                        age_seconds: 0.2,
+                        registered_at: vec![FrameRow { function: "main.openFile".into(), file: "/src/main.go".into(), line: 50, pc: "0x4".into() }],
+                    },
+                ],
+                runners: vec![RunnerGoroutine {
+                    goid: 18,
+                    runs: "cleanups",
+                    state: "chan receive".into(),
+                    last_started: "main.stuckCleanup".into(),
+                    last_started_kind: Mechanism::Cleanup,
+                    last_started_seconds_ago: 1.25,
+                    blocked: Some(Blocked { object_type: "main.File".into(), blocked_seconds: 1.25, queue_depth: 5 }),
                 }],
-                blocked: None,
-                goroutine: None,
             },
         }
     }
@@ -323,7 +358,10 @@ mod tests {
         assert!(s.contains("2 (3.9 KiB)"), "{s}");
         assert!(s.contains("growing"), "{s}");
         assert!(s.contains("gc5:1 gc6:2 gc7:3"), "{s}");
-        assert!(s.contains("3 never ran: reachable from its own finalizer (a cycle: it can never run) — main.Resource with finalizer main.open.func1"), "{s}");
+        assert!(s.contains("3 finalizer never ran: reachable from its own finalizer or cleanup (a cycle: it can never run) — main.Resource with finalizer main.open.func1, 4 cycles (0.5 s) after SetFinalizer at main.open /src/main.go:40"), "{s}");
+        assert!(s.contains("5 cleanup never ran: queued behind a blocked finalizer or cleanup — main.File with cleanup main.closeFile"), "{s}");
+        assert!(s.contains("goroutine 18 (runs cleanups): chan receive; last started cleanup main.stuckCleanup 1.2 s ago"), "{s}");
+        assert!(s.contains("blocked for 1.2 s in cleanup main.stuckCleanup (object main.File, state: chan receive), 5 queued behind it"), "{s}");
     }
 
     #[test]
@@ -340,6 +378,8 @@ mod tests {
         assert_eq!(v["retained"][0]["trend"], "growing");
         assert_eq!(v["gc"]["last_cycle"], 7);
         assert_eq!(v["finalizers"]["never_ran"][0]["reason"], "reachable_from_own_finalizer");
+        assert_eq!(v["finalizers"]["never_ran"][1]["kind"], "cleanup");
+        assert_eq!(v["finalizers"]["runners"][0]["blocked"]["queue_depth"], 5);
     }
 
     #[test]

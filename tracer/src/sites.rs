@@ -8,16 +8,18 @@ use tracer_common::{ContainerKind, RecordKind};
 
 use crate::{
     events::Event,
-    gotype::GoType,
+    gotype::{GoType, Memory},
     symbolize::{is_allocator, is_gc_function, is_map_function, is_runtime_function, is_runtime_type},
     target::Frame,
 };
 
-/// Names for program counters and type pointers (the live process, or a fake in tests).
+/// Names for program counters and type pointers, and the target's memory behind them (the live
+/// process, or a fake in tests).
 pub trait Resolve {
     /// `pc` is exact: callers subtract one from return addresses.
     fn frame(&mut self, pc: u64) -> Option<Arc<Frame>>;
     fn go_type(&mut self, type_ptr: u64) -> Option<Arc<GoType>>;
+    fn memory(&self) -> &dyn Memory;
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -204,6 +206,12 @@ impl SiteTable {
         order.into_iter().take(limit).map(|(k, s)| row(k, s, names)).collect()
     }
 
+    /// The `*abi.Type` of a site's objects, when the site is of plain objects with a known type.
+    pub fn object_type(&self, site: u64) -> Option<u64> {
+        let (k, _) = self.sites.get(site as usize)?;
+        (k.kind == ValueKind::Object && k.type_ptr != 0).then_some(k.type_ptr)
+    }
+
     /// The row of one site, by the id [`Self::add`] returned.
     pub fn row(&self, site: u64, names: &mut dyn Resolve) -> Option<SiteRow> {
         let (k, s) = self.sites.get(site as usize)?;
@@ -315,6 +323,17 @@ mod tests {
                 _ => return None,
             };
             Some(Arc::new(GoType { name: name.into(), size: 48 }))
+        }
+
+        fn memory(&self) -> &dyn Memory {
+            self
+        }
+    }
+
+    /// No memory: the site table never reads any.
+    impl Memory for Fake {
+        fn read(&self, _addr: u64, _buf: &mut [u8]) -> std::io::Result<()> {
+            Err(std::io::ErrorKind::NotFound.into())
         }
     }
 

@@ -70,6 +70,10 @@ impl Resolve for Names<'_> {
     fn go_type(&mut self, type_ptr: u64) -> Option<Arc<GoType>> {
         self.types.resolve(&self.memory, type_ptr)
     }
+
+    fn memory(&self) -> &dyn Memory {
+        &self.memory
+    }
 }
 
 fn open_binary(process: &Process) -> Result<GoBinary, Failure> {
@@ -117,7 +121,10 @@ pub async fn run(opts: &TraceOptions) -> Result<(Report, Tracer), Failure> {
         types: TypeNames::new(binary.types_base().map(|b| b.wrapping_add(load_bias))),
         memory: ProcessOrFile { process: &process, binary: &binary, load_bias },
     };
-    let mut state = Correlator::new(LifecycleConfig { retain_cycles: opts.retain_cycles, ..LifecycleConfig::default() });
+    let mut state = Correlator::new(
+        LifecycleConfig { retain_cycles: opts.retain_cycles, ..LifecycleConfig::default() },
+        binary.layout().cleanups,
+    );
     let mut records = readable(tracer.take_records().map_err(Failure::Other)?)?;
     let exit = readable(process.exit_fd())?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(|e| Failure::Other(e.into()))?;

@@ -89,6 +89,75 @@ pub struct RuntimeLayout {
     /// so that [`Self::wait_reason`] answers `None` rather than a guess. The enum was reordered in 1.26
     /// (`waitReasonFinalizerWait` 16 → 10).
     pub wait_reasons: &'static [&'static str],
+    /// How cleanups are registered, queued and run; `None` before Go 1.24.
+    pub cleanups: Option<CleanupLayout>,
+}
+
+/// How a release carries a cleanup (`runtime.AddCleanup`) from registration to its call. Its
+/// *handle* is the word unique to one registration that the runtime passes along the way: the
+/// closure `AddCleanup` wraps `cleanup(arg)` in (1.24–1.25, `mcleanup.go@go1.24.11:95-100`), or the
+/// boxed argument `cleanupFn.arg` (1.26+, `mcleanup.go@go1.26.6:122-127,177-186`; the user's
+/// `cleanup` funcval is shared by every registration of a function without captures).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CleanupLayout {
+    /// `addCleanup`'s argument register holding the handle: `f *funcval` (1) in 1.24–1.25; in
+    /// 1.26+ `c cleanupFn{call, fn, arg}` spreads over registers 1–3 and `arg` is 3.
+    pub handle_at_register: u8,
+    /// Where the user's cleanup `*funcval` is.
+    pub function: CleanupFunction,
+    /// `runtime.special.kind` (uint8): 16 since the 1.24 layout (`next@0, offset@8 uintptr, kind@16`).
+    pub special_kind_offset: u64,
+    /// `_KindSpecialCleanup`: 6 in 1.24, 7 since 1.25 added `_KindSpecialTinyBlock`
+    /// (`mheap.go@go1.27.3:1940-1962`).
+    pub special_kind: u8,
+    /// The handle in `runtime.specialCleanup`: `fn` @24 (1.24–1.25), `cleanup.arg` @24+16 (1.26+).
+    pub special_handle_offset: u64,
+    /// The function that calls queued cleanups: `runtime.runfinq`, on the finalizer goroutine, in
+    /// 1.24 (`mfinal.go@go1.24.11:208-214`); `runtime.runCleanups` goroutines since 1.25. Each has
+    /// exactly one register-indirect call, the cleanup's.
+    pub runner: &'static str,
+    /// The handle at that call: the closure context in 1.24–1.25 (`fn()`); in 1.26+ the second
+    /// argument of `c.call(c.fn, c.arg)`.
+    pub handle_at_call: u8,
+    /// The runner's wait reason when it has nothing to run.
+    pub runner_idle: &'static str,
+}
+
+impl CleanupLayout {
+    /// Go 1.24: the finalizer goroutine runs cleanups too, so a stuck finalizer holds them up.
+    pub fn runs_on_finalizer_goroutine(&self) -> bool {
+        self.runner == "runtime.runfinq"
+    }
+}
+
+/// Where the user's cleanup function is, given a registration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CleanupFunction {
+    /// The handle is `AddCleanup`'s wrapper closure, whose first capture is `cleanup`: by value
+    /// in 1.24 (`mcleanup.go@go1.24.11:96`); by reference since 1.25 takes `&cleanup` for
+    /// `GODEBUG=checkfinalizers` (`mcleanup.go@go1.25.5:101,125`), so the word points at it.
+    CapturedByHandle { by_reference: bool },
+    /// In this `addCleanup` argument register (recorded as [`tracer_common::Record::type_ptr`]).
+    Register(u8),
+}
+
+fn cleanup_layout(version: &GoVersion) -> Option<CleanupLayout> {
+    let minor = (version.major == 1).then_some(version.minor)?;
+    let wrapped = minor < 26;
+    (minor >= 24).then_some(CleanupLayout {
+        handle_at_register: if wrapped { 1 } else { 3 },
+        function: if wrapped {
+            CleanupFunction::CapturedByHandle { by_reference: minor == 25 }
+        } else {
+            CleanupFunction::Register(2)
+        },
+        special_kind_offset: 16,
+        special_kind: if minor == 24 { 6 } else { 7 },
+        special_handle_offset: if wrapped { 24 } else { 24 + 16 },
+        runner: if minor == 24 { "runtime.runfinq" } else { "runtime.runCleanups" },
+        handle_at_call: if wrapped { tracer_common::CLOSURE_CONTEXT } else { 1 },
+        runner_idle: if minor == 24 { "finalizer wait" } else { "cleanup wait" },
+    })
 }
 
 impl RuntimeLayout {
@@ -359,6 +428,7 @@ pub(crate) fn runtime_layout(
         gc_cycles_addr,
         gc_cycles_size: structs.work_cycles.1,
         wait_reasons: wait_reasons(version),
+        cleanups: cleanup_layout(version),
     }
 }
 

@@ -23,7 +23,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 pub use buildinfo::GoVersion;
-pub use layout::{LayoutSource, RuntimeLayout, SpanLayout, INLINE_MARKS_LEN, INLINE_MARKS_OFFSET};
+pub use layout::{CleanupFunction, CleanupLayout, LayoutSource, RuntimeLayout, SpanLayout, INLINE_MARKS_LEN, INLINE_MARKS_OFFSET};
 
 /// CPU architecture of the target. Registers, RET encodings and (in principle) struct layouts depend on it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -262,16 +262,24 @@ impl GoBinary {
 
     /// Addresses of every return instruction in `f`, where a uprobe replaces a uretprobe (uretprobes crash Go).
     pub fn ret_sites(&self, f: &Function) -> Result<Vec<u64>, TargetError> {
+        rets::ret_sites(self.image.arch, self.code(f)?, f.entry)
+    }
+
+    /// Addresses of `f`'s calls through a register (a func value's call).
+    pub fn indirect_call_sites(&self, f: &Function) -> Result<Vec<u64>, TargetError> {
+        rets::indirect_call_sites(self.image.arch, self.code(f)?, f.entry)
+    }
+
+    fn code(&self, f: &Function) -> Result<&[u8], TargetError> {
         let len = f.end.checked_sub(f.entry).ok_or_else(|| {
             TargetError::corrupt(format!("function {} ends before it starts", f.name))
         })?;
-        let code = self.image.read(&self.bytes, f.entry, len).ok_or_else(|| {
+        self.image.read(&self.bytes, f.entry, len).ok_or_else(|| {
             TargetError::corrupt(format!(
                 "code of {} at {:#x} is not in the file",
                 f.name, f.entry
             ))
-        })?;
-        rets::ret_sites(self.image.arch, code, f.entry)
+        })
     }
 
     pub fn layout(&self) -> &RuntimeLayout {

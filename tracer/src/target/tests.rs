@@ -1140,3 +1140,43 @@ fn g_status_offsets_and_wait_reasons() {
     );
     assert_eq!(l.wait_reason(16), None);
 }
+
+#[test]
+fn cleanup_layout_matches_dwarf_and_code() {
+    for ver in VERSIONS {
+        let b = bin(ver, "finalizers");
+        let Some(c) = b.layout().cleanups else {
+            assert!(b.version().minor < 24, "{ver}: no cleanup layout");
+            assert!(b.function("runtime.addCleanup").is_none(), "{ver}");
+            continue;
+        };
+        assert!(b.version().minor >= 24, "{ver}");
+        let bytes = std::fs::read(target_path(ver, "finalizers")).unwrap();
+        let file = elf::open(&bytes).unwrap();
+        let m = dwarf::struct_members(&file, &["runtime.special", "runtime.specialCleanup", "runtime.cleanupFn"]).unwrap();
+        assert_eq!(m["runtime.special"]["kind"].offset, c.special_kind_offset, "{ver}");
+        assert_eq!(m["runtime.special"]["kind"].size, Some(1), "{ver}");
+        let special = &m["runtime.specialCleanup"];
+        let handle = match c.function {
+            CleanupFunction::CapturedByHandle { .. } => special["fn"].offset,
+            CleanupFunction::Register(_) => special["cleanup"].offset + m["runtime.cleanupFn"]["arg"].offset,
+        };
+        assert_eq!(handle, c.special_handle_offset, "{ver}");
+        // The runner's one call through a register is the cleanup's, as objdump shows it.
+        let runner = b.function(c.runner).unwrap_or_else(|| panic!("{ver}: {}", c.runner));
+        let ours = b.indirect_call_sites(runner).unwrap();
+        let path = target_path(ver, "finalizers");
+        let out = go_tool(ver, &["objdump", "-s", &format!("^{}$", c.runner.replace('.', "\\.")), path.to_str().unwrap()]);
+        let theirs: Vec<u64> = out
+            .lines()
+            .filter(|l| l.contains("\tCALL ") && ["AX", "BX", "CX", "DX", "SI", "DI"].iter().any(|r| l.trim_end().ends_with(&format!("CALL {r}"))))
+            .map(|l| {
+                let addr = l.split('\t').map(str::trim).find(|c| c.starts_with("0x")).unwrap();
+                u64::from_str_radix(&addr[2..], 16).unwrap()
+            })
+            .collect();
+        assert_eq!(ours.len(), 1, "{ver}: {}", c.runner);
+        assert_eq!(ours, theirs, "{ver}: {}", c.runner);
+        println!("{ver:8} special.kind@{} handle@{} kind={} runner {} call {:#x}", c.special_kind_offset, c.special_handle_offset, c.special_kind, c.runner, ours[0]);
+    }
+}
