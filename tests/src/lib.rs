@@ -222,6 +222,10 @@ impl Maptrace {
         Self { child, stdout, stderr: Lines::spawn(stderr), stderr_seen: Vec::new() }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Waits for the "attached" line: from then on every allocation is traced.
     pub fn wait_attached(&mut self) {
         let lines = self.stderr.until("maptrace to attach", |l| l.starts_with("maptrace: attached") || l.starts_with("maptrace: error"));

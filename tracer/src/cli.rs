@@ -19,9 +19,10 @@ when stderr is not a terminal). At the end, stdout gets three sections:
                     after the frame that created them returned: retained, live (in use) and
                     allocated counts and bytes, cycles survived, live count cycle by cycle and
                     whether it grows. Cycle numbers are the target's own (GODEBUG=gctrace=1).
-  Finalizers        registered, queued, started, pending; each group that never ran after K
-                    cycles, and why: still reachable, reachable from its own finalizer (it can
-                    never run), queued behind a blocked finalizer (named, with its wait reason),
+  Finalizers        finalizers and (Go 1.24+) cleanups: registered, queued, started, pending;
+                    the goroutines that run them; each group that never ran after K cycles,
+                    and why: still reachable, reachable from its own finalizer or cleanup (it
+                    can never run), queued behind a blocked one (named, with its wait reason),
                     or sharing a tiny-allocator block with live values.
 
 Cost: every allocation of the target traps into the kernel (full mode), which costs
@@ -62,6 +63,11 @@ pub struct Cli {
     /// No live view on stderr, even on a terminal.
     #[arg(long)]
     pub no_live: bool,
+
+    /// Also write every raw record the probes send to FILE (for a bug report, or to replay the
+    /// session through maptrace's pipeline: `cargo xtask bench` does).
+    #[arg(long, value_name = "FILE")]
+    pub record: Option<std::path::PathBuf>,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {

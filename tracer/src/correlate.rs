@@ -351,7 +351,7 @@ impl Correlator {
             row.count += 1;
         }
         let mut never_ran: Vec<NeverRanRow> = groups.into_values().collect();
-        never_ran.sort_by(|a, b| (a.kind, a.reason, std::cmp::Reverse(a.count)).cmp(&(b.kind, b.reason, std::cmp::Reverse(b.count))));
+        never_ran.sort_by_key(|r| (r.kind, r.reason, std::cmp::Reverse(r.count)));
         FinalizerSection { counts: f.counts, pending: f.not_run().len() as u64, never_ran, runners }
     }
 

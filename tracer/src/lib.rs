@@ -16,6 +16,7 @@ pub mod gotype;
 pub mod lifecycle;
 pub mod probes;
 pub mod process;
+pub mod recording;
 pub mod report;
 pub mod retention;
 pub mod sites;

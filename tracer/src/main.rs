@@ -16,6 +16,7 @@ fn main() {
         live: !cli.no_live && stderr_is_terminal(),
         top: if cli.json { usize::MAX } else { cli.top },
         retain_cycles: cli.cycles,
+        record: cli.record,
     };
     let result = tokio::runtime::Builder::new_current_thread()
         .enable_all()

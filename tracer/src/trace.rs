@@ -21,6 +21,7 @@ use crate::{
     gotype::{GoType, Memory, TypeNames},
     probes::{ProbePlan, Tracer},
     process::{missing_capabilities, Process},
+    recording::Recorder,
     report::{write_table, ProbeInfo, Report, TargetInfo},
     sites::{Resolve, SiteTable},
     symbolize::Symbolizer,
@@ -36,6 +37,8 @@ pub struct TraceOptions {
     pub top: usize,
     /// K: GC cycles an object must survive to count as retained.
     pub retain_cycles: u32,
+    /// Also write every raw record here (`recording`).
+    pub record: Option<std::path::PathBuf>,
 }
 
 /// Names from the live process, falling back to the binary file for static data (type
@@ -46,20 +49,51 @@ struct Names<'a> {
     memory: ProcessOrFile<'a>,
 }
 
+/// The process when there is one (`None` when replaying a recording), else the binary file.
 struct ProcessOrFile<'a> {
-    process: &'a Process,
+    process: Option<&'a Process>,
     binary: &'a GoBinary,
     load_bias: u64,
 }
 
 impl Memory for ProcessOrFile<'_> {
     fn read(&self, addr: u64, buf: &mut [u8]) -> std::io::Result<()> {
-        self.process.read(addr, buf).or_else(|e| {
-            self.binary
-                .read_static(addr.wrapping_sub(self.load_bias), buf)
-                .map_err(|_| e)
-        })
+        let live = match self.process {
+            Some(p) => p.read(addr, buf),
+            None => Err(std::io::ErrorKind::NotFound.into()),
+        };
+        live.or_else(|e| self.binary.read_static(addr.wrapping_sub(self.load_bias), buf).map_err(|_| e))
     }
+}
+
+impl<'a> Names<'a> {
+    fn new(binary: &'a GoBinary, process: Option<&'a Process>, load_bias: u64) -> Self {
+        Names {
+            symbols: Symbolizer::new(binary, load_bias),
+            types: TypeNames::new(binary.types_base().map(|b| b.wrapping_add(load_bias))),
+            memory: ProcessOrFile { process, binary, load_bias },
+        }
+    }
+}
+
+/// Replays a recording made of `binary` through decoding and correlation, with names from the
+/// binary alone (types the program made at run time stay unnamed): what the pipeline does with a
+/// session's records, without the session. Returns the correlator and the records that did not decode.
+pub fn replay(binary: &GoBinary, recording: &crate::recording::Recording, retain_cycles: u32) -> (Correlator, u64) {
+    let mut names = Names::new(binary, None, recording.load_bias);
+    let mut state = correlator(binary, retain_cycles);
+    let mut malformed = 0;
+    for record in &recording.records {
+        match TraceEvent::decode(record) {
+            Ok(ev) => state.record(&ev, &mut names),
+            Err(_) => malformed += 1,
+        }
+    }
+    (state, malformed)
+}
+
+fn correlator(binary: &GoBinary, retain_cycles: u32) -> Correlator {
+    Correlator::new(LifecycleConfig { retain_cycles, ..LifecycleConfig::default() }, binary.layout().cleanups)
 }
 
 impl Resolve for Names<'_> {
@@ -116,15 +150,12 @@ pub async fn run(opts: &TraceOptions) -> Result<(Report, Tracer), Failure> {
         }
     );
 
-    let mut names = Names {
-        symbols: Symbolizer::new(&binary, load_bias),
-        types: TypeNames::new(binary.types_base().map(|b| b.wrapping_add(load_bias))),
-        memory: ProcessOrFile { process: &process, binary: &binary, load_bias },
+    let mut names = Names::new(&binary, Some(&process), load_bias);
+    let mut state = correlator(&binary, opts.retain_cycles);
+    let mut recorder = match &opts.record {
+        Some(path) => Some(Recorder::create(path, load_bias).map_err(|e| Failure::Other(anyhow::anyhow!("--record {}: {e}", path.display())))?),
+        None => None,
     };
-    let mut state = Correlator::new(
-        LifecycleConfig { retain_cycles: opts.retain_cycles, ..LifecycleConfig::default() },
-        binary.layout().cleanups,
-    );
     let mut records = readable(tracer.take_records().map_err(Failure::Other)?)?;
     let exit = readable(process.exit_fd())?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(|e| Failure::Other(e.into()))?;
@@ -138,7 +169,7 @@ pub async fn run(opts: &TraceOptions) -> Result<(Report, Tracer), Failure> {
         tokio::select! {
             guard = records.readable_mut() => {
                 let mut guard = guard.map_err(|e| Failure::Other(e.into()))?;
-                drain(guard.get_inner_mut(), &mut state, &mut names);
+                drain(guard.get_inner_mut(), &mut state, &mut names, &mut recorder);
                 guard.clear_ready();
             }
             _ = exit.readable() => break "target exited",
@@ -149,7 +180,10 @@ pub async fn run(opts: &TraceOptions) -> Result<(Report, Tracer), Failure> {
         }
     };
     // Records already queued are still valid after the target exits.
-    drain(records.get_mut(), &mut state, &mut names);
+    drain(records.get_mut(), &mut state, &mut names, &mut recorder);
+    if let Some(Err(e)) = recorder.map(Recorder::finish) {
+        eprintln!("maptrace: writing the recording: {e}");
+    }
     let exited = ended_by == "target exited";
     let lost = tracer.lost_records();
     if opts.live {
@@ -178,7 +212,7 @@ pub async fn run(opts: &TraceOptions) -> Result<(Report, Tracer), Failure> {
         sites: state.sites.rows(&mut names, opts.top),
         finalizers: state.finalizer_section(
             &mut names,
-            &ProcessOrFile { process: &process, binary: &binary, load_bias },
+            &ProcessOrFile { process: Some(&process), binary: &binary, load_bias },
             binary.layout(),
             monotonic_ns(),
         ),
@@ -196,8 +230,14 @@ fn readable<T: AsRawFd>(fd: T) -> Result<AsyncFd<T>, Failure> {
         .map_err(|e| Failure::Other(anyhow::anyhow!("polling a descriptor: {e}")))
 }
 
-fn drain(ring: &mut aya::maps::RingBuf<aya::maps::MapData>, state: &mut Correlator, names: &mut Names) {
+fn drain(ring: &mut aya::maps::RingBuf<aya::maps::MapData>, state: &mut Correlator, names: &mut Names, recorder: &mut Option<Recorder>) {
     while let Some(item) = ring.next() {
+        if let Some(r) = recorder {
+            if let Err(e) = r.write(&item) {
+                eprintln!("maptrace: recording stopped: {e}");
+                *recorder = None;
+            }
+        }
         match TraceEvent::decode(&item) {
             Ok(ev) => state.record(&ev, names),
             Err(e) => log_once(&format!("maptrace: skipping a malformed record: {e}")),

@@ -3,9 +3,9 @@
 //!
 //! One module per responsibility: `layout` (paths), `go_versions` (which toolchains), `process`
 //! (running commands with a rustup-free PATH), `setup` (installing tools into .cache/), `rust_build`,
-//! `go_targets`, `demo`, `test`, `timings`. A future `bench` subcommand gets its own module beside
-//! `test` and reuses `setup`, `rust_build` and `go_targets` the same way.
+//! `go_targets`, `demo`, `test`, `bench`, `timings`.
 
+mod bench;
 mod demo;
 mod go_targets;
 mod go_versions;
@@ -54,6 +54,16 @@ enum Cmd {
         #[arg(last = true)]
         cargo_test_args: Vec<String>,
     },
+    /// Measure what tracing costs (root): the allocation benchmark untraced and traced, attach
+    /// time, maptrace's memory, and the pipeline's records per second on a recorded stream.
+    Bench {
+        /// Runs of each kind, interleaved.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Length of each benchmark run, in milliseconds.
+        #[arg(long, value_name = "MS", default_value_t = 2000)]
+        run_ms: u64,
+    },
 }
 
 /// Which Go versions to build for: every supported one unless `--go` narrows it down.
@@ -87,6 +97,7 @@ fn run(cli: Cli) -> Result<i32> {
             go_targets::build_targets(&layout, &versions)?;
         }
         Cmd::Demo => return demo::demo(&layout),
+        Cmd::Bench { rounds, run_ms } => return bench::bench(&layout, rounds.max(1), std::time::Duration::from_millis(run_ms)),
         Cmd::Test {
             go,
             cargo_test_args,

@@ -1,0 +1,189 @@
+//! `bench`: what maptrace costs, measured, not assumed (numbers to read, never a test).
+//!
+//! 1. The allocation benchmark (`go-targets/allocbench`, several goroutines allocating objects,
+//!    maps and slices) untraced and traced in full mode, interleaved run by run so that drift in
+//!    the machine hits both alike: operations per second (min/median/max), the ratio of medians,
+//!    and the wall time added per allocation. From the traced runs: attach time, records lost,
+//!    maptrace's peak resident memory.
+//! 2. The pipeline: one traced run is recorded (`maptrace --record`) and replayed through
+//!    decoding and correlation on one core (`tracer/benches/pipeline.rs`): records per second,
+//!    and resident bytes per tracked object with a million objects tracked.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use e2e::{Maptrace, Target};
+
+use crate::go_versions::{self, PRIMARY};
+use crate::layout::Layout;
+use crate::{go_targets, process, rust_build, setup};
+
+/// Goroutines allocating in the benchmark.
+const GOROUTINES: u32 = 4;
+
+/// One run of the allocation benchmark, from its done line.
+struct Run {
+    ops: f64,
+    seconds: f64,
+    mallocs: f64,
+}
+
+impl Run {
+    fn parse(done: &str) -> Result<Self> {
+        let field = |key: &str| -> Result<f64> {
+            done.split_whitespace()
+                .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+                .and_then(|v| v.parse().ok())
+                .with_context(|| format!("no {key}= in the benchmark's done line {done:?}"))
+        };
+        Ok(Run { ops: field("ops")?, seconds: field("nanos")? / 1e9, mallocs: field("mallocs")? })
+    }
+
+    fn ops_per_second(&self) -> f64 {
+        self.ops / self.seconds
+    }
+
+    fn allocations_per_second(&self) -> f64 {
+        self.mallocs / self.seconds
+    }
+}
+
+/// What a traced run adds to its `Run`.
+struct Traced {
+    run: Run,
+    attach_seconds: f64,
+    uprobes: u64,
+    lost: u64,
+    records: u64,
+    peak_rss_kib: u64,
+}
+
+pub fn bench(layout: &Layout, rounds: usize, duration: Duration) -> Result<i32> {
+    if !process::is_root() {
+        bail!("the benchmark attaches eBPF uprobes and needs root: run `sudo ./x bench`");
+    }
+    let primary = go_versions::find(PRIMARY)?;
+    setup::setup(layout)?;
+    rust_build::build(layout)?;
+    go_targets::build_targets(layout, &[primary])?;
+    let target = layout.go_targets_out().join(PRIMARY).join("allocbench");
+    let recording = layout.cache().join("bench.records");
+    let duration_arg = format!("-duration={}ms", duration.as_millis());
+    let goroutines_arg = format!("-goroutines={GOROUTINES}");
+    let args = [duration_arg.as_str(), goroutines_arg.as_str()];
+
+    let mut untraced = Vec::new();
+    let mut traced = Vec::new();
+    for round in 0..rounds {
+        println!("bench: round {}/{rounds}", round + 1);
+        untraced.push(run_untraced(&target, &args)?);
+        traced.push(run_traced(&target, &args, (round == 0).then_some(recording.as_path()))?);
+    }
+
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        (v[0], v[v.len() / 2], v[v.len() - 1])
+    };
+    let (u_min, u_med, u_max) = median(untraced.iter().map(Run::ops_per_second).collect());
+    let (t_min, t_med, t_max) = median(traced.iter().map(|t| t.run.ops_per_second()).collect());
+    let (_, u_allocs, _) = median(untraced.iter().map(Run::allocations_per_second).collect());
+    let (_, t_allocs, _) = median(traced.iter().map(|t| t.run.allocations_per_second()).collect());
+    let (_, attach, _) = median(traced.iter().map(|t| t.attach_seconds).collect());
+    let (_, rss, _) = median(traced.iter().map(|t| t.peak_rss_kib as f64).collect());
+    let lost: u64 = traced.iter().map(|t| t.lost).sum();
+    let records: u64 = traced.iter().map(|t| t.records).sum();
+
+    println!("\nallocbench, Go {PRIMARY}, {GOROUTINES} goroutines, {:.1} s per run, {rounds} runs each, interleaved", duration.as_secs_f64());
+    println!("{:<10} {:>12} {:>12} {:>12} {:>10} {:>14} {:>16}", "", "ops/s min", "median", "max", "÷ untraced", "allocs/s", "ns added/alloc");
+    println!("{:<10} {u_min:>12.0} {u_med:>12.0} {u_max:>12.0} {:>10} {u_allocs:>14.0} {:>16}", "untraced", "1", "");
+    println!(
+        "{:<10} {t_min:>12.0} {t_med:>12.0} {t_max:>12.0} {:>10.1} {t_allocs:>14.0} {:>16.0}",
+        "full",
+        u_med / t_med,
+        1e9 / t_allocs - 1e9 / u_allocs
+    );
+    println!(
+        "traced runs: {} uprobes attached in {attach:.3} s (median); {records} records, {lost} lost; maptrace peak RSS {:.1} MiB (median)",
+        traced[0].uprobes,
+        rss / 1024.0
+    );
+
+    let binary = layout.go_targets_out().join(PRIMARY).join("allocbench");
+    let mut cmd = process::cargo(&layout.root);
+    cmd.args(["bench", "-q", "-p", "tracer", "--bench", "pipeline", "--"]).arg(&recording).arg(&binary).arg("10");
+    println!("\n$ {}", process::describe(&cmd));
+    let out = cmd.output().context("running the pipeline benchmark")?;
+    if !out.status.success() {
+        bail!("the pipeline benchmark failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let p: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .with_context(|| format!("the pipeline benchmark printed {stdout:?}"))?;
+    let rate = &p["records_per_second"];
+    println!(
+        "pipeline (one core, the first traced run's {} records replayed {} times): {} records/s median (min {}, max {})",
+        p["records"], p["repeats"], rate["median"], rate["min"], rate["max"]
+    );
+    let per_object = p["resident_bytes_per_object"].as_f64().unwrap_or(f64::NAN);
+    println!(
+        "lifecycle engine: {per_object:.0} resident bytes per tracked object ({} tracked): {:.0} MiB per million objects",
+        p["tracked_objects"],
+        per_object * 1e6 / f64::from(1 << 20)
+    );
+    Ok(0)
+}
+
+fn run_untraced(target: &Path, args: &[&str]) -> Result<Run> {
+    let mut t = Target::start(target, args);
+    t.go();
+    let done = t.wait_done();
+    t.finish();
+    Run::parse(&done)
+}
+
+fn run_traced(target: &Path, args: &[&str], record: Option<&Path>) -> Result<Traced> {
+    let mut t = Target::start(target, args);
+    let pid = t.pid.to_string();
+    let mut maptrace_args = vec!["--pid", &pid, "--json", "--no-live"];
+    let record_arg;
+    if let Some(path) = record {
+        record_arg = path.display().to_string();
+        maptrace_args.extend(["--record", &record_arg]);
+    }
+    let mut m = Maptrace::start(&maptrace_args);
+    let peak = peak_rss_watcher(m.pid());
+    m.wait_attached();
+    t.go();
+    let done = t.wait_done();
+    t.finish();
+    let outcome = m.finish();
+    if !outcome.status.success() {
+        bail!("maptrace failed: {:?}", outcome.stderr);
+    }
+    let report = outcome.json();
+    let num = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
+    Ok(Traced {
+        run: Run::parse(&done)?,
+        attach_seconds: report["probes"]["attach_seconds"].as_f64().unwrap_or(f64::NAN),
+        uprobes: num(&report["probes"]["uprobes"]),
+        lost: num(&report["lost_records"]),
+        records: num(&report["totals"]["records"]),
+        peak_rss_kib: peak.join().unwrap_or(0),
+    })
+}
+
+/// Polls a process's VmHWM (peak resident set) until it exits; returns the last value, in KiB.
+fn peak_rss_watcher(pid: u32) -> std::thread::JoinHandle<u64> {
+    std::thread::spawn(move || {
+        let mut peak = 0;
+        while let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+            if let Some(kib) = status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().trim_end_matches(" kB").parse().ok()) {
+                peak = kib;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        peak
+    })
+}
+
