@@ -178,6 +178,11 @@ impl Correlator {
                     .object_containing(ev.ptr)
                     .filter(|o| o.site & PARTS == 0)
                     .and_then(|o| self.sites.object_type(o.site));
+                match ev.kind {
+                    RecordKind::FinalizerSet => self.lifecycle.on_finalizer(ev.ptr, true),
+                    RecordKind::FinalizerRemoved => self.lifecycle.on_finalizer(ev.ptr, false),
+                    _ => {}
+                }
                 match self.cleanup_function(ev, names.memory()) {
                     Some(function) => self.finalizers.record(&Event { type_ptr: function, ..ev.clone() }, alloc_type.unwrap_or(0)),
                     None => self.finalizers.record(ev, alloc_type.unwrap_or(0)),

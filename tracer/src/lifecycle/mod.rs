@@ -137,6 +137,9 @@ pub struct LifecycleStats {
     pub unknown_mark_bits: u64,
     /// Objects a sweep left untouched because they were born in (or after) the sweep's cycle.
     pub sweep_too_young: u64,
+    /// Unmarked objects a sweep kept alive because they had a finalizer (the runtime resurrects
+    /// them and queues the finalizer).
+    pub resurrected: u64,
 }
 
 impl Default for Lifecycle {
@@ -490,7 +493,14 @@ impl Lifecycle {
                 continue;
             }
             if byte >> (idx % 8) & 1 == 0 {
-                dead.push(addr);
+                // The sweep resurrects an object with a finalizer, and frees the finalizer's special
+                // (`mgcsweep.go@go1.27.3:554-612`): it dies at a later sweep, once the finalizer has run.
+                if e.has_finalizer() {
+                    e.set_finalizer(false);
+                    self.stats.resurrected += 1;
+                } else {
+                    dead.push(addr);
+                }
             } else if confirms && !e.confirmed() {
                 let before = survived(e, last) >= k;
                 e.set_confirmed(true);
@@ -507,6 +517,13 @@ impl Lifecycle {
             }
         }
         self.scratch = dead;
+    }
+
+    /// `SetFinalizer` gave the object at `addr` a finalizer (`on`), or removed it.
+    pub fn on_finalizer(&mut self, addr: u64, on: bool) {
+        if let Some(e) = self.table.objects.get_mut(&addr) {
+            e.set_finalizer(on);
+        }
     }
 
     /// The object containing `addr` is dead (an exact event such as `freeSpecial`).

@@ -5,30 +5,33 @@ use std::collections::BTreeMap;
 
 /// One tracked object; its address is the map key. 24 bytes (32 with the key): cycles are `u32` because
 /// they are in Go (`work.cycles` and `memstats.numgc` are `uint32`), the site is an index into the
-/// engine's site table, and one bit of that index says whether the current cycle's sweep confirmed that
-/// the object survived.
+/// engine's site table, and two bits of that index say whether the current cycle's sweep confirmed that
+/// the object survived and whether it has a finalizer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct Entry {
     pub size: u64,
     pub time_ns: u64,
-    /// Site index (31 bits) | [`CONFIRMED`].
+    /// Site index (30 bits) | [`CONFIRMED`] | [`FINALIZER`].
     meta: u32,
     pub born: u32,
 }
 
 /// Set when a sweep for the last completed cycle found the object marked; cleared at every cycle end.
 const CONFIRMED: u32 = 1 << 31;
+/// Set while the object has a finalizer: the sweep that finds it unmarked resurrects it instead.
+const FINALIZER: u32 = 1 << 30;
+const FLAGS: u32 = CONFIRMED | FINALIZER;
 /// Largest site index an [`Entry`] can hold.
-pub(super) const MAX_SITES: usize = CONFIRMED as usize;
+pub(super) const MAX_SITES: usize = FINALIZER as usize;
 
 impl Entry {
     pub fn new(size: u64, time_ns: u64, site: u32, born: u32) -> Self {
         debug_assert!((site as usize) < MAX_SITES);
-        Entry { size, time_ns, meta: site & !CONFIRMED, born }
+        Entry { size, time_ns, meta: site & !FLAGS, born }
     }
 
     pub fn site(&self) -> usize {
-        (self.meta & !CONFIRMED) as usize
+        (self.meta & !FLAGS) as usize
     }
 
     pub fn confirmed(&self) -> bool {
@@ -36,10 +39,22 @@ impl Entry {
     }
 
     pub fn set_confirmed(&mut self, on: bool) {
+        self.set(CONFIRMED, on);
+    }
+
+    pub fn has_finalizer(&self) -> bool {
+        self.meta & FINALIZER != 0
+    }
+
+    pub fn set_finalizer(&mut self, on: bool) {
+        self.set(FINALIZER, on);
+    }
+
+    fn set(&mut self, flag: u32, on: bool) {
         if on {
-            self.meta |= CONFIRMED;
+            self.meta |= flag;
         } else {
-            self.meta &= !CONFIRMED;
+            self.meta &= !flag;
         }
     }
 }

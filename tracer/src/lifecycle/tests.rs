@@ -653,3 +653,25 @@ fn recorded_stream() {
     assert_eq!(lc.last_cycle(), Some(49));
 }
 
+
+#[test]
+fn a_finalizer_resurrects_its_object_for_one_sweep() {
+    let mut lc = engine();
+    cycle(&mut lc, 1, 10);
+    alloc(&mut lc, 0x1000, 32, A, 1, 11);
+    alloc(&mut lc, 0x1020, 32, A, 1, 11);
+    alloc(&mut lc, 0x1040, 32, A, 1, 11);
+    lc.on_finalizer(0x1000, true);
+    lc.on_finalizer(0x1040, true);
+    lc.on_finalizer(0x1040, false); // SetFinalizer(x, nil)
+    cycle(&mut lc, 2, 20);
+    sweep(&mut lc, 0x1000, 32, 4, &[], 21);
+    assert!(alive(&lc, 0x1000), "resurrected: its finalizer is queued");
+    assert!(!alive(&lc, 0x1020) && !alive(&lc, 0x1040));
+    assert_eq!(lc.stats().resurrected, 1);
+    // The finalizer ran; the next cycle finds it unreachable again, and this time frees it.
+    cycle(&mut lc, 3, 30);
+    sweep(&mut lc, 0x1000, 32, 4, &[], 31);
+    assert!(!alive(&lc, 0x1000));
+    assert_eq!(site(&lc, A).freed_by_sweep, 3);
+}
