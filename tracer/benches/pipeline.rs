@@ -8,7 +8,7 @@
 
 use std::{mem::offset_of, path::PathBuf, time::Instant};
 
-use tracer::{recording, target::GoBinary, trace::replay};
+use tracer::{recording, session::replay, target::GoBinary};
 use tracer_common::{ContainerKind, Record, RecordKind};
 
 /// Objects tracked for the memory measurement (the lifecycle engine's default bound).
@@ -23,13 +23,13 @@ fn main() {
     };
     let repeat: usize = rest.first().map_or(10, |r| r.parse().expect("REPEAT is a number"));
     let rec = recording::read(&PathBuf::from(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
-    let bin = GoBinary::open(&PathBuf::from(binary)).unwrap_or_else(|e| panic!("{binary}: {e}"));
+    let bin = std::sync::Arc::new(GoBinary::open(&PathBuf::from(binary)).unwrap_or_else(|e| panic!("{binary}: {e}")));
 
     let mut rates = Vec::new();
     let mut malformed = 0;
     for _ in 0..repeat {
         let start = Instant::now();
-        let (state, bad) = replay(&bin, &rec, 2);
+        let (state, bad) = replay(bin.clone(), &rec, 2);
         let seconds = start.elapsed().as_secs_f64();
         std::hint::black_box(&state);
         malformed = bad;
@@ -61,7 +61,7 @@ fn main() {
             .collect(),
     };
     let before = resident_bytes();
-    let (state, _) = replay(&bin, &many, 2);
+    let (state, _) = replay(bin.clone(), &many, 2);
     let grown = resident_bytes().saturating_sub(before);
     let tracked = state.gc_info(false).objects_tracked as u64;
     println!(

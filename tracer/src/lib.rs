@@ -3,8 +3,8 @@
 //! One module per stage of the data flow: `process` and `target` (the live process and its
 //! binary) → `probes` (what to attach where, and attaching) → `events` (ring-buffer records)
 //! → `correlate` (events into `sites`, the `lifecycle` engine and creating `frames`, with names
-//! from `symbolize` / `gotype`) → `retention` and `report` (text and JSON); `trace` runs one
-//! session and `cli` is the command line.
+//! from `symbolize` / `gotype`) → `retention` and `report` (text and JSON); `session` is one
+//! attached target, `trace` the CLI's run of one, and `cli` is the command line.
 
 pub mod cli;
 pub mod correlate;
@@ -19,6 +19,7 @@ pub mod process;
 pub mod recording;
 pub mod report;
 pub mod retention;
+pub mod session;
 pub mod sites;
 pub mod symbolize;
 pub mod target;

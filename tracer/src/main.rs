@@ -24,12 +24,12 @@ fn main() {
         .map_err(|e| tracer::error::Failure::Other(e.into()))
         .and_then(|rt| rt.block_on(run(&opts)));
     match result {
-        Ok((report, tracer)) => {
+        Ok((report, session)) => {
             let mut out = std::io::stdout().lock();
             let written = if cli.json { report.write_json(&mut out) } else { report.write_text(&mut out) };
             let _ = out.flush();
             drop(out);
-            tracer.detach();
+            session.detach();
             if let Err(e) = written {
                 if e.kind() != std::io::ErrorKind::BrokenPipe {
                     eprintln!("maptrace: error: writing the report: {e}");

@@ -5,21 +5,21 @@ use std::{collections::HashMap, sync::Arc};
 use crate::target::{Frame, GoBinary};
 
 /// Memoizing symbolizer for one process image.
-pub struct Symbolizer<'a> {
-    binary: &'a GoBinary,
+pub struct Symbolizer {
+    binary: Arc<GoBinary>,
     /// Runtime address minus link-time address (non-zero for PIE builds).
     load_bias: u64,
     cache: HashMap<u64, Option<Arc<Frame>>>,
 }
 
-impl<'a> Symbolizer<'a> {
-    pub fn new(binary: &'a GoBinary, load_bias: u64) -> Self {
+impl Symbolizer {
+    pub fn new(binary: Arc<GoBinary>, load_bias: u64) -> Self {
         Self { binary, load_bias, cache: HashMap::new() }
     }
 
     /// The frame executing `pc`. Pass a return address minus one so the call's own line is found.
     pub fn frame(&mut self, pc: u64) -> Option<Arc<Frame>> {
-        let (binary, bias) = (self.binary, self.load_bias);
+        let (binary, bias) = (&self.binary, self.load_bias);
         self.cache
             .entry(pc)
             .or_insert_with(|| binary.symbolize(pc.wrapping_sub(bias)).map(Arc::new))

@@ -1,0 +1,277 @@
+//! One attached target, owned: its process, binary, probes and the correlated state. The CLI runs
+//! one (`trace`), the node agent many side by side (`agent`).
+
+use std::{
+    os::fd::{AsRawFd, OwnedFd},
+    sync::Arc,
+    time::Instant,
+};
+
+use aya::maps::{MapData, RingBuf};
+use tokio::io::{unix::AsyncFd, Interest};
+
+use crate::{
+    correlate::Correlator,
+    error::Failure,
+    events::TraceEvent,
+    gotype::{GoType, Memory, TypeNames},
+    lifecycle::LifecycleConfig,
+    probes::{ProbePlan, Tracer},
+    process::Process,
+    recording::{Recorder, Recording},
+    report::{ProbeInfo, Report, TargetInfo},
+    sites::{Resolve, SiteRow},
+    symbolize::Symbolizer,
+    target::{Frame, GoBinary, TargetError},
+};
+
+/// Names from the live process, falling back to the binary file for static data (type
+/// descriptors) once the process has exited.
+struct Names {
+    symbols: Symbolizer,
+    types: TypeNames,
+    memory: ProcessOrFile,
+}
+
+/// The process when there is one (`None` when replaying a recording), else the binary file.
+struct ProcessOrFile {
+    process: Option<Arc<Process>>,
+    binary: Arc<GoBinary>,
+    load_bias: u64,
+}
+
+impl Memory for ProcessOrFile {
+    fn read(&self, addr: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        let live = match &self.process {
+            Some(p) => p.read(addr, buf),
+            None => Err(std::io::ErrorKind::NotFound.into()),
+        };
+        live.or_else(|e| self.binary.read_static(addr.wrapping_sub(self.load_bias), buf).map_err(|_| e))
+    }
+}
+
+impl Names {
+    fn new(binary: Arc<GoBinary>, process: Option<Arc<Process>>, load_bias: u64) -> Self {
+        Names {
+            symbols: Symbolizer::new(binary.clone(), load_bias),
+            types: TypeNames::new(binary.types_base().map(|b| b.wrapping_add(load_bias))),
+            memory: ProcessOrFile { process, binary, load_bias },
+        }
+    }
+}
+
+impl Resolve for Names {
+    fn frame(&mut self, pc: u64) -> Option<Arc<Frame>> {
+        self.symbols.frame(pc)
+    }
+
+    fn go_type(&mut self, type_ptr: u64) -> Option<Arc<GoType>> {
+        self.types.resolve(&self.memory, type_ptr)
+    }
+
+    fn memory(&self) -> &dyn Memory {
+        &self.memory
+    }
+}
+
+/// Replays a recording made of `binary` through decoding and correlation, with names from the
+/// binary alone (types the program made at run time stay unnamed): what the pipeline does with a
+/// session's records, without the session. Returns the correlator and the records that did not decode.
+pub fn replay(binary: Arc<GoBinary>, recording: &Recording, retain_cycles: u32) -> (Correlator, u64) {
+    let mut state = correlator(&binary, retain_cycles);
+    let mut names = Names::new(binary, None, recording.load_bias);
+    let mut malformed = 0;
+    for record in &recording.records {
+        match TraceEvent::decode(record) {
+            Ok(ev) => state.record(&ev, &mut names),
+            Err(_) => malformed += 1,
+        }
+    }
+    (state, malformed)
+}
+
+fn correlator(binary: &GoBinary, retain_cycles: u32) -> Correlator {
+    Correlator::new(LifecycleConfig { retain_cycles, ..LifecycleConfig::default() }, binary.layout().cleanups)
+}
+
+fn open_binary(process: &Process) -> Result<GoBinary, Failure> {
+    GoBinary::open(&process.exe_path).map_err(|e| match e {
+        TargetError::NotElf(_) | TargetError::NotGo(_) => {
+            Failure::NotGo { pid: process.pid, exe: process.exe_display.clone(), why: e.to_string() }
+        }
+        TargetError::UnsupportedVersion { version, reason } => Failure::UnsupportedGo { version, why: reason },
+        other => Failure::Other(anyhow::anyhow!("reading {}: {other}", process.exe_display)),
+    })
+}
+
+/// What [`Session::step`] saw.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    Records,
+    Exited,
+}
+
+/// An attached target.
+pub struct Session {
+    pub process: Arc<Process>,
+    pub binary: Arc<GoBinary>,
+    pub plan: ProbePlan,
+    tracer: Tracer,
+    records: AsyncFd<RingBuf<MapData>>,
+    /// Readable once the target has exited.
+    exit: AsyncFd<OwnedFd>,
+    pub state: Correlator,
+    names: Names,
+    recorder: Option<Recorder>,
+    load_bias: u64,
+    pub started: Instant,
+}
+
+impl Session {
+    /// Opens the process and its binary, and attaches the probes (needs a tokio reactor).
+    pub fn attach(pid: u32, retain_cycles: u32) -> Result<Self, Failure> {
+        let process = Arc::new(Process::open(pid)?);
+        let binary = Arc::new(open_binary(&process)?);
+        let plan = ProbePlan::for_binary(&binary)?;
+        let load_bias = process.load_bias(binary.load_vaddr()).unwrap_or(0);
+        let mut tracer = Tracer::attach(&binary, &process, &plan, load_bias)?;
+        let records = readable(tracer.take_records().map_err(Failure::Other)?)?;
+        let exit_fd = process.exit_fd().try_clone_to_owned().map_err(|e| Failure::Other(e.into()))?;
+        Ok(Session {
+            exit: readable(exit_fd)?,
+            state: correlator(&binary, retain_cycles),
+            names: Names::new(binary.clone(), Some(process.clone()), load_bias),
+            process,
+            binary,
+            plan,
+            tracer,
+            records,
+            recorder: None,
+            load_bias,
+            started: Instant::now(),
+        })
+    }
+
+    /// Also write every record to `recorder` from now on.
+    pub fn record_to(&mut self, recorder: Recorder) {
+        self.recorder = Some(recorder);
+    }
+
+    pub fn uprobes(&self) -> usize {
+        self.tracer.attached
+    }
+
+    pub fn attach_seconds(&self) -> f64 {
+        self.tracer.attach_time.as_secs_f64()
+    }
+
+    pub fn lost_records(&self) -> u64 {
+        self.tracer.lost_records()
+    }
+
+    /// The largest `n` allocation sites so far.
+    pub fn top_sites(&mut self, n: usize) -> Vec<SiteRow> {
+        self.state.sites.rows(&mut self.names, n)
+    }
+
+    /// The target's memory (the binary file for static data once it has exited).
+    pub fn memory(&self) -> impl Memory {
+        ProcessOrFile { process: Some(self.process.clone()), binary: self.binary.clone(), load_bias: self.load_bias }
+    }
+
+    /// Waits until records arrive (and correlates every queued one) or the target exits.
+    pub async fn step(&mut self) -> Result<Step, Failure> {
+        tokio::select! {
+            guard = self.records.readable_mut() => {
+                guard.map_err(|e| Failure::Other(e.into()))?.clear_ready();
+                self.drain();
+                Ok(Step::Records)
+            }
+            _ = self.exit.readable() => Ok(Step::Exited),
+        }
+    }
+
+    /// Correlates every queued record (they stay valid after the target exits).
+    pub fn drain(&mut self) {
+        let ring = self.records.get_mut();
+        while let Some(item) = ring.next() {
+            if let Some(r) = &mut self.recorder {
+                if let Err(e) = r.write(&item) {
+                    eprintln!("maptrace: recording stopped: {e}");
+                    self.recorder = None;
+                }
+            }
+            match TraceEvent::decode(&item) {
+                Ok(ev) => self.state.record(&ev, &mut self.names),
+                Err(e) => log_once(&format!("maptrace: skipping a malformed record: {e}")),
+            }
+        }
+    }
+
+    /// The report as of now; `ended_by` says why tracing stopped ("target exited" means the
+    /// creating frames of the remaining objects are all gone).
+    pub fn report(&mut self, ended_by: &'static str, top: usize) -> Report {
+        self.drain();
+        if let Some(Err(e)) = self.recorder.take().map(Recorder::finish) {
+            eprintln!("maptrace: writing the recording: {e}");
+        }
+        let exited = ended_by == "target exited";
+        let now = monotonic_ns();
+        let memory = self.memory();
+        Report {
+            maptrace_version: env!("CARGO_PKG_VERSION"),
+            target: TargetInfo {
+                pid: self.process.pid,
+                binary: self.process.exe_display.clone(),
+                go_version: self.binary.version().to_string(),
+                experiments: self.binary.experiments().to_vec(),
+                stripped: !self.binary.has_symtab(),
+            },
+            mode: "full",
+            duration_seconds: self.started.elapsed().as_secs_f64(),
+            ended_by,
+            probes: ProbeInfo {
+                functions: self.plan.points.iter().map(|p| p.function.name.clone()).collect(),
+                uprobes: self.tracer.attached,
+                attach_seconds: self.attach_seconds(),
+            },
+            totals: self.state.sites.totals,
+            lost_records: self.lost_records(),
+            sites: self.state.sites.rows(&mut self.names, top),
+            finalizers: self.state.finalizer_section(&mut self.names, &memory, self.binary.layout(), now),
+            gc: self.state.gc_info(exited),
+            retained: self.state.retained(&mut self.names, exited, now),
+        }
+    }
+
+    /// Removes the probes: ~0.1 s per probe in the kernel, so callers report first.
+    pub fn detach(self) {
+        self.tracer.detach();
+    }
+}
+
+/// Registers a descriptor with the reactor for readability.
+fn readable<T: AsRawFd>(fd: T) -> Result<AsyncFd<T>, Failure> {
+    // SAFETY: callers pass an owner (the ring buffer map, or an owned pidfd) whose descriptor
+    // stays open and unchanged while registered.
+    unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }
+        .map_err(|e| Failure::Other(anyhow::anyhow!("polling a descriptor: {e}")))
+}
+
+/// CLOCK_MONOTONIC, the clock of the kernel's record timestamps (bpf_ktime_get_ns).
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+fn log_once(msg: &str) {
+    static SEEN: std::sync::Once = std::sync::Once::new();
+    SEEN.call_once(|| eprintln!("{msg}"));
+}
+/// The agent moves sessions between threads (detaching blocks for seconds, off the reactor).
+const _: fn() = || {
+    fn send<T: Send>() {}
+    send::<Session>();
+};
