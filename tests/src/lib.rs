@@ -63,10 +63,10 @@ pub fn target_path(go: &str, name: &str) -> PathBuf {
 }
 
 /// Lines of a child's pipe, read on a thread so a test can wait with a deadline.
-struct Lines(mpsc::Receiver<String>);
+pub struct Lines(mpsc::Receiver<String>);
 
 impl Lines {
-    fn spawn<R: Read + Send + 'static>(r: R) -> Self {
+    pub fn spawn<R: Read + Send + 'static>(r: R) -> Self {
         let (tx, rx) = mpsc::channel();
         thread::spawn(move || {
             for line in BufReader::new(r).lines().map_while(Result::ok) {
@@ -79,7 +79,7 @@ impl Lines {
     }
 
     /// Lines up to and including the first that satisfies `want`.
-    fn until(&self, what: &str, want: impl Fn(&str) -> bool) -> Vec<String> {
+    pub fn until(&self, what: &str, want: impl Fn(&str) -> bool) -> Vec<String> {
         let mut seen = Vec::new();
         loop {
             match self.0.recv_timeout(PATIENCE) {
@@ -93,6 +93,11 @@ impl Lines {
                 Err(_) => panic!("waiting for {what}: got only {seen:#?}"),
             }
         }
+    }
+
+    /// Lines that arrived so far, without waiting.
+    pub fn so_far(&self) -> Vec<String> {
+        self.0.try_iter().collect()
     }
 
     fn rest(&self) -> Vec<String> {

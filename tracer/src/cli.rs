@@ -2,12 +2,14 @@
 
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 const AFTER_HELP: &str = "\
 Examples:
   sudo maptrace --pid 4242                 trace until Ctrl-C, then print the site table
   sudo maptrace --pid 4242 -d 30s --json   trace for 30 seconds, write one JSON document
+  sudo maptrace agent                      trace every Go process on the node, metrics on
+                                           http://127.0.0.1:9464/metrics (see: maptrace agent --help)
 
 What you see: while tracing, the top allocation sites are redrawn on stderr (a progress line
 when stderr is not a terminal). At the end, stdout gets three sections:
@@ -38,11 +40,14 @@ Exit codes:
 /// Trace a running Go program's map, slice and object allocations with eBPF uprobes, without
 /// restarting it.
 #[derive(Debug, Parser)]
-#[command(name = "maptrace", version, after_help = AFTER_HELP)]
+#[command(name = "maptrace", version, after_help = AFTER_HELP, subcommand_negates_reqs = true, args_conflicts_with_subcommands = true)]
 pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// The Go process to trace.
-    #[arg(short, long, value_name = "PID")]
-    pub pid: u32,
+    #[arg(short, long, value_name = "PID", required = true)]
+    pub pid: Option<u32>,
 
     /// Stop after this long (e.g. 500ms, 30s, 5m); default: until Ctrl-C or the target exits.
     #[arg(short, long, value_name = "DURATION", value_parser = parse_duration)]
@@ -68,6 +73,64 @@ pub struct Cli {
     /// session through maptrace's pipeline: `cargo xtask bench` does).
     #[arg(long, value_name = "FILE")]
     pub record: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run as a node agent: trace every Go process on this node (in any container) as it starts,
+    /// and serve Prometheus metrics about them.
+    #[command(after_help = AGENT_HELP)]
+    Agent(AgentArgs),
+}
+
+const AGENT_HELP: &str = "\
+Go processes are recognised by their build information (.go.buildinfo), in any PID or mount
+namespace (binaries are read through /proc/PID/exe); each is attached when it appears,
+detached when it exits or execs, and its series disappear from /metrics. A one-line log per
+attach, detach and error goes to stderr. Series are labelled pid, binary, container (the
+container ID from the cgroup path) and pod (the Kubernetes pod UID); per-site series are
+limited to the --top-sites largest per target, the rest summed into site=\"other\".
+
+Needs CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE, and the host's PID namespace (hostPID on
+Kubernetes: see deploy/). Every allocation of every traced process traps into the kernel
+(full mode): narrow it down with --include on busy nodes.";
+
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// Address for the metrics endpoint (/metrics).
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:9464")]
+    pub listen: std::net::SocketAddr,
+
+    /// Only processes whose binary name, container ID (or its prefix) or pod UID is one of these
+    /// (repeat, or separate with commas); default: every Go process.
+    #[arg(long, value_name = "NAME|ID|UID", value_delimiter = ',')]
+    pub include: Vec<String>,
+
+    /// Never these (same matching as --include).
+    #[arg(long, value_name = "NAME|ID|UID", value_delimiter = ',')]
+    pub exclude: Vec<String>,
+
+    /// How often to look for new processes.
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_duration)]
+    pub scan_every: Duration,
+
+    /// Per-site series per target and metric (the rest are summed into site="other").
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub top_sites: usize,
+
+    /// GC cycles an object must survive (after its creating frame returned) to count as retained.
+    #[arg(short = 'k', long = "cycles", value_name = "K", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
+    pub cycles: u32,
+
+    /// Log lines as text or as one JSON object each.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {

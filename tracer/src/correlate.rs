@@ -265,6 +265,7 @@ impl Correlator {
             last_cycle: self.lifecycle.last_cycle(),
             spans_swept: self.spans_swept,
             objects_tracked: self.lifecycle.tracked(),
+            tracked_bytes: self.lifecycle.sites().map(|(_, s)| s.live_bytes).sum(),
             objects_evicted: self.lifecycle.evicted(),
             sites_with_active_frames: frame_running.len(),
         }

@@ -6,6 +6,7 @@
 //! from `symbolize` / `gotype`) → `retention` and `report` (text and JSON); `session` is one
 //! attached target, `trace` the CLI's run of one, and `cli` is the command line.
 
+pub mod agent;
 pub mod cli;
 pub mod correlate;
 pub mod error;

@@ -4,14 +4,20 @@ use std::io::Write;
 
 use clap::Parser;
 use tracer::{
-    cli::Cli,
+    agent::{self, AgentOptions},
+    cli::{AgentArgs, Cli, Command, LogFormat},
+    error::Failure,
     trace::{run, stderr_is_terminal, TraceOptions},
 };
 
 fn main() {
     let cli = Cli::parse();
+    if let Some(Command::Agent(args)) = cli.command {
+        run_agent(args);
+    }
     let opts = TraceOptions {
-        pid: cli.pid,
+        // clap requires --pid without a subcommand.
+        pid: cli.pid.unwrap_or_default(),
         duration: cli.duration,
         live: !cli.no_live && stderr_is_terminal(),
         top: if cli.json { usize::MAX } else { cli.top },
@@ -37,6 +43,31 @@ fn main() {
                 }
             }
         }
+        Err(failure) => {
+            eprintln!("maptrace: error: {failure}");
+            std::process::exit(failure.exit_code());
+        }
+    }
+}
+
+fn run_agent(args: AgentArgs) -> ! {
+    let opts = AgentOptions {
+        listen: args.listen,
+        include: args.include,
+        exclude: args.exclude,
+        scan_every: args.scan_every,
+        top_sites: args.top_sites,
+        retain_cycles: args.cycles,
+        log_json: args.log_format == LogFormat::Json,
+    };
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Other(e.into()))
+        .and_then(|rt| rt.block_on(agent::run(opts)));
+    match result {
+        Ok(()) => std::process::exit(0),
         Err(failure) => {
             eprintln!("maptrace: error: {failure}");
             std::process::exit(failure.exit_code());

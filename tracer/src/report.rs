@@ -40,8 +40,10 @@ pub struct GcInfo {
     pub last_cycle: Option<u64>,
     /// Spans whose sweep was seen (how freed objects are found).
     pub spans_swept: u64,
-    /// Objects tracked for lifetimes at the end, and dropped by the memory bound.
+    /// Objects tracked for lifetimes at the end (alive as far as the sweeps tell), their bytes,
+    /// and objects dropped by the memory bound.
     pub objects_tracked: usize,
+    pub tracked_bytes: u64,
     pub objects_evicted: u64,
     /// Sites with objects alive after K cycles whose creating frame was still on its goroutine's
     /// stack at its last record: not retained by definition.
