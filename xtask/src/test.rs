@@ -57,7 +57,8 @@ fn run_phases(
     .args(cargo_test_args)
     .env("MAPTRACE_BIN", layout.maptrace_bin())
     .env("MAPTRACE_GO_TARGETS", layout.go_targets_out())
-    .env("MAPTRACE_EBPF_OBJECT", layout.ebpf_object());
+    .env("MAPTRACE_EBPF_OBJECT", layout.ebpf_object())
+    .env("MAPTRACE_KUBERNETES_VALIDATE", layout.python_tool(setup::KUBERNETES_VALIDATE.0, setup::KUBERNETES_VALIDATE.1));
     timings.phase("cargo test", || {
         println!("$ {}", process::describe(&cmd));
         let mut child = cmd.stdout(Stdio::piped()).spawn().context("cannot start cargo test")?;
