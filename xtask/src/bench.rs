@@ -8,6 +8,8 @@
 //! 2. The pipeline: one traced run is recorded (`maptrace --record`) and replayed through
 //!    decoding and correlation on one core (`tracer/benches/pipeline.rs`): records per second,
 //!    and resident bytes per tracked object with a million objects tracked.
+//! 3. With `--agent-minutes M`: `maptrace agent` tracing ten copies of the demo server for M
+//!    minutes: its CPU (share of one core) and resident memory over time, and the series count.
 
 use std::path::Path;
 use std::time::Duration;
@@ -59,7 +61,7 @@ struct Traced {
     peak_rss_kib: u64,
 }
 
-pub fn bench(layout: &Layout, rounds: usize, duration: Duration) -> Result<i32> {
+pub fn bench(layout: &Layout, rounds: usize, duration: Duration, agent_minutes: Option<u64>) -> Result<i32> {
     if !process::is_root() {
         bail!("the benchmark attaches eBPF uprobes and needs root: run `sudo ./x bench`");
     }
@@ -131,6 +133,9 @@ pub fn bench(layout: &Layout, rounds: usize, duration: Duration) -> Result<i32> 
         p["tracked_objects"],
         per_object * 1e6 / f64::from(1 << 20)
     );
+    if let Some(minutes) = agent_minutes {
+        agent_bench(layout, minutes)?;
+    }
     Ok(0)
 }
 
@@ -187,3 +192,78 @@ fn peak_rss_watcher(pid: u32) -> std::thread::JoinHandle<u64> {
     })
 }
 
+
+/// Copies of the demo server the agent bench traces.
+const AGENT_TARGETS: usize = 10;
+
+pub fn agent_bench(layout: &Layout, minutes: u64) -> Result<()> {
+    let demo = layout.go_targets_out().join(PRIMARY).join("demo");
+    let dir = layout.cache().join("bench");
+    std::fs::create_dir_all(&dir)?;
+    let name = format!("demo-agentbench-{}", std::process::id());
+    let copy = dir.join(&name);
+    std::fs::copy(&demo, &copy).with_context(|| format!("copying {}", demo.display()))?;
+    let duration = format!("-duration={}s", minutes * 60 + 60);
+    let targets: Vec<Target> = (0..AGENT_TARGETS).map(|_| Target::start(&copy, &[duration.as_str()])).collect();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+        l.local_addr()?.port()
+    };
+    let mut agent = std::process::Command::new(layout.maptrace_bin())
+        .args(["agent", "--listen", &format!("127.0.0.1:{port}"), "--include", &name])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context("starting maptrace agent")?;
+    println!("\nagent: tracing {AGENT_TARGETS} demo servers for {minutes} min (sampling every 10 s)");
+    let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let cpu_seconds = |pid: u32| -> Option<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let fields: Vec<&str> = stat[stat.rfind(')')? + 2..].split_whitespace().collect();
+        Some((fields[11].parse::<f64>().ok()? + fields[12].parse::<f64>().ok()?) / ticks_per_second)
+    };
+    let rss_kib = |pid: u32| -> Option<u64> {
+        std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().trim_end_matches(" kB").parse().ok()
+    };
+    let start = std::time::Instant::now();
+    let first_cpu = cpu_seconds(agent.id()).unwrap_or(0.0);
+    let mut samples = Vec::new();
+    while start.elapsed() < Duration::from_secs(minutes * 60) {
+        std::thread::sleep(Duration::from_secs(10));
+        let (Some(cpu), Some(rss)) = (cpu_seconds(agent.id()), rss_kib(agent.id())) else { bail!("the agent exited") };
+        samples.push((start.elapsed().as_secs_f64(), cpu - first_cpu, rss));
+    }
+    let metrics = scrape(port).unwrap_or_default();
+    let series = metrics.lines().filter(|l| !l.starts_with('#') && !l.is_empty()).count();
+    let traced = metrics.lines().find_map(|l| l.strip_prefix("maptrace_agent_targets ")).unwrap_or("?").to_string();
+    let _ = agent.kill();
+    let _ = agent.wait();
+    drop(targets);
+    let _ = std::fs::remove_file(&copy);
+    let (elapsed, cpu, _) = *samples.last().context("no samples")?;
+    let max_rss = samples.iter().map(|s| s.2).max().unwrap_or(0);
+    let last_rss = samples.last().map_or(0, |s| s.2);
+    println!("{:>8} {:>12} {:>12}", "minute", "CPU (cores)", "RSS (MiB)");
+    let mut prev = (0.0, 0.0);
+    for &(t, c, r) in samples.iter().filter(|s| (s.0 as u64) % 60 < 10) {
+        println!("{:>8.0} {:>12.3} {:>12.1}", t / 60.0, (c - prev.1) / (t - prev.0), r as f64 / 1024.0);
+        prev = (t, c);
+    }
+    println!(
+        "agent over {:.1} min with {traced} targets: {:.3} cores on average, RSS {:.1} MiB at the end (max {:.1}); {series} series on /metrics",
+        elapsed / 60.0,
+        cpu / elapsed,
+        last_rss as f64 / 1024.0,
+        max_rss as f64 / 1024.0
+    );
+    Ok(())
+}
+
+fn scrape(port: u16) -> Result<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    write!(s, "GET /metrics HTTP/1.0\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out.split_once("\r\n\r\n").map_or(String::new(), |(_, b)| b.to_string()))
+}

@@ -63,6 +63,9 @@ enum Cmd {
         /// Length of each benchmark run, in milliseconds.
         #[arg(long, value_name = "MS", default_value_t = 2000)]
         run_ms: u64,
+        /// Also run `maptrace agent` over ten demo servers for this many minutes (CPU, memory, series).
+        #[arg(long, value_name = "MINUTES")]
+        agent_minutes: Option<u64>,
     },
 }
 
@@ -97,7 +100,9 @@ fn run(cli: Cli) -> Result<i32> {
             go_targets::build_targets(&layout, &versions)?;
         }
         Cmd::Demo => return demo::demo(&layout),
-        Cmd::Bench { rounds, run_ms } => return bench::bench(&layout, rounds.max(1), std::time::Duration::from_millis(run_ms)),
+        Cmd::Bench { rounds, run_ms, agent_minutes } => {
+            return bench::bench(&layout, rounds.max(1), std::time::Duration::from_millis(run_ms), agent_minutes)
+        }
         Cmd::Test {
             go,
             cargo_test_args,
