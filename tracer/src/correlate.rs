@@ -13,7 +13,7 @@ use crate::{
     gotype::Memory,
     symbolize::is_runtime_function,
     target::{CleanupFunction, CleanupLayout, RuntimeLayout},
-    lifecycle::{Alloc, Lifecycle, LifecycleConfig, SweptSpan},
+    lifecycle::{Alloc, Distributions, Lifecycle, LifecycleConfig, SweptSpan},
     report::GcInfo,
     retention::{retained_rows, RetainedRow},
     sites::{frame_row, Resolve, SiteTable},
@@ -29,6 +29,9 @@ const SCAN_WORDS: u64 = 16;
 /// Pointer hops followed from those roots: a cleanup's own closure sits inside AddCleanup's
 /// wrapper (1.24–1.25), and an argument may point at a struct that points at the object.
 const SCAN_DEPTH: usize = 3;
+/// Histogram buckets: lifetimes from a millisecond to an hour, sizes from a tiny object to 1 MiB.
+const LIFETIME_BOUNDS_S: &[f64] = &[0.001, 0.01, 0.1, 1.0, 10.0, 60.0, 600.0, 3600.0];
+const SIZE_BOUNDS: &[f64] = &[16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0];
 /// Blocks read per scan at most.
 const SCAN_BLOCKS: usize = 256;
 
@@ -249,6 +252,11 @@ impl Correlator {
         if let Some(i) = hit.frame_index {
             self.frames.created(hit.site, ev.goid, &ev.stack, i, ev.ktime_ns);
         }
+    }
+
+    /// Lifetimes of freed objects and sizes of allocations, over the session.
+    pub fn distributions(&self) -> Distributions {
+        self.lifecycle.distributions(LIFETIME_BOUNDS_S, SIZE_BOUNDS)
     }
 
     pub fn gc_info(&self, target_exited: bool) -> GcInfo {

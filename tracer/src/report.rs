@@ -28,6 +28,8 @@ pub struct Report {
     /// Sites whose objects outlive their creating frame by ≥ K GC cycles.
     pub retained: Vec<RetainedRow>,
     pub finalizers: FinalizerSection,
+    /// Lifetimes of the objects seen dying, and allocation sizes, as histogram buckets.
+    pub distributions: crate::lifecycle::Distributions,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -307,6 +309,7 @@ mod tests {
                 evicted_count: 0,
                 stack: vec![FrameRow { function: "main.put".into(), file: "/src/main.go".into(), line: 12, pc: "0x1".into() }],
             }],
+            distributions: Default::default(),
             finalizers: FinalizerSection {
                 counts: FinalizerCounts { registered: 3, ..FinalizerCounts::default() },
                 pending: 3,

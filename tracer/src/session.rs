@@ -240,6 +240,7 @@ impl Session {
             sites: self.state.sites.rows(&mut self.names, top),
             finalizers: self.state.finalizer_section(&mut self.names, &memory, self.binary.layout(), now),
             gc: self.state.gc_info(exited),
+            distributions: self.state.distributions(),
             retained: self.state.retained(&mut self.names, exited, now),
         }
     }

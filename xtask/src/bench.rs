@@ -235,7 +235,12 @@ pub fn agent_bench(layout: &Layout, minutes: u64) -> Result<()> {
     }
     let metrics = scrape(port).unwrap_or_default();
     let series = metrics.lines().filter(|l| !l.starts_with('#') && !l.is_empty()).count();
-    let traced = metrics.lines().find_map(|l| l.strip_prefix("maptrace_agent_targets ")).unwrap_or("?").to_string();
+    let traced = metrics
+        .lines()
+        .find(|l| l.starts_with("maptrace_agent_targets"))
+        .and_then(|l| l.split_whitespace().last())
+        .unwrap_or("?")
+        .to_string();
     let _ = agent.kill();
     let _ = agent.wait();
     drop(targets);

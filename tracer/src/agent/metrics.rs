@@ -12,7 +12,7 @@ use std::{
 
 use prometheus_client::{
     collector::Collector,
-    encoding::{DescriptorEncoder, EncodeMetric},
+    encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder, NoLabelSet},
     metrics::{counter::ConstCounter, gauge::ConstGauge, MetricType},
     registry::Registry,
 };
@@ -175,6 +175,10 @@ impl Collector for Exported {
         f.write("maptrace_finalizers_never_ran", "Finalizers and cleanups that did not run after K cycles, by kind, reason and function.", never, MetricType::Gauge)?;
         f.write("maptrace_finalizer_goroutine_blocked_seconds", "How long a goroutine running finalizers or cleanups has been stuck with others queued behind it (0: not stuck).", blocked, MetricType::Gauge)?;
 
+        let hist = |get: &dyn Fn(&Report) -> &crate::lifecycle::Buckets| targets.iter().map(|(l, r)| (l.clone(), ConstHistogram(get(r)))).collect::<Vec<_>>();
+        f.write("maptrace_object_lifetime_seconds", "Lifetimes of the objects seen dying (sweep, address reuse or exact free).", hist(&|r| &r.distributions.lifetime_seconds), MetricType::Histogram)?;
+        f.write("maptrace_allocation_size_bytes", "Requested sizes of the heap allocations traced.", hist(&|r| &r.distributions.size_bytes), MetricType::Histogram)?;
+
         // Top sites by allocated bytes; the rest summed.
         let mut site_bytes = Vec::new();
         let mut site_retained = Vec::new();
@@ -209,6 +213,22 @@ impl Collector for Exported {
         f.write("maptrace_agent_cpu_seconds", "CPU time the agent used (user + system).", vec![(none.clone(), ConstCounter::new(cpu))], MetricType::Counter)?;
         f.write("maptrace_agent_resident_bytes", "The agent's resident memory.", vec![(none, gauge(rss as i64))], MetricType::Gauge)?;
         Ok(())
+    }
+}
+
+/// A histogram computed elsewhere, encoded as is.
+struct ConstHistogram<'a>(&'a crate::lifecycle::Buckets);
+
+impl EncodeMetric for ConstHistogram<'_> {
+    fn encode(&self, mut encoder: MetricEncoder) -> fmt::Result {
+        // The encoder writes f64::MAX as +Inf.
+        let buckets: Vec<(f64, u64)> =
+            self.0.upper_bounds.iter().zip(&self.0.counts).map(|(&b, &n)| (if b.is_finite() { b } else { f64::MAX }, n)).collect();
+        encoder.encode_histogram::<NoLabelSet>(self.0.sum, self.0.count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
     }
 }
 

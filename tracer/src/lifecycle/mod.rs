@@ -350,6 +350,7 @@ impl Lifecycle {
         let e = Entry::new(a.size, a.time_ns, si, cycle32(a.born_cycle));
         let retained = self.is_retained(&e);
         let s = &mut self.sites[si as usize].1;
+        site::record(&mut s.size_bytes, a.size);
         s.allocated_count += 1;
         s.allocated_bytes += a.size;
         s.live_count += 1;
@@ -519,6 +520,22 @@ impl Lifecycle {
         self.scratch = dead;
     }
 
+    /// Lifetimes of the objects that died (seconds) and sizes of every allocation (bytes), over all
+    /// sites, in buckets with the given upper bounds (a last, unbounded bucket is added).
+    pub fn distributions(&self, lifetime_bounds_s: &[f64], size_bounds: &[f64]) -> Distributions {
+        let mut lifetime = Buckets::new(lifetime_bounds_s);
+        let mut size = Buckets::new(size_bounds);
+        for (_, s) in &self.sites {
+            for v in s.lifetime_ns.iter_recorded() {
+                lifetime.add(v.value_iterated_to() as f64 / 1e9, v.count_at_value());
+            }
+            for v in s.size_bytes.iter_recorded() {
+                size.add(v.value_iterated_to() as f64, v.count_at_value());
+            }
+        }
+        Distributions { lifetime_seconds: lifetime, size_bytes: size }
+    }
+
     /// `SetFinalizer` gave the object at `addr` a finalizer (`on`), or removed it.
     pub fn on_finalizer(&mut self, addr: u64, on: bool) {
         if let Some(e) = self.table.objects.get_mut(&addr) {
@@ -532,6 +549,39 @@ impl Lifecycle {
             Some(e) => self.retire(&e, Death::Exact, time_ns),
             None => self.stats.untracked_frees += 1,
         }
+    }
+}
+
+/// Object lifetimes and allocation sizes, bucketed as Prometheus histograms are.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Distributions {
+    /// Of objects whose death was seen.
+    pub lifetime_seconds: Buckets,
+    pub size_bytes: Buckets,
+}
+
+/// Counts per bucket (not cumulative), with each bucket's upper bound; the last bound is infinite
+/// (serialized as null). Values are hdrhistogram's (one significant digit), so the sum is close.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Buckets {
+    pub upper_bounds: Vec<f64>,
+    pub counts: Vec<u64>,
+    pub sum: f64,
+    pub count: u64,
+}
+
+impl Buckets {
+    fn new(bounds: &[f64]) -> Self {
+        let mut upper_bounds = bounds.to_vec();
+        upper_bounds.push(f64::INFINITY);
+        Buckets { counts: vec![0; upper_bounds.len()], upper_bounds, sum: 0.0, count: 0 }
+    }
+
+    fn add(&mut self, value: f64, n: u64) {
+        let i = self.upper_bounds.iter().position(|&b| value <= b).unwrap_or(self.upper_bounds.len() - 1);
+        self.counts[i] += n;
+        self.sum += value * n as f64;
+        self.count += n;
     }
 }
 

@@ -70,6 +70,8 @@ pub struct SiteLifecycle {
     /// time, so for a reuse it is an upper bound). One significant digit (about 6%), 1 µs resolution:
     /// each site carries one, so it is kept small.
     pub lifetime_ns: Histogram<u64>,
+    /// Requested sizes of the site's allocations, one significant digit.
+    pub size_bytes: Histogram<u64>,
     /// `(cycle, live_count, live_bytes)` sampled at each [`super::Lifecycle::on_cycle_end`], oldest first,
     /// at most [`LIVE_HISTORY`]. Sampled at mark termination: the survivors of the previous sweep plus
     /// everything allocated since.
@@ -95,6 +97,7 @@ impl Default for SiteLifecycle {
             evicted_retained_count: 0,
             survival_cycles: survival_histogram(),
             lifetime_ns: lifetime_histogram(),
+            size_bytes: size_histogram(),
             live_by_cycle: VecDeque::with_capacity(LIVE_HISTORY),
         }
     }
@@ -139,6 +142,12 @@ pub fn trend_of(counts: &[u64]) -> Trend {
 
 fn survival_histogram() -> Histogram<u64> {
     Histogram::new(2).expect("valid histogram bounds")
+}
+
+fn size_histogram() -> Histogram<u64> {
+    let mut h = Histogram::new(1).expect("valid histogram bounds");
+    h.auto(true);
+    h
 }
 
 fn lifetime_histogram() -> Histogram<u64> {

@@ -675,3 +675,20 @@ fn a_finalizer_resurrects_its_object_for_one_sweep() {
     assert!(!alive(&lc, 0x1000));
     assert_eq!(site(&lc, A).freed_by_sweep, 3);
 }
+
+#[test]
+fn lifetimes_and_sizes_in_buckets() {
+    let mut lc = engine();
+    cycle(&mut lc, 1, 0);
+    alloc(&mut lc, 0x1000, 8, A, 1, 0);
+    alloc(&mut lc, 0x1010, 8, A, 1, 0);
+    alloc(&mut lc, 0x2000, 5000, B, 1, 0);
+    cycle(&mut lc, 2, 2_000_000_000);
+    sweep(&mut lc, 0x1000, 16, 2, &[1], 2_000_000_000); // 0x1000 dies after 2 s; 0x1010 lives
+    let d = lc.distributions(&[1.0, 10.0], &[16.0, 4096.0]);
+    assert_eq!(d.size_bytes.upper_bounds, vec![16.0, 4096.0, f64::INFINITY]);
+    assert_eq!(d.size_bytes.counts, vec![2, 0, 1]);
+    assert_eq!(d.size_bytes.count, 3);
+    assert_eq!(d.lifetime_seconds.counts, vec![0, 1, 0], "one death, after ~2 s");
+    assert!((d.lifetime_seconds.sum - 2.0).abs() < 0.2, "{}", d.lifetime_seconds.sum);
+}
