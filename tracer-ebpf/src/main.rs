@@ -200,6 +200,12 @@ pub fn special_freed(ctx: ProbeContext) -> u32 {
     0
 }
 
+/// Does nothing: the benchmark attaches it in place of the others to measure the traps alone.
+#[uprobe]
+pub fn empty(_ctx: ProbeContext) -> u32 {
+    0
+}
+
 /// Entry of `runtime.gcMarkTermination`: cycle N's marking is complete, its sweep follows.
 #[uprobe]
 pub fn gc_cycle_end(_ctx: ProbeContext) -> u32 {

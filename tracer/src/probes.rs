@@ -206,6 +206,13 @@ impl ProbePlan {
     }
 }
 
+/// What runs at the probe points.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Programs {
+    Tracing,
+    Empty,
+}
+
 /// The loaded eBPF programs, attached to one process. Dropping it detaches every probe (the
 /// kernel also removes them if maptrace is killed: they live as long as its descriptors).
 pub struct Tracer {
@@ -218,6 +225,16 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("MAPTRACE_EBPF_OBJE
 
 impl Tracer {
     pub fn attach(bin: &GoBinary, process: &Process, plan: &ProbePlan, load_bias: u64) -> Result<Self, Failure> {
+        Self::attach_programs(bin, process, plan, load_bias, Programs::Tracing)
+    }
+
+    /// Attaches an empty program at every place `attach` would put one: what the kernel's uprobe
+    /// traps cost by themselves (the benchmark's floor). No records come.
+    pub fn attach_empty(bin: &GoBinary, process: &Process, plan: &ProbePlan, load_bias: u64) -> Result<Self, Failure> {
+        Self::attach_programs(bin, process, plan, load_bias, Programs::Empty)
+    }
+
+    fn attach_programs(bin: &GoBinary, process: &Process, plan: &ProbePlan, load_bias: u64, programs: Programs) -> Result<Self, Failure> {
         let start = Instant::now();
         let mut config = probe_config(bin.layout(), load_bias);
         // The finalizer goroutine's loop: runfinq until Go 1.24, runFinalizers since.
@@ -238,6 +255,7 @@ impl Tracer {
             "span_sweep",
             "object_event",
             "special_freed",
+            "empty",
         ] {
             let prog: &mut UProbe = program(&mut ebpf, name)?;
             prog.load().map_err(|e| load_failure(&e))?;
@@ -256,6 +274,7 @@ impl Tracer {
             let sites = std::iter::once((entry_prog, point.at, cookie))
                 .chain(point.rets.iter().map(|&r| (ret_prog, r, None)));
             for (prog_name, vaddr, cookie) in sites {
+                let prog_name = if programs == Programs::Empty { "empty" } else { prog_name };
                 let offset = bin.file_offset(vaddr).ok_or_else(|| {
                     Failure::Other(anyhow::anyhow!("{}: address {vaddr:#x} is not in the file", point.function.name))
                 })?;

@@ -1,8 +1,9 @@
 //! `bench`: what maptrace costs, measured, not assumed (numbers to read, never a test).
 //!
 //! 1. The allocation benchmark (`go-targets/allocbench`, several goroutines allocating objects,
-//!    maps and slices) untraced and traced in full mode, interleaved run by run so that drift in
-//!    the machine hits both alike: operations per second (min/median/max), the ratio of medians,
+//!    maps and slices) untraced, with empty eBPF programs on the same probe points (the floor the
+//!    kernel's uprobes set, `tracer/benches/floor.rs`) and traced in full mode, interleaved run by
+//!    run so that drift in the machine hits all alike: operations per second (min/median/max), the ratio of medians,
 //!    and the wall time added per allocation. From the traced runs: attach time, records lost,
 //!    maptrace's peak resident memory.
 //! 2. The pipeline: one traced run is recorded (`maptrace --record`) and replayed through
@@ -76,10 +77,12 @@ pub fn bench(layout: &Layout, rounds: usize, duration: Duration, agent_minutes: 
     let args = [duration_arg.as_str(), goroutines_arg.as_str()];
 
     let mut untraced = Vec::new();
+    let mut floor = Vec::new();
     let mut traced = Vec::new();
     for round in 0..rounds {
         println!("bench: round {}/{rounds}", round + 1);
         untraced.push(run_untraced(&target, &args)?);
+        floor.push(run_floor(layout, &target, &args)?);
         traced.push(run_traced(&target, &args, (round == 0).then_some(recording.as_path()))?);
     }
 
@@ -89,6 +92,8 @@ pub fn bench(layout: &Layout, rounds: usize, duration: Duration, agent_minutes: 
     };
     let (u_min, u_med, u_max) = median(untraced.iter().map(Run::ops_per_second).collect());
     let (t_min, t_med, t_max) = median(traced.iter().map(|t| t.run.ops_per_second()).collect());
+    let (f_min, f_med, f_max) = median(floor.iter().map(Run::ops_per_second).collect());
+    let (_, f_allocs, _) = median(floor.iter().map(Run::allocations_per_second).collect());
     let (_, u_allocs, _) = median(untraced.iter().map(Run::allocations_per_second).collect());
     let (_, t_allocs, _) = median(traced.iter().map(|t| t.run.allocations_per_second()).collect());
     let (_, attach, _) = median(traced.iter().map(|t| t.attach_seconds).collect());
@@ -99,12 +104,15 @@ pub fn bench(layout: &Layout, rounds: usize, duration: Duration, agent_minutes: 
     println!("\nallocbench, Go {PRIMARY}, {GOROUTINES} goroutines, {:.1} s per run, {rounds} runs each, interleaved", duration.as_secs_f64());
     println!("{:<10} {:>12} {:>12} {:>12} {:>10} {:>14} {:>16}", "", "ops/s min", "median", "max", "÷ untraced", "allocs/s", "ns added/alloc");
     println!("{:<10} {u_min:>12.0} {u_med:>12.0} {u_max:>12.0} {:>10} {u_allocs:>14.0} {:>16}", "untraced", "1", "");
+    let floor_ns = 1e9 / f_allocs - 1e9 / u_allocs;
+    let full_ns = 1e9 / t_allocs - 1e9 / u_allocs;
     println!(
-        "{:<10} {t_min:>12.0} {t_med:>12.0} {t_max:>12.0} {:>10.1} {t_allocs:>14.0} {:>16.0}",
-        "full",
-        u_med / t_med,
-        1e9 / t_allocs - 1e9 / u_allocs
+        "{:<10} {f_min:>12.0} {f_med:>12.0} {f_max:>12.0} {:>10.1} {f_allocs:>14.0} {floor_ns:>16.0}",
+        "empty",
+        u_med / f_med,
     );
+    println!("{:<10} {t_min:>12.0} {t_med:>12.0} {t_max:>12.0} {:>10.1} {t_allocs:>14.0} {full_ns:>16.0}", "full", u_med / t_med);
+    println!("empty: an empty eBPF program at the same probe points (the kernel's uprobe cost alone); full mode adds {:.2}x the floor's time per allocation", full_ns / floor_ns);
     println!(
         "traced runs: {} uprobes attached in {attach:.3} s (median); {records} records, {lost} lost; maptrace peak RSS {:.1} MiB (median)",
         traced[0].uprobes,
@@ -144,6 +152,24 @@ fn run_untraced(target: &Path, args: &[&str]) -> Result<Run> {
     t.go();
     let done = t.wait_done();
     t.finish();
+    Run::parse(&done)
+}
+
+/// A run with `tracer/benches/floor.rs` holding empty programs on the probe points.
+fn run_floor(layout: &Layout, target: &Path, args: &[&str]) -> Result<Run> {
+    let mut t = Target::start(target, args);
+    let mut cmd = process::cargo(&layout.root);
+    cmd.args(["bench", "-q", "-p", "tracer", "--bench", "floor", "--"]).arg(t.pid.to_string());
+    let mut floor = cmd.stdout(std::process::Stdio::piped()).spawn().context("running the floor benchmark")?;
+    let attached = e2e::Lines::spawn(floor.stdout.take().context("piped")?);
+    attached.until("the empty programs to attach", |l| l.starts_with("attached"));
+    t.go();
+    let done = t.wait_done();
+    t.finish();
+    let status = floor.wait()?;
+    if !status.success() {
+        bail!("the floor benchmark failed: {status}");
+    }
     Run::parse(&done)
 }
 
@@ -209,12 +235,14 @@ pub fn agent_bench(layout: &Layout, minutes: u64) -> Result<()> {
         let l = std::net::TcpListener::bind("127.0.0.1:0")?;
         l.local_addr()?.port()
     };
+    let log_path = dir.join("agent.log");
     let mut agent = std::process::Command::new(layout.maptrace_bin())
         .args(["agent", "--listen", &format!("127.0.0.1:{port}"), "--include", &name])
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log_path)?)
         .spawn()
         .context("starting maptrace agent")?;
+    println!("agent: log in {}", log_path.display());
     println!("\nagent: tracing {AGENT_TARGETS} demo servers for {minutes} min (sampling every 10 s)");
     let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     let cpu_seconds = |pid: u32| -> Option<f64> {
