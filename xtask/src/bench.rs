@@ -243,7 +243,7 @@ pub fn agent_bench(layout: &Layout, minutes: u64) -> Result<()> {
         .spawn()
         .context("starting maptrace agent")?;
     println!("agent: log in {}", log_path.display());
-    println!("\nagent: tracing {AGENT_TARGETS} demo servers for {minutes} min (sampling every 10 s)");
+    println!("\nagent: tracing {AGENT_TARGETS} demo servers for {minutes} min, scraped every 15 s (Prometheus's default is 1 min; 15 s is common)");
     let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     let cpu_seconds = |pid: u32| -> Option<f64> {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -256,8 +256,16 @@ pub fn agent_bench(layout: &Layout, minutes: u64) -> Result<()> {
     let start = std::time::Instant::now();
     let first_cpu = cpu_seconds(agent.id()).unwrap_or(0.0);
     let mut samples = Vec::new();
+    let mut tick = 0u64;
     while start.elapsed() < Duration::from_secs(minutes * 60) {
-        std::thread::sleep(Duration::from_secs(10));
+        std::thread::sleep(Duration::from_secs(5));
+        tick += 1;
+        if tick % 3 == 0 {
+            let _ = scrape(port);
+        }
+        if tick % 2 != 0 {
+            continue;
+        }
         let (Some(cpu), Some(rss)) = (cpu_seconds(agent.id()), rss_kib(agent.id())) else { bail!("the agent exited") };
         samples.push((start.elapsed().as_secs_f64(), cpu - first_cpu, rss));
     }
@@ -278,7 +286,7 @@ pub fn agent_bench(layout: &Layout, minutes: u64) -> Result<()> {
     let last_rss = samples.last().map_or(0, |s| s.2);
     println!("{:>8} {:>12} {:>12}", "minute", "CPU (cores)", "RSS (MiB)");
     let mut prev = (0.0, 0.0);
-    for &(t, c, r) in samples.iter().filter(|s| (s.0 as u64) % 60 < 10) {
+    for &(t, c, r) in samples.iter().filter(|s| (s.0 as u64) % 60 < 10 && s.0 > 30.0) {
         println!("{:>8.0} {:>12.3} {:>12.1}", t / 60.0, (c - prev.1) / (t - prev.0), r as f64 / 1024.0);
         prev = (t, c);
     }

@@ -63,6 +63,8 @@ pub struct Shared {
     /// Attach failures by reason (`not_go` is not one: those are skipped quietly).
     pub attach_failures: BTreeMap<&'static str, u64>,
     pub top_sites: usize,
+    /// Times /metrics was encoded: a target's report is rebuilt only when this moved.
+    pub scrapes: u64,
 }
 
 pub type SharedMetrics = Arc<Mutex<Shared>>;
@@ -110,7 +112,8 @@ fn kinds() -> [ValueKind; 4] {
 
 impl Collector for Exported {
     fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
-        let shared = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut shared = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        shared.scrapes += 1;
         let mut f = Family { encoder: &mut encoder };
         let targets: Vec<(Vec<(String, String)>, &Report)> =
             shared.targets.values().map(|t| (t.labels.pairs(), &t.report)).collect();

@@ -2,9 +2,10 @@
 //! `.go.buildinfo`, not its name), attaches to each as it appears, detaches when it exits or
 //! execs, and serves what it sees on `/metrics` for Prometheus.
 //!
-//! One tokio task per target owns its [`Session`] and publishes the session's report every
-//! [`PUBLISH_EVERY`] into [`metrics::Shared`], which the HTTP server encodes at scrape time. Detaching
-//! (seconds, in the kernel) runs on a blocking thread.
+//! One tokio task per target owns its [`Session`] and publishes the session's report into
+//! [`metrics::Shared`], which the HTTP server encodes at scrape time: once at attach, then after
+//! each scrape, at most every [`PUBLISH_EVERY`]. Detaching (seconds, in the kernel) runs on a
+//! blocking thread.
 
 pub mod discover;
 pub mod metrics;
@@ -26,10 +27,11 @@ use crate::{
 use discover::{Candidate, ProcessKey};
 use metrics::{SharedMetrics, TargetLabels, TargetMetrics};
 
-/// How often each target's report is rebuilt for /metrics. A report walks every tracked object
-/// (retention, survival histograms): with ten targets leaking steadily, rebuilding every second
-/// took the agent from 0.2 to 0.9 cores over ten minutes (`cargo xtask bench --agent-minutes`).
-/// Prometheus scrapes every 15–30 s by default.
+/// The most often a target's report is rebuilt for /metrics, and only when /metrics was read since
+/// the last: a report walks every tracked object (retention, survival histograms). With ten targets
+/// leaking steadily, rebuilding every second took the agent from 0.2 to 0.9 cores over ten minutes
+/// (`cargo xtask bench --agent-minutes`). A scrape sees numbers at most this much older than the
+/// previous scrape's.
 const PUBLISH_EVERY: Duration = Duration::from_secs(5);
 
 pub struct AgentOptions {
@@ -165,6 +167,8 @@ async fn trace(
         &fields(&[("go", session.binary.version().to_string()), ("uprobes", session.uprobes().to_string())]),
     );
     let mut publish = tokio::time::interval(PUBLISH_EVERY);
+    // Scrapes seen at the last publication (None: publish at once).
+    let mut published_at_scrape = None;
     let ended_by = loop {
         tokio::select! {
             step = session.step() => match step {
@@ -173,8 +177,12 @@ async fn trace(
                 Err(e) => { log.event("error", &fields(&[("error", e.to_string())])); break "error" }
             },
             _ = publish.tick() => {
-                let report = session.report("running", usize::MAX);
-                shared.lock().unwrap_or_else(|p| p.into_inner()).targets.insert(c.key, TargetMetrics { labels: labels.clone(), report });
+                let scrapes = shared.lock().unwrap_or_else(|p| p.into_inner()).scrapes;
+                if published_at_scrape != Some(scrapes) {
+                    let report = session.report("running", usize::MAX);
+                    shared.lock().unwrap_or_else(|p| p.into_inner()).targets.insert(c.key, TargetMetrics { labels: labels.clone(), report });
+                    published_at_scrape = Some(scrapes);
+                }
             }
             // The agent dropped the sender (exec, or the process left the scan) or is stopping.
             _ = stop.changed() => break "detached",
