@@ -318,24 +318,24 @@ impl Correlator {
             let waiting_since = f
                 .not_run()
                 .iter()
-                .filter(|r| f.serves(run, r.mechanism))
+                .filter(|r| f.serves(run, r.what.mechanism))
                 .filter_map(|r| r.queued_at())
                 .filter(|&q| q >= run.since_ns)
                 .min();
-            let stuck = waiting_since.is_some_and(|q| now_ns.saturating_sub(q) >= BLOCKED_AFTER_NS) && state.as_deref() != Some(idle(run.mechanism));
+            let stuck = waiting_since.is_some_and(|q| now_ns.saturating_sub(q) >= BLOCKED_AFTER_NS) && state.as_deref() != Some(idle(run.what.mechanism));
             runners.push(RunnerGoroutine {
                 goid: run.goid,
-                runs: match (f.cleanups_on_finalizer_goroutine, run.mechanism) {
+                runs: match (f.cleanups_on_finalizer_goroutine, run.what.mechanism) {
                     (true, _) => "finalizers and cleanups",
                     (false, Mechanism::Finalizer) => "finalizers",
                     (false, Mechanism::Cleanup) => "cleanups",
                 },
                 state: state.unwrap_or_else(|| "unknown".into()),
-                last_started: function_name(run.function, names),
-                last_started_kind: run.mechanism,
+                last_started: function_name(run.what.function, names),
+                last_started_kind: run.what.mechanism,
                 last_started_seconds_ago: seconds_since(run.since_ns),
                 blocked: stuck.then(|| Blocked {
-                    object_type: object_type(run.ptr_type, run.alloc_type, names),
+                    object_type: object_type(run.what.ptr_type, run.what.alloc_type, names),
                     blocked_seconds: seconds_since(run.since_ns),
                     queue_depth: f.queue_depth(run),
                 }),
@@ -348,16 +348,16 @@ impl Correlator {
 
         let mut groups: HashMap<(Mechanism, NeverRan, u64, u64), NeverRanRow> = HashMap::new();
         for r in f.not_run() {
-            let Some(reason) = diagnose(r, last.saturating_sub(r.cycle), k, blocked(r.mechanism), &evidence) else { continue };
+            let Some(reason) = diagnose(r, last.saturating_sub(r.cycle), k, blocked(r.what.mechanism), &evidence) else { continue };
             let site = registration_site(&r.stack, names);
-            let code = read_word(memory, r.function).unwrap_or(r.function);
-            let key = (r.mechanism, reason, site.first().copied().unwrap_or(0), code);
+            let code = read_word(memory, r.what.function).unwrap_or(r.what.function);
+            let key = (r.what.mechanism, reason, site.first().copied().unwrap_or(0), code);
             let row = groups.entry(key).or_insert_with(|| NeverRanRow {
-                kind: r.mechanism,
+                kind: r.what.mechanism,
                 reason,
                 count: 0,
-                object_type: object_type(r.ptr_type, r.alloc_type, names),
-                function: function_name(r.function, names),
+                object_type: object_type(r.what.ptr_type, r.what.alloc_type, names),
+                function: function_name(r.what.function, names),
                 age_cycles: last.saturating_sub(r.cycle),
                 age_seconds: seconds_since(r.time_ns),
                 registered_at: site.iter().map(|&pc| frame_row(pc, names)).collect(),

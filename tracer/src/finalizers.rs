@@ -17,9 +17,10 @@ use tracer_common::RecordKind;
 use crate::events::Event;
 
 /// `runtime.SetFinalizer` or `runtime.AddCleanup`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Mechanism {
+    #[default]
     Finalizer,
     Cleanup,
 }
@@ -72,9 +73,9 @@ enum Key {
     Cleanup(u64),
 }
 
-/// One registered finalizer or cleanup.
-#[derive(Clone, Debug)]
-pub struct Registration {
+/// What a finalizer or cleanup is: the function, and the object it is for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Subject {
     pub mechanism: Mechanism,
     pub object: u64,
     /// The finalizer's or cleanup's `*funcval` (its first word is the code pointer); for a cleanup
@@ -86,6 +87,12 @@ pub struct Registration {
     pub ptr_type: u64,
     /// `T` as the object was allocated, if that was traced.
     pub alloc_type: u64,
+}
+
+/// One registered finalizer or cleanup.
+#[derive(Clone, Debug)]
+pub struct Registration {
+    pub what: Subject,
     pub time_ns: u64,
     pub cycle: u64,
     pub stack: Vec<u64>,
@@ -95,13 +102,8 @@ pub struct Registration {
 /// What a runner goroutine (the finalizer goroutine, a cleanup goroutine) started last.
 #[derive(Clone, Debug)]
 pub struct Running {
-    pub mechanism: Mechanism,
-    pub object: u64,
-    pub function: u64,
-    pub handle: u64,
-    /// `*T` and `T` of the object, from its registration (0 if unknown).
-    pub ptr_type: u64,
-    pub alloc_type: u64,
+    /// From its registration when that was seen (types 0 otherwise).
+    pub what: Subject,
     /// The runner goroutine (to read its state).
     pub g: u64,
     pub goid: u64,
@@ -138,12 +140,7 @@ impl Finalizers {
     /// `alloc_type`: for a registration, the object's type as allocated (0 if unknown).
     pub fn record(&mut self, ev: &Event, alloc_type: u64) {
         let registration = |mechanism, function, handle, ptr_type| Registration {
-            mechanism,
-            object: ev.ptr,
-            function,
-            handle,
-            ptr_type,
-            alloc_type,
+            what: Subject { mechanism, object: ev.ptr, function, handle, ptr_type, alloc_type },
             time_ns: ev.ktime_ns,
             cycle: ev.gc_cycle,
             stack: ev.stack.clone(),
@@ -207,32 +204,31 @@ impl Finalizers {
 
     /// Started, and the one before it on the same goroutine has returned (a runner runs one at a time).
     fn started(&mut self, key: Key, mechanism: Mechanism, ev: &Event) {
-        let r = self.pending.remove(&key);
-        let (object, function, handle) = match (mechanism, &r) {
-            (Mechanism::Finalizer, _) => (ev.ptr, ev.size, 0),
-            (Mechanism::Cleanup, Some(r)) => (r.object, r.function, r.handle),
-            (Mechanism::Cleanup, None) => (0, 0, ev.ptr),
+        // A finalizer start names its object and function; a cleanup's only its handle.
+        let what = match (mechanism, self.pending.remove(&key)) {
+            (_, Some(r)) => r.what,
+            (Mechanism::Finalizer, None) => Subject { mechanism, object: ev.ptr, function: ev.size, ..Subject::default() },
+            (Mechanism::Cleanup, None) => Subject { mechanism, handle: ev.ptr, ..Subject::default() },
         };
-        let (ptr_type, alloc_type) = r.map_or((0, 0), |r| (r.ptr_type, r.alloc_type));
-        let run = Running { mechanism, object, function, handle, ptr_type, alloc_type, g: ev.g, goid: ev.goid, since_ns: ev.ktime_ns };
+        let run = Running { what, g: ev.g, goid: ev.goid, since_ns: ev.ktime_ns };
         self.running.insert(ev.g, run);
     }
 
     /// Registered (or queued) and not started, oldest first.
     pub fn not_run(&self) -> Vec<&Registration> {
         let mut v: Vec<&Registration> = self.pending.values().collect();
-        v.sort_by_key(|r| (r.time_ns, r.object, r.handle));
+        v.sort_by_key(|r| (r.time_ns, r.what.object, r.what.handle));
         v
     }
 
     /// Whether the goroutine that ran `run` also runs registrations of `mechanism`.
     pub fn serves(&self, run: &Running, mechanism: Mechanism) -> bool {
-        run.mechanism == mechanism || self.cleanups_on_finalizer_goroutine
+        run.what.mechanism == mechanism || self.cleanups_on_finalizer_goroutine
     }
 
     /// Queued and waiting for a runner that `run`'s goroutine stands for.
     pub fn queue_depth(&self, run: &Running) -> u64 {
-        self.pending.values().filter(|r| r.queued_at().is_some() && self.serves(run, r.mechanism)).count() as u64
+        self.pending.values().filter(|r| r.queued_at().is_some() && self.serves(run, r.what.mechanism)).count() as u64
     }
 }
 
@@ -259,16 +255,17 @@ pub fn diagnose(r: &Registration, cycles_since: u64, k: u64, blocked: bool, evid
         State::Queued { .. } => blocked.then_some(NeverRan::QueuedBehindBlockedFinalizer),
         State::Registered if cycles_since < k => None,
         State::Registered => {
-            let size = evidence.live_size(r.object);
-            if size.is_some() && evidence.tiny(r.object) {
+            let w = &r.what;
+            let size = evidence.live_size(w.object);
+            if size.is_some() && evidence.tiny(w.object) {
                 // The tiny allocator fills a block from its start, so an object past the start has
                 // an earlier neighbour even when that one was allocated before tracing began.
-                let block = r.object & !(TINY_BLOCK - 1);
-                if r.object != block || evidence.others_in_block(block, r.object) {
+                let block = w.object & !(TINY_BLOCK - 1);
+                if w.object != block || evidence.others_in_block(block, w.object) {
                     return Some(NeverRan::TinyBlockShared);
                 }
             }
-            if evidence.reachable_from(&[r.function, r.handle], r.object, size.unwrap_or(1)) {
+            if evidence.reachable_from(&[w.function, w.handle], w.object, size.unwrap_or(1)) {
                 return Some(NeverRan::ReachableFromOwnFinalizer);
             }
             Some(NeverRan::StillReachable)
@@ -357,12 +354,12 @@ mod tests {
         let c = f.counts;
         assert_eq!((c.registered, c.removed, c.queued, c.started), (4, 1, 2, 1));
         assert_eq!((c.cleanups_registered, c.cleanups_queued, c.cleanups_started), (2, 2, 1));
-        let waiting: Vec<(u64, u64)> = f.not_run().iter().map(|r| (r.object, r.handle)).collect();
+        let waiting: Vec<(u64, u64)> = f.not_run().iter().map(|r| (r.what.object, r.what.handle)).collect();
         assert_eq!(waiting, vec![(0x200, 0), (0x300, 0), (0x900, 0xc2)]);
         let fing = &f.running[&7];
-        assert_eq!((fing.mechanism, fing.object, fing.function, fing.since_ns), (Mechanism::Finalizer, 0x100, 0xf00, 4));
+        assert_eq!((fing.what.mechanism, fing.what.object, fing.what.function, fing.since_ns), (Mechanism::Finalizer, 0x100, 0xf00, 4));
         let cleaner = &f.running[&8];
-        assert_eq!((cleaner.mechanism, cleaner.object, cleaner.handle), (Mechanism::Cleanup, 0x900, 0xc1));
+        assert_eq!((cleaner.what.mechanism, cleaner.what.object, cleaner.what.handle), (Mechanism::Cleanup, 0x900, 0xc1));
         assert_eq!(f.queue_depth(fing), 1, "the finalizer goroutine's queue");
         assert_eq!(f.queue_depth(cleaner), 1, "the cleanup goroutine's queue");
         // Go 1.24: one goroutine runs both.
