@@ -269,9 +269,16 @@ pub struct Traced {
 
 /// Attaches maptrace (JSON, no live view) to a ready target, lets the target run its measured
 /// phase and waits for both to finish; maptrace must succeed.
-pub fn trace_measured_phase(mut target: Target) -> Traced {
+pub fn trace_measured_phase(target: Target) -> Traced {
+    trace_measured_phase_with(target, &[])
+}
+
+/// [`trace_measured_phase`] with more maptrace arguments (e.g. `--mode sampled`).
+pub fn trace_measured_phase_with(mut target: Target, extra: &[&str]) -> Traced {
     let pid = target.pid.to_string();
-    let mut maptrace = Maptrace::start(&["--pid", &pid, "--json", "--no-live"]);
+    let mut args = vec!["--pid", &pid, "--json", "--no-live"];
+    args.extend_from_slice(extra);
+    let mut maptrace = Maptrace::start(&args);
     maptrace.wait_attached();
     target.go();
     let (target_output, target_status) = target.finish();
@@ -283,9 +290,16 @@ pub fn trace_measured_phase(mut target: Target) -> Traced {
 /// Traces a target that stays alive after its measured phase: maptrace is interrupted once the
 /// target printed its done line (so the target's memory can still be read), then the target is
 /// let go. Returns the done line and the report.
-pub fn trace_until_done(mut target: Target) -> (String, Value) {
+pub fn trace_until_done(target: Target) -> (String, Value) {
+    trace_until_done_with(target, &[])
+}
+
+/// [`trace_until_done`] with more maptrace arguments (e.g. `--mode sampled`).
+pub fn trace_until_done_with(mut target: Target, extra: &[&str]) -> (String, Value) {
     let pid = target.pid.to_string();
-    let mut maptrace = Maptrace::start(&["--pid", &pid, "--json", "--no-live"]);
+    let mut args = vec!["--pid", &pid, "--json", "--no-live"];
+    args.extend_from_slice(extra);
+    let mut maptrace = Maptrace::start(&args);
     maptrace.wait_attached();
     target.go();
     let done = target.wait_done();

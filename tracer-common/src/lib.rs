@@ -44,6 +44,12 @@ pub enum RecordKind {
     CleanupQueued = 10,
     /// A cleanup is called: `ptr` the handle.
     CleanupStarted = 11,
+    /// Sampled mode: the runtime's allocation sampler picked this allocation (`mProf_Malloc`):
+    /// `ptr`, `size`; `alloc_count` is how many sampled allocations it stands for (more than one
+    /// when the trap budget thinned the samples in the kernel).
+    Sampled = 12,
+    /// Sampled mode: a sweep freed a sampled object (its profile special): `ptr` the object.
+    SampleFreed = 13,
 }
 
 impl RecordKind {
@@ -62,6 +68,8 @@ impl RecordKind {
             9 => Self::CleanupSet,
             10 => Self::CleanupQueued,
             11 => Self::CleanupStarted,
+            12 => Self::Sampled,
+            13 => Self::SampleFreed,
             _ => return None,
         })
     }
@@ -97,7 +105,34 @@ pub struct ProbeConfig {
     pub special_kind: u64,
     pub special_kind_cleanup: u64,
     pub special_cleanup_handle: u64,
+    /// The kind of a memory-profile special, whose release is a sampled object's death (0: not
+    /// in sampled mode).
+    pub special_kind_profile: u64,
+    /// Sampled mode's trap budget: sampled allocations per second one CPU passes on in full;
+    /// beyond it the kernel keeps one in 2^k (see [`SampleBudget`]).
+    pub samples_per_cpu_second: u64,
 }
+
+/// The kernel's closed loop on sampled allocations, per CPU. Each second it compares the hits
+/// of the last second with the budget: over it, it keeps half as many (k + 1); under a quarter
+/// of it, twice as many (k - 1). Within a second, hits beyond twice the budget are dropped and
+/// counted, so a burst cannot flood the ring before the loop reacts.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SampleBudget {
+    pub window_start_ns: u64,
+    /// Sampled allocations seen in this window (kept or not).
+    pub hits: u64,
+    /// k: one sampled allocation in 2^k is sent, weighted 2^k.
+    pub shift: u64,
+    /// Since attach: sampled allocations seen, those thinned out by k, those dropped over the cap.
+    pub total_hits: u64,
+    pub thinned: u64,
+    pub over_budget: u64,
+}
+
+/// Largest k of [`SampleBudget`]: one sample in 2^16 at worst.
+pub const MAX_SAMPLE_SHIFT: u64 = 16;
 
 /// An argument "register" number meaning the closure context register (RDX on amd64, R26 on
 /// arm64), which holds the `*funcval` at an indirect call.
@@ -240,6 +275,7 @@ mod pod {
     unsafe impl aya::Pod for super::ProbeConfig {}
     unsafe impl aya::Pod for super::CycleRecord {}
     unsafe impl aya::Pod for super::SpanRecord {}
+    unsafe impl aya::Pod for super::SampleBudget {}
 }
 
 /// The attach cookie of an object event probe (finalizers, cleanups): which record to make and

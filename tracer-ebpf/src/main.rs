@@ -20,7 +20,7 @@ use aya_ebpf::{
 };
 use tracer_common::{
     AllocEntry, AllocKey, ConstructorCookie, ContainerEntry, ContainerKind, CycleRecord, ObjectEventCookie, ProbeConfig,
-    Record, RecordKind, SpanRecord, INLINE_MARKS_OFFSET, INLINE_MARK_BYTES, MAX_IN_FLIGHT,
+    Record, RecordKind, SampleBudget, SpanRecord, MAX_SAMPLE_SHIFT, INLINE_MARKS_OFFSET, INLINE_MARK_BYTES, MAX_IN_FLIGHT,
     MAX_MARK_BYTES, MAX_STACK_DEPTH, RING_BUFFER_BYTES,
 };
 
@@ -42,6 +42,8 @@ static CONFIG: ProbeConfig = ProbeConfig {
     special_kind: 0,
     special_kind_cleanup: 0,
     special_cleanup_handle: 0,
+    special_kind_profile: 0,
+    samples_per_cpu_second: 0,
 };
 
 #[map]
@@ -50,6 +52,10 @@ static RECORDS: RingBuf = RingBuf::with_byte_size(RING_BUFFER_BYTES, 0);
 /// Records that did not fit in the ring buffer (index 0), summed over CPUs by userspace.
 #[map]
 static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Sampled mode's trap budget, per CPU (index 0).
+#[map]
+static BUDGET: PerCpuArray<SampleBudget> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
 static ALLOC_IN_FLIGHT: LruHashMap<AllocKey, AllocEntry> =
@@ -182,21 +188,68 @@ pub fn object_event(ctx: ProbeContext) -> u32 {
     0
 }
 
+/// Entry of `runtime.mProf_Malloc`, where the runtime's own allocation sampler (MemProfileRate)
+/// records a sampled allocation; the attach cookie says which registers hold the pointer and the
+/// size. The trap budget ([`SampleBudget`]) decides whether it is sent, and with what weight.
+#[uprobe]
+pub fn sampled_alloc(ctx: ProbeContext) -> u32 {
+    // SAFETY: the helper only reads the current probe's cookie.
+    let Some(cookie) = ObjectEventCookie::decode(unsafe { bpf_get_attach_cookie(ctx.as_ptr()) }) else {
+        return 0;
+    };
+    let Some(budget) = BUDGET.get_ptr_mut(0) else { return 0 };
+    // SAFETY: a plain read of a loader-initialised global.
+    let limit = unsafe { core::ptr::read_volatile(&CONFIG.samples_per_cpu_second) };
+    // SAFETY: the helper only reads a clock.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: this CPU's slot; a uprobe program is not preempted by another on the same CPU.
+    let weight = unsafe {
+        let b = &mut *budget;
+        if now.wrapping_sub(b.window_start_ns) >= 1_000_000_000 {
+            if b.hits > limit && b.shift < MAX_SAMPLE_SHIFT {
+                b.shift += 1;
+            } else if b.hits * 4 < limit && b.shift > 0 {
+                b.shift -= 1;
+            }
+            b.window_start_ns = now;
+            b.hits = 0;
+        }
+        b.hits += 1;
+        b.total_hits += 1;
+        if b.hits > 2 * limit {
+            b.over_budget += 1;
+            return 0;
+        }
+        let mask = (1u64 << (b.shift & 63)) - 1;
+        if b.total_hits & mask != 0 {
+            b.thinned += 1;
+            return 0;
+        }
+        mask + 1
+    };
+    let ptr = go_abi::int_reg(&ctx, cookie.ptr_arg);
+    let size = cookie.aux_arg.map_or(0, |a| go_abi::int_reg(&ctx, a));
+    emit(&ctx, go_abi::g(&ctx), RecordKind::Sampled, 0, ptr, size, 0, weight);
+    0
+}
+
 /// Entry of `runtime.freeSpecial(s *special, p unsafe.Pointer, size uintptr)`: a sweep unlinked
-/// a special of a dead object. Only cleanup specials are sent (the others are finalizers, which
-/// `queuefinalizer` reports, and the profiler's, which are many).
+/// a special of a dead object. Sent: cleanup specials (the cleanup is queued) and, in sampled
+/// mode, profile specials (a sampled object died). Finalizers are `queuefinalizer`'s.
 #[uprobe]
 pub fn special_freed(ctx: ProbeContext) -> u32 {
     // SAFETY: a plain read of a loader-initialised global.
     let cfg = unsafe { core::ptr::read_volatile(&CONFIG) };
     let special = go_abi::int_reg(&ctx, 0);
     // SAFETY: checked user read.
-    let kind = unsafe { bpf_probe_read_user((special + cfg.special_kind) as *const u8) }.unwrap_or(0);
-    if cfg.special_kind_cleanup == 0 || u64::from(kind) != cfg.special_kind_cleanup {
-        return 0;
+    let kind = u64::from(unsafe { bpf_probe_read_user((special + cfg.special_kind) as *const u8) }.unwrap_or(0));
+    let object = go_abi::int_reg(&ctx, 1);
+    if cfg.special_kind_profile != 0 && kind == cfg.special_kind_profile {
+        emit_event(RecordKind::SampleFreed, object);
+    } else if cfg.special_kind_cleanup != 0 && kind == cfg.special_kind_cleanup {
+        let handle = read_u64(special + cfg.special_cleanup_handle);
+        emit(&ctx, go_abi::g(&ctx), RecordKind::CleanupQueued, 0, object, handle, 0, 0);
     }
-    let handle = read_u64(special + cfg.special_cleanup_handle);
-    emit(&ctx, go_abi::g(&ctx), RecordKind::CleanupQueued, 0, go_abi::int_reg(&ctx, 1), handle, 0, 0);
     0
 }
 
@@ -302,6 +355,35 @@ fn emit(ctx: &ProbeContext, g: u64, kind: RecordKind, container: u32, ptr: u64, 
             BPF_F_USER_STACK as u64,
         );
         (*r).stack_len = if n > 0 { (n as u32) / 8 } else { 0 };
+    }
+    slot.submit(0);
+}
+
+/// A record of `kind` about `ptr` alone, without a goroutine or a stack (deaths: many, and the
+/// sweeping goroutine says nothing about the object).
+#[inline(always)]
+fn emit_event(kind: RecordKind, ptr: u64) {
+    let Some(mut slot) = RECORDS.reserve::<Record>(0) else {
+        count_lost();
+        return;
+    };
+    let r = slot.as_mut_ptr();
+    // SAFETY: `r` points to a reserved, exclusively owned Record-sized slot; every field the
+    // decoder reads is written.
+    unsafe {
+        (*r).kind = kind as u32;
+        (*r).container = 0;
+        (*r).goid = 0;
+        (*r).g = 0;
+        (*r).ptr = ptr;
+        (*r).size = 0;
+        (*r).type_ptr = 0;
+        (*r).alloc_count = 0;
+        (*r).ktime_ns = bpf_ktime_get_ns();
+        (*r).gc_cycle = gc_cycle();
+        (*r).caller_pc = 0;
+        (*r).stack_len = 0;
+        (*r)._pad = 0;
     }
     slot.submit(0);
 }

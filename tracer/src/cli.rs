@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::sampling::{Mode, SamplingOptions, DEFAULT_BUDGET};
+
 const AFTER_HELP: &str = "\
 Examples:
   sudo maptrace --pid 4242                 trace until Ctrl-C, then print the site table
@@ -27,9 +29,17 @@ when stderr is not a terminal). At the end, stdout gets three sections:
                     can never run), queued behind a blocked one (named, with its wait reason),
                     or sharing a tiny-allocator block with live values.
 
-Cost: every allocation of the target traps into the kernel (full mode), which costs
-microseconds per allocation: use it for investigations, not on hot services for long.
-The target's behaviour is never changed: maptrace only reads its memory.
+Modes (--mode): full (the default here) traps every allocation of the target into the kernel:
+exact counts, types and slice/map kinds, at microseconds per allocation; use it for
+investigations, not on hot services for long. sampled (the agent's default) takes only the
+allocations the Go runtime's own heap profiler samples (one per runtime.MemProfileRate bytes on
+average, 512 KiB by default) and their deaths, plus GC cycles and finalizers: cheap enough to
+leave on; counts are estimates scaled like `go tool pprof` scales heap profiles, and types are
+not known. Programs that never use runtime.MemProfile (no runtime/pprof, no net/http/pprof) run
+with the rate at 0 and sample nothing: --sample-rate BYTES --write-memprofilerate sets it (the
+one write maptrace makes to a target's memory, undone at detach). A trap budget (--trap-budget)
+thins the samples in the kernel when the target allocates faster than that.
+Otherwise the target's behaviour is never changed: maptrace only reads its memory.
 
 Exit codes:
   0  report printed (also when the target exits while traced)
@@ -73,6 +83,37 @@ pub struct Cli {
     /// session through maptrace's pipeline: `cargo xtask bench` does).
     #[arg(long, value_name = "FILE")]
     pub record: Option<std::path::PathBuf>,
+
+    /// full: trap every allocation (exact, costly); sampled: the runtime's heap-profile samples.
+    #[arg(long, value_enum, default_value_t = Mode::Full)]
+    pub mode: Mode,
+
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+}
+
+/// Sampled mode's settings, shared by the CLI and the agent.
+#[derive(Debug, Args)]
+pub struct SamplingArgs {
+    /// Sampled mode: set the target's runtime.MemProfileRate to BYTES (one sample per that many
+    /// bytes allocated, on average; 1 samples everything). Needs --write-memprofilerate.
+    #[arg(long, value_name = "BYTES", requires = "write_memprofilerate", value_parser = clap::value_parser!(u64).range(1..))]
+    pub sample_rate: Option<u64>,
+
+    /// Allow --sample-rate to write the target's memory (the old value is put back at detach).
+    #[arg(long)]
+    pub write_memprofilerate: bool,
+
+    /// Sampled mode: samples per second passed on in full; beyond it the kernel keeps one in 2^k
+    /// (and weights it 2^k) so that a fast allocator cannot make tracing costly.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_BUDGET, value_parser = clap::value_parser!(u64).range(1..))]
+    pub trap_budget: u64,
+}
+
+impl SamplingArgs {
+    pub fn options(&self) -> SamplingOptions {
+        SamplingOptions { rate: self.sample_rate, write_rate: self.write_memprofilerate, budget: self.trap_budget }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -92,8 +133,11 @@ container ID from the cgroup path) and pod (the Kubernetes pod UID); per-site se
 limited to the --top-sites largest per target, the rest summed into site=\"other\".
 
 Needs CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE, and the host's PID namespace (hostPID on
-Kubernetes: see deploy/). Every allocation of every traced process traps into the kernel
-(full mode): narrow it down with --include on busy nodes.";
+Kubernetes: see deploy/). The agent runs in sampled mode by default (see maptrace --help):
+it traps only on the allocations each program's own heap profiler samples, so programs that
+never use runtime.MemProfile report GC cycles and finalizers but no allocations unless
+--sample-rate and --write-memprofilerate are given. --mode full traps every allocation of
+every traced process: narrow it down with --include.";
 
 #[derive(Debug, Args)]
 pub struct AgentArgs {
@@ -125,6 +169,13 @@ pub struct AgentArgs {
     /// Log lines as text or as one JSON object each.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// sampled: the runtime's heap-profile samples (cheap); full: every allocation (costly).
+    #[arg(long, value_enum, default_value_t = Mode::Sampled)]
+    pub mode: Mode,
+
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

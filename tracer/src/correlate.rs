@@ -8,7 +8,7 @@ use tracer_common::RecordKind;
 
 use crate::{
     events::{Event, TraceEvent},
-    finalizers::{diagnose, Blocked, Evidence, FinalizerSection, Finalizers, Mechanism, NeverRan, NeverRanRow, RunnerGoroutine},
+    finalizers::{diagnose, Blocked, Evidence, FinalizerSection, Finalizers, Mechanism, NeverRan, NeverRanRow, RunnerGoroutine, Subject},
     frames::CreatingFrames,
     gotype::Memory,
     symbolize::is_runtime_function,
@@ -84,10 +84,17 @@ impl Evidence for MemoryEvidence<'_> {
         self.lifecycle.object_containing(object).map(|o| o.size)
     }
 
-    fn tiny(&self, object: u64) -> bool {
-        let Some(o) = self.lifecycle.object_containing(object) else { return false };
-        let type_ptr = (o.site & PARTS == 0).then(|| self.sites.object_type(o.site)).flatten();
-        o.size < 16 && type_ptr.is_some_and(|t| crate::gotype::pointer_free(self.memory, t) == Some(true))
+    fn tiny(&self, what: &Subject) -> bool {
+        let pointer_free = |t: u64| crate::gotype::pointer_free(self.memory, t) == Some(true);
+        match self.lifecycle.object_containing(what.object) {
+            Some(o) => {
+                let type_ptr = (o.site & PARTS == 0).then(|| self.sites.object_type(o.site)).flatten();
+                o.size < 16 && type_ptr.is_some_and(pointer_free)
+            }
+            // Not traced (allocated before attach, or not sampled): the registration's `*T` says.
+            None => crate::gotype::pointer_elem(self.memory, what.ptr_type)
+                .is_some_and(|t| crate::gotype::size(self.memory, t).is_some_and(|s| (1..16).contains(&s)) && pointer_free(t)),
+        }
     }
 
     fn others_in_block(&self, block: u64, object: u64) -> bool {
@@ -111,6 +118,8 @@ impl Evidence for MemoryEvidence<'_> {
                         return true;
                     }
                     // Hop only to tracked heap objects: integers and code pointers stay behind.
+                    // (Hopping to any heap-looking word instead, for sampled mode, which tracks
+                    // few objects, named held cleanups as cycles through their neighbours.)
                     if self.lifecycle.object_containing(w).is_some() {
                         next.push(w);
                     }
@@ -152,6 +161,8 @@ pub struct Correlator {
     cycles_seen: u64,
     first_cycle: Option<u64>,
     spans_swept: u64,
+    /// Sampled mode: the target's `MemProfileRate` its records were taken at.
+    sample_rate: u64,
 }
 
 impl Correlator {
@@ -166,7 +177,13 @@ impl Correlator {
             cycles_seen: 0,
             first_cycle: None,
             spans_swept: 0,
+            sample_rate: 0,
         }
+    }
+
+    /// Sampled mode: the rate the runtime samples at, which scales samples into estimates.
+    pub fn set_sample_rate(&mut self, rate: u64) {
+        self.sample_rate = rate;
     }
 
     pub fn record(&mut self, ev: &TraceEvent, names: &mut dyn Resolve) {
@@ -200,6 +217,7 @@ impl Correlator {
                 self.cycles_seen += 1;
                 self.first_cycle.get_or_insert(*cycle);
             }
+            TraceEvent::SampleFreed { ptr, ktime_ns } => self.lifecycle.on_free(*ptr, *ktime_ns),
             TraceEvent::SpanSwept(s) => {
                 let span = SweptSpan { base: s.base, elemsize: s.elemsize, nelems: s.nelems, marks: &s.marks };
                 self.lifecycle.on_span_swept(&span, s.ktime_ns);
@@ -228,7 +246,11 @@ impl Correlator {
         names.go_type(ev.type_ptr);
         self.frames.observe(ev.goid, &ev.stack);
         let alloc = Alloc { addr: ev.ptr, size: ev.size, site: 0, born_cycle: ev.gc_cycle, time_ns: ev.ktime_ns };
-        let hit = self.sites.add(ev, names);
+        let weight = match ev.kind {
+            RecordKind::Sampled => ev.alloc_count.max(1) as f64 * crate::sampling::allocations_per_sample(ev.size, self.sample_rate),
+            _ => 1.0,
+        };
+        let hit = self.sites.add_weighted(ev, weight, names);
         let Some(hit) = hit else {
             let pending = self.pending.entry(ev.goid).or_default();
             if pending.len() >= MAX_PENDING {

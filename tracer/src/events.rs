@@ -11,6 +11,8 @@ pub enum TraceEvent {
     /// GC cycle `cycle` reached mark termination (the target's own number).
     CycleEnd { cycle: u64, ktime_ns: u64 },
     SpanSwept(SpanSwept),
+    /// A sampled object died: a sweep released its profile special.
+    SampleFreed { ptr: u64, ktime_ns: u64 },
 }
 
 /// A span about to be swept, with the mark bits its objects got from the last cycle.
@@ -28,7 +30,8 @@ pub struct SpanSwept {
 impl TraceEvent {
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         match RecordKind::of(bytes) {
-            Some(RecordKind::Alloc | RecordKind::Container) => Event::decode(bytes).map(TraceEvent::Alloc),
+            Some(RecordKind::Alloc | RecordKind::Container | RecordKind::Sampled) => Event::decode(bytes).map(TraceEvent::Alloc),
+            Some(RecordKind::SampleFreed) => Event::decode(bytes).map(|e| TraceEvent::SampleFreed { ptr: e.ptr, ktime_ns: e.ktime_ns }),
             Some(
                 RecordKind::FinalizerSet
                 | RecordKind::FinalizerRemoved

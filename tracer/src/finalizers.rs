@@ -236,8 +236,9 @@ impl Finalizers {
 pub trait Evidence {
     /// The object's size if it was allocated while traced and is still alive.
     fn live_size(&self, object: u64) -> Option<u64>;
-    /// Whether the tiny allocator made the object: it is under 16 bytes and its type has no pointers.
-    fn tiny(&self, object: u64) -> bool;
+    /// Whether the tiny allocator made the object: it is under 16 bytes and its type has no
+    /// pointers (from its allocation when it was traced, else from the registration's `*T`).
+    fn tiny(&self, what: &Subject) -> bool;
     /// Other live tracked objects in the 16-byte block at `block`.
     fn others_in_block(&self, block: u64, object: u64) -> bool;
     /// Whether `[object, object + size)` is reachable, within a few pointer hops, from `roots`
@@ -257,11 +258,13 @@ pub fn diagnose(r: &Registration, cycles_since: u64, k: u64, blocked: bool, evid
         State::Registered => {
             let w = &r.what;
             let size = evidence.live_size(w.object);
-            if size.is_some() && evidence.tiny(w.object) {
+            if evidence.tiny(w) {
                 // The tiny allocator fills a block from its start, so an object past the start has
-                // an earlier neighbour even when that one was allocated before tracing began.
+                // an earlier neighbour even when that one was allocated before tracing began. One
+                // at the start that was not traced (before attach, or not sampled) may have later
+                // neighbours nobody saw: the tiny block is then the likelier explanation.
                 let block = w.object & !(TINY_BLOCK - 1);
-                if w.object != block || evidence.others_in_block(block, w.object) {
+                if w.object != block || size.is_none() || evidence.others_in_block(block, w.object) {
                     return Some(NeverRan::TinyBlockShared);
                 }
             }
@@ -318,8 +321,8 @@ mod tests {
         fn live_size(&self, object: u64) -> Option<u64> {
             self.sizes.get(&object).copied()
         }
-        fn tiny(&self, object: u64) -> bool {
-            self.sizes.get(&object).is_some_and(|&s| s < 16) && !self.with_pointers.contains(&object)
+        fn tiny(&self, what: &Subject) -> bool {
+            self.sizes.get(&what.object).is_some_and(|&s| s < 16) && !self.with_pointers.contains(&what.object)
         }
         fn others_in_block(&self, block: u64, _object: u64) -> bool {
             self.shared_blocks.contains(&block)

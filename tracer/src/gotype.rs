@@ -82,9 +82,27 @@ fn read_type(mem: &dyn Memory, types_base: u64, type_ptr: u64) -> io::Result<GoT
 
 /// Whether the type holds no pointers (`PtrBytes` is 0); None if unreadable.
 pub fn pointer_free(mem: &dyn Memory, type_ptr: u64) -> Option<bool> {
+    Some(read_word(mem, type_ptr.checked_add(TYPE_PTRBYTES_OFF)?)? == 0)
+}
+
+/// The type's `Size_`; None if unreadable.
+pub fn size(mem: &dyn Memory, type_ptr: u64) -> Option<u64> {
+    read_word(mem, type_ptr.checked_add(TYPE_SIZE_OFF as u64)?)
+}
+
+/// `Elem` of a pointer type (`abi.PtrType{Type; Elem *Type}`: right after the type header);
+/// None for 0 or if unreadable.
+pub fn pointer_elem(mem: &dyn Memory, ptr_type: u64) -> Option<u64> {
+    if ptr_type == 0 {
+        return None;
+    }
+    read_word(mem, ptr_type.checked_add(TYPE_HEADER_LEN as u64)?).filter(|&e| e != 0)
+}
+
+fn read_word(mem: &dyn Memory, addr: u64) -> Option<u64> {
     let mut b = [0u8; 8];
-    mem.read(type_ptr.checked_add(TYPE_PTRBYTES_OFF)?, &mut b).ok()?;
-    Some(u64::from_le_bytes(b) == 0)
+    mem.read(addr, &mut b).ok()?;
+    Some(u64::from_le_bytes(b))
 }
 
 fn uvarint(b: &[u8]) -> Option<(u64, usize)> {

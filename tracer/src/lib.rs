@@ -20,6 +20,7 @@ pub mod process;
 pub mod recording;
 pub mod report;
 pub mod retention;
+pub mod sampling;
 pub mod session;
 pub mod sites;
 pub mod symbolize;

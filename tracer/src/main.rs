@@ -7,6 +7,7 @@ use tracer::{
     agent::{self, AgentOptions},
     cli::{AgentArgs, Cli, Command, LogFormat},
     error::Failure,
+    session::SessionOptions,
     trace::{run, stderr_is_terminal, TraceOptions},
 };
 
@@ -21,7 +22,7 @@ fn main() {
         duration: cli.duration,
         live: !cli.no_live && stderr_is_terminal(),
         top: if cli.json { usize::MAX } else { cli.top },
-        retain_cycles: cli.cycles,
+        session: SessionOptions { retain_cycles: cli.cycles, mode: cli.mode, sampling: cli.sampling.options() },
         record: cli.record,
     };
     let result = tokio::runtime::Builder::new_current_thread()
@@ -57,7 +58,7 @@ fn run_agent(args: AgentArgs) -> ! {
         exclude: args.exclude,
         scan_every: args.scan_every,
         top_sites: args.top_sites,
-        retain_cycles: args.cycles,
+        session: SessionOptions { retain_cycles: args.cycles, mode: args.mode, sampling: args.sampling.options() },
         log_json: args.log_format == LogFormat::Json,
     };
     let result = tokio::runtime::Builder::new_multi_thread()

@@ -14,11 +14,12 @@ use aya::{
     },
     Ebpf, EbpfLoader,
 };
-use tracer_common::{ConstructorCookie, ContainerKind, ObjectEventCookie, ProbeConfig, RecordKind};
+use tracer_common::{ConstructorCookie, ContainerKind, ObjectEventCookie, ProbeConfig, RecordKind, SampleBudget};
 
 use crate::{
     error::Failure,
     process::Process,
+    sampling::Mode,
     target::{CleanupFunction, Function, GoBinary, GoVersion, RuntimeLayout},
 };
 
@@ -40,6 +41,8 @@ pub enum Role {
     ObjectEvent(ObjectEventCookie),
     /// `freeSpecial`: a sweep releases an object's special record (entry only).
     SpecialFreed,
+    /// `mProf_Malloc`: the runtime's sampler picked an allocation (entry only; sampled mode).
+    SampledAlloc(ObjectEventCookie),
 }
 
 #[derive(Clone, Debug)]
@@ -54,6 +57,7 @@ pub struct ProbePoint {
 /// The functions to probe in one binary.
 #[derive(Debug)]
 pub struct ProbePlan {
+    pub mode: Mode,
     pub points: Vec<ProbePoint>,
 }
 
@@ -87,8 +91,12 @@ fn is_size_specialized_malloc(name: &str) -> bool {
 }
 
 impl ProbePlan {
-    pub fn for_binary(bin: &GoBinary) -> Result<Self, Failure> {
+    /// Full mode probes every allocation; sampled mode only the runtime's sampler, and the rare
+    /// events both share (GC cycles, finalizers, cleanups).
+    pub fn for_binary(bin: &GoBinary, mode: Mode) -> Result<Self, Failure> {
         let version = bin.version();
+        let full = mode == Mode::Full;
+        let sampling = bin.layout().sampling;
         check_supported(version)?;
         let slice = |arg| Role::Constructor(ConstructorCookie { kind: ContainerKind::Slice, type_arg: Some(arg) });
         let map = |arg| Role::Constructor(ConstructorCookie { kind: ContainerKind::Map, type_arg: arg });
@@ -113,15 +121,28 @@ impl ProbePlan {
                 continue;
             }
             let role = match f.name.as_str() {
-                "runtime.mallocgc" => Role::Alloc,
-                n if is_size_specialized_malloc(n) => Role::Alloc,
-                "runtime.makeslice" | "runtime.makeslice64" | "runtime.makeslicecopy" => slice(0),
+                "runtime.mallocgc" if full => Role::Alloc,
+                n if full && is_size_specialized_malloc(n) => Role::Alloc,
+                "runtime.makeslice" | "runtime.makeslice64" | "runtime.makeslicecopy" if full => slice(0),
                 "runtime.growslice" | "runtime.growsliceNoAlias" | "runtime.growsliceBuf"
-                | "runtime.growsliceBufNoAlias" => growslice,
-                "runtime.makemap" | "runtime.makemap64" => map(Some(0)),
-                "runtime.makemap_small" => map(None),
+                | "runtime.growsliceBufNoAlias"
+                    if full =>
+                {
+                    growslice
+                }
+                "runtime.makemap" | "runtime.makemap64" if full => map(Some(0)),
+                "runtime.makemap_small" if full => map(None),
+                "runtime.mProf_Malloc" if !full => Role::SampledAlloc(ObjectEventCookie {
+                    kind: RecordKind::Sampled,
+                    ptr_arg: sampling.malloc_ptr_arg,
+                    aux_arg: Some(sampling.malloc_size_arg),
+                    deref_ptr: false,
+                    from_finalizer_loop: false,
+                    type_arg: None,
+                    stack_args: false,
+                }),
                 "runtime.gcMarkTermination" => Role::CycleEnd,
-                "runtime.(*sweepLocked).sweep" => Role::SpanSweep,
+                "runtime.(*sweepLocked).sweep" if full => Role::SpanSweep,
                 // addfinalizer(p, f *funcval, nret, fint, ot *ptrtype)
                 "runtime.addfinalizer" => object(RecordKind::FinalizerSet, 0, Some(1), Some(4)),
                 "runtime.removefinalizer" => object(RecordKind::FinalizerRemoved, 0, None, None),
@@ -138,15 +159,17 @@ impl ProbePlan {
                     }
                     None => continue,
                 },
-                "runtime.freeSpecial" if bin.layout().cleanups.is_some() => Role::SpecialFreed,
+                // Sampled objects die there too (their profile special).
+                "runtime.freeSpecial" if !full || bin.layout().cleanups.is_some() => Role::SpecialFreed,
                 _ => continue,
             };
             wanted.push((f, role));
         }
-        if !wanted.iter().any(|(f, _)| f.name == "runtime.mallocgc") {
+        let allocator = if full { "runtime.mallocgc" } else { "runtime.mProf_Malloc" };
+        if !wanted.iter().any(|(f, _)| f.name == allocator) {
             return Err(Failure::UnsupportedGo {
                 version: version.raw.clone(),
-                why: "runtime.mallocgc not found in the symbol table or pclntab".into(),
+                why: format!("{allocator} not found in the symbol table or pclntab"),
             });
         }
         // The finalizer goroutine calls the assembly body of reflectcall directly (ABI0, arguments
@@ -177,7 +200,8 @@ impl ProbePlan {
                 }
             }
         }
-        for needed in ["runtime.gcMarkTermination", "runtime.(*sweepLocked).sweep"] {
+        let needed: &[&str] = if full { &["runtime.gcMarkTermination", "runtime.(*sweepLocked).sweep"] } else { &["runtime.gcMarkTermination"] };
+        for &needed in needed {
             if !wanted.iter().any(|(f, _)| f.name == needed) {
                 return Err(Failure::UnsupportedGo {
                     version: version.raw.clone(),
@@ -198,7 +222,7 @@ impl ProbePlan {
         for (f, at, role) in inside {
             points.push(ProbePoint { function: f.clone(), at, role, rets: Vec::new() });
         }
-        Ok(Self { points })
+        Ok(Self { mode, points })
     }
 
     pub fn uprobe_count(&self) -> usize {
@@ -217,6 +241,8 @@ enum Programs {
 /// kernel also removes them if maptrace is killed: they live as long as its descriptors).
 pub struct Tracer {
     ebpf: Ebpf,
+    /// Sampled mode's budget, for the whole target (samples per second).
+    pub budget: u64,
     pub attached: usize,
     pub attach_time: std::time::Duration,
 }
@@ -224,19 +250,32 @@ pub struct Tracer {
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("MAPTRACE_EBPF_OBJECT"));
 
 impl Tracer {
-    pub fn attach(bin: &GoBinary, process: &Process, plan: &ProbePlan, load_bias: u64) -> Result<Self, Failure> {
-        Self::attach_programs(bin, process, plan, load_bias, Programs::Tracing)
+    /// `budget`: sampled mode's trap budget, sampled allocations per second for the target.
+    pub fn attach(bin: &GoBinary, process: &Process, plan: &ProbePlan, load_bias: u64, budget: u64) -> Result<Self, Failure> {
+        Self::attach_programs(bin, process, plan, load_bias, Programs::Tracing, budget)
     }
 
     /// Attaches an empty program at every place `attach` would put one: what the kernel's uprobe
     /// traps cost by themselves (the benchmark's floor). No records come.
     pub fn attach_empty(bin: &GoBinary, process: &Process, plan: &ProbePlan, load_bias: u64) -> Result<Self, Failure> {
-        Self::attach_programs(bin, process, plan, load_bias, Programs::Empty)
+        Self::attach_programs(bin, process, plan, load_bias, Programs::Empty, 0)
     }
 
-    fn attach_programs(bin: &GoBinary, process: &Process, plan: &ProbePlan, load_bias: u64, programs: Programs) -> Result<Self, Failure> {
+    fn attach_programs(
+        bin: &GoBinary,
+        process: &Process,
+        plan: &ProbePlan,
+        load_bias: u64,
+        programs: Programs,
+        budget: u64,
+    ) -> Result<Self, Failure> {
         let start = Instant::now();
         let mut config = probe_config(bin.layout(), load_bias);
+        if plan.mode == Mode::Sampled {
+            config.special_kind_profile = u64::from(bin.layout().sampling.profile_special_kind);
+            let cpus = aya::util::nr_cpus().map_or(1, |n| n.max(1)) as u64;
+            config.samples_per_cpu_second = budget.div_ceil(cpus).max(1);
+        }
         // The finalizer goroutine's loop: runfinq until Go 1.24, runFinalizers since.
         if let Some(f) = bin.function("runtime.runfinq").or_else(|| bin.function("runtime.runFinalizers")) {
             config.finalizer_loop_start = f.entry + load_bias;
@@ -255,6 +294,7 @@ impl Tracer {
             "span_sweep",
             "object_event",
             "special_freed",
+            "sampled_alloc",
             "empty",
         ] {
             let prog: &mut UProbe = program(&mut ebpf, name)?;
@@ -270,6 +310,7 @@ impl Tracer {
                 Role::SpanSweep => ("span_sweep", "", None),
                 Role::ObjectEvent(c) => ("object_event", "", Some(c.encode())),
                 Role::SpecialFreed => ("special_freed", "", None),
+                Role::SampledAlloc(c) => ("sampled_alloc", "", Some(c.encode())),
             };
             let sites = std::iter::once((entry_prog, point.at, cookie))
                 .chain(point.rets.iter().map(|&r| (ret_prog, r, None)));
@@ -290,7 +331,7 @@ impl Tracer {
                 attached += 1;
             }
         }
-        Ok(Self { ebpf, attached, attach_time: start.elapsed() })
+        Ok(Self { ebpf, budget, attached, attach_time: start.elapsed() })
     }
 
     /// Removes every probe. The kernel unregisters uprobes one at a time with a grace period
@@ -317,6 +358,25 @@ impl Tracer {
     }
 }
 
+impl Tracer {
+    /// Sampled mode's budget counters, summed over CPUs (k is the largest of them).
+    pub fn sample_budget(&self) -> SampleBudget {
+        let per_cpu = self
+            .ebpf
+            .map("BUDGET")
+            .and_then(|m| PerCpuArray::<_, SampleBudget>::try_from(m).ok())
+            .and_then(|a| a.get(&0, 0).ok());
+        let mut sum = SampleBudget::default();
+        for b in per_cpu.iter().flat_map(|v| v.iter()) {
+            sum.total_hits += b.total_hits;
+            sum.thinned += b.thinned;
+            sum.over_budget += b.over_budget;
+            sum.shift = sum.shift.max(b.shift);
+        }
+        sum
+    }
+}
+
 /// The eBPF side's view of the runtime layout, with addresses moved by the load bias.
 fn probe_config(layout: &RuntimeLayout, load_bias: u64) -> ProbeConfig {
     let span = &layout.span;
@@ -334,9 +394,11 @@ fn probe_config(layout: &RuntimeLayout, load_bias: u64) -> ProbeConfig {
         inline_marks_max: inline_max,
         finalizer_loop_start: 0,
         finalizer_loop_end: 0,
-        special_kind: layout.cleanups.map_or(0, |c| c.special_kind_offset),
+        special_kind: layout.special_kind_offset,
         special_kind_cleanup: layout.cleanups.map_or(0, |c| u64::from(c.special_kind)),
         special_cleanup_handle: layout.cleanups.map_or(0, |c| c.special_handle_offset),
+        special_kind_profile: 0,
+        samples_per_cpu_second: 0,
     }
 }
 

@@ -65,6 +65,12 @@ impl Process {
         self.mem.read_exact_at(buf, addr)
     }
 
+    /// Writes target memory (sampled mode's `--sample-rate`, behind its explicit flag only).
+    pub fn write(&self, addr: u64, buf: &[u8]) -> io::Result<()> {
+        let mem = std::fs::OpenOptions::new().write(true).open(format!("/proc/{}/mem", self.pid))?;
+        mem.write_all_at(buf, addr)
+    }
+
     pub fn read_u64(&self, addr: u64) -> io::Result<u64> {
         let mut b = [0u8; 8];
         self.read(addr, &mut b)?;

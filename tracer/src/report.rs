@@ -14,8 +14,12 @@ use crate::{
 pub struct Report {
     pub maptrace_version: &'static str,
     pub target: TargetInfo,
-    /// Every allocation is trapped ("full"); the sampled mode is not built yet.
-    pub mode: &'static str,
+    /// "full": every allocation is trapped, counts are exact; "sampled": the runtime's samples,
+    /// counts are estimates (see `sampling`).
+    pub mode: crate::sampling::Mode,
+    /// Sampled mode: the rate, the trap budget and how counts were scaled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sampling: Option<crate::sampling::SamplingInfo>,
     pub duration_seconds: f64,
     /// "duration", "interrupted" or "target exited".
     pub ended_by: &'static str,
@@ -90,6 +94,32 @@ impl Report {
         writeln!(w)
     }
 
+    /// Sampled mode's header: the rate, what the budget did, and that counts are estimates.
+    fn write_sampling(&self, w: &mut dyn Write, sm: &crate::sampling::SamplingInfo) -> io::Result<()> {
+        let rate = match (sm.rate.memprofilerate, sm.rate.set_by_maptrace_from) {
+            (Some(0), _) => {
+                return writeln!(
+                    w,
+                    "sampled mode: the target's runtime.MemProfileRate is 0 (it never uses runtime.MemProfile), so its runtime \
+                     samples no allocations: only GC cycles and finalizers are traced. Set a rate with \
+                     --sample-rate BYTES --write-memprofilerate, or use --mode full"
+                );
+            }
+            (Some(r), Some(was)) => format!("MemProfileRate {r} bytes (set by maptrace, was {was}; restored at detach)"),
+            (Some(r), None) => format!("MemProfileRate {r} bytes (the target's own)"),
+            (None, _) => "MemProfileRate unknown (counts are samples, unscaled)".into(),
+        };
+        writeln!(
+            w,
+            "sampled mode: {rate}; {} samples, {} thinned and {} dropped by the trap budget ({}/s); counts are {}",
+            sm.samples_seen,
+            sm.samples_thinned,
+            sm.samples_dropped_over_budget,
+            sm.budget_per_second,
+            sm.scaling,
+        )
+    }
+
     pub fn write_text(&self, w: &mut dyn Write) -> io::Result<()> {
         let t = &self.target;
         writeln!(
@@ -100,7 +130,7 @@ impl Report {
             t.binary,
             t.go_version,
             if t.stripped { ", stripped" } else { "" },
-            self.mode,
+            self.mode.as_str(),
             self.duration_seconds,
             self.ended_by,
             self.probes.uprobes,
@@ -115,6 +145,9 @@ impl Report {
             self.lost_records,
             if self.lost_records > 0 { " (ring buffer full: counts are short by that much)" } else { "" },
         )?;
+        if let Some(sm) = &self.sampling {
+            self.write_sampling(w, sm)?;
+        }
         if self.sites.is_empty() {
             writeln!(w, "\nno allocations seen")?;
         } else {
@@ -218,7 +251,8 @@ impl Report {
                     site
                 )?;
                 let live: Vec<String> = r.live_by_cycle.iter().map(|(c, n, _)| format!("gc{c}:{n}")).collect();
-                writeln!(w, "{:>8}live by cycle {}; oldest {:.1} s", "", live.join(" "), r.oldest_age_seconds)?;
+                let samples = r.samples.map_or(String::new(), |n| format!("; estimated from {n} retained samples"));
+                writeln!(w, "{:>8}live by cycle {}; oldest {:.1} s{samples}", "", live.join(" "), r.oldest_age_seconds)?;
             }
             writeln!(w, "(CYCLES: cycles survived by the live objects, median/most)")?;
         }
@@ -273,11 +307,12 @@ mod tests {
         Report {
             maptrace_version: "0.1.0",
             target: TargetInfo { pid: 42, binary: "/bin/demo".into(), go_version: "go1.24.11".into(), experiments: vec![], stripped: true },
-            mode: "full",
+            mode: crate::sampling::Mode::Full,
+            sampling: None,
             duration_seconds: 1.5,
             ended_by: "target exited",
             probes: ProbeInfo { functions: vec!["runtime.mallocgc".into()], uprobes: 4, attach_seconds: 0.2 },
-            totals: Totals { heap_allocations: 3, heap_bytes: 5000, records: 4 },
+            totals: Totals { heap_allocations: 3, heap_bytes: 5000, records: 4, samples: 0 },
             lost_records: 0,
             sites: vec![SiteRow {
                 kind: ValueKind::Map,
@@ -300,6 +335,7 @@ mod tests {
                 allocated_count: 3,
                 allocated_bytes: 5000,
                 freed_count: 0,
+                samples: None,
                 survived_cycles_p50: 3,
                 survived_cycles_max: 4,
                 oldest_age_seconds: 1.5,

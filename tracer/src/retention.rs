@@ -29,6 +29,9 @@ pub struct RetainedRow {
     pub allocated_count: u64,
     pub allocated_bytes: u64,
     pub freed_count: u64,
+    /// Sampled mode: the retained samples the estimates above are scaled from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub samples: Option<u64>,
     /// Cycles survived by the live objects so far: median and most.
     pub survived_cycles_p50: u64,
     pub survived_cycles_max: u64,
@@ -82,23 +85,28 @@ pub fn retained_rows(
                 return None;
             }
             let live = survival.get(&site);
+            // Samples stand for more allocations (sampled mode); 1 in full mode.
+            let (per_record, per_byte) = sites.scale(site);
+            let est = |n: u64| (n as f64 * per_record).round() as u64;
+            let est_bytes = |n: u64| (n as f64 * per_byte).round() as u64;
             Some(RetainedRow {
                 kind: row.kind,
                 type_name: row.type_name,
-                retained_count: totals.count,
-                retained_bytes: totals.bytes,
-                live_count: s.live_count,
-                live_bytes: s.live_bytes + part_bytes(|p| p.live_bytes),
-                allocated_count: s.allocated_count,
-                allocated_bytes: s.allocated_bytes + part_bytes(|p| p.allocated_bytes),
-                freed_count: s.freed_count,
+                retained_count: est(totals.count),
+                retained_bytes: est_bytes(totals.bytes),
+                live_count: est(s.live_count),
+                live_bytes: est_bytes(s.live_bytes + part_bytes(|p| p.live_bytes)),
+                allocated_count: est(s.allocated_count),
+                allocated_bytes: est_bytes(s.allocated_bytes + part_bytes(|p| p.allocated_bytes)),
+                freed_count: est(s.freed_count),
+                samples: sites.sampled(site).then_some(totals.count),
                 survived_cycles_p50: live.map_or(0, |h| h.value_at_quantile(0.5)),
                 survived_cycles_max: live.map_or(0, |h| h.max()),
                 oldest_age_seconds: oldest.get(&site).map_or(0.0, |&t| now_ns.saturating_sub(t) as f64 / 1e9),
                 dead_lifetime_p50_seconds: (!s.lifetime_ns.is_empty())
                     .then(|| s.lifetime_ns.value_at_quantile(0.5) as f64 / 1e9),
                 trend: s.trend().as_str(),
-                live_by_cycle: s.live_by_cycle.iter().copied().collect(),
+                live_by_cycle: s.live_by_cycle.iter().map(|&(c, n, b)| (c, est(n), est_bytes(b))).collect(),
                 evicted_count: s.evicted_count,
                 stack: row.stack,
             })

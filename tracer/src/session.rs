@@ -20,6 +20,7 @@ use crate::{
     process::Process,
     recording::{Recorder, Recording},
     report::{ProbeInfo, Report, TargetInfo},
+    sampling::{Mode, SampleRate, SamplingInfo, SamplingOptions, SCALING},
     sites::{Resolve, SiteRow},
     symbolize::Symbolizer,
     target::{Frame, GoBinary, TargetError},
@@ -111,6 +112,16 @@ pub enum Step {
     Exited,
 }
 
+/// How to trace a target.
+#[derive(Clone, Copy, Debug)]
+pub struct SessionOptions {
+    /// K: GC cycles an object must survive to count as retained.
+    pub retain_cycles: u32,
+    pub mode: Mode,
+    /// Sampled mode only.
+    pub sampling: SamplingOptions,
+}
+
 /// An attached target.
 pub struct Session {
     pub process: Arc<Process>,
@@ -124,22 +135,38 @@ pub struct Session {
     names: Names,
     recorder: Option<Recorder>,
     load_bias: u64,
+    /// Sampled mode: the target's sample rate.
+    rate: Option<SampleRate>,
     pub started: Instant,
 }
 
 impl Session {
     /// Opens the process and its binary, and attaches the probes (needs a tokio reactor).
-    pub fn attach(pid: u32, retain_cycles: u32) -> Result<Self, Failure> {
+    pub fn attach(pid: u32, opts: &SessionOptions) -> Result<Self, Failure> {
         let process = Arc::new(Process::open(pid)?);
         let binary = Arc::new(open_binary(&process)?);
-        let plan = ProbePlan::for_binary(&binary)?;
+        let plan = ProbePlan::for_binary(&binary, opts.mode)?;
         let load_bias = process.load_bias(binary.load_vaddr()).unwrap_or(0);
-        let mut tracer = Tracer::attach(&binary, &process, &plan, load_bias)?;
+        let mut state = correlator(&binary, opts.retain_cycles);
+        let rate = match opts.mode {
+            Mode::Sampled => Some(SampleRate::attach(process.clone(), &binary.layout().sampling, load_bias, &opts.sampling)?),
+            Mode::Full => None,
+        };
+        if let Some(rate) = &rate {
+            state.set_sample_rate(rate.current().unwrap_or(0));
+        }
+        let mut tracer = match Tracer::attach(&binary, &process, &plan, load_bias, opts.sampling.budget) {
+            Ok(t) => t,
+            Err(e) => {
+                rate.iter().for_each(SampleRate::restore);
+                return Err(e);
+            }
+        };
         let records = readable(tracer.take_records().map_err(Failure::Other)?)?;
         let exit_fd = process.exit_fd().try_clone_to_owned().map_err(|e| Failure::Other(e.into()))?;
         Ok(Session {
             exit: readable(exit_fd)?,
-            state: correlator(&binary, retain_cycles),
+            state,
             names: Names::new(binary.clone(), Some(process.clone()), load_bias),
             process,
             binary,
@@ -148,6 +175,7 @@ impl Session {
             records,
             recorder: None,
             load_bias,
+            rate,
             started: Instant::now(),
         })
     }
@@ -167,6 +195,24 @@ impl Session {
 
     pub fn lost_records(&self) -> u64 {
         self.tracer.lost_records()
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.plan.mode
+    }
+
+    /// Sampled mode: the rate, the budget and what it did (None in full mode).
+    pub fn sampling(&self) -> Option<SamplingInfo> {
+        let rate = self.rate.as_ref()?;
+        let budget = self.tracer.sample_budget();
+        Some(SamplingInfo {
+            rate: rate.info(),
+            budget_per_second: self.tracer.budget,
+            samples_seen: budget.total_hits,
+            samples_thinned: budget.thinned,
+            samples_dropped_over_budget: budget.over_budget,
+            scaling: SCALING,
+        })
     }
 
     /// The largest `n` allocation sites so far.
@@ -227,7 +273,8 @@ impl Session {
                 experiments: self.binary.experiments().to_vec(),
                 stripped: !self.binary.has_symtab(),
             },
-            mode: "full",
+            mode: self.plan.mode,
+            sampling: self.sampling(),
             duration_seconds: self.started.elapsed().as_secs_f64(),
             ended_by,
             probes: ProbeInfo {
@@ -247,6 +294,7 @@ impl Session {
 
     /// Removes the probes: ~0.1 s per probe in the kernel, so callers report first.
     pub fn detach(self) {
+        self.rate.iter().for_each(SampleRate::restore);
         self.tracer.detach();
     }
 }

@@ -53,12 +53,18 @@ struct SiteKey {
     elem_type: bool,
     /// The type of an untyped allocation, known from the runtime function that made it.
     untyped_as: Option<&'static str>,
+    /// A sampled mode site: the runtime's sampler does not pass the type.
+    sampled: bool,
 }
 
 #[derive(Clone, Debug)]
 struct SiteStats {
-    count: u64,
-    bytes: u64,
+    /// Allocations and bytes: exact in full mode, estimates in sampled mode.
+    count: f64,
+    bytes: f64,
+    /// Records counted (samples, in sampled mode), and their bytes.
+    records: u64,
+    record_bytes: u64,
     /// Return addresses from the site outwards, as first seen.
     callers: Vec<u64>,
 }
@@ -71,6 +77,8 @@ pub struct Totals {
     pub heap_bytes: u64,
     /// Ring-buffer records decoded.
     pub records: u64,
+    /// Of them, sampled allocations (sampled mode); the heap counts above are then estimates.
+    pub samples: u64,
 }
 
 /// The allocation-site table. Sites are numbered in order of first sight.
@@ -79,6 +87,8 @@ pub struct SiteTable {
     index: HashMap<SiteKey, u64>,
     sites: Vec<(SiteKey, SiteStats)>,
     pub totals: Totals,
+    /// Unrounded heap totals (sampled mode adds fractions).
+    heap_estimate: (f64, f64),
 }
 
 /// Where [`SiteTable::add`] put a record.
@@ -116,10 +126,19 @@ impl SiteTable {
     /// Counts a record at its site; `None` for storage of a slice or map under construction,
     /// which is reported with its constructor's record.
     pub fn add(&mut self, ev: &Event, names: &mut dyn Resolve) -> Option<SiteHit> {
+        self.add_weighted(ev, 1.0, names)
+    }
+
+    /// [`Self::add`] for a record that stands for `weight` allocations (a sample).
+    pub fn add_weighted(&mut self, ev: &Event, weight: f64, names: &mut dyn Resolve) -> Option<SiteHit> {
         self.totals.records += 1;
-        if ev.kind == RecordKind::Alloc {
-            self.totals.heap_allocations += 1;
-            self.totals.heap_bytes += ev.size;
+        let sampled = ev.kind == RecordKind::Sampled;
+        if ev.kind == RecordKind::Alloc || sampled {
+            self.totals.samples += u64::from(sampled);
+            self.heap_estimate.0 += weight;
+            self.heap_estimate.1 += weight * ev.size as f64;
+            self.totals.heap_allocations = self.heap_estimate.0.round() as u64;
+            self.totals.heap_bytes = self.heap_estimate.1.round() as u64;
             if ev.container != ContainerKind::None {
                 return None;
             }
@@ -163,6 +182,10 @@ impl SiteTable {
                     untyped_as = Some(name);
                 }
             }
+            // A sample has no constructor record: the constructor's frame says what it is.
+            if sampled && kind == ValueKind::Object && is_slice_constructor(&f.function) {
+                kind = ValueKind::Slice;
+            }
         }
         // Objects of the runtime's own types (sudogs, goroutine descriptors) are its bookkeeping,
         // whatever user call led to them.
@@ -174,20 +197,22 @@ impl SiteTable {
             None => (0, &ev.stack[..0]),
         };
         let elem_type = ev.kind == RecordKind::Container && ev.container == ContainerKind::Slice;
-        let key = SiteKey { site_pc, kind, type_ptr: ev.type_ptr, elem_type, untyped_as };
+        let key = SiteKey { site_pc, kind, type_ptr: ev.type_ptr, elem_type, untyped_as, sampled };
         let id = match self.index.get(&key) {
             Some(&id) => id,
             None => {
                 let id = self.sites.len() as u64;
-                let stats = SiteStats { count: 0, bytes: 0, callers: user_callers(callers, names) };
+                let stats = SiteStats { count: 0.0, bytes: 0.0, records: 0, record_bytes: 0, callers: user_callers(callers, names) };
                 self.sites.push((key, stats));
                 self.index.insert(key, id);
                 id
             }
         };
         let stats = &mut self.sites[id as usize].1;
-        stats.count += 1;
-        stats.bytes += ev.size;
+        stats.count += weight;
+        stats.bytes += weight * ev.size as f64;
+        stats.records += 1;
+        stats.record_bytes += ev.size;
         Some(SiteHit { site: id, frame_index: site })
     }
 
@@ -202,7 +227,9 @@ impl SiteTable {
     /// Rows sorted by bytes, then count, largest first; at most `limit`.
     pub fn rows(&self, names: &mut dyn Resolve, limit: usize) -> Vec<SiteRow> {
         let mut order: Vec<&(SiteKey, SiteStats)> = self.sites.iter().collect();
-        order.sort_by(|a, b| (b.1.bytes, b.1.count, a.0.site_pc).cmp(&(a.1.bytes, a.1.count, b.0.site_pc)));
+        order.sort_by(|a, b| {
+            b.1.bytes.total_cmp(&a.1.bytes).then(b.1.count.total_cmp(&a.1.count)).then(a.0.site_pc.cmp(&b.0.site_pc))
+        });
         order.into_iter().take(limit).map(|(k, s)| row(k, s, names)).collect()
     }
 
@@ -210,6 +237,19 @@ impl SiteTable {
     pub fn object_type(&self, site: u64) -> Option<u64> {
         let (k, _) = self.sites.get(site as usize)?;
         (k.kind == ValueKind::Object && k.type_ptr != 0).then_some(k.type_ptr)
+    }
+
+    /// Allocations per record and bytes per recorded byte of a site (1 and 1 in full mode): what
+    /// scales the lifecycle engine's per-site counts of samples into estimates. (Large blocks
+    /// are sampled more often than small ones, so the two differ.)
+    pub fn scale(&self, site: u64) -> (f64, f64) {
+        let ratio = |est: f64, seen: u64| if seen == 0 { 1.0 } else { est / seen as f64 };
+        self.sites.get(site as usize).map_or((1.0, 1.0), |(_, s)| (ratio(s.count, s.records), ratio(s.bytes, s.record_bytes)))
+    }
+
+    /// Whether a site's records are samples.
+    pub fn sampled(&self, site: u64) -> bool {
+        self.sites.get(site as usize).is_some_and(|(k, _)| k.sampled)
     }
 
     /// The row of one site, by the id [`Self::add`] returned.
@@ -223,8 +263,8 @@ fn row(k: &SiteKey, s: &SiteStats, names: &mut dyn Resolve) -> SiteRow {
     SiteRow {
         kind: k.kind,
         type_name: type_name(k, names),
-        count: s.count,
-        bytes: s.bytes,
+        count: s.count.round() as u64,
+        bytes: s.bytes.round() as u64,
         stack: s.callers.iter().map(|&pc| frame_row(pc, names)).collect(),
     }
 }
@@ -254,6 +294,12 @@ fn user_callers(callers: &[u64], names: &mut dyn Resolve) -> Vec<u64> {
     out
 }
 
+/// The runtime functions that make a slice's backing array.
+fn is_slice_constructor(function: &str) -> bool {
+    matches!(function, "runtime.makeslice" | "runtime.makeslice64" | "runtime.makeslicecopy")
+        || function.starts_with("runtime.growslice")
+}
+
 /// What the runtime's untyped (pointer-free) allocations hold, by the function that makes them.
 fn untyped_payload(function: &str) -> Option<(ValueKind, &'static str)> {
     match function {
@@ -270,6 +316,14 @@ fn untyped_payload(function: &str) -> Option<(ValueKind, &'static str)> {
 fn type_name(k: &SiteKey, names: &mut dyn Resolve) -> String {
     if let Some(name) = k.untyped_as {
         return name.to_string();
+    }
+    if k.sampled {
+        return match k.kind {
+            ValueKind::Map => "map (type not sampled)",
+            ValueKind::Slice => "[]? (type not sampled)",
+            _ => "? (type not sampled)",
+        }
+        .into();
     }
     let t = names.go_type(k.type_ptr);
     match t {

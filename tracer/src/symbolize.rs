@@ -43,7 +43,8 @@ pub fn is_runtime_function(name: &str) -> bool {
 
 /// The runtime's allocator entry points (mallocgc and the size-specialized functions beside it).
 pub fn is_allocator(name: &str) -> bool {
-    name.starts_with("runtime.mallocgc")
+    // The heap profiler's sampling path (sampled mode's probe) is part of the allocation.
+    name.starts_with("runtime.mallocgc") || name == "runtime.profilealloc" || name == "runtime.mProf_Malloc"
 }
 
 /// The garbage collector's functions (`runtime.gcStart`, `runtime.gcBgMarkStartWorkers`, …).

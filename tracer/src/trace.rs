@@ -13,7 +13,7 @@ use crate::{
     process::missing_capabilities,
     recording::Recorder,
     report::{write_table, Report},
-    session::{Session, Step},
+    session::{Session, SessionOptions, Step},
 };
 
 pub struct TraceOptions {
@@ -23,8 +23,7 @@ pub struct TraceOptions {
     pub live: bool,
     /// Rows in the report (`usize::MAX` for all).
     pub top: usize,
-    /// K: GC cycles an object must survive to count as retained.
-    pub retain_cycles: u32,
+    pub session: SessionOptions,
     /// Also write every raw record here (`recording`).
     pub record: Option<std::path::PathBuf>,
 }
@@ -39,15 +38,27 @@ pub async fn run(opts: &TraceOptions) -> Result<(Report, Session), Failure> {
     if !missing.is_empty() {
         return Err(Failure::Privileges { missing });
     }
-    let mut session = Session::attach(opts.pid, opts.retain_cycles)?;
+    let mut session = Session::attach(opts.pid, &opts.session)?;
     eprintln!(
-        "maptrace: attached {} uprobes on {} functions of PID {} ({}, {}) in {:.2} s; tracing {}",
+        "maptrace: attached {} uprobes on {} functions of PID {} ({}, {}) in {:.2} s; {} mode{}; tracing {}",
         session.uprobes(),
         session.plan.points.len(),
         session.process.pid,
         session.process.exe_display,
         session.binary.version(),
         session.attach_seconds(),
+        session.mode().as_str(),
+        match session.sampling().map(|s| s.rate) {
+            Some(r) if r.memprofilerate == Some(0) => {
+                ", but the target's MemProfileRate is 0: no allocations will be sampled (see --sample-rate)".to_string()
+            }
+            Some(r) => match (r.memprofilerate, r.set_by_maptrace_from) {
+                (Some(rate), Some(was)) => format!(", MemProfileRate {rate} (was {was})"),
+                (Some(rate), None) => format!(", MemProfileRate {rate}"),
+                (None, _) => ", MemProfileRate unknown".into(),
+            },
+            None => String::new(),
+        },
         match opts.duration {
             Some(d) => format!("for {}", humantime::format_duration(d)),
             None => "until Ctrl-C or the target exits".into(),

@@ -21,7 +21,7 @@ use tokio::sync::watch;
 
 use crate::{
     error::Failure,
-    session::{Session, Step},
+    session::{Session, SessionOptions, Step},
     target::{GoBinary, TargetError},
 };
 use discover::{Candidate, ProcessKey};
@@ -45,7 +45,8 @@ pub struct AgentOptions {
     pub scan_every: Duration,
     /// Site series per target and metric.
     pub top_sites: usize,
-    pub retain_cycles: u32,
+    /// K, the mode and sampled mode's settings, for every target.
+    pub session: SessionOptions,
     pub log_json: bool,
 }
 
@@ -88,7 +89,7 @@ pub async fn run(opts: AgentOptions) -> Result<(), Failure> {
                     }
                     let (stop_tx, stop_rx) = watch::channel(false);
                     running.insert(c.key, stop_tx);
-                    tokio::spawn(trace(c, opts.retain_cycles, shared.clone(), log, stop_rx, ended_tx.clone()));
+                    tokio::spawn(trace(c, opts.session, shared.clone(), log, stop_rx, ended_tx.clone()));
                 }
             }
             Some(key) = ended_rx.recv() => { running.remove(&key); }
@@ -126,7 +127,7 @@ fn is_go(c: &Candidate) -> bool {
 /// exits or the agent says so (an exec, or shutdown), then detach off the reactor.
 async fn trace(
     c: Candidate,
-    retain_cycles: u32,
+    session: SessionOptions,
     shared: SharedMetrics,
     log: Log,
     mut stop: watch::Receiver<bool>,
@@ -143,7 +144,7 @@ async fn trace(
         v.extend(extra.iter().cloned());
         v
     };
-    let mut session = match Session::attach(c.key.pid, retain_cycles) {
+    let mut session = match Session::attach(c.key.pid, &session) {
         Ok(s) => s,
         Err(e) => {
             let reason = match e {

@@ -259,3 +259,46 @@ pub(crate) fn constants(file: &File<'_>, prefix: &str) -> Result<HashMap<String,
     };
     find().map_err(|e| format!("DWARF: {e}"))
 }
+
+/// The names of a function's parameters in order, results excluded (Go marks those with
+/// `DW_AT_variable_parameter`). The tests check argument registers against them.
+#[cfg(test)]
+pub(crate) fn parameters(file: &File<'_>, function: &str) -> Result<Vec<String>, String> {
+    let sections = gimli::DwarfSections::load(|id| load(file, id))?;
+    let dwarf = sections.borrow(|s| EndianSlice::new(s, LittleEndian));
+    let name_of = |entry: &gimli::DebuggingInformationEntry<EndianSlice<LittleEndian>>| -> gimli::Result<Option<String>> {
+        Ok(match entry.attr_value(gimli::DW_AT_name)? {
+            Some(gimli::AttributeValue::String(n)) => Some(String::from_utf8_lossy(n.slice()).into_owned()),
+            _ => None,
+        })
+    };
+    let find = || -> gimli::Result<Option<Vec<String>>> {
+        let mut units = dwarf.units();
+        while let Some(header) = units.next()? {
+            let abbrevs = dwarf.abbreviations(&header)?;
+            let mut entries = header.entries(&abbrevs);
+            // Depth relative to the function's DIE while inside it.
+            let mut inside: Option<isize> = None;
+            let mut params = Vec::new();
+            while let Some((delta, entry)) = entries.next_dfs()? {
+                if let Some(depth) = inside.as_mut() {
+                    *depth += delta;
+                    if *depth <= 0 {
+                        return Ok(Some(params));
+                    }
+                    let result = matches!(entry.attr_value(gimli::DW_AT_variable_parameter)?, Some(gimli::AttributeValue::Flag(true)));
+                    if *depth == 1 && entry.tag() == gimli::DW_TAG_formal_parameter && !result {
+                        params.extend(name_of(entry)?);
+                    }
+                } else if entry.tag() == gimli::DW_TAG_subprogram && name_of(entry)?.as_deref() == Some(function) {
+                    inside = Some(0);
+                }
+            }
+            if inside.is_some() {
+                return Ok(Some(params));
+            }
+        }
+        Ok(None)
+    };
+    find().map_err(|e| format!("DWARF: {e}"))?.ok_or_else(|| format!("no DWARF subprogram {function}"))
+}

@@ -91,6 +91,42 @@ pub struct RuntimeLayout {
     pub wait_reasons: &'static [&'static str],
     /// How cleanups are registered, queued and run; `None` before Go 1.24.
     pub cleanups: Option<CleanupLayout>,
+    /// `runtime.special.kind` (uint8): after `next *special` and `offset`, a uint16 until 1.23
+    /// (kind @10), a uintptr since 1.24 (kind @16) (`mheap.go@go1.23.9:1829`, `@go1.24.11:1842`).
+    pub special_kind_offset: u64,
+    /// Where the runtime's own allocation sampler hands maptrace's sampled mode its samples.
+    pub sampling: SamplingLayout,
+}
+
+/// The runtime's memory-profile sampler: every `MemProfileRate` bytes allocated (on average),
+/// `profilealloc` calls `mProf_Malloc`, which attaches a profile special to the object; a sweep
+/// that frees the object releases it through `freeSpecial`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SamplingLayout {
+    /// `mProf_Malloc`'s argument registers holding the object and its size: `(p, size)` until
+    /// 1.22, `(mp, p, size)` since 1.23 (`mprof.go@go1.22.10:425`, `@go1.23.9:437`).
+    pub malloc_ptr_arg: u8,
+    pub malloc_size_arg: u8,
+    /// `_KindSpecialProfile`: 2 until 1.22, 3 in 1.23–1.24 (weak handles came first), 4 since
+    /// 1.25 (`_KindSpecialTinyBlock`) (`mheap.go@go1.22.10:1797`, `@go1.24.11:1831`, `@go1.27.3:1946`).
+    pub profile_special_kind: u8,
+    /// Link-time address of `runtime.MemProfileRate` (an int), when the symbol table or the
+    /// code of `runtime.profilealloc` tells it (see `sampling.rs`); add the load bias for a PIE.
+    pub rate_addr: Option<u64>,
+}
+
+fn sampling_layout(version: &GoVersion, rate_addr: Option<u64>) -> SamplingLayout {
+    let minor = version.minor;
+    SamplingLayout {
+        malloc_ptr_arg: if minor <= 22 { 0 } else { 1 },
+        malloc_size_arg: if minor <= 22 { 1 } else { 2 },
+        profile_special_kind: match minor {
+            ..=22 => 2,
+            23 | 24 => 3,
+            _ => 4,
+        },
+        rate_addr,
+    }
 }
 
 /// How a release carries a cleanup (`runtime.AddCleanup`) from registration to its call. Its
@@ -105,8 +141,6 @@ pub struct CleanupLayout {
     pub handle_at_register: u8,
     /// Where the user's cleanup `*funcval` is.
     pub function: CleanupFunction,
-    /// `runtime.special.kind` (uint8): 16 since the 1.24 layout (`next@0, offset@8 uintptr, kind@16`).
-    pub special_kind_offset: u64,
     /// `_KindSpecialCleanup`: 6 in 1.24, 7 since 1.25 added `_KindSpecialTinyBlock`
     /// (`mheap.go@go1.27.3:1940-1962`).
     pub special_kind: u8,
@@ -151,7 +185,6 @@ fn cleanup_layout(version: &GoVersion) -> Option<CleanupLayout> {
         } else {
             CleanupFunction::Register(2)
         },
-        special_kind_offset: 16,
         special_kind: if minor == 24 { 6 } else { 7 },
         special_handle_offset: if wrapped { 24 } else { 24 + 16 },
         runner: if minor == 24 { "runtime.runfinq" } else { "runtime.runCleanups" },
@@ -407,6 +440,7 @@ pub(crate) fn runtime_layout(
     structs: &Structs,
     gc_cycles_addr: u64,
     inline_mark_bits: bool,
+    memprofilerate_addr: Option<u64>,
 ) -> RuntimeLayout {
     RuntimeLayout {
         goid_offset: structs.goid_offset,
@@ -429,6 +463,8 @@ pub(crate) fn runtime_layout(
         gc_cycles_size: structs.work_cycles.1,
         wait_reasons: wait_reasons(version),
         cleanups: cleanup_layout(version),
+        special_kind_offset: if (version.major, version.minor) <= (1, 23) { 10 } else { 16 },
+        sampling: sampling_layout(version, memprofilerate_addr),
     }
 }
 

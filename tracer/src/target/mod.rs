@@ -14,6 +14,7 @@ mod layout;
 mod moduledata;
 mod pclntab;
 mod rets;
+mod sampling;
 #[cfg(test)]
 mod tests;
 
@@ -23,7 +24,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 pub use buildinfo::GoVersion;
-pub use layout::{CleanupFunction, CleanupLayout, LayoutSource, RuntimeLayout, SpanLayout, INLINE_MARKS_LEN, INLINE_MARKS_OFFSET};
+pub use layout::{CleanupFunction, CleanupLayout, LayoutSource, RuntimeLayout, SamplingLayout, SpanLayout, INLINE_MARKS_LEN, INLINE_MARKS_OFFSET};
 
 /// CPU architecture of the target. Registers, RET encodings and (in principle) struct layouts depend on it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -199,8 +200,18 @@ impl GoBinary {
             loaded.table.lists_name(&bytes, gc::MOVE_INLINE_MARKS),
         );
         let green_tea = gc::green_tea(&build.version, &build.experiments, green_tea_code)?;
-        let layout =
-            layout::runtime_layout(&build.version, &resolved.structs, gc_cycles_addr, green_tea);
+        // Unknown only costs sampled mode its scale (reports then say so), never the attach.
+        let rate_addr = match image.has_symtab {
+            true => elf::symbol_address(&file, "runtime.MemProfileRate"),
+            false => sampling::rate_from_code(&image, code(sampling::READER)).ok(),
+        };
+        let layout = layout::runtime_layout(
+            &build.version,
+            &resolved.structs,
+            gc_cycles_addr,
+            green_tea,
+            rate_addr,
+        );
         Ok(GoBinary {
             bytes,
             image,

@@ -999,13 +999,15 @@ fn green_tea_inline_mark_bits() {
 }
 
 /// `runtime/runtime2.go` of a toolchain.
-fn runtime2_go(ver: &str) -> String {
+/// A file of the runtime's source in a toolchain the tests built with.
+fn runtime_source(ver: &str, file: &str) -> String {
     let path = if ver.starts_with("1.19") {
-        PathBuf::from("/usr/lib/go-1.19/src/runtime/runtime2.go")
+        PathBuf::from("/usr/lib/go-1.19/src/runtime").join(file)
     } else {
         PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.cache/go"))
             .join(ver)
-            .join("go/src/runtime/runtime2.go")
+            .join("go/src/runtime")
+            .join(file)
     };
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
@@ -1013,7 +1015,7 @@ fn runtime2_go(ver: &str) -> String {
 /// The `waitReason` constants of a toolchain's source in `iota` order (so name i has value i), and
 /// `waitReasonStrings` mapped through them: (names, strings by value).
 fn source_wait_reasons(ver: &str) -> (Vec<String>, Vec<String>) {
-    let src = runtime2_go(ver);
+    let src = runtime_source(ver, "runtime2.go");
     let mut lines = src.lines();
     lines
         .by_ref()
@@ -1137,6 +1139,7 @@ fn g_status_offsets_and_wait_reasons() {
             .structs,
         0,
         false,
+        None,
     );
     assert_eq!(l.wait_reason(16), None);
 }
@@ -1154,7 +1157,7 @@ fn cleanup_layout_matches_dwarf_and_code() {
         let bytes = std::fs::read(target_path(ver, "finalizers")).unwrap();
         let file = elf::open(&bytes).unwrap();
         let m = dwarf::struct_members(&file, &["runtime.special", "runtime.specialCleanup", "runtime.cleanupFn"]).unwrap();
-        assert_eq!(m["runtime.special"]["kind"].offset, c.special_kind_offset, "{ver}");
+        assert_eq!(m["runtime.special"]["kind"].offset, b.layout().special_kind_offset, "{ver}");
         assert_eq!(m["runtime.special"]["kind"].size, Some(1), "{ver}");
         let special = &m["runtime.specialCleanup"];
         let handle = match c.function {
@@ -1177,6 +1180,42 @@ fn cleanup_layout_matches_dwarf_and_code() {
             .collect();
         assert_eq!(ours.len(), 1, "{ver}: {}", c.runner);
         assert_eq!(ours, theirs, "{ver}: {}", c.runner);
-        println!("{ver:8} special.kind@{} handle@{} kind={} runner {} call {:#x}", c.special_kind_offset, c.special_handle_offset, c.special_kind, c.runner, ours[0]);
+        println!("{ver:8} special.kind@{} handle@{} kind={} runner {} call {:#x}", b.layout().special_kind_offset, c.special_handle_offset, c.special_kind, c.runner, ours[0]);
+    }
+}
+
+#[test]
+fn sampling_layout_matches_dwarf_symbols_and_code() {
+    for ver in VERSIONS {
+        let b = bin(ver, "allocbench");
+        let s = bin(ver, "allocbench-stripped");
+        let l = b.layout();
+        let bytes = std::fs::read(target_path(ver, "allocbench")).unwrap();
+        let file = elf::open(&bytes).unwrap();
+        let m = dwarf::struct_members(&file, &["runtime.special"]).unwrap();
+        assert_eq!(m["runtime.special"]["kind"].offset, l.special_kind_offset, "{ver}");
+        assert_eq!(s.layout().special_kind_offset, l.special_kind_offset, "{ver}");
+        // _KindSpecialProfile as the toolchain's source sets it (every release spells the value out).
+        let mheap = runtime_source(ver, "mheap.go");
+        let kind: u8 = mheap
+            .lines()
+            .find_map(|line| line.trim().strip_prefix("_KindSpecialProfile")?.trim().strip_prefix('=')?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{ver}: no _KindSpecialProfile in mheap.go"));
+        assert_eq!(kind, l.sampling.profile_special_kind, "{ver}");
+        // mProf_Malloc's parameters: (p, size) or (mp, p, size).
+        let params = dwarf::parameters(&file, "runtime.mProf_Malloc").unwrap();
+        let p = params.iter().position(|n| n == "p").unwrap();
+        let size = params.iter().position(|n| n == "size").unwrap();
+        assert_eq!((l.sampling.malloc_ptr_arg as usize, l.sampling.malloc_size_arg as usize), (p, size), "{ver}: {params:?}");
+        // The rate's address: the symbol, and the code of profilealloc without it.
+        let sym = nm(ver, "allocbench")["runtime.MemProfileRate"];
+        assert_eq!(l.sampling.rate_addr, Some(sym), "{ver}");
+        let f = b.function(sampling::READER).unwrap();
+        let code = gc::Code { entry: f.entry, bytes: b.image.read(&b.bytes, f.entry, f.end - f.entry).unwrap() };
+        assert_eq!(sampling::rate_from_code(&b.image, Some(code)), Ok(sym), "{ver}: the code of runtime.profilealloc");
+        // Stripped, the same rule finds it (another build: another address, in the same section).
+        let stripped = s.layout().sampling.rate_addr.unwrap_or_else(|| panic!("{ver}: stripped"));
+        assert_eq!(section_of(s, stripped).0, section_of(b, sym).0, "{ver}");
+        println!("{ver:8} special.kind@{} profile kind {} mProf_Malloc(p=r{p}, size=r{size}) MemProfileRate@{sym:#x}", l.special_kind_offset, l.sampling.profile_special_kind);
     }
 }
