@@ -53,7 +53,9 @@ func op(r *result, i int) {
 func main() {
 	goroutines := flag.Int("goroutines", 4, "goroutines allocating at once")
 	duration := flag.Duration("duration", 2*time.Second, "how long they allocate")
+	profileRate := flag.Int("memprofilerate", 0, "runtime.MemProfileRate to run with (0: the heap profiler off, as in a program that never uses it)")
 	flag.Parse()
+	runtime.MemProfileRate = *profileRate
 	if *goroutines < 1 || *duration <= 0 {
 		fmt.Fprintln(os.Stderr, "allocbench: -goroutines >= 1, -duration > 0")
 		os.Exit(2)

@@ -33,6 +33,9 @@ impl Agent {
     fn start(include: &[&str]) -> Self {
         let mut child = Command::new(maptrace_bin())
             .args(["agent", "--listen", "127.0.0.1:0", "--scan-every", "1s", "--include", &include.join(",")])
+            // The default sampled mode, every allocation sampled: the targets never use the heap
+            // profiler, so their rate is 0 until the agent sets it.
+            .args(["--sample-rate", "1", "--write-memprofilerate"])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

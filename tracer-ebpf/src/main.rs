@@ -245,7 +245,7 @@ pub fn special_freed(ctx: ProbeContext) -> u32 {
     let kind = u64::from(unsafe { bpf_probe_read_user((special + cfg.special_kind) as *const u8) }.unwrap_or(0));
     let object = go_abi::int_reg(&ctx, 1);
     if cfg.special_kind_profile != 0 && kind == cfg.special_kind_profile {
-        emit_event(RecordKind::SampleFreed, object);
+        emit(&ctx, go_abi::g(&ctx), RecordKind::SampleFreed, 0, object, 0, 0, 0);
     } else if cfg.special_kind_cleanup != 0 && kind == cfg.special_kind_cleanup {
         let handle = read_u64(special + cfg.special_cleanup_handle);
         emit(&ctx, go_abi::g(&ctx), RecordKind::CleanupQueued, 0, object, handle, 0, 0);
@@ -355,35 +355,6 @@ fn emit(ctx: &ProbeContext, g: u64, kind: RecordKind, container: u32, ptr: u64, 
             BPF_F_USER_STACK as u64,
         );
         (*r).stack_len = if n > 0 { (n as u32) / 8 } else { 0 };
-    }
-    slot.submit(0);
-}
-
-/// A record of `kind` about `ptr` alone, without a goroutine or a stack (deaths: many, and the
-/// sweeping goroutine says nothing about the object).
-#[inline(always)]
-fn emit_event(kind: RecordKind, ptr: u64) {
-    let Some(mut slot) = RECORDS.reserve::<Record>(0) else {
-        count_lost();
-        return;
-    };
-    let r = slot.as_mut_ptr();
-    // SAFETY: `r` points to a reserved, exclusively owned Record-sized slot; every field the
-    // decoder reads is written.
-    unsafe {
-        (*r).kind = kind as u32;
-        (*r).container = 0;
-        (*r).goid = 0;
-        (*r).g = 0;
-        (*r).ptr = ptr;
-        (*r).size = 0;
-        (*r).type_ptr = 0;
-        (*r).alloc_count = 0;
-        (*r).ktime_ns = bpf_ktime_get_ns();
-        (*r).gc_cycle = gc_cycle();
-        (*r).caller_pc = 0;
-        (*r).stack_len = 0;
-        (*r)._pad = 0;
     }
     slot.submit(0);
 }

@@ -2,7 +2,8 @@
 //!
 //! 1. The allocation benchmark (`go-targets/allocbench`, several goroutines allocating objects,
 //!    maps and slices) untraced, with empty eBPF programs on the same probe points (the floor the
-//!    kernel's uprobes set, `tracer/benches/floor.rs`) and traced in full mode, interleaved run by
+//!    kernel's uprobes set, `tracer/benches/floor.rs`) and traced in full mode; and with its heap
+//!    profiler at Go's default rate, untraced ("profiled") and in sampled mode; interleaved run by
 //!    run so that drift in the machine hits all alike: operations per second (min/median/max), the ratio of medians,
 //!    and the wall time added per allocation. From the traced runs: attach time, records lost,
 //!    maptrace's peak resident memory.
@@ -24,6 +25,8 @@ use crate::{go_targets, process, rust_build, setup};
 
 /// Goroutines allocating in the benchmark.
 const GOROUTINES: u32 = 4;
+/// `runtime.MemProfileRate` in a Go program that uses the heap profiler (512 KiB).
+const GO_DEFAULT_MEMPROFILERATE: u64 = 512 * 1024;
 
 /// One run of the allocation benchmark, from its done line.
 struct Run {
@@ -76,14 +79,22 @@ pub fn bench(layout: &Layout, rounds: usize, duration: Duration, agent_minutes: 
     let goroutines_arg = format!("-goroutines={GOROUTINES}");
     let args = [duration_arg.as_str(), goroutines_arg.as_str()];
 
+    // Sampled mode rides the heap profiler at Go's default rate, as in a program that uses it.
+    let profiled_arg = format!("-memprofilerate={GO_DEFAULT_MEMPROFILERATE}");
+    let profiled = [duration_arg.as_str(), goroutines_arg.as_str(), profiled_arg.as_str()];
+
     let mut untraced = Vec::new();
+    let mut untraced_profiled = Vec::new();
     let mut floor = Vec::new();
     let mut traced = Vec::new();
+    let mut sampled = Vec::new();
     for round in 0..rounds {
         println!("bench: round {}/{rounds}", round + 1);
         untraced.push(run_untraced(&target, &args)?);
+        untraced_profiled.push(run_untraced(&target, &profiled)?);
+        sampled.push(run_traced(&target, &profiled, &["--mode", "sampled"], None)?);
         floor.push(run_floor(layout, &target, &args)?);
-        traced.push(run_traced(&target, &args, (round == 0).then_some(recording.as_path()))?);
+        traced.push(run_traced(&target, &args, &[], (round == 0).then_some(recording.as_path()))?);
     }
 
     let median = |mut v: Vec<f64>| {
@@ -104,6 +115,23 @@ pub fn bench(layout: &Layout, rounds: usize, duration: Duration, agent_minutes: 
     println!("\nallocbench, Go {PRIMARY}, {GOROUTINES} goroutines, {:.1} s per run, {rounds} runs each, interleaved", duration.as_secs_f64());
     println!("{:<10} {:>12} {:>12} {:>12} {:>10} {:>14} {:>16}", "", "ops/s min", "median", "max", "÷ untraced", "allocs/s", "ns added/alloc");
     println!("{:<10} {u_min:>12.0} {u_med:>12.0} {u_max:>12.0} {:>10} {u_allocs:>14.0} {:>16}", "untraced", "1", "");
+    let (p_min, p_med, p_max) = median(untraced_profiled.iter().map(Run::ops_per_second).collect());
+    let (_, p_allocs, _) = median(untraced_profiled.iter().map(Run::allocations_per_second).collect());
+    let (s_min, s_med, s_max) = median(sampled.iter().map(|t| t.run.ops_per_second()).collect());
+    let (_, s_allocs, _) = median(sampled.iter().map(|t| t.run.allocations_per_second()).collect());
+    let ns_added = |allocs: f64| 1e9 / allocs - 1e9 / u_allocs;
+    println!(
+        "{:<10} {p_min:>12.0} {p_med:>12.0} {p_max:>12.0} {:>10.3} {p_allocs:>14.0} {:>16.1}",
+        "profiled",
+        u_med / p_med,
+        ns_added(p_allocs)
+    );
+    println!(
+        "{:<10} {s_min:>12.0} {s_med:>12.0} {s_max:>12.0} {:>10.3} {s_allocs:>14.0} {:>16.1}",
+        "sampled",
+        u_med / s_med,
+        ns_added(s_allocs)
+    );
     let floor_ns = 1e9 / f_allocs - 1e9 / u_allocs;
     let full_ns = 1e9 / t_allocs - 1e9 / u_allocs;
     println!(
@@ -112,6 +140,9 @@ pub fn bench(layout: &Layout, rounds: usize, duration: Duration, agent_minutes: 
         u_med / f_med,
     );
     println!("{:<10} {t_min:>12.0} {t_med:>12.0} {t_max:>12.0} {:>10.1} {t_allocs:>14.0} {full_ns:>16.0}", "full", u_med / t_med);
+    println!("profiled: untraced, the target's heap profiler on at Go's default rate ({GO_DEFAULT_MEMPROFILERATE} B); sampled: maptrace --mode sampled riding it ({:.1}% slower than profiled, {:.1}% than untraced)", (p_med / s_med - 1.0) * 100.0, (u_med / s_med - 1.0) * 100.0);
+    let samples: u64 = sampled.iter().map(|t| t.records).sum();
+    println!("sampled runs: {} uprobes attached in {:.3} s (median); {samples} records in all", sampled[0].uprobes, median(sampled.iter().map(|t| t.attach_seconds).collect()).1);
     println!("empty: an empty eBPF program at the same probe points (the kernel's uprobe cost alone); full mode adds {:.2}x the floor's time per allocation", full_ns / floor_ns);
     println!(
         "traced runs: {} uprobes attached in {attach:.3} s (median); {records} records, {lost} lost; maptrace peak RSS {:.1} MiB (median)",
@@ -173,10 +204,11 @@ fn run_floor(layout: &Layout, target: &Path, args: &[&str]) -> Result<Run> {
     Run::parse(&done)
 }
 
-fn run_traced(target: &Path, args: &[&str], record: Option<&Path>) -> Result<Traced> {
+fn run_traced(target: &Path, args: &[&str], extra: &[&str], record: Option<&Path>) -> Result<Traced> {
     let mut t = Target::start(target, args);
     let pid = t.pid.to_string();
     let mut maptrace_args = vec!["--pid", &pid, "--json", "--no-live"];
+    maptrace_args.extend_from_slice(extra);
     let record_arg;
     if let Some(path) = record {
         record_arg = path.display().to_string();
