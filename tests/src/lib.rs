@@ -267,6 +267,18 @@ pub struct Traced {
     pub report: Value,
 }
 
+/// Starts maptrace (JSON, no live view, then `extra`) on a ready target, waits until it is
+/// attached and lets the target start its measured phase.
+fn attach_and_go(target: &mut Target, extra: &[&str]) -> Maptrace {
+    let pid = target.pid.to_string();
+    let mut args = vec!["--pid", &pid, "--json", "--no-live"];
+    args.extend_from_slice(extra);
+    let mut maptrace = Maptrace::start(&args);
+    maptrace.wait_attached();
+    target.go();
+    maptrace
+}
+
 /// Attaches maptrace (JSON, no live view) to a ready target, lets the target run its measured
 /// phase and waits for both to finish; maptrace must succeed.
 pub fn trace_measured_phase(target: Target) -> Traced {
@@ -275,12 +287,7 @@ pub fn trace_measured_phase(target: Target) -> Traced {
 
 /// [`trace_measured_phase`] with more maptrace arguments (e.g. `--mode sampled`).
 pub fn trace_measured_phase_with(mut target: Target, extra: &[&str]) -> Traced {
-    let pid = target.pid.to_string();
-    let mut args = vec!["--pid", &pid, "--json", "--no-live"];
-    args.extend_from_slice(extra);
-    let mut maptrace = Maptrace::start(&args);
-    maptrace.wait_attached();
-    target.go();
+    let maptrace = attach_and_go(&mut target, extra);
     let (target_output, target_status) = target.finish();
     let outcome = maptrace.finish();
     assert!(outcome.status.success(), "maptrace failed: {outcome:#?}");
@@ -296,12 +303,7 @@ pub fn trace_until_done(target: Target) -> (String, Value) {
 
 /// [`trace_until_done`] with more maptrace arguments (e.g. `--mode sampled`).
 pub fn trace_until_done_with(mut target: Target, extra: &[&str]) -> (String, Value) {
-    let pid = target.pid.to_string();
-    let mut args = vec!["--pid", &pid, "--json", "--no-live"];
-    args.extend_from_slice(extra);
-    let mut maptrace = Maptrace::start(&args);
-    maptrace.wait_attached();
-    target.go();
+    let mut maptrace = attach_and_go(&mut target, extra);
     let done = target.wait_done();
     maptrace.interrupt();
     let outcome = maptrace.finish();
