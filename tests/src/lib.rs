@@ -303,7 +303,7 @@ pub fn trace_until_done(target: Target) -> (String, Value) {
 
 /// [`trace_until_done`] with more maptrace arguments (e.g. `--mode sampled`).
 pub fn trace_until_done_with(mut target: Target, extra: &[&str]) -> (String, Value) {
-    let mut maptrace = attach_and_go(&mut target, extra);
+    let maptrace = attach_and_go(&mut target, extra);
     let done = target.wait_done();
     maptrace.interrupt();
     let outcome = maptrace.finish();
