@@ -1,9 +1,10 @@
 // Command allocbench is the allocation benchmark of `cargo xtask bench`: after the stdin line,
 // -goroutines goroutines each repeat one operation (a small object, a small map with four keys,
 // a slice grown by append to 16 elements) for -duration, then it prints
-// `done ops=N nanos=T mallocs=M` and exits: operations done, the wall time they took, and heap
-// allocations in that time (runtime.MemStats.Mallocs, read before and after). Nothing is retained
-// beyond one result per goroutine.
+// `done ops=N nanos=T mallocs=M memprofilerate=R` and exits: operations done, the wall time they
+// took, heap allocations in that time (runtime.MemStats.Mallocs, read before and after), and
+// runtime.MemProfileRate at the end (a tracer that changed it must have put it back). Nothing is
+// retained beyond one result per goroutine.
 package main
 
 import (
@@ -91,5 +92,6 @@ func main() {
 	protocol.Done(done,
 		protocol.Field{Key: "ops", Val: ops.Load()},
 		protocol.Field{Key: "nanos", Val: elapsed.Nanoseconds()},
-		protocol.Field{Key: "mallocs", Val: int64(after.Mallocs - before.Mallocs)})
+		protocol.Field{Key: "mallocs", Val: int64(after.Mallocs - before.Mallocs)},
+		protocol.Field{Key: "memprofilerate", Val: int64(runtime.MemProfileRate)})
 }

@@ -198,6 +198,9 @@ fn agent_finds_traces_exports_and_forgets() {
     assert!(sample(&text, "maptrace_finalizer_goroutine_blocked_seconds", &[("binary", &fin_name)]).unwrap() > 0.0, "{text}");
     assert!(sample(&text, "maptrace_allocations_total", &[("binary", &fin_name), ("kind", "object")]).unwrap() >= 4.0 * N, "{text}");
     assert_eq!(sample(&text, "maptrace_agent_targets", &[]), Some(1.0), "{text}");
+    // Sampled mode says so on every series, with the rate its estimates are scaled at.
+    assert!(sample(&text, "maptrace_probes_attached", &[("binary", &fin_name), ("mode", "sampled")]).is_some(), "{text}");
+    assert!(sample(&text, "maptrace_sample_rate_bytes", &[("binary", &fin_name), ("mode", "sampled")]).unwrap() >= 1.0, "{text}");
     assert!(sample(&text, "maptrace_allocation_size_bytes_count", &[("binary", &fin_name)]).unwrap() >= 4.0 * N, "{text}");
     assert!(sample(&text, "maptrace_allocation_size_bytes_bucket", &[("binary", &fin_name), ("le", "+Inf")]).is_some(), "{text}");
     assert!(sample(&text, "maptrace_agent_resident_bytes", &[]).unwrap() > 0.0, "{text}");

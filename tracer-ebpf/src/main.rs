@@ -11,7 +11,7 @@
 mod go_abi;
 
 use aya_ebpf::{
-    bindings::BPF_F_USER_STACK,
+    bindings::{BPF_F_USER_STACK, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{bpf_get_attach_cookie, bpf_get_stack, bpf_ktime_get_ns, bpf_probe_read_user, generated},
     macros::{map, uprobe},
     maps::{LruHashMap, PerCpuArray, RingBuf},
@@ -21,7 +21,7 @@ use aya_ebpf::{
 use tracer_common::{
     AllocEntry, AllocKey, ConstructorCookie, ContainerEntry, ContainerKind, CycleRecord, ObjectEventCookie, ProbeConfig,
     Record, RecordKind, SampleBudget, SpanRecord, MAX_SAMPLE_SHIFT, INLINE_MARKS_OFFSET, INLINE_MARK_BYTES, MAX_IN_FLIGHT,
-    MAX_MARK_BYTES, MAX_STACK_DEPTH, RING_BUFFER_BYTES,
+    MAX_MARK_BYTES, MAX_STACK_DEPTH, RING_BUFFER_BYTES, WAKE_AFTER_BYTES,
 };
 
 /// This target's runtime layout, set by userspace at load time.
@@ -206,24 +206,24 @@ pub fn sampled_alloc(ctx: ProbeContext) -> u32 {
     let weight = unsafe {
         let b = &mut *budget;
         if now.wrapping_sub(b.window_start_ns) >= 1_000_000_000 {
-            if b.hits > limit && b.shift < MAX_SAMPLE_SHIFT {
+            if b.sent > limit && b.shift < MAX_SAMPLE_SHIFT {
                 b.shift += 1;
-            } else if b.hits * 4 < limit && b.shift > 0 {
+            } else if b.sent * 4 < limit && b.shift > 0 {
                 b.shift -= 1;
             }
             b.window_start_ns = now;
-            b.hits = 0;
+            b.sent = 0;
         }
-        b.hits += 1;
         b.total_hits += 1;
-        if b.hits > 2 * limit {
-            b.over_budget += 1;
-            return 0;
-        }
         let mask = (1u64 << (b.shift & 63)) - 1;
         if b.total_hits & mask != 0 {
             b.thinned += 1;
             return 0;
+        }
+        b.sent += 1;
+        if b.sent >= 2 * limit && b.shift < MAX_SAMPLE_SHIFT {
+            b.shift += 1;
+            b.sent = limit;
         }
         mask + 1
     };
@@ -269,7 +269,7 @@ pub fn gc_cycle_end(_ctx: ProbeContext) -> u32 {
     // SAFETY: the helper only reads a clock.
     let record = CycleRecord { kind: RecordKind::CycleEnd as u32, _pad: 0, cycle: gc_cycle(), ktime_ns: unsafe { bpf_ktime_get_ns() } };
     slot.write(record);
-    slot.submit(0);
+    slot.submit(BPF_RB_FORCE_WAKEUP.into());
     0
 }
 
@@ -322,7 +322,7 @@ pub fn span_sweep(ctx: ProbeContext) -> u32 {
             && generated::bpf_probe_read_user((&raw mut (*r).marks).cast(), len as u32, marks_addr as *const _) == 0;
         (*r).marks_len = if ok { len as u32 } else { 0 };
     }
-    slot.submit(0);
+    slot.submit(batched_wakeup());
     0
 }
 
@@ -356,7 +356,21 @@ fn emit(ctx: &ProbeContext, g: u64, kind: RecordKind, container: u32, ptr: u64, 
         );
         (*r).stack_len = if n > 0 { (n as u32) / 8 } else { 0 };
     }
-    slot.submit(0);
+    let frequent = matches!(kind, RecordKind::Alloc | RecordKind::Container | RecordKind::Sampled | RecordKind::SampleFreed);
+    slot.submit(if frequent { batched_wakeup() } else { BPF_RB_FORCE_WAKEUP.into() });
+}
+
+/// Submit flags for a frequent record: wake userspace only when [`WAKE_AFTER_BYTES`] are waiting
+/// (its timer drains the rest). Rare records (cycles, finalizers, cleanups) wake it at once, even
+/// behind batched ones: userspace reads the target's memory for some of them (a cleanup's
+/// function) while it still holds what the record names.
+#[inline(always)]
+fn batched_wakeup() -> u64 {
+    if RECORDS.query(BPF_RB_AVAIL_DATA.into()) >= WAKE_AFTER_BYTES {
+        BPF_RB_FORCE_WAKEUP.into()
+    } else {
+        BPF_RB_NO_WAKEUP.into()
+    }
 }
 
 fn count_lost() {

@@ -36,10 +36,13 @@ allocations the Go runtime's own heap profiler samples (one per runtime.MemProfi
 average, 512 KiB by default) and their deaths, plus GC cycles and finalizers: cheap enough to
 leave on; counts are estimates scaled like `go tool pprof` scales heap profiles, and types are
 not known. Programs that never use runtime.MemProfile (no runtime/pprof, no net/http/pprof) run
-with the rate at 0 and sample nothing: --sample-rate BYTES --write-memprofilerate sets it (the
-one write maptrace makes to a target's memory, undone at detach). A trap budget (--trap-budget)
-thins the samples in the kernel when the target allocates faster than that.
-Otherwise the target's behaviour is never changed: maptrace only reads its memory.
+with the rate at 0 and sample nothing: --sample-rate BYTES --write-memprofilerate sets it.
+Each sample costs two traps (its allocation and its death). A trap budget (--trap-budget, samples
+per second) thins what the kernel sends when the target allocates faster; with
+--write-memprofilerate maptrace also raises the rate (in powers of two, back down when the
+target calms, never below its own) so the traps themselves stay within the budget. Writing
+runtime.MemProfileRate is the one write maptrace ever makes to a target's memory, and it is
+undone at detach; without --write-memprofilerate maptrace only reads the target's memory.
 
 Exit codes:
   0  report printed (also when the target exits while traced)
@@ -100,12 +103,13 @@ pub struct SamplingArgs {
     #[arg(long, value_name = "BYTES", requires = "write_memprofilerate", value_parser = clap::value_parser!(u64).range(1..))]
     pub sample_rate: Option<u64>,
 
-    /// Allow --sample-rate to write the target's memory (the old value is put back at detach).
+    /// Allow maptrace to write the target's runtime.MemProfileRate: to --sample-rate, and higher
+    /// while samples exceed --trap-budget (the old value is put back at detach).
     #[arg(long)]
     pub write_memprofilerate: bool,
 
     /// Sampled mode: samples per second passed on in full; beyond it the kernel keeps one in 2^k
-    /// (and weights it 2^k) so that a fast allocator cannot make tracing costly.
+    /// (and weights it 2^k), and with --write-memprofilerate the rate is raised to match.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_BUDGET, value_parser = clap::value_parser!(u64).range(1..))]
     pub trap_budget: u64,
 }

@@ -16,6 +16,7 @@ use crate::{
     lifecycle::{Alloc, Distributions, Lifecycle, LifecycleConfig, SweptSpan},
     report::GcInfo,
     retention::{retained_rows, RetainedRow},
+    sampling::{allocations_per_sample, RateChange, SampleRates},
     sites::{frame_row, Resolve, SiteTable},
 };
 
@@ -162,7 +163,7 @@ pub struct Correlator {
     first_cycle: Option<u64>,
     spans_swept: u64,
     /// Sampled mode: the target's `MemProfileRate` its records were taken at.
-    sample_rate: u64,
+    sample_rates: SampleRates,
 }
 
 impl Correlator {
@@ -177,13 +178,18 @@ impl Correlator {
             cycles_seen: 0,
             first_cycle: None,
             spans_swept: 0,
-            sample_rate: 0,
+            sample_rates: SampleRates::default(),
         }
     }
 
-    /// Sampled mode: the rate the runtime samples at, which scales samples into estimates.
-    pub fn set_sample_rate(&mut self, rate: u64) {
-        self.sample_rate = rate;
+    /// Sampled mode: the rates the runtime samples at, which scale samples into estimates.
+    pub fn set_sample_rates(&mut self, rates: SampleRates) {
+        self.sample_rates = rates;
+    }
+
+    /// Sampled mode: the governor changed the rate at `at_ns` (CLOCK_MONOTONIC).
+    pub fn sample_rate_changed(&mut self, change: &RateChange, at_ns: u64) {
+        self.sample_rates.change(change, at_ns);
     }
 
     pub fn record(&mut self, ev: &TraceEvent, names: &mut dyn Resolve) {
@@ -247,7 +253,9 @@ impl Correlator {
         self.frames.observe(ev.goid, &ev.stack);
         let alloc = Alloc { addr: ev.ptr, size: ev.size, site: 0, born_cycle: ev.gc_cycle, time_ns: ev.ktime_ns };
         let weight = match ev.kind {
-            RecordKind::Sampled => ev.alloc_count.max(1) as f64 * crate::sampling::allocations_per_sample(ev.size, self.sample_rate),
+            RecordKind::Sampled => {
+                ev.alloc_count.max(1) as f64 * allocations_per_sample(ev.size, self.sample_rates.at(ev.ktime_ns))
+            }
             _ => 1.0,
         };
         let hit = self.sites.add_weighted(ev, weight, names);

@@ -1,7 +1,8 @@
 //! Which runtime functions to probe in a given Go binary, and attaching the eBPF programs there.
 //!
-//! Every probed function gets an entry uprobe plus one uprobe per RET instruction (Go moves
-//! goroutine stacks, so uretprobes would corrupt them). Per-version calling conventions are
+//! Every probed function gets an entry uprobe (placed past the stack-bound check, see
+//! `target::rets`) plus one uprobe per RET instruction (Go moves goroutine stacks, so uretprobes
+//! would corrupt them). Per-version calling conventions are
 //! resolved here, once, into a [`ProbePlan`].
 
 use std::{num::NonZeroU32, time::Instant};
@@ -48,7 +49,8 @@ pub enum Role {
 #[derive(Clone, Debug)]
 pub struct ProbePoint {
     pub function: Function,
-    /// Where the first probe goes: the function's entry, or an instruction inside it.
+    /// Where the first probe goes: past the function's stack-bound check (once per call, where
+    /// the entry runs again after each trip to `morestack`), or an instruction inside it.
     pub at: u64,
     pub role: Role,
     pub rets: Vec<u64>,
@@ -217,7 +219,7 @@ impl ProbePlan {
             } else {
                 Vec::new()
             };
-            points.push(ProbePoint { function: f.clone(), at: f.entry, role, rets });
+            points.push(ProbePoint { function: f.clone(), at: bin.past_stack_check(f), role, rets });
         }
         for (f, at, role) in inside {
             points.push(ProbePoint { function: f.clone(), at, role, rets: Vec::new() });
@@ -370,7 +372,6 @@ impl Tracer {
         for b in per_cpu.iter().flat_map(|v| v.iter()) {
             sum.total_hits += b.total_hits;
             sum.thinned += b.thinned;
-            sum.over_budget += b.over_budget;
             sum.shift = sum.shift.max(b.shift);
         }
         sum

@@ -109,12 +109,18 @@ impl Report {
             (Some(r), None) => format!("MemProfileRate {r} bytes (the target's own)"),
             (None, _) => "MemProfileRate unknown (counts are samples, unscaled)".into(),
         };
+        let rate = match sm.rate.governor {
+            Some(g) if g.changes > 0 => format!(
+                "{rate}, governed to the trap budget: {} changes, at most {} bytes, never below {}",
+                g.changes, g.highest, g.floor
+            ),
+            _ => rate,
+        };
         writeln!(
             w,
-            "sampled mode: {rate}; {} samples, {} thinned and {} dropped by the trap budget ({}/s); counts are {}",
+            "sampled mode: {rate}; {} samples, {} thinned by the trap budget ({}/s); counts are {}",
             sm.samples_seen,
             sm.samples_thinned,
-            sm.samples_dropped_over_budget,
             sm.budget_per_second,
             sm.scaling,
         )

@@ -4,7 +4,7 @@
 use std::{
     os::fd::{AsRawFd, OwnedFd},
     sync::Arc,
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use aya::maps::{MapData, RingBuf};
@@ -20,7 +20,7 @@ use crate::{
     process::Process,
     recording::{Recorder, Recording},
     report::{ProbeInfo, Report, TargetInfo},
-    sampling::{Mode, SampleRate, SamplingInfo, SamplingOptions, SCALING},
+    sampling::{Mode, SampleRate, SampleRates, SamplingInfo, SamplingOptions, SCALING},
     sites::{Resolve, SiteRow},
     symbolize::Symbolizer,
     target::{Frame, GoBinary, TargetError},
@@ -105,6 +105,11 @@ fn open_binary(process: &Process) -> Result<GoBinary, Failure> {
     })
 }
 
+/// How stale the correlator may get while the kernel batches wakeups
+/// ([`tracer_common::WAKE_AFTER_BYTES`]): reports, the live view and the agent's metrics lag by
+/// at most this much.
+const DRAIN_EVERY: Duration = Duration::from_millis(100);
+
 /// What [`Session::step`] saw.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Step {
@@ -131,6 +136,8 @@ pub struct Session {
     records: AsyncFd<RingBuf<MapData>>,
     /// Readable once the target has exited.
     exit: AsyncFd<OwnedFd>,
+    /// The kernel wakes us for frequent records only in batches; this drains the rest.
+    drain_timer: tokio::time::Interval,
     pub state: Correlator,
     names: Names,
     recorder: Option<Recorder>,
@@ -153,7 +160,7 @@ impl Session {
             Mode::Full => None,
         };
         if let Some(rate) = &rate {
-            state.set_sample_rate(rate.current().unwrap_or(0));
+            state.set_sample_rates(SampleRates::fixed(rate.current().unwrap_or(0)));
         }
         let mut tracer = match Tracer::attach(&binary, &process, &plan, load_bias, opts.sampling.budget) {
             Ok(t) => t,
@@ -164,8 +171,11 @@ impl Session {
         };
         let records = readable(tracer.take_records().map_err(Failure::Other)?)?;
         let exit_fd = process.exit_fd().try_clone_to_owned().map_err(|e| Failure::Other(e.into()))?;
+        let mut drain_timer = tokio::time::interval(DRAIN_EVERY);
+        drain_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         Ok(Session {
             exit: readable(exit_fd)?,
+            drain_timer,
             state,
             names: Names::new(binary.clone(), Some(process.clone()), load_bias),
             process,
@@ -210,7 +220,6 @@ impl Session {
             budget_per_second: self.tracer.budget,
             samples_seen: budget.total_hits,
             samples_thinned: budget.thinned,
-            samples_dropped_over_budget: budget.over_budget,
             scaling: SCALING,
         })
     }
@@ -225,7 +234,8 @@ impl Session {
         ProcessOrFile { process: Some(self.process.clone()), binary: self.binary.clone(), load_bias: self.load_bias }
     }
 
-    /// Waits until records arrive (and correlates every queued one) or the target exits.
+    /// Waits until records arrive or the drain timer fires (and correlates every queued record), or
+    /// the target exits.
     pub async fn step(&mut self) -> Result<Step, Failure> {
         tokio::select! {
             guard = self.records.readable_mut() => {
@@ -233,7 +243,21 @@ impl Session {
                 self.drain();
                 Ok(Step::Records)
             }
+            _ = self.drain_timer.tick() => {
+                self.drain();
+                self.govern_rate();
+                Ok(Step::Records)
+            }
             _ = self.exit.readable() => Ok(Step::Exited),
+        }
+    }
+
+    /// Sampled mode with `--write-memprofilerate`: lets the governor move the rate; samples taken
+    /// after a change are scaled at the new rate.
+    fn govern_rate(&mut self) {
+        let Some(rate) = &mut self.rate else { return };
+        if let Some(change) = rate.govern(self.tracer.sample_budget().total_hits, Instant::now()) {
+            self.state.sample_rate_changed(&change, monotonic_ns());
         }
     }
 

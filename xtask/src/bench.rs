@@ -3,16 +3,22 @@
 //! 1. The allocation benchmark (`go-targets/allocbench`, several goroutines allocating objects,
 //!    maps and slices) untraced, with empty eBPF programs on the same probe points (the floor the
 //!    kernel's uprobes set, `tracer/benches/floor.rs`) and traced in full mode; and with its heap
-//!    profiler at Go's default rate, untraced ("profiled") and in sampled mode; interleaved run by
+//!    profiler at Go's default rate, untraced ("profiled"), in sampled mode, and in sampled mode
+//!    allowed to raise the rate to its trap budget ("governed"); interleaved run by
 //!    run so that drift in the machine hits all alike: operations per second (min/median/max), the ratio of medians,
 //!    and the wall time added per allocation. From the traced runs: attach time, records lost,
 //!    maptrace's peak resident memory.
 //! 2. The pipeline: one traced run is recorded (`maptrace --record`) and replayed through
 //!    decoding and correlation on one core (`tracer/benches/pipeline.rs`): records per second,
 //!    and resident bytes per tracked object with a million objects tracked.
-//! 3. With `--agent-minutes M`: `maptrace agent` tracing ten copies of the demo server for M
+//! 3. Where loss starts: maptrace stopped for longer and longer in the middle of a full-mode
+//!    trace, and the records the ring buffer could not hold.
+//! 4. Attach time on large binaries: a generated one (`bigbin.rs`, ~65 MB) and Debian's Prometheus
+//!    server (a real ~50 MB service), in both modes.
+//! 5. With `--agent-minutes M`: `maptrace agent` tracing ten copies of the demo server for M
 //!    minutes: its CPU (share of one core) and resident memory over time, and the series count.
 
+use std::fs;
 use std::path::Path;
 use std::time::Duration;
 
@@ -21,7 +27,7 @@ use e2e::{Maptrace, Target};
 
 use crate::go_versions::{self, PRIMARY};
 use crate::layout::Layout;
-use crate::{go_targets, process, rust_build, setup};
+use crate::{bigbin, go_targets, process, rust_build, setup};
 
 /// Goroutines allocating in the benchmark.
 const GOROUTINES: u32 = 4;
@@ -63,6 +69,9 @@ struct Traced {
     lost: u64,
     records: u64,
     peak_rss_kib: u64,
+    /// Sampled mode: allocations the runtime sampled, and MemProfileRate when tracing ended.
+    samples_seen: u64,
+    final_rate: u64,
 }
 
 pub fn bench(layout: &Layout, rounds: usize, duration: Duration, agent_minutes: Option<u64>) -> Result<i32> {
@@ -88,11 +97,13 @@ pub fn bench(layout: &Layout, rounds: usize, duration: Duration, agent_minutes: 
     let mut floor = Vec::new();
     let mut traced = Vec::new();
     let mut sampled = Vec::new();
+    let mut governed = Vec::new();
     for round in 0..rounds {
         println!("bench: round {}/{rounds}", round + 1);
         untraced.push(run_untraced(&target, &args)?);
         untraced_profiled.push(run_untraced(&target, &profiled)?);
         sampled.push(run_traced(&target, &profiled, &["--mode", "sampled"], None)?);
+        governed.push(run_traced(&target, &profiled, &["--mode", "sampled", "--write-memprofilerate"], None)?);
         floor.push(run_floor(layout, &target, &args)?);
         traced.push(run_traced(&target, &args, &[], (round == 0).then_some(recording.as_path()))?);
     }
@@ -101,51 +112,51 @@ pub fn bench(layout: &Layout, rounds: usize, duration: Duration, agent_minutes: 
         v.sort_by(f64::total_cmp);
         (v[0], v[v.len() / 2], v[v.len() - 1])
     };
-    let (u_min, u_med, u_max) = median(untraced.iter().map(Run::ops_per_second).collect());
-    let (t_min, t_med, t_max) = median(traced.iter().map(|t| t.run.ops_per_second()).collect());
-    let (f_min, f_med, f_max) = median(floor.iter().map(Run::ops_per_second).collect());
-    let (_, f_allocs, _) = median(floor.iter().map(Run::allocations_per_second).collect());
+    let (_, u_med, _) = median(untraced.iter().map(Run::ops_per_second).collect());
     let (_, u_allocs, _) = median(untraced.iter().map(Run::allocations_per_second).collect());
-    let (_, t_allocs, _) = median(traced.iter().map(|t| t.run.allocations_per_second()).collect());
+    let ns_added = |allocs: f64| 1e9 / allocs - 1e9 / u_allocs;
+    // One table row: ops/s min/median/max, the ratio to untraced, allocations/s, ns added per
+    // allocation; returns (median ops/s, ns added).
+    let row = |name: &str, runs: &[&Run]| {
+        let (min, med, max) = median(runs.iter().map(|r| r.ops_per_second()).collect());
+        let (_, allocs, _) = median(runs.iter().map(|r| r.allocations_per_second()).collect());
+        let added = ns_added(allocs);
+        println!("{name:<10} {min:>12.0} {med:>12.0} {max:>12.0} {:>10.3} {allocs:>14.0} {added:>16.1}", u_med / med);
+        (med, added)
+    };
+
+    println!("\nallocbench, Go {PRIMARY}, {GOROUTINES} goroutines, {:.1} s per run, {rounds} runs each, interleaved", duration.as_secs_f64());
+    println!("{:<10} {:>12} {:>12} {:>12} {:>10} {:>14} {:>16}", "", "ops/s min", "median", "max", "÷ untraced", "allocs/s", "ns added/alloc");
+    row("untraced", &untraced.iter().collect::<Vec<_>>());
+    let (p_med, _) = row("profiled", &untraced_profiled.iter().collect::<Vec<_>>());
+    let (s_med, _) = row("sampled", &runs_of(&sampled));
+    let (g_med, _) = row("governed", &runs_of(&governed));
+    let (_, floor_ns) = row("empty", &floor.iter().collect::<Vec<_>>());
+    let (_, full_ns) = row("full", &runs_of(&traced));
+    let slower = |med: f64| format!("{:.1}% slower than profiled, {:.1}% than untraced", (p_med / med - 1.0) * 100.0, (u_med / med - 1.0) * 100.0);
+    println!("profiled: untraced, the target's heap profiler on at Go's default rate ({GO_DEFAULT_MEMPROFILERATE} B)");
+    println!("sampled: maptrace --mode sampled riding it ({})", slower(s_med));
+    println!(
+        "governed: the same with --write-memprofilerate, the rate raised to the trap budget ({}); rate at the end {} B (median)",
+        slower(g_med),
+        median(governed.iter().map(|t| t.final_rate as f64).collect()).1
+    );
+    for (name, runs) in [("sampled", &sampled), ("governed", &governed)] {
+        let records: u64 = runs.iter().map(|t| t.records).sum();
+        let samples: u64 = runs.iter().map(|t| t.samples_seen).sum();
+        println!(
+            "{name} runs: {} uprobes attached in {:.3} s (median); {samples} samples taken by the runtime, {records} records in all",
+            runs[0].uprobes,
+            median(runs.iter().map(|t| t.attach_seconds).collect()).1
+        );
+    }
+    println!("empty: an empty eBPF program at the same probe points (the kernel's uprobe cost alone); full mode adds {:.2}x the floor's time per allocation", full_ns / floor_ns);
     let (_, attach, _) = median(traced.iter().map(|t| t.attach_seconds).collect());
     let (_, rss, _) = median(traced.iter().map(|t| t.peak_rss_kib as f64).collect());
     let lost: u64 = traced.iter().map(|t| t.lost).sum();
     let records: u64 = traced.iter().map(|t| t.records).sum();
-
-    println!("\nallocbench, Go {PRIMARY}, {GOROUTINES} goroutines, {:.1} s per run, {rounds} runs each, interleaved", duration.as_secs_f64());
-    println!("{:<10} {:>12} {:>12} {:>12} {:>10} {:>14} {:>16}", "", "ops/s min", "median", "max", "÷ untraced", "allocs/s", "ns added/alloc");
-    println!("{:<10} {u_min:>12.0} {u_med:>12.0} {u_max:>12.0} {:>10} {u_allocs:>14.0} {:>16}", "untraced", "1", "");
-    let (p_min, p_med, p_max) = median(untraced_profiled.iter().map(Run::ops_per_second).collect());
-    let (_, p_allocs, _) = median(untraced_profiled.iter().map(Run::allocations_per_second).collect());
-    let (s_min, s_med, s_max) = median(sampled.iter().map(|t| t.run.ops_per_second()).collect());
-    let (_, s_allocs, _) = median(sampled.iter().map(|t| t.run.allocations_per_second()).collect());
-    let ns_added = |allocs: f64| 1e9 / allocs - 1e9 / u_allocs;
     println!(
-        "{:<10} {p_min:>12.0} {p_med:>12.0} {p_max:>12.0} {:>10.3} {p_allocs:>14.0} {:>16.1}",
-        "profiled",
-        u_med / p_med,
-        ns_added(p_allocs)
-    );
-    println!(
-        "{:<10} {s_min:>12.0} {s_med:>12.0} {s_max:>12.0} {:>10.3} {s_allocs:>14.0} {:>16.1}",
-        "sampled",
-        u_med / s_med,
-        ns_added(s_allocs)
-    );
-    let floor_ns = 1e9 / f_allocs - 1e9 / u_allocs;
-    let full_ns = 1e9 / t_allocs - 1e9 / u_allocs;
-    println!(
-        "{:<10} {f_min:>12.0} {f_med:>12.0} {f_max:>12.0} {:>10.1} {f_allocs:>14.0} {floor_ns:>16.0}",
-        "empty",
-        u_med / f_med,
-    );
-    println!("{:<10} {t_min:>12.0} {t_med:>12.0} {t_max:>12.0} {:>10.1} {t_allocs:>14.0} {full_ns:>16.0}", "full", u_med / t_med);
-    println!("profiled: untraced, the target's heap profiler on at Go's default rate ({GO_DEFAULT_MEMPROFILERATE} B); sampled: maptrace --mode sampled riding it ({:.1}% slower than profiled, {:.1}% than untraced)", (p_med / s_med - 1.0) * 100.0, (u_med / s_med - 1.0) * 100.0);
-    let samples: u64 = sampled.iter().map(|t| t.records).sum();
-    println!("sampled runs: {} uprobes attached in {:.3} s (median); {samples} records in all", sampled[0].uprobes, median(sampled.iter().map(|t| t.attach_seconds).collect()).1);
-    println!("empty: an empty eBPF program at the same probe points (the kernel's uprobe cost alone); full mode adds {:.2}x the floor's time per allocation", full_ns / floor_ns);
-    println!(
-        "traced runs: {} uprobes attached in {attach:.3} s (median); {records} records, {lost} lost; maptrace peak RSS {:.1} MiB (median)",
+        "full runs: {} uprobes attached in {attach:.3} s (median); {records} records, {lost} lost; maptrace peak RSS {:.1} MiB (median)",
         traced[0].uprobes,
         rss / 1024.0
     );
@@ -172,10 +183,142 @@ pub fn bench(layout: &Layout, rounds: usize, duration: Duration, agent_minutes: 
         p["tracked_objects"],
         per_object * 1e6 / f64::from(1 << 20)
     );
+    stall_bench(&target)?;
+    attach_bench(layout, primary)?;
     if let Some(minutes) = agent_minutes {
         agent_bench(layout, minutes)?;
     }
     Ok(0)
+}
+
+/// Where loss starts. The kernel's trap cost caps what a target can produce (full mode on
+/// allocbench: tens of thousands of records a second on this machine) far below what the
+/// pipeline drains (millions), so records are lost only when maptrace does not run: descheduled,
+/// or throttled by a CPU limit. Each run stops maptrace (SIGSTOP) for a while in the middle of a
+/// full-mode trace and counts what the ring buffer could not hold.
+fn stall_bench(target: &Path) -> Result<()> {
+    println!("\nwhere loss starts: maptrace stopped (SIGSTOP) mid-trace, full mode, allocbench with {GOROUTINES} goroutines");
+    println!("{:>8} {:>12} {:>12} {:>10} {:>14}", "stall s", "records", "lost", "lost %", "records/s");
+    for stall_ms in [250u64, 500, 1000, 2000, 4000] {
+        let stall = Duration::from_millis(stall_ms);
+        let run = format!("-duration={}ms", stall_ms + 2000);
+        let goroutines = format!("-goroutines={GOROUTINES}");
+        let traced = run_traced_with(target, &[run.as_str(), goroutines.as_str()], &[], None, &|maptrace| {
+            std::thread::sleep(Duration::from_millis(500));
+            // SAFETY: kill(2) on our own child.
+            unsafe { libc::kill(maptrace as i32, libc::SIGSTOP) };
+            std::thread::sleep(stall);
+            // SAFETY: as above.
+            unsafe { libc::kill(maptrace as i32, libc::SIGCONT) };
+        })?;
+        let (records, lost) = (traced.records, traced.lost);
+        println!(
+            "{:>8.2} {records:>12} {lost:>12} {:>10.2} {:>14.0}",
+            stall.as_secs_f64(),
+            100.0 * lost as f64 / (records + lost).max(1) as f64,
+            (records + lost) as f64 / traced.run.seconds
+        );
+    }
+    Ok(())
+}
+
+/// Debian's Prometheus server: a real Go service of ~50 MB (`./x` installs the package for the
+/// agent's tests).
+const PROMETHEUS: &str = "/usr/bin/prometheus";
+
+/// Attach time on large binaries: the wall time from starting maptrace to its "attached" line
+/// (reading the ELF, pclntab and DWARF, planning the probes, loading and attaching the eBPF
+/// programs), and the probe attachment alone, in both modes; median of three.
+fn attach_bench(layout: &Layout, primary: &go_versions::GoVersion) -> Result<()> {
+    let big = bigbin::build(layout, primary)?;
+    println!("\nattach time (median of 3): wall = maptrace started -> attached; probes = loading and attaching the eBPF programs alone");
+    println!("{:<34} {:>8} {:>9} {:>8} {:>9} {:>8} {:>10}", "binary", "MB", "Go", "mode", "uprobes", "wall s", "probes s");
+    let scratch = layout.cache().join("bench").join("prometheus");
+    let config = scratch.join("prometheus.yml");
+    fs::create_dir_all(&scratch)?;
+    fs::write(&config, "global: {}\n")?;
+    let prometheus_args = [
+        format!("--config.file={}", config.display()),
+        format!("--storage.tsdb.path={}", scratch.join("data").display()),
+        "--web.listen-address=127.0.0.1:0".to_string(),
+    ];
+    let mut binaries: Vec<(String, std::path::PathBuf, Vec<String>)> = vec![("generated (bench/bigbin)".into(), big, Vec::new())];
+    if Path::new(PROMETHEUS).exists() {
+        binaries.push((PROMETHEUS.into(), PROMETHEUS.into(), prometheus_args.to_vec()));
+    }
+    for (name, path, args) in &binaries {
+        let mb = fs::metadata(path)?.len() as f64 / 1e6;
+        for mode in ["full", "sampled"] {
+            let mut wall = Vec::new();
+            let mut probes = Vec::new();
+            let mut report = serde_json::Value::Null;
+            for _ in 0..3 {
+                let target = Service::start(path, args)?;
+                let pid = target.pid().to_string();
+                let started = std::time::Instant::now();
+                let mut m = Maptrace::start(&["--pid", &pid, "--json", "--no-live", "-d", "1s", "--mode", mode]);
+                m.wait_attached();
+                wall.push(started.elapsed().as_secs_f64());
+                let outcome = m.finish();
+                target.stop();
+                if !outcome.status.success() {
+                    bail!("maptrace on {name} failed: {:?}", outcome.stderr);
+                }
+                report = outcome.json();
+                probes.push(report["probes"]["attach_seconds"].as_f64().unwrap_or(f64::NAN));
+            }
+            wall.sort_by(f64::total_cmp);
+            probes.sort_by(f64::total_cmp);
+            println!(
+                "{name:<34} {mb:>8.1} {:>9} {mode:>8} {:>9} {:>8.3} {:>10.3}",
+                report["target"]["go_version"].as_str().unwrap_or("?").trim_start_matches("go"),
+                report["probes"]["uprobes"].as_u64().unwrap_or(0),
+                wall[1],
+                probes[1]
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A program the attach benchmark starts and stops: a go-target-style one (`ready <pid>`, then
+/// stdin) or a service, given a second to start.
+enum Service {
+    Target(Target),
+    Process(std::process::Child),
+}
+
+impl Service {
+    fn start(path: &Path, args: &[String]) -> Result<Self> {
+        if args.is_empty() {
+            return Ok(Service::Target(Target::start(path, &[])));
+        }
+        let child = std::process::Command::new(path)
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {}", path.display()))?;
+        std::thread::sleep(Duration::from_secs(1));
+        Ok(Service::Process(child))
+    }
+
+    fn pid(&self) -> u32 {
+        match self {
+            Service::Target(t) => t.pid,
+            Service::Process(c) => c.id(),
+        }
+    }
+
+    fn stop(self) {
+        match self {
+            Service::Target(t) => t.kill(),
+            Service::Process(mut c) => {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
 }
 
 fn run_untraced(target: &Path, args: &[&str]) -> Result<Run> {
@@ -205,6 +348,11 @@ fn run_floor(layout: &Layout, target: &Path, args: &[&str]) -> Result<Run> {
 }
 
 fn run_traced(target: &Path, args: &[&str], extra: &[&str], record: Option<&Path>) -> Result<Traced> {
+    run_traced_with(target, args, extra, record, &|_| {})
+}
+
+/// [`run_traced`], calling `during` with maptrace's PID once the target runs its measured phase.
+fn run_traced_with(target: &Path, args: &[&str], extra: &[&str], record: Option<&Path>, during: &dyn Fn(u32)) -> Result<Traced> {
     let mut t = Target::start(target, args);
     let pid = t.pid.to_string();
     let mut maptrace_args = vec!["--pid", &pid, "--json", "--no-live"];
@@ -218,6 +366,7 @@ fn run_traced(target: &Path, args: &[&str], extra: &[&str], record: Option<&Path
     let peak = peak_rss_watcher(m.pid());
     m.wait_attached();
     t.go();
+    during(m.pid());
     let done = t.wait_done();
     t.finish();
     let outcome = m.finish();
@@ -233,7 +382,13 @@ fn run_traced(target: &Path, args: &[&str], extra: &[&str], record: Option<&Path
         lost: num(&report["lost_records"]),
         records: num(&report["totals"]["records"]),
         peak_rss_kib: peak.join().unwrap_or(0),
+        samples_seen: num(&report["sampling"]["samples_seen"]),
+        final_rate: num(&report["sampling"]["memprofilerate"]),
     })
+}
+
+fn runs_of(traced: &[Traced]) -> Vec<&Run> {
+    traced.iter().map(|t| &t.run).collect()
 }
 
 /// Polls a process's VmHWM (peak resident set) until it exits; returns the last value, in KiB.

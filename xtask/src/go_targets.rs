@@ -71,24 +71,40 @@ impl Build {
         flags
     }
 
-    /// The Go environment of this build. Every inherited GO*/CGO_* variable is removed first, so a
-    /// developer's GOFLAGS or GOEXPERIMENT cannot change what the tests see.
-    fn env(&self, layout: &Layout) -> Vec<(&'static str, OsString)> {
-        let work = layout.go_work();
-        vec![
-            ("GOTOOLCHAIN", "local".into()), // never download another toolchain
-            ("GOENV", "off".into()),
-            ("GOWORK", "off".into()),
-            ("GO111MODULE", "on".into()),
-            ("GOPROXY", "off".into()), // the module has no dependencies: no network
-            ("GOSUMDB", "off".into()),
-            ("GOCACHE", work.join("cache").into()),
-            ("GOPATH", work.join("path").into()),
-            ("GOOS", "linux".into()),
-            ("GOARCH", self.goarch.into()),
-            ("CGO_ENABLED", if self.cgo { "1" } else { "0" }.into()),
-        ]
+}
+
+/// A `go` command run in `dir` with only the Go environment maptrace sets: every inherited
+/// GO*/CGO_* variable is removed first, so a developer's GOFLAGS or GOEXPERIMENT cannot change
+/// what the tests see.
+pub fn go_command(layout: &Layout, go: &Path, dir: &Path, goarch: &str, cgo: bool) -> Command {
+    let mut cmd = Command::new(go);
+    cmd.current_dir(dir).env("PATH", process::clean_path());
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy();
+        if k.starts_with("GO") || k.starts_with("CGO_") {
+            cmd.env_remove(k.as_ref());
+        }
     }
+    cmd.envs(go_env(layout, goarch, cgo));
+    cmd
+}
+
+/// The Go environment maptrace builds with.
+fn go_env(layout: &Layout, goarch: &str, cgo: bool) -> [(&'static str, OsString); 11] {
+    let work = layout.go_work();
+    [
+        ("GOTOOLCHAIN", "local".into()), // never download another toolchain
+        ("GOENV", "off".into()),
+        ("GOWORK", "off".into()),
+        ("GO111MODULE", "on".into()),
+        ("GOPROXY", "off".into()), // the modules have no dependencies: no network
+        ("GOSUMDB", "off".into()),
+        ("GOCACHE", work.join("cache").into()),
+        ("GOPATH", work.join("path").into()),
+        ("GOOS", "linux".into()),
+        ("GOARCH", goarch.into()),
+        ("CGO_ENABLED", if cgo { "1" } else { "0" }.into()),
+    ]
 }
 
 /// The binaries to build for one version.
@@ -231,7 +247,7 @@ fn stamp_key(layout: &Layout, build: &Build, toolchain: u64, sources: u64) -> St
     for flag in build.flags() {
         h.add(flag.as_bytes());
     }
-    for (k, v) in build.env(layout) {
+    for (k, v) in go_env(layout, build.goarch, build.cgo) {
         h.add(k.as_bytes()).add(v.as_encoded_bytes());
     }
     format!("{:016x}\n", h.0)
@@ -376,16 +392,8 @@ fn build_version(
 /// interrupted build never leaves a half-written binary that looks current.
 fn go_build(layout: &Layout, go: &Path, src: &Path, build: &Build, output: &Path) -> Result<()> {
     let partial = output.with_file_name(format!(".{}.partial", build.output));
-    let mut cmd = Command::new(go);
-    cmd.current_dir(src).env("PATH", process::clean_path());
-    for (k, _) in std::env::vars_os() {
-        let k = k.to_string_lossy();
-        if k.starts_with("GO") || k.starts_with("CGO_") {
-            cmd.env_remove(k.as_ref());
-        }
-    }
-    cmd.envs(build.env(layout))
-        .arg("build")
+    let mut cmd = go_command(layout, go, src, build.goarch, build.cgo);
+    cmd.arg("build")
         .arg("-o")
         .arg(&partial)
         .args(build.flags());

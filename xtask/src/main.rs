@@ -6,6 +6,7 @@
 //! `go_targets`, `demo`, `test`, `bench`, `timings`.
 
 mod bench;
+mod bigbin;
 mod demo;
 mod go_targets;
 mod go_versions;

@@ -18,9 +18,9 @@ use prometheus_client::{
 };
 
 use super::discover::{Candidate, ProcessKey};
-use crate::{finalizers::Mechanism, report::Report, sites::ValueKind};
+use crate::{finalizers::Mechanism, report::Report, sampling::Mode, sites::ValueKind};
 
-/// The labels every per-target series carries.
+/// The labels every per-target series carries (and `mode`, from the report).
 #[derive(Clone, Debug)]
 pub struct TargetLabels {
     pub pid: u32,
@@ -39,12 +39,13 @@ impl TargetLabels {
         }
     }
 
-    fn pairs(&self) -> Vec<(String, String)> {
+    fn pairs(&self, mode: Mode) -> Vec<(String, String)> {
         vec![
             ("pid".into(), self.pid.to_string()),
             ("binary".into(), self.binary.clone()),
             ("container".into(), self.container.clone()),
             ("pod".into(), self.pod.clone()),
+            ("mode".into(), mode.as_str().into()),
         ]
     }
 }
@@ -116,7 +117,7 @@ impl Collector for Exported {
         shared.scrapes += 1;
         let mut f = Family { encoder: &mut encoder };
         let targets: Vec<(Vec<(String, String)>, &Report)> =
-            shared.targets.values().map(|t| (t.labels.pairs(), &t.report)).collect();
+            shared.targets.values().map(|t| (t.labels.pairs(t.report.mode), &t.report)).collect();
         let counter = |v: u64| ConstCounter::new(v);
         let gauge = |v: i64| ConstGauge::new(v);
         let per_target = |get: &dyn Fn(&Report) -> u64| targets.iter().map(|(l, r)| (l.clone(), get(r))).collect::<Vec<_>>();
@@ -132,7 +133,7 @@ impl Collector for Exported {
                 bytes.push((with(l, &[("kind", k.as_str().into())]), counter(b)));
             }
         }
-        f.write("maptrace_allocations", "Maps, slices, strings and objects allocated while traced, by kind.", allocs, MetricType::Counter)?;
+        f.write("maptrace_allocations", "Maps, slices, strings and objects allocated while traced, by kind (mode=\"sampled\": estimates, scaled like go tool pprof).", allocs, MetricType::Counter)?;
         f.write("maptrace_allocated_bytes", "Bytes allocated while traced, by kind.", bytes, MetricType::Counter)?;
         let c = |get: &dyn Fn(&Report) -> u64| per_target(get).into_iter().map(|(l, v)| (l, counter(v))).collect::<Vec<_>>();
         let g = |get: &dyn Fn(&Report) -> u64| per_target(get).into_iter().map(|(l, v)| (l, gauge(v as i64))).collect::<Vec<_>>();
@@ -143,6 +144,11 @@ impl Collector for Exported {
         f.write("maptrace_retained_bytes", "Bytes of retained objects.", g(&|r| r.retained.iter().map(|x| x.retained_bytes).sum()), MetricType::Gauge)?;
         f.write("maptrace_lost_records", "Records the kernel dropped because the ring buffer was full.", c(&|r| r.lost_records), MetricType::Counter)?;
         f.write("maptrace_probes_attached", "Uprobes attached to the target.", g(&|r| r.probes.uprobes as u64), MetricType::Gauge)?;
+        let rates = targets
+            .iter()
+            .filter_map(|(l, r)| Some((l.clone(), gauge(r.sampling.as_ref()?.rate.memprofilerate? as i64))))
+            .collect();
+        f.write("maptrace_sample_rate_bytes", "Sampled mode: the target's runtime.MemProfileRate, bytes allocated per sample on average (maptrace raises it to its trap budget with --write-memprofilerate).", rates, MetricType::Gauge)?;
 
         // Finalizers and cleanups.
         let mut by_kind: [Samples<ConstCounter>; 3] = Default::default();

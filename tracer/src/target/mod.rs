@@ -276,6 +276,12 @@ impl GoBinary {
         rets::ret_sites(self.image.arch, self.code(f)?, f.entry)
     }
 
+    /// Where `f`'s body starts, past its stack-bound check (see [`rets`]); its entry if it has none, or if its code
+    /// cannot be read.
+    pub fn past_stack_check(&self, f: &Function) -> u64 {
+        self.code(f).map_or(f.entry, |code| rets::past_stack_check(self.image.arch, code, f.entry))
+    }
+
     /// Addresses of `f`'s calls through a register (a func value's call).
     pub fn indirect_call_sites(&self, f: &Function) -> Result<Vec<u64>, TargetError> {
         rets::indirect_call_sites(self.image.arch, self.code(f)?, f.entry)

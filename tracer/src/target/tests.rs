@@ -199,7 +199,8 @@ struct Insn {
     /// Base name of the file, as objdump prints it.
     file: String,
     line: u32,
-    ret: bool,
+    /// The mnemonic, as objdump spells it (`RET`, `JBE`, `BLS`, …).
+    op: String,
 }
 
 /// Functions whose every instruction is checked against `go tool objdump`.
@@ -235,7 +236,7 @@ fn objdump(ver: &'static str, name: &'static str) -> &'static Vec<Insn> {
                 addr: u64::from_str_radix(cols[1].strip_prefix("0x").unwrap(), 16).unwrap(),
                 file: file.to_string(),
                 line: line.parse().unwrap(),
-                ret: cols.get(3) == Some(&"RET"),
+                op: cols.get(3).and_then(|c| c.split_whitespace().next()).unwrap_or_default().to_string(),
             });
         }
         insns
@@ -255,7 +256,7 @@ fn ret_sites_are_the_rets_objdump_sees() {
                 let ours = b.ret_sites(f).unwrap();
                 let want: Vec<u64> = insns
                     .iter()
-                    .filter(|i| i.ret && i.function == func)
+                    .filter(|i| i.op == "RET" && i.function == func)
                     .map(|i| i.addr)
                     .collect();
                 assert_eq!(ours, want, "{ver}/{name}: {func}");
@@ -282,6 +283,28 @@ fn ret_sites_are_the_rets_objdump_sees() {
                 .unwrap(),
             "{ver}"
         );
+    }
+}
+
+#[test]
+fn entry_probes_go_past_the_stack_check_objdump_sees() {
+    for ver in VERSIONS {
+        for name in ["counting", "counting-arm64"] {
+            let b = bin(ver, name);
+            let insns = objdump(ver, name);
+            let functions: BTreeSet<&str> = insns.iter().map(|i| i.function.as_str()).collect();
+            let mut checked = 0;
+            for func in functions {
+                let f = b.function(func).unwrap();
+                let body: Vec<&Insn> = insns.iter().filter(|i| i.function == func).collect();
+                // The conditional branch to morestack among the first instructions, if any.
+                let check = body.iter().take(6).position(|i| i.op == "JBE" || i.op == "BLS");
+                let want = check.map_or(f.entry, |n| body[n + 1].addr);
+                checked += usize::from(check.is_some());
+                assert_eq!(b.past_stack_check(f), want, "{ver}/{name}: {func}");
+            }
+            assert!(checked >= 4, "{ver}/{name}: mallocgc and the constructors check their stack bound");
+        }
     }
 }
 
