@@ -8,8 +8,14 @@
 /// Frames captured per record (the innermost ones; Go's runtime frames come first).
 pub const MAX_STACK_DEPTH: usize = 32;
 
-/// Ring buffer size in bytes (a power of two, multiple of the page size).
+/// Ring buffer size in bytes (a power of two, multiple of the page size): ~0.6 s of full mode's
+/// records at the ~80 k/s two vCPUs can trap (`./x bench`, where loss starts).
 pub const RING_BUFFER_BYTES: u32 = 16 << 20;
+
+/// Sampled mode's ring buffer: its records come at about twice the trap budget (~1 k/s by
+/// default), so 4 MiB still holds seconds of them, and an agent tracing many processes does not
+/// keep 16 MiB per process resident.
+pub const SAMPLED_RING_BUFFER_BYTES: u32 = 4 << 20;
 
 /// Frequent records (allocations, samples, sweeps) wake userspace only once this many bytes are
 /// waiting; userspace also drains on a short timer. A wakeup per record costs the target a

@@ -23,6 +23,10 @@ when stderr is not a terminal). At the end, stdout gets three sections:
                     after the frame that created them returned: retained, live (in use) and
                     allocated counts and bytes, cycles survived, live count cycle by cycle and
                     whether it grows. Cycle numbers are the target's own (GODEBUG=gctrace=1).
+                    Held by: what keeps them alive, a chain from a package-level variable
+                    through the heap (offsets, sizes, types where maptrace saw the allocation),
+                    found by walking the live target's heap at the end without stopping it;
+                    needs a binary with symbols and DWARF. --no-chains skips the walk.
   Finalizers        finalizers and (Go 1.24+) cleanups: registered, queued, started, pending;
                     the goroutines that run them; each group that never ran after K cycles,
                     and why: still reachable, reachable from its own finalizer or cleanup (it
@@ -90,6 +94,11 @@ pub struct Cli {
     /// full: trap every allocation (exact, costly); sampled: the runtime's heap-profile samples.
     #[arg(long, value_enum, default_value_t = Mode::Full)]
     pub mode: Mode,
+
+    /// Do not walk the target's heap for what holds the retained objects (the final report's
+    /// "held by" lines).
+    #[arg(long)]
+    pub no_chains: bool,
 
     #[command(flatten)]
     pub sampling: SamplingArgs,

@@ -399,6 +399,24 @@ impl Correlator {
         FinalizerSection { counts: f.counts, pending: f.not_run().len() as u64, never_ran, runners }
     }
 
+    /// Up to `per_site` retained objects of each site (their main block: a map's header, not its storage).
+    pub fn retained_objects(&self, per_site: usize) -> HashMap<u64, Vec<u64>> {
+        let mut out: HashMap<u64, Vec<u64>> = HashMap::new();
+        for o in self.lifecycle.retained_objects().filter(|o| o.site & PARTS == 0) {
+            let v = out.entry(o.site).or_default();
+            if v.len() < per_site {
+                v.push(o.addr);
+            }
+        }
+        out
+    }
+
+    /// The type of the tracked object containing `addr`, as its site names it.
+    pub fn type_at(&self, addr: u64, names: &mut dyn Resolve) -> Option<String> {
+        let o = self.lifecycle.object_containing(addr)?;
+        self.sites.row(o.site & !PARTS, names).map(|r| r.type_name)
+    }
+
     pub fn retained(&self, names: &mut dyn Resolve, target_exited: bool, now_ns: u64) -> Vec<RetainedRow> {
         retained_rows(&self.lifecycle, &self.sites, &self.frames, names, target_exited, now_ns)
     }

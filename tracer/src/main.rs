@@ -22,7 +22,7 @@ fn main() {
         duration: cli.duration,
         live: !cli.no_live && stderr_is_terminal(),
         top: if cli.json { usize::MAX } else { cli.top },
-        session: SessionOptions { retain_cycles: cli.cycles, mode: cli.mode, sampling: cli.sampling.options() },
+        session: SessionOptions { retain_cycles: cli.cycles, mode: cli.mode, sampling: cli.sampling.options(), chains: !cli.no_chains },
         record: cli.record,
     };
     let result = tokio::runtime::Builder::new_current_thread()
@@ -58,7 +58,7 @@ fn run_agent(args: AgentArgs) -> ! {
         exclude: args.exclude,
         scan_every: args.scan_every,
         top_sites: args.top_sites,
-        session: SessionOptions { retain_cycles: args.cycles, mode: args.mode, sampling: args.sampling.options() },
+        session: SessionOptions { retain_cycles: args.cycles, mode: args.mode, sampling: args.sampling.options(), chains: false },
         log_json: args.log_format == LogFormat::Json,
     };
     let result = tokio::runtime::Builder::new_multi_thread()

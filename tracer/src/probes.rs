@@ -15,7 +15,10 @@ use aya::{
     },
     Ebpf, EbpfLoader,
 };
-use tracer_common::{ConstructorCookie, ContainerKind, ObjectEventCookie, ProbeConfig, RecordKind, SampleBudget};
+use tracer_common::{
+    ConstructorCookie, ContainerKind, ObjectEventCookie, ProbeConfig, RecordKind, SampleBudget, RING_BUFFER_BYTES,
+    SAMPLED_RING_BUFFER_BYTES,
+};
 
 use crate::{
     error::Failure,
@@ -283,8 +286,10 @@ impl Tracer {
             config.finalizer_loop_start = f.entry + load_bias;
             config.finalizer_loop_end = f.end + load_bias;
         }
+        let ring_bytes = if plan.mode == Mode::Sampled { SAMPLED_RING_BUFFER_BYTES } else { RING_BUFFER_BYTES };
         let mut ebpf = EbpfLoader::new()
             .override_global("CONFIG", &config, true)
+            .map_max_entries("RECORDS", ring_bytes)
             .load(EBPF_OBJECT)
             .map_err(|e| load_failure(&e))?;
         for name in [

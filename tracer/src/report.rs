@@ -31,9 +31,29 @@ pub struct Report {
     pub gc: GcInfo,
     /// Sites whose objects outlive their creating frame by ≥ K GC cycles.
     pub retained: Vec<RetainedRow>,
+    /// How the retained rows' `held_by` chains were searched (None: not searched).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chains: Option<ChainSearch>,
     pub finalizers: FinalizerSection,
     /// Lifetimes of the objects seen dying, and allocation sizes, as histogram buckets.
     pub distributions: crate::lifecycle::Distributions,
+}
+
+/// The heap walk behind the retained rows' `held_by`.
+#[derive(Clone, Debug, Serialize)]
+pub struct ChainSearch {
+    /// What the walk starts from.
+    pub roots: &'static str,
+    /// "conservative": any word that points into an allocated heap slot is followed.
+    pub precision: &'static str,
+    /// Whether the target was stopped for the walk (never, so far: chains may be stale where the program moved
+    /// pointers meanwhile).
+    pub target_stopped: bool,
+    /// Why there are no chains, when there are none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unavailable: Option<String>,
+    #[serde(flatten)]
+    pub walk: crate::heap::WalkStats,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -259,8 +279,27 @@ impl Report {
                 let live: Vec<String> = r.live_by_cycle.iter().map(|(c, n, _)| format!("gc{c}:{n}")).collect();
                 let samples = r.samples.map_or(String::new(), |n| format!("; estimated from {n} retained samples"));
                 writeln!(w, "{:>8}live by cycle {}; oldest {:.1} s{samples}", "", live.join(" "), r.oldest_age_seconds)?;
+                if let Some(h) = &r.held_by {
+                    writeln!(w, "{:>8}held by {}", "", held_by_text(h))?;
+                }
             }
             writeln!(w, "(CYCLES: cycles survived by the live objects, median/most)")?;
+        }
+        if let Some(c) = &self.chains {
+            match &c.unavailable {
+                Some(why) => writeln!(w, "(no reference chains: {why})")?,
+                None => writeln!(
+                    w,
+                    "(held by: {} chains from {} ({} searched), {} objects / {} scanned in {:.2} s{}, target not stopped)",
+                    c.precision,
+                    c.roots,
+                    c.walk.roots,
+                    c.walk.objects_scanned,
+                    human_bytes(c.walk.bytes_scanned),
+                    c.walk.seconds,
+                    if c.walk.cut_short { ", cut short by the walk's limits" } else { "" }
+                )?,
+            }
         }
         if g.sites_with_active_frames > 0 {
             writeln!(
@@ -271,6 +310,20 @@ impl Report {
         }
         Ok(())
     }
+}
+
+/// `main.cache ([]map[string]int) → +0x28 … → 48 B map[string]int  (20 of 20 objects)`.
+fn held_by_text(h: &crate::heap::HeldBy) -> String {
+    let mut s = h.root.name.clone();
+    if let Some(t) = &h.root.type_name {
+        s += &format!(" ({t})");
+    }
+    for hop in &h.hops {
+        let at = if hop.offset_varies { format!("+{:#x}…", hop.offset) } else { format!("+{:#x}", hop.offset) };
+        s += &format!(" → {at} → {}{}", human_bytes(hop.size), hop.type_name.as_ref().map_or(String::new(), |t| format!(" {t}")));
+    }
+    let unreached = if h.unreached > 0 { format!(", {} not reached", h.unreached) } else { String::new() };
+    s + &format!("  ({} of {} objects searched{unreached})", h.objects, h.searched)
 }
 
 fn count_bytes(count: u64, bytes: u64) -> String {
@@ -349,8 +402,11 @@ mod tests {
                 trend: "growing",
                 live_by_cycle: vec![(5, 1, 1000), (6, 2, 3000), (7, 3, 5000)],
                 evicted_count: 0,
+                held_by: None,
+                site: 1,
                 stack: vec![FrameRow { function: "main.put".into(), file: "/src/main.go".into(), line: 12, pc: "0x1".into() }],
             }],
+            chains: None,
             distributions: Default::default(),
             finalizers: FinalizerSection {
                 counts: FinalizerCounts { registered: 3, ..FinalizerCounts::default() },

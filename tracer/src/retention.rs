@@ -45,6 +45,13 @@ pub struct RetainedRow {
     pub live_by_cycle: Vec<(u64, u64, u64)>,
     /// Objects dropped from tracking by the memory bound: counts above are lower bounds.
     pub evicted_count: u64,
+    /// The most common reference chain from a root to the site's retained objects (None: not searched, or the
+    /// target had exited).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub held_by: Option<crate::heap::HeldBy>,
+    /// The site, for finding its objects again.
+    #[serde(skip)]
+    pub site: u64,
     pub stack: Vec<FrameRow>,
 }
 
@@ -108,6 +115,8 @@ pub fn retained_rows(
                 trend: s.trend().as_str(),
                 live_by_cycle: s.live_by_cycle.iter().map(|&(c, n, b)| (c, est(n), est_bytes(b))).collect(),
                 evicted_count: s.evicted_count,
+                held_by: None,
+                site,
                 stack: row.stack,
             })
         })

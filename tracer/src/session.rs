@@ -2,6 +2,7 @@
 //! one (`trace`), the node agent many side by side (`agent`).
 
 use std::{
+    collections::HashSet,
     os::fd::{AsRawFd, OwnedFd},
     sync::Arc,
     time::{Duration, Instant},
@@ -19,7 +20,9 @@ use crate::{
     probes::{ProbePlan, Tracer},
     process::Process,
     recording::{Recorder, Recording},
-    report::{ProbeInfo, Report, TargetInfo},
+    heap::{self, WalkLimits, WalkStats},
+    report::{ChainSearch, ProbeInfo, Report, TargetInfo},
+    retention::RetainedRow,
     sampling::{Mode, SampleRate, SampleRates, SamplingInfo, SamplingOptions, SCALING},
     sites::{Resolve, SiteRow},
     symbolize::Symbolizer,
@@ -110,6 +113,9 @@ fn open_binary(process: &Process) -> Result<GoBinary, Failure> {
 /// at most this much.
 const DRAIN_EVERY: Duration = Duration::from_millis(100);
 
+/// Retained objects per site whose chains are searched (and grouped by shape).
+const CHAIN_OBJECTS_PER_SITE: usize = 64;
+
 /// What [`Session::step`] saw.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Step {
@@ -125,6 +131,8 @@ pub struct SessionOptions {
     pub mode: Mode,
     /// Sampled mode only.
     pub sampling: SamplingOptions,
+    /// Walk the heap for reference chains to the retained objects when reporting on a live target.
+    pub chains: bool,
 }
 
 /// An attached target.
@@ -144,6 +152,7 @@ pub struct Session {
     load_bias: u64,
     /// Sampled mode: the target's sample rate.
     rate: Option<SampleRate>,
+    chains: bool,
     pub started: Instant,
 }
 
@@ -186,6 +195,7 @@ impl Session {
             recorder: None,
             load_bias,
             rate,
+            chains: opts.chains,
             started: Instant::now(),
         })
     }
@@ -287,6 +297,8 @@ impl Session {
         }
         let exited = ended_by == "target exited";
         let now = monotonic_ns();
+        let mut retained = self.state.retained(&mut self.names, exited, now);
+        let chains = (self.chains && !exited && !retained.is_empty()).then(|| self.search_chains(&mut retained));
         let memory = self.memory();
         Report {
             maptrace_version: env!("CARGO_PKG_VERSION"),
@@ -312,8 +324,39 @@ impl Session {
             finalizers: self.state.finalizer_section(&mut self.names, &memory, self.binary.layout(), now),
             gc: self.state.gc_info(exited),
             distributions: self.state.distributions(),
-            retained: self.state.retained(&mut self.names, exited, now),
+            retained,
+            chains,
         }
+    }
+
+    /// Walks the live target's heap from its roots to the retained rows' objects and fills in each row's
+    /// `held_by`.
+    fn search_chains(&mut self, rows: &mut [RetainedRow]) -> ChainSearch {
+        let mut search = ChainSearch {
+            roots: "package-level variables",
+            precision: "conservative",
+            target_stopped: false,
+            unavailable: None,
+            walk: WalkStats::default(),
+        };
+        let model = match self.binary.heap_model() {
+            Ok(m) => m,
+            Err(why) => {
+                search.unavailable = Some(why);
+                return search;
+            }
+        };
+        let objects = self.state.retained_objects(CHAIN_OBJECTS_PER_SITE);
+        let targets: HashSet<u64> = rows.iter().filter_map(|r| objects.get(&r.site)).flatten().copied().collect();
+        let (chains, walk) =
+            heap::find_chains(&*self.process, &model.layout, &model.globals, self.load_bias, &targets, WalkLimits::default());
+        for r in rows.iter_mut() {
+            if let Some(objs) = objects.get(&r.site) {
+                r.held_by = heap::held_by(objs, &chains, |base| self.state.type_at(base, &mut self.names));
+            }
+        }
+        search.walk = walk;
+        search
     }
 
     /// Removes the probes: ~0.1 s per probe in the kernel, so callers report first.

@@ -425,12 +425,15 @@ pub fn agent_bench(layout: &Layout, minutes: u64) -> Result<()> {
     let log_path = dir.join("agent.log");
     let mut agent = std::process::Command::new(layout.maptrace_bin())
         .args(["agent", "--listen", &format!("127.0.0.1:{port}"), "--include", &name])
+        // Sampled mode (the agent's default) at Go's default heap-profile rate, as in a service
+        // that serves net/http/pprof; the demo servers never use the profiler, so their rate is 0.
+        .args(["--sample-rate", &GO_DEFAULT_MEMPROFILERATE.to_string(), "--write-memprofilerate"])
         .stdout(std::process::Stdio::null())
         .stderr(std::fs::File::create(&log_path)?)
         .spawn()
         .context("starting maptrace agent")?;
     println!("agent: log in {}", log_path.display());
-    println!("\nagent: tracing {AGENT_TARGETS} demo servers for {minutes} min, scraped every 15 s (Prometheus's default is 1 min; 15 s is common)");
+    println!("\nagent: tracing {AGENT_TARGETS} demo servers for {minutes} min in sampled mode at MemProfileRate {GO_DEFAULT_MEMPROFILERATE}, scraped every 15 s (Prometheus's default is 1 min; 15 s is common)");
     let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     let cpu_seconds = |pid: u32| -> Option<f64> {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;

@@ -185,6 +185,17 @@ impl<'d, 'a> TypeSizes<'d, 'a> {
         size
     }
 
+    /// The `DW_AT_name` of the type DIE at `ty` (Go names types as they are written: `*main.T`, `[]uint8`).
+    fn name(&mut self, ty: DebugInfoOffset) -> Option<String> {
+        let header = *self.headers.iter().find(|h| ty.to_unit_offset(*h).is_some())?;
+        let abbrevs = self.dwarf.abbreviations(&header).ok()?;
+        let entry = header.entry(&abbrevs, ty.to_unit_offset(&header)?).ok()?;
+        match entry.attr_value(gimli::DW_AT_name).ok()?? {
+            gimli::AttributeValue::String(s) => Some(String::from_utf8_lossy(s.slice()).into_owned()),
+            _ => None,
+        }
+    }
+
     /// The byte size of the type DIE at `off`, or else (for a typedef) the type it names.
     fn lookup(&mut self, off: DebugInfoOffset) -> Option<(Option<u64>, Option<DebugInfoOffset>)> {
         let header = *self
@@ -219,6 +230,65 @@ impl<'d, 'a> TypeSizes<'d, 'a> {
             _ => (size, None),
         })
     }
+}
+
+/// A package-level variable: a GC root.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GlobalVar {
+    /// As Go names it: `main.cache`, `net/http.DefaultServeMux`.
+    pub name: String,
+    /// Link-time virtual address (add the load bias for a PIE).
+    pub addr: u64,
+    pub size: u64,
+    /// The Go type's name (`[]map[string]int`), where DWARF gives one.
+    pub type_name: Option<String>,
+}
+
+/// `DW_OP_addr`: Go gives every package-level variable this location, then the 8-byte address.
+const DW_OP_ADDR: u8 = 0x03;
+
+/// The package-level variables DWARF describes (`DW_TAG_variable` children of a compile unit whose location is a
+/// static address), of the packages `keep` accepts.
+pub(crate) fn globals(file: &File<'_>, keep: impl Fn(&str) -> bool) -> Result<Vec<GlobalVar>, String> {
+    let sections = gimli::DwarfSections::load(|id| load(file, id))?;
+    let dwarf = sections.borrow(|s| EndianSlice::new(s, LittleEndian));
+    let mut found: Vec<(String, u64, Option<DebugInfoOffset>)> = Vec::new();
+    let mut scan = || -> gimli::Result<()> {
+        let mut units = dwarf.units();
+        while let Some(header) = units.next()? {
+            let abbrevs = dwarf.abbreviations(&header)?;
+            let mut entries = header.entries(&abbrevs);
+            let mut depth = 0isize;
+            while let Some((delta, entry)) = entries.next_dfs()? {
+                depth += delta;
+                if depth != 1 || entry.tag() != gimli::DW_TAG_variable {
+                    continue;
+                }
+                let Some(gimli::AttributeValue::String(name)) = entry.attr_value(gimli::DW_AT_name)? else { continue };
+                let name = String::from_utf8_lossy(name.slice()).into_owned();
+                if !keep(&name) {
+                    continue;
+                }
+                let Some(gimli::AttributeValue::Exprloc(expr)) = entry.attr_value(gimli::DW_AT_location)? else { continue };
+                let expr = expr.0.slice();
+                let addr = match expr {
+                    [DW_OP_ADDR, a @ ..] if a.len() == 8 => u64::from_le_bytes(a.try_into().unwrap_or_default()),
+                    _ => continue,
+                };
+                found.push((name, addr, type_ref(&header, entry.attr_value(gimli::DW_AT_type)?)));
+            }
+        }
+        Ok(())
+    };
+    scan().map_err(|e| format!("DWARF: {e}"))?;
+    let mut types = TypeSizes::new(&dwarf);
+    Ok(found
+        .into_iter()
+        .filter_map(|(name, addr, ty)| {
+            let ty = ty?;
+            Some(GlobalVar { name, addr, size: types.size(ty)?, type_name: types.name(ty) })
+        })
+        .collect())
 }
 
 /// Values of the `DW_TAG_constant` DIEs whose name starts with `prefix` (Go writes package constants as

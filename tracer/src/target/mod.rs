@@ -10,6 +10,7 @@ mod bytes;
 mod dwarf;
 mod elf;
 mod gc;
+mod heap;
 mod layout;
 mod moduledata;
 mod pclntab;
@@ -24,6 +25,8 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 pub use buildinfo::GoVersion;
+pub use dwarf::GlobalVar;
+pub use heap::{HeapLayout, HeapModel};
 pub use layout::{CleanupFunction, CleanupLayout, LayoutSource, RuntimeLayout, SamplingLayout, SpanLayout, INLINE_MARKS_LEN, INLINE_MARKS_OFFSET};
 
 /// CPU architecture of the target. Registers, RET encodings and (in principle) struct layouts depend on it.

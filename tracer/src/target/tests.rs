@@ -1242,3 +1242,28 @@ fn sampling_layout_matches_dwarf_symbols_and_code() {
         println!("{ver:8} special.kind@{} profile kind {} mProf_Malloc(p=r{p}, size=r{size}) MemProfileRate@{sym:#x}", l.special_kind_offset, l.sampling.profile_special_kind);
     }
 }
+
+#[test]
+fn heap_model_reads_the_arena_index_and_names_the_globals() {
+    for ver in VERSIONS {
+        let b = bin(ver, "holders");
+        let m = b.heap_model().unwrap_or_else(|e| panic!("{ver}: {e}"));
+        // heapArena.spans follows the heap bitmap until 1.22 moved the bitmap out (go-runtime-internals.md §2.4 for
+        // 1.21; 1.19's bitmap had two bits per word, twice 1.21's one).
+        let spans = match ver {
+            "1.19" => 2_097_152,
+            "1.21.13" => 1_064_960,
+            _ => 0,
+        };
+        assert_eq!(m.layout.arena_spans, spans, "{ver}");
+        assert_eq!(m.layout.arena_base_offset, 0xffff_8000_0000_0000, "{ver}");
+        let freeindex = if ver == "1.19" || ver == "1.21.13" { (48, 8) } else { (48, 2) };
+        assert_eq!(m.layout.span_freeindex, freeindex, "{ver}");
+        let sessions = m.globals.iter().find(|g| g.name == "main.sessions").unwrap_or_else(|| panic!("{ver}: {:?}", m.globals));
+        assert_eq!((sessions.size, sessions.type_name.as_deref()), (8, Some("map[int]*main.Session")), "{ver}");
+        let lookup = m.globals.iter().find(|g| g.name == "main.lookup").unwrap();
+        assert_eq!((lookup.size, lookup.type_name.as_deref()), (24, Some("[]string")), "{ver}");
+        assert!(m.globals.iter().all(|g| !g.name.starts_with("runtime.")), "{ver}: the runtime's own variables are not roots");
+        assert!(bin(ver, "holders-stripped").heap_model().is_err(), "{ver}: no symbols, no model");
+    }
+}

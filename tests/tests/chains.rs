@@ -1,0 +1,49 @@
+//! Reference chains (`held_by` on retained rows): the holders target keeps every session in the global map
+//! `main.sessions`; each retained row at `main.openSessions` must be held by it, down to an object of the row's
+//! type (go-targets/holders/TRUTH.md). Stripped binaries get no chains, and the report says why.
+
+use e2e::{target_path, trace_until_done, Target};
+use serde_json::Value;
+
+fn check(go: &str, stripped: bool) {
+    let bin = target_path(go, if stripped { "holders-stripped" } else { "holders" });
+    let (done, report) = trace_until_done(Target::start(&bin, &[]));
+    assert!(done.contains("sessions=100"), "{done}");
+    let chains = &report["chains"];
+    assert_eq!(chains["precision"], "conservative", "{chains:#}");
+    assert_eq!(chains["target_stopped"], false, "{chains:#}");
+    if stripped {
+        let why = chains["unavailable"].as_str().unwrap_or_default();
+        assert!(why.contains("symbol table"), "stripped: chains unavailable, and why: {chains:#}");
+        return;
+    }
+    assert!(chains["unavailable"].is_null(), "{chains:#}");
+    let rows: Vec<&Value> = report["retained"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["stack"][0]["function"] == "main.openSessions")
+        .collect();
+    assert!(rows.iter().any(|r| r["type"] == "[]uint8" || r["type"] == "main.Session"), "{:#}", report["retained"]);
+    for row in rows {
+        let held = &row["held_by"];
+        assert_eq!(held["root"]["name"], "main.sessions", "every retained row is held by the global map: {row:#}");
+        assert_eq!(held["root"]["kind"], "global", "{held:#}");
+        assert!(held["objects"].as_u64().unwrap() >= 1, "{held:#}");
+        let hops = held["hops"].as_array().unwrap();
+        let last = hops.last().unwrap();
+        match row["type"].as_str().unwrap() {
+            "[]uint8" => {
+                assert_eq!((last["size"].as_u64(), &last["type"]), (Some(4096), &Value::from("[]uint8")), "{held:#}");
+                // The buffer is reached from its Session, through Buf's pointer (the struct's second word).
+                let session = &hops[hops.len() - 2];
+                assert_eq!((session["size"].as_u64(), last["offset"].as_u64()), (Some(32), Some(8)), "{held:#}");
+                assert_eq!(session["type"], "main.Session", "{held:#}");
+            }
+            "main.Session" => assert_eq!((last["size"].as_u64(), &last["type"]), (Some(32), &Value::from("main.Session")), "{held:#}"),
+            _ => {}
+        }
+    }
+}
+
+e2e::go_matrix!(super::check);
