@@ -1,6 +1,7 @@
 // Command holders is the reference-chain target: every round, main.openSessions opens -per-round
 // sessions (a main.Session with a -size byte buffer) and keeps each in the package-level map
-// main.sessions, which nothing ever shrinks; then a GC cycle runs. After its done line it stays
+// main.sessions, which nothing ever shrinks, and main.startWorker hands a batch made by
+// main.makeBatch to a goroutine that blocks forever (a goroutine leak); then a GC cycle runs. After its done line it stays
 // alive until stdin closes, so a tracer can walk its heap. A lookup table built before the
 // measured phase (main.lookup) is retained too, but by design, and was not allocated while traced.
 // See TRUTH.md.
@@ -26,6 +27,32 @@ var sessions = map[int]*Session{}
 
 // lookup is a fixed table made at start-up: held for the whole run, and expected to be.
 var lookup []string
+
+// Record is what a worker batches.
+type Record struct {
+	ID, Size int64
+}
+
+// never is never closed: the workers wait on it for ever.
+var never = make(chan struct{})
+
+// makeBatch returns a fresh batch of n records.
+//
+//go:noinline
+func makeBatch(n int) []Record {
+	return make([]Record, n)
+}
+
+// startWorker hands a new batch to a goroutine that blocks for ever, holding it.
+//
+//go:noinline
+func startWorker(n int) {
+	batch := makeBatch(n)
+	go func() {
+		<-never
+		runtime.KeepAlive(batch)
+	}()
+}
 
 // openSessions opens n sessions with ids from, from+1, … and a size-byte buffer each.
 //
@@ -57,6 +84,7 @@ func main() {
 
 	for r := 0; r < *rounds; r++ {
 		openSessions(r**perRound, *perRound, *size)
+		startWorker(64)
 		runtime.GC()
 	}
 	for i := 0; i < *settle; i++ {

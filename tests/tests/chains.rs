@@ -1,6 +1,7 @@
 //! Reference chains (`held_by` on retained rows): the holders target keeps every session in the global map
-//! `main.sessions`; each retained row at `main.openSessions` must be held by it, down to an object of the row's
-//! type (go-targets/holders/TRUTH.md). Stripped binaries get no chains, and the report says why.
+//! `main.sessions`, and each round's batch on a goroutine that blocks for ever. Each retained row at
+//! `main.openSessions` must be held by the map, down to an object of the row's type, and the batches by a frame of
+//! the leaked goroutines (go-targets/holders/TRUTH.md). Stripped binaries get no chains, and the report says why.
 
 use e2e::{target_path, trace_until_done, Target};
 use serde_json::Value;
@@ -18,12 +19,18 @@ fn check(go: &str, stripped: bool) {
         return;
     }
     assert!(chains["unavailable"].is_null(), "{chains:#}");
-    let rows: Vec<&Value> = report["retained"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|r| r["stack"][0]["function"] == "main.openSessions")
-        .collect();
+    let retained_at = |function: &str| -> Vec<&Value> {
+        report["retained"].as_array().unwrap().iter().filter(|r| r["stack"][0]["function"] == function).collect()
+    };
+    let batches = retained_at("main.makeBatch");
+    assert_eq!(batches.len(), 1, "{:#}", report["retained"]);
+    let held = &batches[0]["held_by"];
+    assert_eq!((&held["root"]["kind"], &held["root"]["name"]), (&Value::from("goroutine"), &Value::from("main.startWorker.func1")), "{held:#}");
+    assert_eq!(held["root"]["goroutine"][1], "chan receive", "the leaked goroutine waits on a channel: {held:#}");
+    assert_eq!(held["unreached"], 0, "every batch is held (through its goroutine's frame, or its closure): {held:#}");
+    let last = held["hops"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!((last["size"].as_u64(), &last["type"]), (Some(1024), &Value::from("[]main.Record")), "{held:#}");
+    let rows = retained_at("main.openSessions");
     assert!(rows.iter().any(|r| r["type"] == "[]uint8" || r["type"] == "main.Session"), "{:#}", report["retained"]);
     for row in rows {
         let held = &row["held_by"];

@@ -43,7 +43,7 @@ fn read_word(memory: &dyn Memory, addr: u64) -> Option<u64> {
 }
 
 /// A goroutine's wait reason while it waits, else "running" or "runnable".
-fn goroutine_state(memory: &dyn Memory, layout: &RuntimeLayout, g: u64) -> Option<String> {
+pub(crate) fn goroutine_state(memory: &dyn Memory, layout: &RuntimeLayout, g: u64) -> Option<String> {
     const RUNNABLE: u32 = 1;
     const RUNNING: u32 = 2;
     const WAITING: u32 = 4;

@@ -314,10 +314,7 @@ impl Report {
 
 /// `main.cache ([]map[string]int) → +0x28 … → 48 B map[string]int  (20 of 20 objects)`.
 fn held_by_text(h: &crate::heap::HeldBy) -> String {
-    let mut s = h.root.name.clone();
-    if let Some(t) = &h.root.type_name {
-        s += &format!(" ({t})");
-    }
+    let mut s = h.root.describe();
     for hop in &h.hops {
         let at = if hop.offset_varies { format!("+{:#x}…", hop.offset) } else { format!("+{:#x}", hop.offset) };
         s += &format!(" → {at} → {}{}", human_bytes(hop.size), hop.type_name.as_ref().map_or(String::new(), |t| format!(" {t}")));

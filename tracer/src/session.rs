@@ -113,6 +113,9 @@ fn open_binary(process: &Process) -> Result<GoBinary, Failure> {
 /// at most this much.
 const DRAIN_EVERY: Duration = Duration::from_millis(100);
 
+/// `_Gdead`: an unused `g` in `allgs`.
+const G_DEAD: u32 = 6;
+
 /// Retained objects per site whose chains are searched (and grouped by shape).
 const CHAIN_OBJECTS_PER_SITE: usize = 64;
 
@@ -333,7 +336,7 @@ impl Session {
     /// `held_by`.
     fn search_chains(&mut self, rows: &mut [RetainedRow]) -> ChainSearch {
         let mut search = ChainSearch {
-            roots: "package-level variables",
+            roots: "package-level variables and goroutine stacks",
             precision: "conservative",
             target_stopped: false,
             unavailable: None,
@@ -348,8 +351,26 @@ impl Session {
         };
         let objects = self.state.retained_objects(CHAIN_OBJECTS_PER_SITE);
         let targets: HashSet<u64> = rows.iter().filter_map(|r| objects.get(&r.site)).flatten().copied().collect();
-        let (chains, walk) =
-            heap::find_chains(&*self.process, &model.layout, &model.globals, self.load_bias, &targets, WalkLimits::default());
+        let memory = &*self.process;
+        let runtime = self.binary.layout();
+        let bias = self.load_bias;
+        let mut roots = heap::global_roots(&model.globals, bias);
+        roots.extend(heap::goroutine_roots(
+            memory,
+            &model.goroutines,
+            bias,
+            |g| {
+                let mut status = [0u8; 4];
+                memory.read(g + runtime.g_atomicstatus, &mut status).ok()?;
+                // _Gscan (0x1000) may be set while the GC scans the stack; _Gidle (0) and _Gdead (6) have none.
+                let status = u32::from_le_bytes(status) & !0x1000;
+                let goid = memory.read_u64(g + runtime.goid_offset).ok()?;
+                let state = crate::correlate::goroutine_state(memory, runtime, g)?;
+                (status != 0 && status != G_DEAD).then_some((goid, state, status))
+            },
+            |pc| self.binary.function_at(pc.wrapping_sub(bias)).map(|f| f.name.clone()),
+        ));
+        let (chains, walk) = heap::find_chains(memory, &model.layout, &roots, bias, &targets, WalkLimits::default());
         for r in rows.iter_mut() {
             if let Some(objs) = objects.get(&r.site) {
                 r.held_by = heap::held_by(objs, &chains, |base| self.state.type_at(base, &mut self.names));

@@ -2,12 +2,13 @@
 //! from `/proc/PID/mem` while the target runs (it is never stopped, so a chain can be stale or missing where the
 //! program moved a pointer during the walk: the report says the walk is fuzzy).
 //!
-//! Roots, so far: package-level variables (DWARF names and types). Goroutine stacks and the finalizer queue are not
-//! walked yet. Edges are conservative: every aligned word of a reachable object that points into an allocated slot
+//! Roots, so far: package-level variables (DWARF names and types) and the goroutines' stacks, frame by frame (by
+//! frame pointer; named by function). The finalizer queue is not walked yet. Edges are conservative: every aligned word of a reachable object that points into an allocated slot
 //! of an in-use span is followed (no pointer bitmaps yet), so a chain may pass through a word that only looks
 //! like a pointer; breadth-first order makes each chain a shortest one.
 
 mod index;
+mod roots;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
@@ -15,8 +16,9 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::gotype::Memory;
-use crate::target::{GlobalVar, HeapLayout};
+use crate::target::HeapLayout;
 use index::HeapIndex;
+pub use roots::{global_roots, goroutine_roots, RootRegion};
 
 /// How far one walk may go. Beyond it the walk stops and says it was cut short.
 #[derive(Clone, Copy, Debug)]
@@ -37,12 +39,30 @@ const READ_CHUNK: u64 = 1 << 20;
 /// Where a chain starts.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 pub struct Root {
-    /// `main.cache`.
+    /// "global": a package-level variable; "goroutine": a frame of a goroutine's stack.
+    pub kind: &'static str,
+    /// The variable (`main.cache`) or the frame's function (`main.worker.func1`; empty when the frame pointers
+    /// could not be followed).
     pub name: String,
     #[serde(rename = "type")]
     pub type_name: Option<String>,
-    /// "global": a package-level variable.
-    pub kind: &'static str,
+    /// For a stack: which goroutine, and what it is doing (`chan receive`, `running`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub goroutine: Option<(u64, String)>,
+}
+
+impl Root {
+    /// As reports print it: `main.cache ([]T)`, `goroutine 18 (chan receive) main.worker.func1`.
+    pub fn describe(&self) -> String {
+        let mut s = match &self.goroutine {
+            Some((goid, state)) => format!("goroutine {goid} ({state}) {}", self.name),
+            None => self.name.clone(),
+        };
+        if let Some(t) = &self.type_name {
+            s += &format!(" ({t})");
+        }
+        s
+    }
 }
 
 /// One hop: the word at `offset` of the previous object (or root) points into this heap object.
@@ -123,11 +143,11 @@ impl Walk<'_> {
 }
 
 /// Finds a shortest chain from the roots to each of `targets` (heap object addresses; an address inside an object
-/// counts for the object). `load_bias` is added to the roots' link-time addresses.
+/// counts for the object). Roots earlier in `roots` win ties. `load_bias` applies to the heap layout's addresses.
 pub fn find_chains(
     memory: &dyn Memory,
     layout: &HeapLayout,
-    globals: &[GlobalVar],
+    roots: &[RootRegion],
     load_bias: u64,
     targets: &HashSet<u64>,
     limits: WalkLimits,
@@ -136,11 +156,12 @@ pub fn find_chains(
     let mut heap = HeapIndex::new(memory, layout, load_bias);
     let bases: HashMap<u64, u64> = targets.iter().filter_map(|&t| Some((t, heap.object_containing(t)?.base))).collect();
     let mut walk = Walk { heap, reached: HashMap::new(), queue: VecDeque::new(), remaining: bases.values().copied().collect() };
-    let mut stats = WalkStats { roots: globals.len(), ..WalkStats::default() };
+    let mut stats = WalkStats { roots: roots.len(), ..WalkStats::default() };
     let mut buf = Vec::new();
-    for (i, g) in globals.iter().enumerate() {
-        buf.resize(g.size as usize, 0);
-        if memory.read(g.addr + load_bias, &mut buf).is_ok() {
+    for (i, r) in roots.iter().enumerate() {
+        buf.resize(r.len as usize, 0);
+        if memory.read(r.addr, &mut buf).is_ok() {
+            stats.bytes_scanned += r.len;
             walk.scan(Parent::Root(i), &buf, 0);
         }
     }
@@ -169,8 +190,7 @@ pub fn find_chains(
         .into_iter()
         .filter_map(|(target, base)| {
             let (i, hops) = walk.chain_to(base)?;
-            let g = &globals[i];
-            Some((target, Chain { root: Root { name: g.name.clone(), type_name: g.type_name.clone(), kind: "global" }, hops }))
+            Some((target, Chain { root: roots[i].root.clone(), hops }))
         })
         .collect();
     stats.seconds = started.elapsed().as_secs_f64();
@@ -191,8 +211,9 @@ pub struct HopRow {
     pub type_name: Option<String>,
 }
 
-/// What holds a retained site's objects: the most common chain shape (the same root, then objects of the same
-/// sizes) among the objects searched.
+/// What holds a retained site's objects: the most common chain shape (the same root variable, or the same
+/// function's frame on any goroutine; then objects of the same sizes) among the objects searched. The root shown
+/// is one of them (one goroutine of several running the same function).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct HeldBy {
     pub root: Root,
@@ -206,9 +227,12 @@ pub struct HeldBy {
 
 /// Groups the chains of one site's objects by shape and keeps the most common; `type_of` names hop objects.
 pub fn held_by(objects: &[u64], chains: &HashMap<u64, Chain>, mut type_of: impl FnMut(u64) -> Option<String>) -> Option<HeldBy> {
-    let mut shapes: HashMap<(&Root, Vec<u64>), Vec<&Chain>> = HashMap::new();
+    type Shape<'c> = (&'static str, &'c str, Option<&'c str>, Vec<u64>);
+    let mut shapes: HashMap<Shape, Vec<&Chain>> = HashMap::new();
     for chain in objects.iter().filter_map(|o| chains.get(o)) {
-        shapes.entry((&chain.root, chain.hops.iter().map(|h| h.size).collect())).or_default().push(chain);
+        let r = &chain.root;
+        let shape = (r.kind, r.name.as_str(), r.type_name.as_deref(), chain.hops.iter().map(|h| h.size).collect());
+        shapes.entry(shape).or_default().push(chain);
     }
     let found: usize = shapes.values().map(Vec::len).sum();
     // Most objects first; among equals, the shorter chain, then the root name, so the choice is stable.
@@ -242,7 +266,7 @@ mod tests {
 
     fn chain(root: &str, hops: &[(u64, u64, u64)]) -> Chain {
         Chain {
-            root: Root { name: root.into(), type_name: None, kind: "global" },
+            root: Root { kind: "global", name: root.into(), type_name: None, goroutine: None },
             hops: hops.iter().map(|&(offset, size, base)| Hop { offset, size, base }).collect(),
         }
     }

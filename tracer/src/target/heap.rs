@@ -1,5 +1,6 @@
 //! What reading the Go heap from outside the process needs from the binary: the way from an address to its span
-//! (`spanOf`, `runtime/mheap.go@go1.27.3:687-713`) and the GC roots in data and bss (package-level variables).
+//! (`spanOf`, `runtime/mheap.go@go1.27.3:687-713`) and the GC roots: package-level variables in data and bss, and
+//! the goroutines' stacks.
 //! Read on demand (at report time), not at attach: the DWARF scan for every global costs a tenth of a second on a
 //! large binary.
 
@@ -25,10 +26,25 @@ pub struct HeapLayout {
     pub arena_base_offset: u64,
 }
 
+/// Where the goroutines and their stacks are: `runtime.allgs` (a `[]*g`), and in each `g` its stack bounds and
+/// the registers it saved when it last stopped running (`g.sched`, a `gobuf`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GoroutineLayout {
+    /// Link-time address of the `allgs` slice header.
+    pub allgs: u64,
+    /// `g.stack.lo`; `g.stack.hi` is the word after it.
+    pub stack_lo: u64,
+    /// `g.sched.sp`, `g.sched.pc` and `g.sched.bp`.
+    pub sched_sp: u64,
+    pub sched_pc: u64,
+    pub sched_bp: u64,
+}
+
 /// The heap layout and the roots of one binary.
 pub struct HeapModel {
     pub layout: HeapLayout,
     pub globals: Vec<GlobalVar>,
+    pub goroutines: GoroutineLayout,
 }
 
 /// Packages whose variables are roots worth naming: not the runtime's own bookkeeping (`runtime.mheap_`,
@@ -45,17 +61,36 @@ impl GoBinary {
         }
         let file = elf::open(&self.bytes).map_err(|e| e.to_string())?;
         let mheap = elf::symbol_address(&file, "runtime.mheap_").ok_or("no runtime.mheap_ in the symbol table")?;
-        let members = dwarf::struct_members(&file, &["runtime.mheap", "runtime.heapArena", "runtime.mspan"])?;
+        let allgs = elf::symbol_address(&file, "runtime.allgs").ok_or("no runtime.allgs in the symbol table")?;
+        let members = dwarf::struct_members(
+            &file,
+            &["runtime.mheap", "runtime.heapArena", "runtime.mspan", "runtime.g", "runtime.gobuf", "runtime.stack"],
+        )?;
         let layout = layout(&members, mheap, self.layout.span, self.image.arch)?;
+        let goroutines = goroutine_layout(&members, allgs)?;
         let globals = dwarf::globals(&file, is_program_variable)?;
-        Ok(HeapModel { layout, globals })
+        Ok(HeapModel { layout, globals, goroutines })
     }
 }
 
+fn member(members: &StructMembers, s: &str, m: &str) -> Result<dwarf::Member, String> {
+    members.get(s).and_then(|ms| ms.get(m)).copied().ok_or_else(|| format!("DWARF does not describe {s}.{m}"))
+}
+
+fn goroutine_layout(members: &StructMembers, allgs: u64) -> Result<GoroutineLayout, String> {
+    let member = |s: &str, m: &str| member(members, s, m).map(|m| m.offset);
+    let sched = member("runtime.g", "sched")?;
+    Ok(GoroutineLayout {
+        allgs,
+        stack_lo: member("runtime.g", "stack")? + member("runtime.stack", "lo")?,
+        sched_sp: sched + member("runtime.gobuf", "sp")?,
+        sched_pc: sched + member("runtime.gobuf", "pc")?,
+        sched_bp: sched + member("runtime.gobuf", "bp")?,
+    })
+}
+
 fn layout(members: &StructMembers, mheap: u64, span: SpanLayout, arch: Arch) -> Result<HeapLayout, String> {
-    let member = |s: &str, m: &str| {
-        members.get(s).and_then(|ms| ms.get(m)).copied().ok_or_else(|| format!("DWARF does not describe {s}.{m}"))
-    };
+    let member = |s: &str, m: &str| member(members, s, m);
     let freeindex = member("runtime.mspan", "freeindex")?;
     let freeindex_size = freeindex.size.and_then(|s| u8::try_from(s).ok()).filter(|s| [2, 8].contains(s)).ok_or("mspan.freeindex: unexpected size")?;
     Ok(HeapLayout {

@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 
 pub use buildinfo::GoVersion;
 pub use dwarf::GlobalVar;
-pub use heap::{HeapLayout, HeapModel};
+pub use heap::{GoroutineLayout, HeapLayout, HeapModel};
 pub use layout::{CleanupFunction, CleanupLayout, LayoutSource, RuntimeLayout, SamplingLayout, SpanLayout, INLINE_MARKS_LEN, INLINE_MARKS_OFFSET};
 
 /// CPU architecture of the target. Registers, RET encodings and (in principle) struct layouts depend on it.
