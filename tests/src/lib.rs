@@ -267,12 +267,11 @@ pub struct Traced {
     pub report: Value,
 }
 
-/// Starts maptrace (JSON, no live view, then `extra`) on a ready target, waits until it is
-/// attached and lets the target start its measured phase.
-fn attach_and_go(target: &mut Target, extra: &[&str]) -> Maptrace {
+/// Starts maptrace (`--pid`, then `args`) on a ready target, waits until it is attached and lets
+/// the target start its measured phase.
+fn attach_and_go(target: &mut Target, args: &[&str]) -> Maptrace {
     let pid = target.pid.to_string();
-    let mut args = vec!["--pid", &pid, "--json", "--no-live"];
-    args.extend_from_slice(extra);
+    let args = [&["--pid", pid.as_str()], args].concat();
     let mut maptrace = Maptrace::start(&args);
     maptrace.wait_attached();
     target.go();
@@ -287,7 +286,7 @@ pub fn trace_measured_phase(target: Target) -> Traced {
 
 /// [`trace_measured_phase`] with more maptrace arguments (e.g. `--mode sampled`).
 pub fn trace_measured_phase_with(mut target: Target, extra: &[&str]) -> Traced {
-    let maptrace = attach_and_go(&mut target, extra);
+    let maptrace = attach_and_go(&mut target, &[&["--json", "--no-live"], extra].concat());
     let (target_output, target_status) = target.finish();
     let outcome = maptrace.finish();
     assert!(outcome.status.success(), "maptrace failed: {outcome:#?}");
@@ -302,15 +301,22 @@ pub fn trace_until_done(target: Target) -> (String, Value) {
 }
 
 /// [`trace_until_done`] with more maptrace arguments (e.g. `--mode sampled`).
-pub fn trace_until_done_with(mut target: Target, extra: &[&str]) -> (String, Value) {
-    let maptrace = attach_and_go(&mut target, extra);
+pub fn trace_until_done_with(target: Target, extra: &[&str]) -> (String, Value) {
+    let (done, outcome) = trace_until_done_as(target, &[&["--json", "--no-live"], extra].concat());
+    (done, outcome.json())
+}
+
+/// [`trace_until_done`] with exactly these maptrace arguments after `--pid` (e.g. another
+/// `--format`); maptrace must succeed.
+pub fn trace_until_done_as(mut target: Target, args: &[&str]) -> (String, Outcome) {
+    let maptrace = attach_and_go(&mut target, args);
     let done = target.wait_done();
     maptrace.interrupt();
     let outcome = maptrace.finish();
     let (_, status) = target.finish();
     assert!(status.success(), "the target failed: {status}");
     assert!(outcome.status.success(), "maptrace failed: {outcome:#?}");
-    (done, outcome.json())
+    (done, outcome)
 }
 
 /// Asserts one site row per function with the given count.

@@ -3,7 +3,7 @@
 //! `main.openSessions` must be held by the map, down to an object of the row's type, and the batches by a frame of
 //! the leaked goroutines (go-targets/holders/TRUTH.md). Stripped binaries get no chains, and the report says why.
 
-use e2e::{target_path, trace_until_done, Target};
+use e2e::{target_path, trace_until_done, trace_until_done_as, Target};
 use serde_json::Value;
 
 fn check(go: &str, stripped: bool) {
@@ -54,3 +54,37 @@ fn check(go: &str, stripped: bool) {
 }
 
 e2e::go_matrix!(super::check);
+
+/// Go's own pprof (from Debian's Go 1.19, which `./x` installs) reads the profile.
+const GO: &str = "/usr/lib/go-1.19/bin/go";
+
+/// `--format pprof`: `go tool pprof -top` lists the chains (root, hops, the retained objects by type).
+fn pprof(go: &str) {
+    let path = std::env::temp_dir().join(format!("maptrace-chains-{go}-{}.pb.gz", std::process::id()));
+    let out = path.to_str().unwrap();
+    let (done, _) = trace_until_done_as(Target::start(&target_path(go, "holders"), &[]), &["--no-live", "--format", "pprof", "--output", out]);
+    assert!(done.contains("sessions=100"), "{done}");
+    let top = std::process::Command::new(GO).args(["tool", "pprof", "-top", "-sample_index=retained_space", out]).output().unwrap();
+    let _ = std::fs::remove_file(&path);
+    let text = String::from_utf8_lossy(&top.stdout);
+    assert!(top.status.success(), "go tool pprof: {}", String::from_utf8_lossy(&top.stderr));
+    for want in ["main.sessions (map[int]*main.Session)", "4.0 KiB []uint8", "32 B main.Session", "main.startWorker.func1", "[]main.Record"] {
+        assert!(text.contains(want), "{want:?} in go tool pprof -top:\n{text}");
+    }
+    assert!(text.contains("Type: retained_space"), "{text}");
+}
+
+mod pprof {
+    #[test]
+    fn go1_21() {
+        super::pprof("1.21.13");
+    }
+    #[test]
+    fn go1_24() {
+        super::pprof("1.24.11");
+    }
+    #[test]
+    fn go1_27() {
+        super::pprof("1.27.3");
+    }
+}

@@ -10,6 +10,8 @@ const AFTER_HELP: &str = "\
 Examples:
   sudo maptrace --pid 4242                 trace until Ctrl-C, then print the site table
   sudo maptrace --pid 4242 -d 30s --json   trace for 30 seconds, write one JSON document
+  sudo maptrace --pid 4242 -d 1m --format pprof -o held.pb.gz && go tool pprof -top held.pb.gz
+                                           what holds the retained memory, for pprof
   sudo maptrace agent                      trace every Go process on the node, metrics on
                                            http://127.0.0.1:9464/metrics (see: maptrace agent --help)
 
@@ -70,9 +72,19 @@ pub struct Cli {
     #[arg(short, long, value_name = "DURATION", value_parser = parse_duration)]
     pub duration: Option<Duration>,
 
-    /// Write the final report as one JSON document on stdout instead of a table.
-    #[arg(long)]
+    /// Write the final report as one JSON document instead of a table (same as --format json).
+    #[arg(long, conflicts_with = "format")]
     pub json: bool,
+
+    /// The final report: text (tables), json (one document), or pprof (a gzip'd profile of the
+    /// retained rows, valued in objects and bytes, whose stacks are what holds them, or their
+    /// allocation stacks: `go tool pprof -top FILE`; needs --output or a redirected stdout).
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+
+    /// Write the final report to FILE instead of stdout.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<std::path::PathBuf>,
 
     /// Rows in the final table, largest first (JSON always has every site).
     #[arg(long, value_name = "N", default_value_t = 25)]
@@ -189,6 +201,13 @@ pub struct AgentArgs {
 
     #[command(flatten)]
     pub sampling: SamplingArgs,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+    Pprof,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -1,11 +1,11 @@
 //! The `maptrace` binary: parse the command line, run one session, print the report.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 
 use clap::Parser;
 use tracer::{
     agent::{self, AgentOptions},
-    cli::{AgentArgs, Cli, Command, LogFormat},
+    cli::{AgentArgs, Cli, Command, Format, LogFormat},
     error::Failure,
     session::SessionOptions,
     trace::{run, stderr_is_terminal, TraceOptions},
@@ -16,12 +16,17 @@ fn main() {
     if let Some(Command::Agent(args)) = cli.command {
         run_agent(args);
     }
+    let format = if cli.json { Format::Json } else { cli.format };
+    if format == Format::Pprof && cli.output.is_none() && std::io::stdout().is_terminal() {
+        eprintln!("maptrace: error: a pprof profile is binary: write it with --output FILE (or redirect stdout)");
+        std::process::exit(2);
+    }
     let opts = TraceOptions {
         // clap requires --pid without a subcommand.
         pid: cli.pid.unwrap_or_default(),
         duration: cli.duration,
         live: !cli.no_live && stderr_is_terminal(),
-        top: if cli.json { usize::MAX } else { cli.top },
+        top: if format == Format::Text { cli.top } else { usize::MAX },
         session: SessionOptions { retain_cycles: cli.cycles, mode: cli.mode, sampling: cli.sampling.options(), chains: !cli.no_chains },
         record: cli.record,
     };
@@ -32,9 +37,23 @@ fn main() {
         .and_then(|rt| rt.block_on(run(&opts)));
     match result {
         Ok((report, session)) => {
-            let mut out = std::io::stdout().lock();
-            let written = if cli.json { report.write_json(&mut out) } else { report.write_text(&mut out) };
-            let _ = out.flush();
+            let mut out: Box<dyn Write> = match &cli.output {
+                Some(path) => match std::fs::File::create(path) {
+                    Ok(f) => Box::new(std::io::BufWriter::new(f)),
+                    Err(e) => {
+                        eprintln!("maptrace: error: --output {}: {e}", path.display());
+                        session.detach();
+                        std::process::exit(1);
+                    }
+                },
+                None => Box::new(std::io::stdout().lock()),
+            };
+            let written = match format {
+                Format::Text => report.write_text(&mut out),
+                Format::Json => report.write_json(&mut out),
+                Format::Pprof => report.write_pprof(&mut out),
+            }
+            .and_then(|()| out.flush());
             drop(out);
             session.detach();
             if let Err(e) = written {

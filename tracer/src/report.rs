@@ -1,5 +1,7 @@
 //! The final report: what was traced, and the allocation-site table, as text or one JSON document.
 
+mod pprof;
+
 use std::io::{self, Write};
 
 use serde::Serialize;
@@ -353,13 +355,13 @@ pub fn write_table(w: &mut dyn Write, rows: &[SiteRow], caller_lines: usize) -> 
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::sites::{FrameRow, ValueKind};
     use crate::finalizers::{Blocked, FinalizerCounts, Mechanism, NeverRan, NeverRanRow, RunnerGoroutine};
     use crate::retention::RetainedRow;
 
-    fn report() -> Report {
+    pub(crate) fn report() -> Report {
         Report {
             maptrace_version: "0.1.0",
             target: TargetInfo { pid: 42, binary: "/bin/demo".into(), go_version: "go1.24.11".into(), experiments: vec![], stripped: true },
@@ -462,6 +464,33 @@ mod tests {
         assert!(s.contains("5 cleanup never ran: queued behind a blocked finalizer or cleanup — main.File with cleanup main.closeFile"), "{s}");
         assert!(s.contains("goroutine 18 (runs cleanups): chan receive; last started cleanup main.stuckCleanup 1.2 s ago"), "{s}");
         assert!(s.contains("blocked for 1.2 s in cleanup main.stuckCleanup (object main.File, state: chan receive), 5 queued behind it"), "{s}");
+    }
+
+    /// The report with a chain on its retained row.
+    pub(crate) fn held_report() -> Report {
+        let mut r = report();
+        r.retained[0].held_by = Some(crate::heap::HeldBy {
+            root: crate::heap::Root { kind: "global", name: "main.cache".into(), type_name: Some("map[string]*main.Session".into()), goroutine: None },
+            hops: vec![
+                crate::heap::HopRow { offset: 0, offset_varies: false, size: 48, type_name: None },
+                crate::heap::HopRow { offset: 0x28, offset_varies: true, size: 2000, type_name: Some("map[string]*main.Session".into()) },
+            ],
+            objects: 2,
+            searched: 3,
+            unreached: 1,
+        });
+        r
+    }
+
+    #[test]
+    fn text_says_what_holds_a_retained_row() {
+        let mut out = Vec::new();
+        held_report().write_text(&mut out).unwrap();
+        let s = String::from_utf8(out).unwrap();
+        assert!(
+            s.contains("held by main.cache (map[string]*main.Session) → +0x0 → 48 B → +0x28… → 2.0 KiB map[string]*main.Session  (2 of 3 objects searched, 1 not reached)"),
+            "{s}"
+        );
     }
 
     #[test]

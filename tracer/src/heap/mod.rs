@@ -5,7 +5,8 @@
 //! Roots, so far: package-level variables (DWARF names and types) and the goroutines' stacks, frame by frame (by
 //! frame pointer; named by function). The finalizer queue is not walked yet. Edges are conservative: every aligned word of a reachable object that points into an allocated slot
 //! of an in-use span is followed (no pointer bitmaps yet), so a chain may pass through a word that only looks
-//! like a pointer; breadth-first order makes each chain a shortest one.
+//! like a pointer; breadth-first order makes each chain a shortest one from the first kind of root that reaches the
+//! object (globals before stacks).
 
 mod index;
 mod roots;
@@ -124,6 +125,32 @@ impl Walk<'_> {
         }
     }
 
+    /// Scans the queued objects, breadth first, until every target is reached, the heap is exhausted or the
+    /// limits stop it.
+    fn drain(&mut self, memory: &dyn Memory, buf: &mut Vec<u8>, stats: &mut WalkStats, limits: &WalkLimits, started: Instant) {
+        while let Some((base, size)) = self.queue.pop_front() {
+            if self.remaining.is_empty() {
+                return;
+            }
+            let mut offset = 0;
+            while offset < size {
+                if stats.bytes_scanned >= limits.max_bytes || started.elapsed() >= limits.max_time {
+                    stats.cut_short = true;
+                    return;
+                }
+                let len = (size - offset).min(READ_CHUNK);
+                buf.resize(len as usize, 0);
+                if memory.read(base + offset, buf).is_err() {
+                    break;
+                }
+                stats.bytes_scanned += len;
+                self.scan(Parent::Object(base), buf, offset);
+                offset += len;
+            }
+            stats.objects_scanned += 1;
+        }
+    }
+
     /// The hops from a root to `base`, and the root's index.
     fn chain_to(&self, base: u64) -> Option<(usize, Vec<Hop>)> {
         let mut hops = Vec::new();
@@ -142,8 +169,8 @@ impl Walk<'_> {
     }
 }
 
-/// Finds a shortest chain from the roots to each of `targets` (heap object addresses; an address inside an object
-/// counts for the object). Roots earlier in `roots` win ties. `load_bias` applies to the heap layout's addresses.
+/// Finds a chain from the roots to each of `targets` (heap object addresses; an address inside an object counts
+/// for the object): the shortest from the first kind of root in `roots` that reaches it. `load_bias` applies to the heap layout's addresses.
 pub fn find_chains(
     memory: &dyn Memory,
     layout: &HeapLayout,
@@ -158,33 +185,22 @@ pub fn find_chains(
     let mut walk = Walk { heap, reached: HashMap::new(), queue: VecDeque::new(), remaining: bases.values().copied().collect() };
     let mut stats = WalkStats { roots: roots.len(), ..WalkStats::default() };
     let mut buf = Vec::new();
-    for (i, r) in roots.iter().enumerate() {
-        buf.resize(r.len as usize, 0);
-        if memory.read(r.addr, &mut buf).is_ok() {
-            stats.bytes_scanned += r.len;
-            walk.scan(Parent::Root(i), &buf, 0);
-        }
-    }
-    'walk: while let Some((base, size)) = walk.queue.pop_front() {
-        if walk.remaining.is_empty() {
-            break;
-        }
-        let mut offset = 0;
-        while offset < size {
-            if stats.bytes_scanned >= limits.max_bytes || started.elapsed() >= limits.max_time {
-                stats.cut_short = true;
-                break 'walk;
+    // Roots of one kind at a time, each kind's reach walked out before the next kind starts: an object a global
+    // reaches is reported held by the global, however short a path from some stack slot (conservatively scanned
+    // stacks keep stale pointers, as a parked GC worker does).
+    let mut from = 0;
+    while from < roots.len() && !walk.remaining.is_empty() && !stats.cut_short {
+        let kind = roots[from].root.kind;
+        let to = roots[from..].iter().position(|r| r.root.kind != kind).map_or(roots.len(), |n| from + n);
+        for (i, r) in roots.iter().enumerate().take(to).skip(from) {
+            buf.resize(r.len as usize, 0);
+            if memory.read(r.addr, &mut buf).is_ok() {
+                stats.bytes_scanned += r.len;
+                walk.scan(Parent::Root(i), &buf, 0);
             }
-            let len = (size - offset).min(READ_CHUNK);
-            buf.resize(len as usize, 0);
-            if memory.read(base + offset, &mut buf).is_err() {
-                break;
-            }
-            stats.bytes_scanned += len;
-            walk.scan(Parent::Object(base), &buf, offset);
-            offset += len;
         }
-        stats.objects_scanned += 1;
+        walk.drain(memory, &mut buf, &mut stats, &limits, started);
+        from = to;
     }
     let chains = bases
         .into_iter()
