@@ -3,10 +3,10 @@
 //! program moved a pointer during the walk: the report says the walk is fuzzy).
 //!
 //! Roots, so far: package-level variables (DWARF names and types) and the goroutines' stacks, frame by frame (by
-//! frame pointer; named by function). The finalizer queue is not walked yet. Edges are conservative: every aligned word of a reachable object that points into an allocated slot
-//! of an in-use span is followed (no pointer bitmaps yet), so a chain may pass through a word that only looks
-//! like a pointer; breadth-first order makes each chain a shortest one from the first kind of root that reaches the
-//! object (globals before stacks).
+//! frame pointer; named by function). The finalizer queue is not walked yet. Edges are conservative: every aligned
+//! word of a reachable object that points into an allocated slot of an in-use span is followed (no pointer bitmaps
+//! yet), so a chain may pass through a word that only looks like a pointer; breadth-first order makes each chain a
+//! shortest one from the first kind of root that reaches the object (globals before stacks).
 
 mod index;
 mod roots;
@@ -170,7 +170,8 @@ impl Walk<'_> {
 }
 
 /// Finds a chain from the roots to each of `targets` (heap object addresses; an address inside an object counts
-/// for the object): the shortest from the first kind of root in `roots` that reaches it. `load_bias` applies to the heap layout's addresses.
+/// for the object): the shortest from the first kind of root in `roots` that reaches it. `load_bias` applies to
+/// the heap layout's addresses.
 pub fn find_chains(
     memory: &dyn Memory,
     layout: &HeapLayout,
