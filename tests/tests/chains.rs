@@ -58,33 +58,54 @@ e2e::go_matrix!(super::check);
 /// Go's own pprof (from Debian's Go 1.19, which `./x` installs) reads the profile.
 const GO: &str = "/usr/lib/go-1.19/bin/go";
 
-/// `--format pprof`: `go tool pprof -top` lists the chains (root, hops, the retained objects by type).
-fn pprof(go: &str) {
-    let path = std::env::temp_dir().join(format!("maptrace-chains-{go}-{}.pb.gz", std::process::id()));
+/// Traces holders until done with `--format FORMAT --output FILE`, then runs `tool` with `args` and the file:
+/// its standard output.
+fn rendered(go: &str, format: &str, tool: &str, args: &[&str]) -> String {
+    let path = std::env::temp_dir().join(format!("maptrace-chains-{go}-{}.{format}", std::process::id()));
     let out = path.to_str().unwrap();
-    let (done, _) = trace_until_done_as(Target::start(&target_path(go, "holders"), &[]), &["--no-live", "--format", "pprof", "--output", out]);
+    let (done, _) = trace_until_done_as(Target::start(&target_path(go, "holders"), &[]), &["--no-live", "--format", format, "--output", out]);
     assert!(done.contains("sessions=100"), "{done}");
-    let top = std::process::Command::new(GO).args(["tool", "pprof", "-top", "-sample_index=retained_space", out]).output().unwrap();
+    let run = std::process::Command::new(tool).args(args).arg(out).output().unwrap_or_else(|e| panic!("{tool}: {e}"));
     let _ = std::fs::remove_file(&path);
-    let text = String::from_utf8_lossy(&top.stdout);
-    assert!(top.status.success(), "go tool pprof: {}", String::from_utf8_lossy(&top.stderr));
-    for want in ["main.sessions (map[int]*main.Session)", "4.0 KiB []uint8", "32 B main.Session", "main.startWorker.func1", "[]main.Record"] {
-        assert!(text.contains(want), "{want:?} in go tool pprof -top:\n{text}");
-    }
-    assert!(text.contains("Type: retained_space"), "{text}");
+    assert!(run.status.success(), "{tool} {args:?}: {}", String::from_utf8_lossy(&run.stderr));
+    String::from_utf8_lossy(&run.stdout).into_owned()
 }
 
-mod pprof {
-    #[test]
-    fn go1_21() {
-        super::pprof("1.21.13");
-    }
-    #[test]
-    fn go1_24() {
-        super::pprof("1.24.11");
-    }
-    #[test]
-    fn go1_27() {
-        super::pprof("1.27.3");
+/// `--format pprof`: `go tool pprof -top` lists the chains (root, hops, the retained objects by type).
+fn pprof(go: &str) {
+    let top = rendered(go, "pprof", GO, &["tool", "pprof", "-top", "-sample_index=retained_space"]);
+    for want in ["Type: retained_space", "main.sessions (map[int]*main.Session)", "4.0 KiB []uint8", "32 B main.Session", "main.startWorker.func1", "[]main.Record"] {
+        assert!(top.contains(want), "{want:?} in go tool pprof -top:\n{top}");
     }
 }
+
+/// `--format dot`: Graphviz's `dot` (Debian's graphviz, which `./x` installs) renders the chains as SVG.
+fn dot(go: &str) {
+    let svg = rendered(go, "dot", "dot", &["-Tsvg"]);
+    for want in ["<svg", "main.sessions (map[int]*main.Session)", "main.startWorker.func1", "100 retained"] {
+        assert!(svg.contains(want), "{want:?} in the SVG:\n{svg}");
+    }
+}
+
+/// A test module of `check`'s name, with one test per Go version issue 4 names (1.21, 1.24, 1.27).
+macro_rules! issue_versions {
+    ($check:ident) => {
+        mod $check {
+            #[test]
+            fn go1_21() {
+                super::$check("1.21.13");
+            }
+            #[test]
+            fn go1_24() {
+                super::$check("1.24.11");
+            }
+            #[test]
+            fn go1_27() {
+                super::$check("1.27.3");
+            }
+        }
+    };
+}
+
+issue_versions!(pprof);
+issue_versions!(dot);

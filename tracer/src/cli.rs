@@ -76,9 +76,10 @@ pub struct Cli {
     #[arg(long, conflicts_with = "format")]
     pub json: bool,
 
-    /// The final report: text (tables), json (one document), or pprof (a gzip'd profile of the
+    /// The final report: text (tables), json (one document), pprof (a gzip'd profile of the
     /// retained rows, valued in objects and bytes, whose stacks are what holds them, or their
-    /// allocation stacks: `go tool pprof -top FILE`; needs --output or a redirected stdout).
+    /// allocation stacks: `go tool pprof -top FILE`; needs --output or a redirected stdout), or dot
+    /// (what holds them as a Graphviz graph: `dot -Tsvg FILE`).
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
 
@@ -208,6 +209,7 @@ pub enum Format {
     Text,
     Json,
     Pprof,
+    Dot,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -52,6 +52,7 @@ fn main() {
                 Format::Text => report.write_text(&mut out),
                 Format::Json => report.write_json(&mut out),
                 Format::Pprof => report.write_pprof(&mut out),
+                Format::Dot => report.write_dot(&mut out),
             }
             .and_then(|()| out.flush());
             drop(out);

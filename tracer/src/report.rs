@@ -1,5 +1,6 @@
 //! The final report: what was traced, and the allocation-site table, as text or one JSON document.
 
+mod dot;
 mod pprof;
 
 use std::io::{self, Write};
