@@ -42,23 +42,40 @@ fn read_word(memory: &dyn Memory, addr: u64) -> Option<u64> {
     Some(u64::from_le_bytes(b))
 }
 
-/// A goroutine's wait reason while it waits, else "running" or "runnable".
-pub(crate) fn goroutine_state(memory: &dyn Memory, layout: &RuntimeLayout, g: u64) -> Option<String> {
-    const RUNNABLE: u32 = 1;
-    const RUNNING: u32 = 2;
-    const WAITING: u32 = 4;
+/// `runtime.g.atomicstatus` values maptrace tells apart (`_Gidle` … `_Gdead`, runtime2.go).
+pub(crate) mod gstatus {
+    pub const IDLE: u32 = 0;
+    pub const RUNNABLE: u32 = 1;
+    pub const RUNNING: u32 = 2;
+    pub const WAITING: u32 = 4;
+    pub const DEAD: u32 = 6;
+}
+
+/// A goroutine's status, without the `_Gscan` bit (0x1000) the GC sets while it scans the stack.
+pub(crate) fn goroutine_status(memory: &dyn Memory, layout: &RuntimeLayout, g: u64) -> Option<u32> {
     let mut status = [0u8; 4];
     memory.read(g + layout.g_atomicstatus, &mut status).ok()?;
-    // _Gscan (0x1000) may be set while the GC scans the stack.
-    match u32::from_le_bytes(status) & !0x1000 {
-        RUNNABLE => Some("runnable".into()),
-        RUNNING => Some("running".into()),
-        WAITING => {
+    Some(u32::from_le_bytes(status) & !0x1000)
+}
+
+/// A goroutine's wait reason while it waits, else "running" or "runnable".
+fn goroutine_state(memory: &dyn Memory, layout: &RuntimeLayout, g: u64) -> Option<String> {
+    Some(status_text(memory, layout, g, goroutine_status(memory, layout, g)?))
+}
+
+/// What [`goroutine_state`] says of a goroutine with this status.
+pub(crate) fn status_text(memory: &dyn Memory, layout: &RuntimeLayout, g: u64, status: u32) -> String {
+    match status {
+        gstatus::RUNNABLE => "runnable".into(),
+        gstatus::RUNNING => "running".into(),
+        gstatus::WAITING => {
             let mut reason = [0u8; 1];
-            memory.read(g + layout.g_waitreason, &mut reason).ok()?;
-            Some(layout.wait_reason(reason[0]).map_or_else(|| format!("waiting ({})", reason[0]), str::to_string))
+            match memory.read(g + layout.g_waitreason, &mut reason) {
+                Ok(()) => layout.wait_reason(reason[0]).map_or_else(|| format!("waiting ({})", reason[0]), str::to_string),
+                Err(_) => "waiting".into(),
+            }
         }
-        other => Some(format!("status {other}")),
+        other => format!("status {other}"),
     }
 }
 

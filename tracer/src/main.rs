@@ -21,6 +21,13 @@ fn main() {
         eprintln!("maptrace: error: a pprof profile is binary: write it with --output FILE (or redirect stdout)");
         std::process::exit(2);
     }
+    // Created before tracing, so a bad path fails at once rather than after the whole trace.
+    let output = cli.output.as_ref().map(|path| {
+        std::fs::File::create(path).unwrap_or_else(|e| {
+            eprintln!("maptrace: error: --output {}: {e} (choose a writable path)", path.display());
+            std::process::exit(2);
+        })
+    });
     let opts = TraceOptions {
         // clap requires --pid without a subcommand.
         pid: cli.pid.unwrap_or_default(),
@@ -37,15 +44,8 @@ fn main() {
         .and_then(|rt| rt.block_on(run(&opts)));
     match result {
         Ok((report, session)) => {
-            let mut out: Box<dyn Write> = match &cli.output {
-                Some(path) => match std::fs::File::create(path) {
-                    Ok(f) => Box::new(std::io::BufWriter::new(f)),
-                    Err(e) => {
-                        eprintln!("maptrace: error: --output {}: {e}", path.display());
-                        session.detach();
-                        std::process::exit(1);
-                    }
-                },
+            let mut out: Box<dyn Write> = match output {
+                Some(file) => Box::new(std::io::BufWriter::new(file)),
                 None => Box::new(std::io::stdout().lock()),
             };
             let written = match format {

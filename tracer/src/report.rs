@@ -326,6 +326,21 @@ fn held_by_text(h: &crate::heap::HeldBy) -> String {
     s + &format!("  ({} of {} objects searched{unreached})", h.objects, h.searched)
 }
 
+/// A hop's object as the graph outputs name it: `2.0 KiB map[string]*main.Session`, `48 B ?`.
+fn hop_object(hop: &crate::heap::HopRow) -> String {
+    format!("{} {}", human_bytes(hop.size), hop.type_name.as_deref().unwrap_or("?"))
+}
+
+/// Where a hop's pointer sits in the previous object: `+0x28`, or `an element` when that differs between the
+/// objects grouped (so that their graph nodes are one).
+fn hop_offset(hop: &crate::heap::HopRow) -> String {
+    if hop.offset_varies {
+        "an element".into()
+    } else {
+        format!("+{:#x}", hop.offset)
+    }
+}
+
 fn count_bytes(count: u64, bytes: u64) -> String {
     format!("{count} ({})", human_bytes(bytes))
 }

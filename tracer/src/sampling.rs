@@ -139,15 +139,18 @@ impl SampleRate {
     /// The governor's step, given the sampled allocations counted since attach: the change it
     /// made, if any. It stops for good once the rate is not what it last saw (the target set it
     /// itself).
-    pub fn govern(&mut self, samples_seen: u64, now: Instant) -> Option<RateChange> {
-        self.governor.as_ref()?;
+    /// `samples_seen` is asked (a map read) only when a step is due.
+    pub fn govern(&mut self, samples_seen: impl FnOnce() -> u64, now: Instant) -> Option<RateChange> {
+        if !self.governor.as_ref()?.due(now) {
+            return None;
+        }
         let rate = self.current()?;
         let governor = self.governor.as_mut()?;
         if rate != governor.last_rate {
             self.governor = None;
             return None;
         }
-        let change = governor.step(rate, samples_seen, now)?;
+        let change = governor.step(rate, samples_seen(), now)?;
         if self.write(change.to).is_err() {
             self.governor = None;
             return None;
@@ -191,6 +194,11 @@ pub struct RateGovernor {
 impl RateGovernor {
     pub fn new(floor: u64, budget: u64) -> Self {
         RateGovernor { floor, budget, last_rate: floor, last_samples: 0, last_at: None, highest: floor, changes: 0 }
+    }
+
+    /// Whether a [`Self::step`] would measure now (the first call starts the clock).
+    fn due(&self, now: Instant) -> bool {
+        self.last_at.is_none_or(|since| now.duration_since(since) >= GOVERNOR_PERIOD)
     }
 
     /// Called with the running count of sampled allocations; the change to make, if any.
@@ -373,8 +381,11 @@ mod tests {
         let t0 = Instant::now();
         let s = Duration::from_secs(1);
         let mut g = RateGovernor::new(1024, 100);
+        assert!(g.due(t0));
         assert_eq!(g.step(1024, 0, t0), None, "the first call starts the clock");
+        assert!(!g.due(t0 + GOVERNOR_PERIOD / 2));
         assert_eq!(g.step(1024, 5000, t0 + GOVERNOR_PERIOD / 2), None, "too early");
+        assert!(g.due(t0 + GOVERNOR_PERIOD));
         let to = |c: Option<RateChange>| c.map(|c| (c.from, c.to));
         assert_eq!(to(g.step(1024, 1000, t0 + s)), Some((1024, 16384)), "1000/s against 100: x10 -> x16");
         assert_eq!(to(g.step(16384, 1010, t0 + 2 * s)), Some((16384, 8192)), "10/s: halve");

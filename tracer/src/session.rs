@@ -20,6 +20,7 @@ use crate::{
     probes::{ProbePlan, Tracer},
     process::Process,
     recording::{Recorder, Recording},
+    correlate::{goroutine_status, gstatus, status_text},
     heap::{self, WalkLimits, WalkStats},
     report::{ChainSearch, ProbeInfo, Report, TargetInfo},
     retention::RetainedRow,
@@ -112,9 +113,6 @@ fn open_binary(process: &Process) -> Result<GoBinary, Failure> {
 /// ([`tracer_common::WAKE_AFTER_BYTES`]): reports, the live view and the agent's metrics lag by
 /// at most this much.
 const DRAIN_EVERY: Duration = Duration::from_millis(100);
-
-/// `_Gdead`: an unused `g` in `allgs`.
-const G_DEAD: u32 = 6;
 
 /// Retained objects per site whose chains are searched (and grouped by shape).
 const CHAIN_OBJECTS_PER_SITE: usize = 64;
@@ -269,7 +267,8 @@ impl Session {
     /// after a change are scaled at the new rate.
     fn govern_rate(&mut self) {
         let Some(rate) = &mut self.rate else { return };
-        if let Some(change) = rate.govern(self.tracer.sample_budget().total_hits, Instant::now()) {
+        let tracer = &self.tracer;
+        if let Some(change) = rate.govern(|| tracer.sample_budget().total_hits, Instant::now()) {
             self.state.sample_rate_changed(&change, monotonic_ns());
         }
     }
@@ -360,13 +359,12 @@ impl Session {
             &model.goroutines,
             bias,
             |g| {
-                let mut status = [0u8; 4];
-                memory.read(g + runtime.g_atomicstatus, &mut status).ok()?;
-                // _Gscan (0x1000) may be set while the GC scans the stack; _Gidle (0) and _Gdead (6) have none.
-                let status = u32::from_le_bytes(status) & !0x1000;
+                let status = goroutine_status(memory, runtime, g)?;
+                if status == gstatus::IDLE || status == gstatus::DEAD {
+                    return None; // a g kept for reuse: no stack to speak of
+                }
                 let goid = memory.read_u64(g + runtime.goid_offset).ok()?;
-                let state = crate::correlate::goroutine_state(memory, runtime, g)?;
-                (status != 0 && status != G_DEAD).then_some((goid, state, status))
+                Some((goid, status_text(memory, runtime, g, status), status == gstatus::RUNNING))
             },
             |pc| self.binary.function_at(pc.wrapping_sub(bias)).map(|f| f.name.clone()),
         ));

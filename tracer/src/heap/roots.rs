@@ -17,8 +17,6 @@ pub struct RootRegion {
 const MAX_FRAMES: usize = 256;
 /// A stack larger than this is taken as a misread `g`.
 const MAX_STACK: u64 = 1 << 30;
-/// `_Grunning`: its saved registers are stale, so its whole stack is scanned as one region.
-const G_RUNNING: u32 = 2;
 
 /// Package-level variables; `load_bias` turns their link-time addresses into runtime ones.
 pub fn global_roots(globals: &[GlobalVar], load_bias: u64) -> Vec<RootRegion> {
@@ -40,12 +38,13 @@ fn word(memory: &dyn Memory, addr: u64) -> Option<u64> {
 
 /// One region per frame of every live goroutine's stack, found by following the frame pointers from the registers
 /// the goroutine saved when it stopped (`g.sched`). `describe` gives a goroutine's id, state (`chan receive`) and
-/// status, None for a dead one; `function_at` names the function of a PC.
+/// whether it is running (its saved registers are stale then: its whole stack is one region), None for a dead
+/// one; `function_at` names the function of a PC.
 pub fn goroutine_roots(
     memory: &dyn Memory,
     layout: &GoroutineLayout,
     load_bias: u64,
-    mut describe: impl FnMut(u64) -> Option<(u64, String, u32)>,
+    mut describe: impl FnMut(u64) -> Option<(u64, String, bool)>,
     mut function_at: impl FnMut(u64) -> Option<String>,
 ) -> Vec<RootRegion> {
     let mut out = Vec::new();
@@ -57,7 +56,7 @@ pub fn goroutine_roots(
         return out;
     }
     for g in gs.chunks_exact(8).map(|w| u64::from_le_bytes(w.try_into().unwrap_or_default())) {
-        let Some((goid, state, status)) = describe(g) else { continue };
+        let Some((goid, state, running)) = describe(g) else { continue };
         let field = |off: u64| word(memory, g + off);
         let (Some(lo), Some(hi)) = (field(layout.stack_lo), field(layout.stack_lo + 8)) else { continue };
         if hi <= lo || hi - lo > MAX_STACK {
@@ -67,7 +66,7 @@ pub fn goroutine_roots(
             let root = Root { kind: "goroutine", name: function.unwrap_or_default(), type_name: None, goroutine: Some((goid, state.clone())) };
             out.push(RootRegion { root, addr: from, len: to - from });
         };
-        let sp = field(layout.sched_sp).filter(|sp| (lo..hi).contains(sp) && status != G_RUNNING);
+        let sp = field(layout.sched_sp).filter(|sp| (lo..hi).contains(sp) && !running);
         let Some(mut start) = sp else {
             region(lo, hi, None);
             continue;

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::io::{self, Write};
 
-use super::{human_bytes, Report};
+use super::{hop_object, hop_offset, human_bytes, Report};
 
 /// A double-quoted DOT string of these lines.
 fn quoted(lines: &[&str]) -> String {
@@ -38,8 +38,7 @@ impl Report {
             let mut key = root.clone();
             let mut from = node(w, key.clone(), &[&root], ", style=bold")?;
             for (i, hop) in h.hops.iter().enumerate() {
-                let at = if hop.offset_varies { "an element".to_string() } else { format!("+{:#x}", hop.offset) };
-                let what = format!("{} {}", human_bytes(hop.size), hop.type_name.as_deref().unwrap_or("?"));
+                let (at, what) = (hop_offset(hop), hop_object(hop));
                 key += &format!(" → {at} → {what}");
                 let last = i + 1 == h.hops.len();
                 let to = if last {

@@ -140,10 +140,7 @@ impl Report {
                 Some(h) => {
                     // Leaf first: the retained object, the hops back up, then the root.
                     for hop in h.hops.iter().rev() {
-                        let what = hop.type_name.as_deref().unwrap_or("?");
-                        // An element's offset differs from object to object: leave it out, so the rows share the frame.
-                        let at = if hop.offset_varies { "an element".to_string() } else { format!("+{:#x}", hop.offset) };
-                        let name = format!("{} {what} (at {at})", super::human_bytes(hop.size));
+                        let name = format!("{} (at {})", super::hop_object(hop), super::hop_offset(hop));
                         stack.push(b.location(&name, "", 0));
                     }
                     stack.push(b.location(&h.root.describe(), "", 0));
