@@ -1,7 +1,8 @@
 //! Reference chains (`held_by` on retained rows): the holders target keeps every session in the global map
 //! `main.sessions`, and each round's batch on a goroutine that blocks for ever. Each retained row at
 //! `main.openSessions` must be held by the map, down to an object of the row's type, and the batches by a frame of
-//! the leaked goroutines (go-targets/holders/TRUTH.md). Stripped binaries get no chains, and the report says why.
+//! the leaked goroutines (go-targets/holders/TRUTH.md); the map's chains are typed from the global's DWARF type,
+//! each step named by its Go path. Stripped binaries get no chains, and the report says why.
 
 use e2e::{target_path, trace_until_done, trace_until_done_as, Target};
 use serde_json::Value;
@@ -11,7 +12,7 @@ fn check(go: &str, stripped: bool) {
     let (done, report) = trace_until_done(Target::start(&bin, &[]));
     assert!(done.contains("sessions=100"), "{done}");
     let chains = &report["chains"];
-    assert_eq!(chains["precision"], "conservative", "{chains:#}");
+    assert!(chains["precision"].as_str().unwrap().starts_with("typed where DWARF"), "{chains:#}");
     assert_eq!(chains["target_stopped"], false, "{chains:#}");
     if stripped {
         let why = chains["unavailable"].as_str().unwrap_or_default();
@@ -30,6 +31,7 @@ fn check(go: &str, stripped: bool) {
     assert_eq!(held["unreached"], 0, "every batch is held (through its goroutine's frame, or its closure): {held:#}");
     let last = held["hops"].as_array().unwrap().last().unwrap().clone();
     assert_eq!((last["size"].as_u64(), &last["type"]), (Some(1024), &Value::from("[]main.Record")), "{held:#}");
+    assert_eq!(held["precise"], false, "stacks are scanned conservatively: {held:#}");
     let rows = retained_at("main.openSessions");
     assert!(rows.iter().any(|r| r["type"] == "[]uint8" || r["type"] == "main.Session"), "{:#}", report["retained"]);
     for row in rows {
@@ -37,8 +39,13 @@ fn check(go: &str, stripped: bool) {
         assert_eq!(held["root"]["name"], "main.sessions", "every retained row is held by the global map: {row:#}");
         assert_eq!(held["root"]["kind"], "global", "{held:#}");
         assert!(held["objects"].as_u64().unwrap() >= 1, "{held:#}");
+        assert_eq!(held["precise"], true, "typed from the global down: {held:#}");
         let hops = held["hops"].as_array().unwrap();
         let last = hops.last().unwrap();
+        // The map's header: Go 1.24's Swiss map<K,V>, the classic hash<K,V> before.
+        let header = hops[0]["type"].as_str().unwrap_or_default();
+        assert!(header == "map<int,*main.Session>" || header == "hash<int,*main.Session>", "{held:#}");
+        assert_eq!(hops[0]["via"], "", "the global is the map pointer: {held:#}");
         match row["type"].as_str().unwrap() {
             "[]uint8" => {
                 assert_eq!((last["size"].as_u64(), &last["type"]), (Some(4096), &Value::from("[]uint8")), "{held:#}");
@@ -46,8 +53,14 @@ fn check(go: &str, stripped: bool) {
                 let session = &hops[hops.len() - 2];
                 assert_eq!((session["size"].as_u64(), last["offset"].as_u64()), (Some(32), Some(8)), "{held:#}");
                 assert_eq!(session["type"], "main.Session", "{held:#}");
+                assert_eq!(last["via"], ".Buf", "{held:#}");
             }
-            "main.Session" => assert_eq!((last["size"].as_u64(), &last["type"]), (Some(32), &Value::from("main.Session")), "{held:#}"),
+            "main.Session" => {
+                assert_eq!((last["size"].as_u64(), &last["type"]), (Some(32), &Value::from("main.Session")), "{held:#}");
+                // A map value: a Swiss group's slot, or a classic bucket's values.
+                let via = last["via"].as_str().unwrap_or_default();
+                assert!(via == "[…].slots[…].elem" || via == "[…].values[…]", "{held:#}");
+            }
             _ => {}
         }
     }

@@ -428,10 +428,12 @@ impl Correlator {
         out
     }
 
-    /// The type of the tracked object containing `addr`, as its site names it.
-    pub fn type_at(&self, addr: u64, names: &mut dyn Resolve) -> Option<String> {
-        let o = self.lifecycle.object_containing(addr)?;
-        self.sites.row(o.site & !PARTS, names).map(|r| r.type_name)
+    /// The tracked allocation in a heap slot (`base`, `size` bytes), as its site names its type, and its address:
+    /// past the slot's start when the runtime put a malloc header there (Go 1.22+, objects over 512 B with
+    /// pointers), or when a tiny block holds several.
+    pub fn allocation_in(&self, base: u64, size: u64, names: &mut dyn Resolve) -> Option<(u64, String)> {
+        let o = self.lifecycle.object_containing(base).or_else(|| self.lifecycle.objects_in(base..base + size).next())?;
+        self.sites.row(o.site & !PARTS, names).map(|r| (o.addr, r.type_name))
     }
 
     pub fn retained(&self, names: &mut dyn Resolve, target_exited: bool, now_ns: u64) -> Vec<RetainedRow> {

@@ -47,7 +47,10 @@ pub struct Report {
 pub struct ChainSearch {
     /// What the walk starts from.
     pub roots: &'static str,
-    /// "conservative": any word that points into an allocated heap slot is followed.
+    /// How objects were scanned: "typed" where DWARF gives the value's type (a global's, and what typed pointers
+    /// lead to: only pointer words followed, each named by its Go path), "conservative" elsewhere (goroutine
+    /// stacks, closures, untyped objects: any word that points into an allocated heap slot). `typed_objects` in
+    /// the walk counts the former; each `held_by` says whether its chain is `precise`.
     pub precision: &'static str,
     /// Whether the target was stopped for the walk (never, so far: chains may be stale where the program moved
     /// pointers meanwhile).
@@ -293,11 +296,11 @@ impl Report {
                 Some(why) => writeln!(w, "(no reference chains: {why})")?,
                 None => writeln!(
                     w,
-                    "(held by: {} chains from {} ({} searched), {} objects / {} scanned in {:.2} s{}, target not stopped)",
-                    c.precision,
+                    "(held by: chains from {} ({} searched), {} objects ({} typed, the rest conservatively) / {} scanned in {:.2} s{}, target not stopped)",
                     c.roots,
                     c.walk.roots,
                     c.walk.objects_scanned,
+                    c.walk.typed_objects,
                     human_bytes(c.walk.bytes_scanned),
                     c.walk.seconds,
                     if c.walk.cut_short { ", cut short by the walk's limits" } else { "" }
@@ -315,15 +318,23 @@ impl Report {
     }
 }
 
-/// `main.cache ([]map[string]int) → +0x28 … → 48 B map[string]int  (20 of 20 objects)`.
+/// `main.sessions (map[int]*main.Session) → 48 B map<int,*main.Session> → .dirPtr → … → .Buf → 4.0 KiB []uint8
+/// (20 of 20 objects searched, precise)`: each object reached, after the path (or offset) of the pointer to it.
 fn held_by_text(h: &crate::heap::HeldBy) -> String {
     let mut s = h.root.describe();
     for hop in &h.hops {
-        let at = if hop.offset_varies { format!("+{:#x}…", hop.offset) } else { format!("+{:#x}", hop.offset) };
-        s += &format!(" → {at} → {}{}", human_bytes(hop.size), hop.type_name.as_ref().map_or(String::new(), |t| format!(" {t}")));
+        let at = hop_offset(hop);
+        if !at.is_empty() {
+            s += &format!(" → {at}");
+        }
+        s += &format!(" → {}", human_bytes(hop.size));
+        if let Some(t) = &hop.type_name {
+            s += &format!(" {t}");
+        }
     }
     let unreached = if h.unreached > 0 { format!(", {} not reached", h.unreached) } else { String::new() };
-    s + &format!("  ({} of {} objects searched{unreached})", h.objects, h.searched)
+    let precision = if h.precise { "precise" } else { "conservative" };
+    s + &format!("  ({} of {} objects searched{unreached}, {precision})", h.objects, h.searched)
 }
 
 /// A hop's object as the graph outputs name it: `2.0 KiB map[string]*main.Session`, `48 B ?`.
@@ -331,13 +342,14 @@ fn hop_object(hop: &crate::heap::HopRow) -> String {
     format!("{} {}", human_bytes(hop.size), hop.type_name.as_deref().unwrap_or("?"))
 }
 
-/// Where a hop's pointer sits in the previous object: `+0x28`, or `an element` when that differs between the
-/// objects grouped (so that their graph nodes are one).
+/// Where a hop's pointer sits in the previous value: its Go path (`.Buf`, `[…].elem`; empty when the value is
+/// the pointer), or else its offset: `+0x28`, or `an element` when that differs between the objects grouped (so
+/// that the graph outputs draw one node for them whichever object's offset a group shows).
 fn hop_offset(hop: &crate::heap::HopRow) -> String {
-    if hop.offset_varies {
-        "an element".into()
-    } else {
-        format!("+{:#x}", hop.offset)
+    match &hop.via {
+        Some(path) => path.clone(),
+        None if hop.offset_varies => "an element".into(),
+        None => format!("+{:#x}", hop.offset),
     }
 }
 
@@ -488,12 +500,13 @@ pub(crate) mod tests {
         r.retained[0].held_by = Some(crate::heap::HeldBy {
             root: crate::heap::Root { kind: "global", name: "main.cache".into(), type_name: Some("map[string]*main.Session".into()), goroutine: None },
             hops: vec![
-                crate::heap::HopRow { offset: 0, offset_varies: false, size: 48, type_name: None },
-                crate::heap::HopRow { offset: 0x28, offset_varies: true, size: 2000, type_name: Some("map[string]*main.Session".into()) },
+                crate::heap::HopRow { offset: 0, offset_varies: false, via: None, size: 48, type_name: None },
+                crate::heap::HopRow { offset: 0x28, offset_varies: true, via: Some("[…].elem".into()), size: 2000, type_name: Some("map[string]*main.Session".into()) },
             ],
             objects: 2,
             searched: 3,
             unreached: 1,
+            precise: false,
         });
         r
     }
@@ -504,7 +517,7 @@ pub(crate) mod tests {
         held_report().write_text(&mut out).unwrap();
         let s = String::from_utf8(out).unwrap();
         assert!(
-            s.contains("held by main.cache (map[string]*main.Session) → +0x0 → 48 B → +0x28… → 2.0 KiB map[string]*main.Session  (2 of 3 objects searched, 1 not reached)"),
+            s.contains("held by main.cache (map[string]*main.Session) → +0x0 → 48 B → […].elem → 2.0 KiB map[string]*main.Session  (2 of 3 objects searched, 1 not reached, conservative)"),
             "{s}"
         );
     }

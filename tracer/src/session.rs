@@ -336,7 +336,7 @@ impl Session {
     fn search_chains(&mut self, rows: &mut [RetainedRow]) -> ChainSearch {
         let mut search = ChainSearch {
             roots: "package-level variables and goroutine stacks",
-            precision: "conservative",
+            precision: "typed where DWARF describes the value, conservative elsewhere",
             target_stopped: false,
             unavailable: None,
             walk: WalkStats::default(),
@@ -368,10 +368,15 @@ impl Session {
             },
             |pc| self.binary.function_at(pc.wrapping_sub(bias)).map(|f| f.name.clone()),
         ));
-        let (chains, walk) = heap::find_chains(memory, &model.layout, &roots, bias, &targets, WalkLimits::default());
+        let (state, names) = (&self.state, &mut self.names);
+        let hint = |base, size| {
+            let (addr, name) = state.allocation_in(base, size, names)?;
+            Some((heap::type_named(&model.types, &name)?, addr.saturating_sub(base)))
+        };
+        let (chains, walk) = heap::find_chains(memory, &model, &roots, bias, &targets, hint, WalkLimits::default());
         for r in rows.iter_mut() {
             if let Some(objs) = objects.get(&r.site) {
-                r.held_by = heap::held_by(objs, &chains, |base| self.state.type_at(base, &mut self.names));
+                r.held_by = heap::held_by(objs, &chains, |base, size| Some(self.state.allocation_in(base, size, &mut self.names)?.1));
             }
         }
         search.walk = walk;

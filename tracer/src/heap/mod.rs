@@ -10,6 +10,7 @@
 
 mod index;
 mod roots;
+mod typed;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
@@ -17,8 +18,9 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::gotype::Memory;
-use crate::target::HeapLayout;
+use crate::target::{HeapModel, TypeGraph, TypeId};
 use index::HeapIndex;
+use typed::Slots;
 pub use roots::{global_roots, goroutine_roots, RootRegion};
 
 /// How far one walk may go. Beyond it the walk stops and says it was cut short.
@@ -67,20 +69,26 @@ impl Root {
 }
 
 /// One hop: the word at `offset` of the previous object (or root) points into this heap object.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Hop {
     pub offset: u64,
     /// The object's size class slot, in bytes.
     pub size: u64,
-    #[serde(skip)]
     pub base: u64,
+    /// The Go path of the pointer in the previous value (`.Buf`, `[3].slots[5].elem`; empty when the value is the
+    /// pointer), when that value's type was known; None: a word that points into the heap, followed conservatively.
+    pub via: Option<String>,
+    /// The object's type as the walk read it (`main.Session`, `[8]noalg.map.group[int]*main.Session`).
+    pub type_name: Option<String>,
 }
 
 /// A root and the hops from it to a target object (the last hop's object).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Chain {
     pub root: Root,
     pub hops: Vec<Hop>,
+    /// Every step followed a typed pointer from a typed root.
+    pub precise: bool,
 }
 
 /// What one walk found and what it cost.
@@ -89,6 +97,9 @@ pub struct WalkStats {
     pub roots: usize,
     pub objects_scanned: u64,
     pub bytes_scanned: u64,
+    /// Objects read as values of a known type (only their pointer words followed); the others were scanned
+    /// conservatively, word by word.
+    pub typed_objects: u64,
     pub seconds: f64,
     /// The limits stopped the walk before every target was found or the heap was exhausted.
     pub cut_short: bool,
@@ -101,36 +112,103 @@ enum Parent {
     Object(u64),
 }
 
-/// The walk's state: each object reached (how, at which offset of its parent, its size) and those to scan.
-struct Walk<'m> {
+/// How a walk reads an object: as values of a type, the first starting `phase` bytes into it (an interior
+/// pointer, or a sub-slice, points past the object's base).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Typing {
+    elem: TypeId,
+    phase: u64,
+}
+
+/// An object the walk reached: from where, at which offset of its parent, through which pointer word of the
+/// parent's type (index into its [`typed::ValueSlots`], and the element) if the parent was typed.
+struct Reached {
+    parent: Parent,
+    offset: u64,
+    size: u64,
+    typing: Option<Typing>,
+    slot: Option<(usize, u64)>,
+}
+
+/// The walk's state: each object reached and those to scan.
+struct Walk<'m, 'g, 'h> {
     heap: HeapIndex<'m>,
-    reached: HashMap<u64, (Parent, u64, u64)>,
-    queue: VecDeque<(u64, u64)>,
+    slots: Slots<'g>,
+    /// The type maptrace saw an untyped object (base, size) allocated with, if any, and where in the slot the
+    /// value starts.
+    hint: &'h mut dyn FnMut(u64, u64) -> Option<(TypeId, u64)>,
+    reached: HashMap<u64, Reached>,
+    queue: VecDeque<u64>,
     /// Targets not reached yet.
     remaining: HashSet<u64>,
 }
 
-impl Walk<'_> {
-    /// Follows every word of `bytes` (at `offset` in `parent`) that points into a heap object not reached yet.
-    fn scan(&mut self, parent: Parent, bytes: &[u8], offset: u64) {
-        for (i, w) in bytes.chunks_exact(8).enumerate() {
-            let word = u64::from_le_bytes(w.try_into().unwrap_or_default());
-            let Some(obj) = self.heap.object_containing(word) else { continue };
-            if self.reached.contains_key(&obj.base) {
-                continue;
+impl Walk<'_, '_, '_> {
+    /// Records that the word at `offset` of `parent` points to `word`, if that is a heap object not reached yet.
+    /// `to`: the pointee type the parent's type gives the word.
+    fn reach(&mut self, parent: Parent, offset: u64, word: u64, slot: Option<(usize, u64)>, to: Option<TypeId>) {
+        let Some(obj) = self.heap.object_containing(word) else { return };
+        if self.reached.contains_key(&obj.base) {
+            return;
+        }
+        let graph = self.slots.graph();
+        let typing = to
+            .map(|t| graph.resolve(t))
+            .and_then(|elem| Some(Typing { elem, phase: (word - obj.base) % graph.get(elem).map(|t| t.size).filter(|&s| s > 0)? }))
+            .or_else(|| (self.hint)(obj.base, obj.size).map(|(elem, phase)| Typing { elem: graph.resolve(elem), phase }));
+        self.reached.insert(obj.base, Reached { parent, offset, size: obj.size, typing, slot });
+        self.remaining.remove(&obj.base);
+        self.queue.push_back(obj.base);
+    }
+
+    /// Follows the pointers of `bytes`, found at `offset` in `parent`: the typed pointer words, or (untyped)
+    /// every word that points into a heap object.
+    fn scan(&mut self, parent: Parent, bytes: &[u8], offset: u64, typing: Option<Typing>) {
+        let word = |at: u64| -> Option<u64> {
+            let i = usize::try_from(at.checked_sub(offset)?).ok()?;
+            Some(u64::from_le_bytes(bytes.get(i..i + 8)?.try_into().ok()?))
+        };
+        let Some((t, value)) = typing.and_then(|t| Some((t, self.slots.of(t.elem)?))) else {
+            for (i, w) in bytes.chunks_exact(8).enumerate() {
+                let w = u64::from_le_bytes(w.try_into().unwrap_or_default());
+                self.reach(parent, offset + 8 * i as u64, w, None, None);
             }
-            self.reached.insert(obj.base, (parent, offset + 8 * i as u64, obj.size));
-            self.remaining.remove(&obj.base);
-            self.queue.push_back((obj.base, obj.size));
+            return;
+        };
+        let end = offset + bytes.len() as u64;
+        // The elements overlapping these bytes (an element may straddle two reads of a large object).
+        let first = offset.saturating_sub(t.phase) / value.size;
+        let mut start = t.phase + first * value.size;
+        let mut elem = first;
+        while start < end {
+            for (i, s) in value.slots.iter().enumerate() {
+                let Some(w) = word(start + s.offset) else { continue };
+                let to = match s.small_map {
+                    Some((dir_len, group)) if word(start + dir_len) == Some(0) => Some(group),
+                    _ => s.to,
+                };
+                self.reach(parent, start + s.offset, w, Some((i, elem)), to);
+            }
+            start += value.size;
+            elem += 1;
         }
     }
 
     /// Scans the queued objects, breadth first, until every target is reached, the heap is exhausted or the
     /// limits stop it.
     fn drain(&mut self, memory: &dyn Memory, buf: &mut Vec<u8>, stats: &mut WalkStats, limits: &WalkLimits, started: Instant) {
-        while let Some((base, size)) = self.queue.pop_front() {
+        while let Some(base) = self.queue.pop_front() {
             if self.remaining.is_empty() {
                 return;
+            }
+            let Some(r) = self.reached.get(&base) else { continue };
+            let (size, typing) = (r.size, r.typing);
+            stats.objects_scanned += 1;
+            if let Some(t) = typing {
+                stats.typed_objects += 1;
+                if self.slots.of(t.elem).is_some_and(|v| v.slots.is_empty()) {
+                    continue; // no pointers to read
+                }
             }
             let mut offset = 0;
             while offset < size {
@@ -144,20 +222,46 @@ impl Walk<'_> {
                     break;
                 }
                 stats.bytes_scanned += len;
-                self.scan(Parent::Object(base), buf, offset);
+                self.scan(Parent::Object(base), buf, offset, typing);
                 offset += len;
             }
-            stats.objects_scanned += 1;
         }
     }
 
-    /// The hops from a root to `base`, and the root's index.
-    fn chain_to(&self, base: u64) -> Option<(usize, Vec<Hop>)> {
+    /// The Go path of the pointer followed into `r` within its parent (typed as `parent`): `.Buf`, `[3].elem`;
+    /// the element index only when the parent holds more than one value.
+    fn path(&mut self, slot: Option<(usize, u64)>, parent: Option<Typing>, parent_size: u64) -> Option<String> {
+        let (slot, elem) = slot?;
+        let t = parent?;
+        let value = self.slots.of(t.elem)?;
+        let s = value.slots.get(slot)?;
+        let many = parent_size.saturating_sub(t.phase) >= 2 * value.size;
+        Some(if many { format!("[{elem}]{}", s.path) } else { s.path.clone() })
+    }
+
+    /// The type name of a typed object: its type, or `[N]T` when it holds N values of T (without the `noalg.`
+    /// the linker gives the map internals it synthesizes: the runtime does not write it).
+    fn typed_name(&self, typing: Option<Typing>, size: u64) -> Option<String> {
+        let t = self.slots.graph().get(typing?.elem)?;
+        let name = t.name.strip_prefix("noalg.").unwrap_or(&t.name);
+        let n = size.saturating_sub(typing?.phase) / t.size.max(1);
+        Some(if n >= 2 { format!("[{n}]{name}") } else { name.to_string() })
+    }
+
+    /// The hops from a root to `base`, and the root's index. `roots` types the first hop's parent.
+    fn chain_to(&mut self, base: u64, roots: &[RootRegion]) -> Option<(usize, Vec<Hop>)> {
         let mut hops = Vec::new();
         let mut at = base;
         loop {
-            let &(parent, offset, size) = self.reached.get(&at)?;
-            hops.push(Hop { offset, size, base: at });
+            let r = self.reached.get(&at)?;
+            let (parent_typing, parent_size) = match r.parent {
+                Parent::Root(i) => (roots[i].type_id.map(|t| Typing { elem: self.slots.graph().resolve(t), phase: 0 }), roots[i].len),
+                Parent::Object(p) => self.reached.get(&p).map_or((None, 0), |p| (p.typing, p.size)),
+            };
+            let (parent, offset, size, typing, slot) = (r.parent, r.offset, r.size, r.typing, r.slot);
+            let via = self.path(slot, parent_typing, parent_size);
+            let type_name = self.typed_name(typing, size);
+            hops.push(Hop { offset, size, base: at, via, type_name });
             match parent {
                 Parent::Root(i) => {
                     hops.reverse();
@@ -171,19 +275,29 @@ impl Walk<'_> {
 
 /// Finds a chain from the roots to each of `targets` (heap object addresses; an address inside an object counts
 /// for the object): the shortest from the first kind of root in `roots` that reaches it. `load_bias` applies to
-/// the heap layout's addresses.
+/// the heap layout's addresses; the model's types type the roots' values and the objects they point to, and `hint` the
+/// objects reached untyped (from the type maptrace saw them allocated with).
 pub fn find_chains(
     memory: &dyn Memory,
-    layout: &HeapLayout,
+    model: &HeapModel,
     roots: &[RootRegion],
     load_bias: u64,
     targets: &HashSet<u64>,
+    mut hint: impl FnMut(u64, u64) -> Option<(TypeId, u64)>,
     limits: WalkLimits,
 ) -> (HashMap<u64, Chain>, WalkStats) {
     let started = Instant::now();
-    let mut heap = HeapIndex::new(memory, layout, load_bias);
+    let types = &model.types;
+    let mut heap = HeapIndex::new(memory, &model.layout, load_bias);
     let bases: HashMap<u64, u64> = targets.iter().filter_map(|&t| Some((t, heap.object_containing(t)?.base))).collect();
-    let mut walk = Walk { heap, reached: HashMap::new(), queue: VecDeque::new(), remaining: bases.values().copied().collect() };
+    let mut walk = Walk {
+        heap,
+        slots: Slots::new(types),
+        hint: &mut hint,
+        reached: HashMap::new(),
+        queue: VecDeque::new(),
+        remaining: bases.values().copied().collect(),
+    };
     let mut stats = WalkStats { roots: roots.len(), ..WalkStats::default() };
     let mut buf = Vec::new();
     // Roots of one kind at a time, each kind's reach walked out before the next kind starts: an object a global
@@ -197,7 +311,8 @@ pub fn find_chains(
             buf.resize(r.len as usize, 0);
             if memory.read(r.addr, &mut buf).is_ok() {
                 stats.bytes_scanned += r.len;
-                walk.scan(Parent::Root(i), &buf, 0);
+                let typing = r.type_id.map(|t| Typing { elem: types.resolve(t), phase: 0 });
+                walk.scan(Parent::Root(i), &buf, 0, typing);
             }
         }
         walk.drain(memory, &mut buf, &mut stats, &limits, started);
@@ -206,12 +321,20 @@ pub fn find_chains(
     let chains = bases
         .into_iter()
         .filter_map(|(target, base)| {
-            let (i, hops) = walk.chain_to(base)?;
-            Some((target, Chain { root: roots[i].root.clone(), hops }))
+            let (i, hops) = walk.chain_to(base, roots)?;
+            let precise = roots[i].type_id.is_some() && hops.iter().all(|h| h.via.is_some());
+            Some((target, Chain { root: roots[i].root.clone(), hops, precise }))
         })
         .collect();
     stats.seconds = started.elapsed().as_secs_f64();
     (chains, stats)
+}
+
+/// The DWARF type of an object maptrace saw allocated as `recorded` (a report's type name): a slice's backing
+/// array holds its elements; the runtime names a Swiss map's groups without the `noalg.` DWARF gives them.
+pub fn type_named(types: &TypeGraph, recorded: &str) -> Option<TypeId> {
+    let name = recorded.strip_prefix("[]").unwrap_or(recorded);
+    types.by_name(name).or_else(|| types.by_name(&format!("noalg.{name}")))
 }
 
 /// One hop of a [`HeldBy`], for reports.
@@ -221,9 +344,12 @@ pub struct HopRow {
     /// other objects of the site take the same path at other offsets (elements of one array or map).
     pub offset: u64,
     pub offset_varies: bool,
+    /// The pointer's Go path in the previous value (`.Buf`; `[…]` for an index that varies between the objects);
+    /// null where that value was scanned conservatively.
+    pub via: Option<String>,
     /// Size of the object reached (its size-class slot).
     pub size: u64,
-    /// Its Go type when maptrace saw it allocated (None: allocated before tracing, or type unknown).
+    /// Its Go type: as maptrace saw it allocated, or else as the walk typed it (None: neither knows).
     #[serde(rename = "type")]
     pub type_name: Option<String>,
 }
@@ -240,10 +366,13 @@ pub struct HeldBy {
     pub objects: u64,
     pub searched: u64,
     pub unreached: u64,
+    /// Every chain of the group followed typed pointers only, from a typed root (else some step was a word that
+    /// merely looks like a pointer: a goroutine stack, a closure, an untyped object).
+    pub precise: bool,
 }
 
 /// Groups the chains of one site's objects by shape and keeps the most common; `type_of` names hop objects.
-pub fn held_by(objects: &[u64], chains: &HashMap<u64, Chain>, mut type_of: impl FnMut(u64) -> Option<String>) -> Option<HeldBy> {
+pub fn held_by(objects: &[u64], chains: &HashMap<u64, Chain>, mut type_of: impl FnMut(u64, u64) -> Option<String>) -> Option<HeldBy> {
     type Shape<'c> = (&'static str, &'c str, Option<&'c str>, Vec<u64>);
     let mut shapes: HashMap<Shape, Vec<&Chain>> = HashMap::new();
     for chain in objects.iter().filter_map(|o| chains.get(o)) {
@@ -264,8 +393,9 @@ pub fn held_by(objects: &[u64], chains: &HashMap<u64, Chain>, mut type_of: impl 
         .map(|(i, h)| HopRow {
             offset: h.offset,
             offset_varies: group.iter().any(|c| c.hops[i].offset != h.offset),
+            via: h.via.as_ref().map(|v| if group.iter().all(|c| c.hops[i].via.as_ref() == Some(v)) { v.clone() } else { any_index(v) }),
             size: h.size,
-            type_name: type_of(h.base),
+            type_name: type_of(h.base, h.size).or_else(|| h.type_name.clone()),
         })
         .collect();
     Some(HeldBy {
@@ -274,7 +404,29 @@ pub fn held_by(objects: &[u64], chains: &HashMap<u64, Chain>, mut type_of: impl 
         objects: group.len() as u64,
         searched: objects.len() as u64,
         unreached: (objects.len() - found) as u64,
+        precise: group.iter().all(|c| c.precise),
     })
+}
+
+/// A Go path with every index generalized: `[3].slots[5].elem` → `[…].slots[…].elem`.
+fn any_index(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    let mut in_index = false;
+    for c in path.chars() {
+        match c {
+            '[' => {
+                in_index = true;
+                out.push_str("[…");
+            }
+            ']' => {
+                in_index = false;
+                out.push(']');
+            }
+            _ if in_index => {}
+            _ => out.push(c),
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -284,7 +436,8 @@ mod tests {
     fn chain(root: &str, hops: &[(u64, u64, u64)]) -> Chain {
         Chain {
             root: Root { kind: "global", name: root.into(), type_name: None, goroutine: None },
-            hops: hops.iter().map(|&(offset, size, base)| Hop { offset, size, base }).collect(),
+            hops: hops.iter().map(|&(offset, size, base)| Hop { offset, size, base, via: Some(format!("[{}]", offset / 8)), type_name: None }).collect(),
+            precise: true,
         }
     }
 
@@ -296,11 +449,14 @@ mod tests {
             chains.insert(obj, chain("main.cache", &[(0, 4096, 0x9000), (8 * i as u64, 48, obj)]));
         }
         chains.insert(0x400, chain("main.other", &[(0, 48, 0x400)]));
-        let held = held_by(&[0x100, 0x200, 0x300, 0x400, 0x500], &chains, |b| (b == 0x9000).then(|| "[]map[string]int".into())).unwrap();
+        let held = held_by(&[0x100, 0x200, 0x300, 0x400, 0x500], &chains, |b, _| (b == 0x9000).then(|| "[]map[string]int".into())).unwrap();
         assert_eq!((held.root.name.as_str(), held.objects, held.searched, held.unreached), ("main.cache", 3, 5, 1));
         assert_eq!(held.hops[0].type_name.as_deref(), Some("[]map[string]int"));
         assert_eq!((held.hops[0].offset_varies, held.hops[1].offset_varies), (false, true));
+        assert_eq!((held.hops[0].via.as_deref(), held.hops[1].via.as_deref()), (Some("[0]"), Some("[…]")), "an index that varies is generalized");
+        assert!(held.precise);
+        assert_eq!(any_index("[3].slots[15].elem"), "[…].slots[…].elem");
         assert_eq!(held.hops.iter().map(|h| h.size).collect::<Vec<_>>(), [4096, 48]);
-        assert_eq!(held_by(&[0x1], &chains, |_| None), None, "no chain, no answer");
+        assert_eq!(held_by(&[0x1], &chains, |_, _| None), None, "no chain, no answer");
     }
 }

@@ -1,7 +1,7 @@
 //! The regions of the target's memory a walk starts from, each named as a report shows it.
 
 use crate::gotype::Memory;
-use crate::target::{GlobalVar, GoroutineLayout};
+use crate::target::{GlobalVar, GoroutineLayout, TypeId};
 
 use super::Root;
 
@@ -11,6 +11,8 @@ pub struct RootRegion {
     pub root: Root,
     pub addr: u64,
     pub len: u64,
+    /// The region's type (a global's, from DWARF): scanned precisely; None: word by word.
+    pub type_id: Option<TypeId>,
 }
 
 /// Frames followed per goroutine before the rest of its stack is scanned as one region.
@@ -26,6 +28,7 @@ pub fn global_roots(globals: &[GlobalVar], load_bias: u64) -> Vec<RootRegion> {
             root: Root { kind: "global", name: g.name.clone(), type_name: g.type_name.clone(), goroutine: None },
             addr: g.addr + load_bias,
             len: g.size,
+            type_id: g.type_id,
         })
         .collect()
 }
@@ -64,7 +67,7 @@ pub fn goroutine_roots(
         }
         let mut region = |from: u64, to: u64, function: Option<String>| {
             let root = Root { kind: "goroutine", name: function.unwrap_or_default(), type_name: None, goroutine: Some((goid, state.clone())) };
-            out.push(RootRegion { root, addr: from, len: to - from });
+            out.push(RootRegion { root, addr: from, len: to - from, type_id: None });
         };
         let sp = field(layout.sched_sp).filter(|sp| (lo..hi).contains(sp) && !running);
         let Some(mut start) = sp else {

@@ -72,7 +72,7 @@ mod tests {
         assert!(s.contains("n0 [label=\"main.cache (map[string]*main.Session)\", style=bold];"), "{s}");
         assert!(s.contains("n1 [label=\"48 B ?\"];"), "{s}");
         assert!(s.contains("n2 [label=\"2.0 KiB map[string]*main.Session\\n2 retained, 3.9 KiB (main.put)\", shape=ellipse];"), "{s}");
-        assert!(s.contains("n0 -> n1 [label=\"+0x0\"];") && s.contains("n1 -> n2 [label=\"an element\"];"), "{s}");
+        assert!(s.contains("n0 -> n1 [label=\"+0x0\"];") && s.contains("n1 -> n2 [label=\"[…].elem\"];"), "{s}");
         assert!(s.trim_end().ends_with('}'), "{s}");
     }
 }

@@ -140,7 +140,8 @@ impl Report {
                 Some(h) => {
                     // Leaf first: the retained object, the hops back up, then the root.
                     for hop in h.hops.iter().rev() {
-                        let name = format!("{} (at {})", super::hop_object(hop), super::hop_offset(hop));
+                        let (object, at) = (super::hop_object(hop), super::hop_offset(hop));
+                        let name = if at.is_empty() { object } else { format!("{object} (at {at})") };
                         stack.push(b.location(&name, "", 0));
                     }
                     stack.push(b.location(&h.root.describe(), "", 0));
@@ -188,7 +189,7 @@ mod tests {
         assert_eq!(p.sample[0].value, [2, 4000]);
         let frame = |id: u64| s(p.function[p.location[id as usize - 1].line[0].function_id as usize - 1].name);
         let stack: Vec<&str> = p.sample[0].location_id.iter().map(|&id| frame(id)).collect();
-        assert_eq!(stack, ["2.0 KiB map[string]*main.Session (at an element)", "48 B ? (at +0x0)", "main.cache (map[string]*main.Session)"]);
+        assert_eq!(stack, ["2.0 KiB map[string]*main.Session (at […].elem)", "48 B ? (at +0x0)", "main.cache (map[string]*main.Session)"]);
         let labels: Vec<(&str, &str)> = p.sample[0].label.iter().map(|l| (s(l.key), s(l.str))).collect();
         assert_eq!(labels, [("site", "main.put"), ("kind", "map")]);
     }

@@ -9,6 +9,7 @@ use gimli::{DebugInfoOffset, EndianSlice, LittleEndian};
 use object::{Object, ObjectSection};
 
 use super::elf::File;
+use super::typegraph::{Field, GoTypeDef, Shape, TypeGraph, TypeId};
 
 /// A struct member: its byte offset, and the byte size of its type where DWARF gives one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -185,17 +186,6 @@ impl<'d, 'a> TypeSizes<'d, 'a> {
         size
     }
 
-    /// The `DW_AT_name` of the type DIE at `ty` (Go names types as they are written: `*main.T`, `[]uint8`).
-    fn name(&mut self, ty: DebugInfoOffset) -> Option<String> {
-        let header = *self.headers.iter().find(|h| ty.to_unit_offset(*h).is_some())?;
-        let abbrevs = self.dwarf.abbreviations(&header).ok()?;
-        let entry = header.entry(&abbrevs, ty.to_unit_offset(&header)?).ok()?;
-        match entry.attr_value(gimli::DW_AT_name).ok()?? {
-            gimli::AttributeValue::String(s) => Some(String::from_utf8_lossy(s.slice()).into_owned()),
-            _ => None,
-        }
-    }
-
     /// The byte size of the type DIE at `off`, or else (for a typedef) the type it names.
     fn lookup(&mut self, off: DebugInfoOffset) -> Option<(Option<u64>, Option<DebugInfoOffset>)> {
         let header = *self
@@ -242,53 +232,156 @@ pub struct GlobalVar {
     pub size: u64,
     /// The Go type's name (`[]map[string]int`), where DWARF gives one.
     pub type_name: Option<String>,
+    /// Its type in the [`TypeGraph`] read with it.
+    pub type_id: Option<TypeId>,
 }
 
 /// `DW_OP_addr`: Go gives every package-level variable this location, then the 8-byte address.
 const DW_OP_ADDR: u8 = 0x03;
+/// `DW_AT_go_kind`, Go's vendor attribute: the `reflect.Kind` of a type DIE.
+const DW_AT_GO_KIND: gimli::DwAt = gimli::DwAt(0x2900);
+
+/// A type DIE as read, before its references become [`TypeId`]s.
+struct RawType {
+    tag: gimli::DwTag,
+    name: String,
+    size: Option<u64>,
+    kind: u8,
+    target: Option<DebugInfoOffset>,
+    /// Struct members (name, offset, type), or an array's element count (DW_AT_count of its subrange).
+    members: Vec<(String, u64, Option<DebugInfoOffset>)>,
+    count: Option<u64>,
+}
 
 /// The package-level variables DWARF describes (`DW_TAG_variable` children of a compile unit whose location is a
-/// static address), of the packages `keep` accepts.
-pub(crate) fn globals(file: &File<'_>, keep: impl Fn(&str) -> bool) -> Result<Vec<GlobalVar>, String> {
+/// static address) of the packages `keep` accepts, and every type, resolved into a graph.
+pub(crate) fn program(file: &File<'_>, keep: impl Fn(&str) -> bool) -> Result<(Vec<GlobalVar>, TypeGraph), String> {
     let sections = gimli::DwarfSections::load(|id| load(file, id))?;
     let dwarf = sections.borrow(|s| EndianSlice::new(s, LittleEndian));
     let mut found: Vec<(String, u64, Option<DebugInfoOffset>)> = Vec::new();
+    let mut raw: Vec<RawType> = Vec::new();
+    let mut ids: HashMap<DebugInfoOffset, TypeId> = HashMap::new();
     let mut scan = || -> gimli::Result<()> {
         let mut units = dwarf.units();
         while let Some(header) = units.next()? {
             let abbrevs = dwarf.abbreviations(&header)?;
             let mut entries = header.entries(&abbrevs);
             let mut depth = 0isize;
+            // Whether the last depth-1 DIE was a type whose children (members, subrange) are being read.
+            let mut in_type = false;
             while let Some((delta, entry)) = entries.next_dfs()? {
                 depth += delta;
-                if depth != 1 || entry.tag() != gimli::DW_TAG_variable {
-                    continue;
-                }
-                let Some(gimli::AttributeValue::String(name)) = entry.attr_value(gimli::DW_AT_name)? else { continue };
-                let name = String::from_utf8_lossy(name.slice()).into_owned();
-                if !keep(&name) {
-                    continue;
-                }
-                let Some(gimli::AttributeValue::Exprloc(expr)) = entry.attr_value(gimli::DW_AT_location)? else { continue };
-                let expr = expr.0.slice();
-                let addr = match expr {
-                    [DW_OP_ADDR, a @ ..] if a.len() == 8 => u64::from_le_bytes(a.try_into().unwrap_or_default()),
-                    _ => continue,
+                let name = match entry.attr_value(gimli::DW_AT_name)? {
+                    Some(gimli::AttributeValue::String(s)) => Some(String::from_utf8_lossy(s.slice()).into_owned()),
+                    _ => None,
                 };
-                found.push((name, addr, type_ref(&header, entry.attr_value(gimli::DW_AT_type)?)));
+                if depth == 2 && in_type {
+                    let t = raw.last_mut().expect("in_type follows a push");
+                    match entry.tag() {
+                        gimli::DW_TAG_member => {
+                            let off = entry.attr(gimli::DW_AT_data_member_location)?.and_then(|a| a.udata_value());
+                            if let (Some(n), Some(off)) = (name, off) {
+                                t.members.push((n, off, type_ref(&header, entry.attr_value(gimli::DW_AT_type)?)));
+                            }
+                        }
+                        gimli::DW_TAG_subrange_type => {
+                            t.count = entry.attr(gimli::DW_AT_count)?.and_then(|a| a.udata_value());
+                        }
+                        _ => {}
+                    }
+                    continue;
+                }
+                if depth != 1 {
+                    continue;
+                }
+                in_type = false;
+                let tag = entry.tag();
+                if tag == gimli::DW_TAG_variable {
+                    let Some(name) = name.filter(|n| keep(n)) else { continue };
+                    let Some(gimli::AttributeValue::Exprloc(expr)) = entry.attr_value(gimli::DW_AT_location)? else { continue };
+                    let addr = match expr.0.slice() {
+                        [DW_OP_ADDR, a @ ..] if a.len() == 8 => u64::from_le_bytes(a.try_into().unwrap_or_default()),
+                        _ => continue,
+                    };
+                    found.push((name, addr, type_ref(&header, entry.attr_value(gimli::DW_AT_type)?)));
+                    continue;
+                }
+                let is_type = [
+                    gimli::DW_TAG_base_type,
+                    gimli::DW_TAG_unspecified_type,
+                    gimli::DW_TAG_pointer_type,
+                    gimli::DW_TAG_subroutine_type,
+                    gimli::DW_TAG_structure_type,
+                    gimli::DW_TAG_array_type,
+                    gimli::DW_TAG_typedef,
+                ]
+                .contains(&tag);
+                let Some(off) = is_type.then(|| entry.offset().to_debug_info_offset(&header)).flatten() else { continue };
+                ids.insert(off, raw.len());
+                raw.push(RawType {
+                    tag,
+                    name: name.unwrap_or_default(),
+                    size: entry.attr(gimli::DW_AT_byte_size)?.and_then(|a| a.udata_value()),
+                    kind: entry.attr(DW_AT_GO_KIND)?.and_then(|a| a.udata_value()).map_or(0, |k| k as u8),
+                    target: type_ref(&header, entry.attr_value(gimli::DW_AT_type)?),
+                    members: Vec::new(),
+                    count: None,
+                });
+                in_type = true;
             }
         }
         Ok(())
     };
     scan().map_err(|e| format!("DWARF: {e}"))?;
-    let mut types = TypeSizes::new(&dwarf);
-    Ok(found
+    let graph = type_graph(raw, &ids);
+    let globals = found
         .into_iter()
         .filter_map(|(name, addr, ty)| {
-            let ty = ty?;
-            Some(GlobalVar { name, addr, size: types.size(ty)?, type_name: types.name(ty) })
+            let id = ids.get(&ty?).copied()?;
+            let t = graph.get(id)?;
+            Some(GlobalVar { name, addr, size: t.size, type_name: Some(t.name.clone()), type_id: Some(id) })
         })
-        .collect())
+        .collect();
+    Ok((globals, graph))
+}
+
+/// Turns the DIEs' references into ids. A reference to a DIE that is not a type makes the referrer Plain (or an
+/// untyped pointer): the walk then treats its words conservatively.
+fn type_graph(raw: Vec<RawType>, ids: &HashMap<DebugInfoOffset, TypeId>) -> TypeGraph {
+    let id = |off: Option<DebugInfoOffset>| off.and_then(|o| ids.get(&o).copied());
+    let elem_size = |elem: TypeId| raw.get(elem).and_then(|t| t.size).filter(|&s| s > 0);
+    let types = raw
+        .iter()
+        .map(|t| {
+            let shape = match t.tag {
+                gimli::DW_TAG_pointer_type => Shape::Pointer { to: id(t.target) },
+                gimli::DW_TAG_subroutine_type => Shape::Func,
+                gimli::DW_TAG_typedef => id(t.target).map_or(Shape::Plain, Shape::Typedef),
+                gimli::DW_TAG_structure_type => Shape::Struct {
+                    fields: t
+                        .members
+                        .iter()
+                        .filter_map(|(name, offset, ty)| Some(Field { name: name.clone(), offset: *offset, ty: id(*ty)? }))
+                        .collect(),
+                },
+                gimli::DW_TAG_array_type => match id(t.target) {
+                    Some(elem) => {
+                        let count = t.count.or_else(|| Some(t.size? / elem_size(elem)?)).unwrap_or(0);
+                        Shape::Array { elem, count }
+                    }
+                    None => Shape::Plain,
+                },
+                _ => Shape::Plain,
+            };
+            // Go gives pointers and funcs no byte size: they are address-sized.
+            let size = match shape {
+                Shape::Pointer { .. } | Shape::Func => t.size.unwrap_or(8),
+                _ => t.size.unwrap_or(0),
+            };
+            GoTypeDef { name: t.name.clone(), size, kind: t.kind, shape }
+        })
+        .collect();
+    TypeGraph::new(types)
 }
 
 /// Values of the `DW_TAG_constant` DIEs whose name starts with `prefix` (Go writes package constants as

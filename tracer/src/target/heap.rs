@@ -5,6 +5,7 @@
 //! large binary.
 
 use super::dwarf::{self, GlobalVar, StructMembers};
+use super::typegraph::TypeGraph;
 use super::{elf, Arch, GoBinary, SpanLayout};
 
 /// Offsets and addresses for [`crate::heap`]. Resolved from DWARF and the symbol table only: there is no version
@@ -44,6 +45,8 @@ pub struct GoroutineLayout {
 pub struct HeapModel {
     pub layout: HeapLayout,
     pub globals: Vec<GlobalVar>,
+    /// The program's types, for a typed walk from the globals.
+    pub types: TypeGraph,
     pub goroutines: GoroutineLayout,
 }
 
@@ -68,8 +71,8 @@ impl GoBinary {
         )?;
         let layout = layout(&members, mheap, self.layout.span, self.image.arch)?;
         let goroutines = goroutine_layout(&members, allgs)?;
-        let globals = dwarf::globals(&file, is_program_variable)?;
-        Ok(HeapModel { layout, globals, goroutines })
+        let (globals, types) = dwarf::program(&file, is_program_variable)?;
+        Ok(HeapModel { layout, globals, types, goroutines })
     }
 }
 

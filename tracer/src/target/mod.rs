@@ -16,6 +16,7 @@ mod moduledata;
 mod pclntab;
 mod rets;
 mod sampling;
+mod typegraph;
 #[cfg(test)]
 mod tests;
 
@@ -27,6 +28,7 @@ use std::path::{Path, PathBuf};
 pub use buildinfo::GoVersion;
 pub use dwarf::GlobalVar;
 pub use heap::{GoroutineLayout, HeapLayout, HeapModel};
+pub use typegraph::{Field, GoTypeDef, Shape, TypeGraph, TypeId, KIND_SLICE, KIND_STRING};
 pub use layout::{CleanupFunction, CleanupLayout, LayoutSource, RuntimeLayout, SamplingLayout, SpanLayout, INLINE_MARKS_LEN, INLINE_MARKS_OFFSET};
 
 /// CPU architecture of the target. Registers, RET encodings and (in principle) struct layouts depend on it.

@@ -1264,6 +1264,15 @@ fn heap_model_reads_the_arena_index_and_names_the_globals() {
         let lookup = m.globals.iter().find(|g| g.name == "main.lookup").unwrap();
         assert_eq!((lookup.size, lookup.type_name.as_deref()), (24, Some("[]string")), "{ver}");
         assert!(m.globals.iter().all(|g| !g.name.starts_with("runtime.")), "{ver}: the runtime's own variables are not roots");
+        // The types a typed walk follows: the map variable is a pointer to the linker's synthesized header (Swiss
+        // map<K,V> since 1.24, hash<K,V> before), whose values are *main.Session.
+        let t = &m.types;
+        let header = t.pointee(sessions.type_id.unwrap()).map(|h| t.get(h).unwrap().name.clone());
+        let want = if ["1.19", "1.21.13", "1.22.10", "1.23.9"].contains(&ver) { "hash<int,*main.Session>" } else { "map<int,*main.Session>" };
+        assert_eq!(header.as_deref(), Some(want), "{ver}");
+        let session = t.by_name("main.Session").unwrap();
+        let buf = t.field(session, "Buf").unwrap_or_else(|| panic!("{ver}: {:?}", t.shape(session)));
+        assert_eq!((buf.offset, t.get(buf.ty).unwrap().name.as_str(), t.get(session).unwrap().size), (8, "[]uint8", 32), "{ver}");
         assert!(bin(ver, "holders-stripped").heap_model().is_err(), "{ver}: no symbols, no model");
     }
 }

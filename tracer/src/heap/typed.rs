@@ -1,0 +1,189 @@
+//! Typed scanning: the pointer words of a value of a DWARF type, each with the type it points to and its Go path
+//! (`.Account`, `[3].slots[5].elem`), so that a walk from a typed root follows only real pointers and names every
+//! step. Computed once per type and cached for the walk.
+
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use crate::target::{Shape, TypeGraph, TypeId, KIND_SLICE, KIND_STRING};
+
+/// A pointer word in a value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PointerSlot {
+    pub offset: u64,
+    /// The pointee's type; None for `unsafe.Pointer` and func values (a closure), scanned conservatively.
+    pub to: Option<TypeId>,
+    /// The Go path from the value to the pointer: `.Buf`, `.slots[5].elem`; empty when the value is the pointer.
+    pub path: String,
+    /// A Swiss map's `dirPtr` points at one group instead of a directory while the map is small (`dirLen` is 0,
+    /// `internal/runtime/maps/map.go@go1.27.3:194-214`): the offset of `dirLen` in the value, and the group type.
+    pub small_map: Option<(u64, TypeId)>,
+}
+
+/// The pointer words of one value of a type.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ValueSlots {
+    pub size: u64,
+    pub slots: Vec<PointerSlot>,
+}
+
+/// Pointer words listed per type at most; a type with more (a huge array of pointers) is scanned conservatively.
+const MAX_SLOTS: usize = 4096;
+
+/// [`ValueSlots`] per type, computed on first use.
+pub struct Slots<'g> {
+    graph: &'g TypeGraph,
+    cache: HashMap<TypeId, Option<Rc<ValueSlots>>>,
+}
+
+impl<'g> Slots<'g> {
+    pub fn new(graph: &'g TypeGraph) -> Self {
+        Slots { graph, cache: HashMap::new() }
+    }
+
+    pub fn graph(&self) -> &'g TypeGraph {
+        self.graph
+    }
+
+    /// The pointer words of a value of `id`; None when the type has no size or too many pointers to list.
+    pub fn of(&mut self, id: TypeId) -> Option<Rc<ValueSlots>> {
+        let graph = self.graph;
+        self.cache
+            .entry(id)
+            .or_insert_with(|| {
+                let size = graph.get(id)?.size;
+                let mut slots = Vec::new();
+                (size > 0 && flatten(graph, id, 0, &mut String::new(), &mut slots)).then(|| Rc::new(ValueSlots { size, slots }))
+            })
+            .clone()
+    }
+}
+
+/// Appends the pointer words of a value of `id` at byte `at`, named from `path`; false past [`MAX_SLOTS`].
+fn flatten(graph: &TypeGraph, id: TypeId, at: u64, path: &mut String, out: &mut Vec<PointerSlot>) -> bool {
+    let resolved = graph.resolve(id);
+    match graph.shape(resolved) {
+        Shape::Plain | Shape::Typedef(_) => {}
+        Shape::Pointer { to } => out.push(PointerSlot { offset: at, to: *to, path: path.clone(), small_map: None }),
+        Shape::Func => out.push(PointerSlot { offset: at, to: None, path: path.clone(), small_map: None }),
+        Shape::Struct { fields } => {
+            let Some(t) = graph.get(resolved) else { return true };
+            // A slice's or string's data pointer, an interface's words: named by the field that holds them.
+            let anonymous = t.kind == KIND_SLICE || t.kind == KIND_STRING || t.name == "runtime.iface" || t.name == "runtime.eface";
+            let small_map = small_map_group(graph, resolved);
+            for f in fields {
+                let len = path.len();
+                if !anonymous {
+                    path.push('.');
+                    path.push_str(&f.name);
+                }
+                let before = out.len();
+                let ok = flatten(graph, f.ty, at + f.offset, path, out);
+                if f.name == "dirPtr" && out.len() == before + 1 {
+                    out[before].small_map = small_map;
+                }
+                path.truncate(len);
+                if !ok {
+                    return false;
+                }
+            }
+        }
+        Shape::Array { elem, count } => {
+            let size = graph.get(*elem).map_or(0, |e| e.size);
+            for i in 0..*count {
+                let len = path.len();
+                path.push_str(&format!("[{i}]"));
+                let before = out.len();
+                let ok = flatten(graph, *elem, at + i * size, path, out);
+                path.truncate(len);
+                if !ok {
+                    return false;
+                }
+                if out.len() == before {
+                    break; // no pointers in the element: none in the others
+                }
+            }
+        }
+    }
+    out.len() <= MAX_SLOTS
+}
+
+/// For a Swiss map header (`map<K,V>`: `dirPtr **table<K,V>`, `dirLen`): the offset of `dirLen` and the group
+/// type (`table<K,V>.groups.data`'s pointee) that `dirPtr` points to while the map is small.
+fn small_map_group(graph: &TypeGraph, map: TypeId) -> Option<(u64, TypeId)> {
+    let dir_len = graph.field(map, "dirLen")?.offset;
+    let table = graph.pointee(graph.pointee(graph.field(map, "dirPtr")?.ty)?)?;
+    let groups = graph.field(table, "groups")?.ty;
+    Some((dir_len, graph.pointee(graph.field(groups, "data")?.ty)?))
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::target::{Field, GoTypeDef};
+
+    fn def(name: &str, size: u64, kind: u8, shape: Shape) -> GoTypeDef {
+        GoTypeDef { name: name.into(), size, kind, shape }
+    }
+
+    fn field(name: &str, offset: u64, ty: TypeId) -> Field {
+        Field { name: name.into(), offset, ty }
+    }
+
+    /// `main.Tenant{Name string; Account *Account}`, `Account{ID int; Profile *Profile}`,
+    /// `Profile{Score int; Avatar []byte}`, a `map<int,*main.Tenant>` with its table and group, and `[4]*Tenant`.
+    pub(crate) fn graph() -> TypeGraph {
+        TypeGraph::new(vec![
+            /* 0 */ def("int", 8, 2, Shape::Plain),
+            /* 1 */ def("uint8", 1, 8, Shape::Plain),
+            /* 2 */ def("*uint8", 8, 22, Shape::Pointer { to: Some(1) }),
+            /* 3 */ def("string", 16, KIND_STRING, Shape::Struct { fields: vec![field("str", 0, 2), field("len", 8, 0)] }),
+            /* 4 */ def("[]uint8", 24, KIND_SLICE, Shape::Struct { fields: vec![field("array", 0, 2), field("len", 8, 0), field("cap", 16, 0)] }),
+            /* 5 */ def("main.Profile", 32, 25, Shape::Struct { fields: vec![field("Score", 0, 0), field("Avatar", 8, 4)] }),
+            /* 6 */ def("*main.Profile", 8, 22, Shape::Pointer { to: Some(5) }),
+            /* 7 */ def("main.Account", 16, 25, Shape::Struct { fields: vec![field("ID", 0, 0), field("Profile", 8, 6)] }),
+            /* 8 */ def("*main.Account", 8, 22, Shape::Pointer { to: Some(7) }),
+            /* 9 */ def("main.Tenant", 24, 25, Shape::Struct { fields: vec![field("Name", 0, 3), field("Account", 16, 8)] }),
+            /* 10 */ def("*main.Tenant", 8, 22, Shape::Pointer { to: Some(17) }),
+            /* 11 */ def("[4]*main.Tenant", 32, 17, Shape::Array { elem: 10, count: 4 }),
+            /* 12 */ def("noalg.map.group[int]*main.Tenant", 136, 25, Shape::Struct { fields: vec![field("ctrl", 0, 0), field("slots", 8, 18)] }),
+            /* 13 */ def("*group", 8, 0, Shape::Pointer { to: Some(12) }),
+            /* 14 */ def("groupReference<int,*main.Tenant>", 16, 25, Shape::Struct { fields: vec![field("data", 0, 13), field("lengthMask", 8, 0)] }),
+            /* 15 */ def("table<int,*main.Tenant>", 32, 25, Shape::Struct { fields: vec![field("used", 0, 0), field("groups", 16, 14)] }),
+            /* 16 */ def("map<int,*main.Tenant>", 48, 25, Shape::Struct { fields: vec![field("used", 0, 0), field("dirPtr", 16, 20), field("dirLen", 24, 0)] }),
+            /* 17 */ def("main.Tenant", 0, 0, Shape::Typedef(9)),
+            /* 18 */ def("[8]struct { key int; elem *main.Tenant }", 128, 17, Shape::Array { elem: 21, count: 8 }),
+            /* 19 */ def("*table<int,*main.Tenant>", 8, 0, Shape::Pointer { to: Some(15) }),
+            /* 20 */ def("**table<int,*main.Tenant>", 8, 0, Shape::Pointer { to: Some(19) }),
+            /* 21 */ def("struct { key int; elem *main.Tenant }", 16, 25, Shape::Struct { fields: vec![field("key", 0, 0), field("elem", 8, 10)] }),
+        ])
+    }
+
+    #[test]
+    fn pointer_words_are_named_by_go_paths() {
+        let g = graph();
+        let mut slots = Slots::new(&g);
+        let tenant = slots.of(17).unwrap();
+        assert_eq!(tenant.size, 24, "a typedef has its underlying size");
+        let names: Vec<(u64, &str, Option<TypeId>)> = tenant.slots.iter().map(|s| (s.offset, s.path.as_str(), s.to)).collect();
+        assert_eq!(names, [(0, ".Name", Some(1)), (16, ".Account", Some(7))], "a string's data pointer is named by its field");
+        let profile = slots.of(5).unwrap();
+        assert_eq!((profile.slots[0].offset, profile.slots[0].path.as_str()), (8, ".Avatar"));
+        let array = slots.of(11).unwrap();
+        assert_eq!(array.slots.iter().map(|s| s.path.as_str()).collect::<Vec<_>>(), ["[0]", "[1]", "[2]", "[3]"]);
+        assert!(slots.of(0).unwrap().slots.is_empty(), "an int has no pointers");
+    }
+
+    #[test]
+    fn a_swiss_map_header_knows_its_small_form() {
+        let g = graph();
+        let mut slots = Slots::new(&g);
+        let header = slots.of(16).unwrap();
+        assert_eq!(header.slots.len(), 1);
+        let dir = &header.slots[0];
+        assert_eq!((dir.offset, dir.path.as_str(), dir.to, dir.small_map), (16, ".dirPtr", Some(19), Some((24, 12))));
+        let group = slots.of(12).unwrap();
+        assert_eq!(group.slots.len(), 8);
+        assert_eq!((group.slots[5].offset, group.slots[5].path.as_str()), (8 + 5 * 16 + 8, ".slots[5].elem"));
+    }
+}
