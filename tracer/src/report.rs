@@ -287,6 +287,9 @@ impl Report {
                 writeln!(w, "{:>8}live by cycle {}; oldest {:.1} s{samples}", "", live.join(" "), r.oldest_age_seconds)?;
                 if let Some(h) = &r.held_by {
                     writeln!(w, "{:>8}held by {}", "", held_by_text(h))?;
+                    if let Some(d) = &h.diagnosis {
+                        writeln!(w, "{:>8}diagnosis: {}", "", d.text)?;
+                    }
                 }
             }
             writeln!(w, "(CYCLES: cycles survived by the live objects, median/most)")?;
@@ -500,13 +503,23 @@ pub(crate) mod tests {
         r.retained[0].held_by = Some(crate::heap::HeldBy {
             root: crate::heap::Root { kind: "global", name: "main.cache".into(), type_name: Some("map[string]*main.Session".into()), goroutine: None },
             hops: vec![
-                crate::heap::HopRow { offset: 0, offset_varies: false, via: None, size: 48, type_name: None },
-                crate::heap::HopRow { offset: 0x28, offset_varies: true, via: Some("[…].elem".into()), size: 2000, type_name: Some("map[string]*main.Session".into()) },
+                crate::heap::HopRow { offset: 0, offset_varies: false, via: None, size: 48, type_name: None, slice: None, map_len: Some(2) },
+                crate::heap::HopRow {
+                    offset: 0x28,
+                    offset_varies: true,
+                    via: Some("[…].elem".into()),
+                    size: 2000,
+                    type_name: Some("map[string]*main.Session".into()),
+                    slice: None,
+                    map_len: None,
+                },
             ],
             objects: 2,
             searched: 3,
             unreached: 1,
             precise: false,
+            goroutines: 0,
+            diagnosis: Some(crate::heap::Diagnosis { kind: "map_kept_storage", text: "the map has 2 entries but keeps 3.9 KiB".into() }),
         });
         r
     }

@@ -25,7 +25,7 @@ use crate::{
     report::{ChainSearch, ProbeInfo, Report, TargetInfo},
     retention::RetainedRow,
     sampling::{Mode, SampleRate, SampleRates, SamplingInfo, SamplingOptions, SCALING},
-    sites::{Resolve, SiteRow},
+    sites::{Resolve, SiteRow, ValueKind},
     symbolize::Symbolizer,
     target::{Frame, GoBinary, TargetError},
 };
@@ -377,6 +377,9 @@ impl Session {
         for r in rows.iter_mut() {
             if let Some(objs) = objects.get(&r.site) {
                 r.held_by = heap::held_by(objs, &chains, |base, size| Some(self.state.allocation_in(base, size, &mut self.names)?.1));
+                if let Some(h) = &mut r.held_by {
+                    h.diagnose(r.retained_bytes, r.kind == ValueKind::Map);
+                }
             }
         }
         search.walk = walk;

@@ -78,8 +78,19 @@ pub struct Hop {
     /// The Go path of the pointer in the previous value (`.Buf`, `[3].slots[5].elem`; empty when the value is the
     /// pointer), when that value's type was known; None: a word that points into the heap, followed conservatively.
     pub via: Option<String>,
-    /// The object's type as the walk read it (`main.Session`, `[8]noalg.map.group[int]*main.Session`).
+    /// The object's type as the walk read it (`main.Session`, `[8]map.group[int]*main.Session`).
     pub type_name: Option<String>,
+    /// Reached through a slice: how much of the object the slice covers.
+    pub slice: Option<SliceView>,
+    /// A map header: its entries.
+    pub map_len: Option<u64>,
+}
+
+/// The part of an array a slice covers: `len × element size` and `cap × element size`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct SliceView {
+    pub len_bytes: u64,
+    pub cap_bytes: u64,
 }
 
 /// A root and the hops from it to a target object (the last hop's object).
@@ -120,18 +131,28 @@ struct Typing {
     phase: u64,
 }
 
+/// The typed pointer word an object was reached through: its index in the parent's [`typed::ValueSlots`], the
+/// element of the parent it is in, and for a slice's data pointer the slice's length and capacity (elements).
+#[derive(Clone, Copy)]
+struct SlotRef {
+    index: usize,
+    elem: u64,
+    slice: Option<(u64, u64)>,
+}
+
 /// An object the walk reached: from where, at which offset of its parent, through which pointer word of the
-/// parent's type (index into its [`typed::ValueSlots`], and the element) if the parent was typed.
+/// parent's type if the parent was typed.
 struct Reached {
     parent: Parent,
     offset: u64,
     size: u64,
     typing: Option<Typing>,
-    slot: Option<(usize, u64)>,
+    slot: Option<SlotRef>,
 }
 
 /// The walk's state: each object reached and those to scan.
 struct Walk<'m, 'g, 'h> {
+    memory: &'m dyn Memory,
     heap: HeapIndex<'m>,
     slots: Slots<'g>,
     /// The type maptrace saw an untyped object (base, size) allocated with, if any, and where in the slot the
@@ -146,7 +167,7 @@ struct Walk<'m, 'g, 'h> {
 impl Walk<'_, '_, '_> {
     /// Records that the word at `offset` of `parent` points to `word`, if that is a heap object not reached yet.
     /// `to`: the pointee type the parent's type gives the word.
-    fn reach(&mut self, parent: Parent, offset: u64, word: u64, slot: Option<(usize, u64)>, to: Option<TypeId>) {
+    fn reach(&mut self, parent: Parent, offset: u64, word: u64, slot: Option<SlotRef>, to: Option<TypeId>) {
         let Some(obj) = self.heap.object_containing(word) else { return };
         if self.reached.contains_key(&obj.base) {
             return;
@@ -187,7 +208,9 @@ impl Walk<'_, '_, '_> {
                     Some((dir_len, group)) if word(start + dir_len) == Some(0) => Some(group),
                     _ => s.to,
                 };
-                self.reach(parent, start + s.offset, w, Some((i, elem)), to);
+                let at = start + s.offset;
+                let slice = if s.slice_data { word(at + 8).zip(word(at + 16)) } else { None };
+                self.reach(parent, at, w, Some(SlotRef { index: i, elem, slice }), to);
             }
             start += value.size;
             elem += 1;
@@ -230,13 +253,27 @@ impl Walk<'_, '_, '_> {
 
     /// The Go path of the pointer followed into `r` within its parent (typed as `parent`): `.Buf`, `[3].elem`;
     /// the element index only when the parent holds more than one value.
-    fn path(&mut self, slot: Option<(usize, u64)>, parent: Option<Typing>, parent_size: u64) -> Option<String> {
-        let (slot, elem) = slot?;
+    fn path(&mut self, slot: Option<SlotRef>, parent: Option<Typing>, parent_size: u64) -> Option<String> {
+        let slot = slot?;
         let t = parent?;
         let value = self.slots.of(t.elem)?;
-        let s = value.slots.get(slot)?;
+        let s = value.slots.get(slot.index)?;
         let many = parent_size.saturating_sub(t.phase) >= 2 * value.size;
-        Some(if many { format!("[{elem}]{}", s.path) } else { s.path.clone() })
+        Some(if many { format!("[{}]{}", slot.elem, s.path) } else { s.path.clone() })
+    }
+
+    /// The number of entries of a typed map header (`used` of a Swiss `map<K,V>`, `count` of a `hash<K,V>`).
+    fn map_len(&self, base: u64, typing: Option<Typing>) -> Option<u64> {
+        let t = typing?;
+        let graph = self.slots.graph();
+        let name = &graph.get(t.elem)?.name;
+        if !(name.starts_with("map<") || name.starts_with("hash<")) {
+            return None;
+        }
+        let field = graph.field(t.elem, "used").or_else(|| graph.field(t.elem, "count"))?;
+        let mut b = [0u8; 8];
+        self.memory.read(base + t.phase + field.offset, &mut b).ok()?;
+        Some(u64::from_le_bytes(b))
     }
 
     /// The type name of a typed object: its type, or `[N]T` when it holds N values of T (without the `noalg.`
@@ -261,7 +298,10 @@ impl Walk<'_, '_, '_> {
             let (parent, offset, size, typing, slot) = (r.parent, r.offset, r.size, r.typing, r.slot);
             let via = self.path(slot, parent_typing, parent_size);
             let type_name = self.typed_name(typing, size);
-            hops.push(Hop { offset, size, base: at, via, type_name });
+            let elem_size = typing.and_then(|t| self.slots.graph().get(t.elem)).map_or(1, |t| t.size);
+            let slice = slot.and_then(|s| s.slice).map(|(len, cap)| SliceView { len_bytes: len.saturating_mul(elem_size), cap_bytes: cap.saturating_mul(elem_size) });
+            let map_len = self.map_len(at, typing);
+            hops.push(Hop { offset, size, base: at, via, type_name, slice, map_len });
             match parent {
                 Parent::Root(i) => {
                     hops.reverse();
@@ -291,6 +331,7 @@ pub fn find_chains(
     let mut heap = HeapIndex::new(memory, &model.layout, load_bias);
     let bases: HashMap<u64, u64> = targets.iter().filter_map(|&t| Some((t, heap.object_containing(t)?.base))).collect();
     let mut walk = Walk {
+        memory,
         heap,
         slots: Slots::new(types),
         hint: &mut hint,
@@ -352,6 +393,12 @@ pub struct HopRow {
     /// Its Go type: as maptrace saw it allocated, or else as the walk typed it (None: neither knows).
     #[serde(rename = "type")]
     pub type_name: Option<String>,
+    /// Reached through a slice (of the chain shown): the bytes its length and capacity cover.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slice: Option<SliceView>,
+    /// A map header (of the chain shown): its number of entries.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub map_len: Option<u64>,
 }
 
 /// What holds a retained site's objects: the most common chain shape (the same root variable, or the same
@@ -369,6 +416,62 @@ pub struct HeldBy {
     /// Every chain of the group followed typed pointers only, from a typed root (else some step was a word that
     /// merely looks like a pointer: a goroutine stack, a closure, an untyped object).
     pub precise: bool,
+    /// Distinct goroutines among the group's roots (0 for a variable).
+    pub goroutines: u64,
+    /// A known pattern behind the chain, when one applies.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub diagnosis: Option<Diagnosis>,
+}
+
+/// A named reason a chain retains memory, and what to do about it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Diagnosis {
+    /// `sub_slice`, `map_kept_storage` or `goroutine_leak`.
+    pub kind: &'static str,
+    pub text: String,
+}
+
+/// Objects smaller than this are not worth a diagnosis.
+const DIAGNOSE_FROM_BYTES: u64 = 16 << 10;
+
+impl HeldBy {
+    /// Names the pattern behind the chain, given the bytes its row retains and whether they are a map's own
+    /// storage: a slice that covers a small part of the large array it keeps; a map whose storage is far larger
+    /// than its entries need (maps never shrink after deletes); goroutines parked for good in the same function,
+    /// each holding its share.
+    pub fn diagnose(&mut self, retained_bytes: u64, map_storage: bool) {
+        let kb = crate::report::human_bytes;
+        let sub_slice = self.hops.last().and_then(|h| Some((h.size, h.slice?)));
+        let map_len = self.hops.iter().find_map(|h| h.map_len).filter(|_| map_storage);
+        let parked = self.root.goroutine.as_ref().map(|(_, state)| state.as_str()).filter(|s| !["running", "runnable"].contains(s));
+        let diagnosis = match (sub_slice, map_len, parked) {
+            (Some((size, v)), _, _) if size >= DIAGNOSE_FROM_BYTES && v.len_bytes * 16 <= size => Diagnosis {
+                kind: "sub_slice",
+                text: format!(
+                    "a slice of {} (capacity {}) keeps the whole {} array alive: copy what is kept (bytes.Clone, slices.Clone) instead of re-slicing",
+                    kb(v.len_bytes),
+                    kb(v.cap_bytes),
+                    kb(size)
+                ),
+            },
+            (_, Some(n), _) if retained_bytes >= DIAGNOSE_FROM_BYTES && retained_bytes / n.max(1) >= 1024 => Diagnosis {
+                kind: "map_kept_storage",
+                text: format!(
+                    "the map has {n} entries but keeps {} of storage: a Go map never shrinks after deletes; copy the live entries into a new map to release it",
+                    kb(retained_bytes)
+                ),
+            },
+            (_, _, Some(state)) if self.goroutines >= 2 => Diagnosis {
+                kind: "goroutine_leak",
+                text: format!(
+                    "{} goroutines of {} are parked ({state}), each holding its share: a goroutine leak if nothing will wake them",
+                    self.goroutines, self.root.name
+                ),
+            },
+            _ => return,
+        };
+        self.diagnosis = Some(diagnosis);
+    }
 }
 
 /// Groups the chains of one site's objects by shape and keeps the most common; `type_of` names hop objects.
@@ -396,6 +499,8 @@ pub fn held_by(objects: &[u64], chains: &HashMap<u64, Chain>, mut type_of: impl 
             via: h.via.as_ref().map(|v| if group.iter().all(|c| c.hops[i].via.as_ref() == Some(v)) { v.clone() } else { any_index(v) }),
             size: h.size,
             type_name: type_of(h.base, h.size).or_else(|| h.type_name.clone()),
+            slice: h.slice,
+            map_len: h.map_len,
         })
         .collect();
     Some(HeldBy {
@@ -405,6 +510,8 @@ pub fn held_by(objects: &[u64], chains: &HashMap<u64, Chain>, mut type_of: impl 
         searched: objects.len() as u64,
         unreached: (objects.len() - found) as u64,
         precise: group.iter().all(|c| c.precise),
+        goroutines: group.iter().filter_map(|c| c.root.goroutine.as_ref().map(|g| g.0)).collect::<HashSet<_>>().len() as u64,
+        diagnosis: None,
     })
 }
 
@@ -436,7 +543,10 @@ mod tests {
     fn chain(root: &str, hops: &[(u64, u64, u64)]) -> Chain {
         Chain {
             root: Root { kind: "global", name: root.into(), type_name: None, goroutine: None },
-            hops: hops.iter().map(|&(offset, size, base)| Hop { offset, size, base, via: Some(format!("[{}]", offset / 8)), type_name: None }).collect(),
+            hops: hops
+                .iter()
+                .map(|&(offset, size, base)| Hop { offset, size, base, via: Some(format!("[{}]", offset / 8)), type_name: None, slice: None, map_len: None })
+                .collect(),
             precise: true,
         }
     }
@@ -458,5 +568,48 @@ mod tests {
         assert_eq!(any_index("[3].slots[15].elem"), "[…].slots[…].elem");
         assert_eq!(held.hops.iter().map(|h| h.size).collect::<Vec<_>>(), [4096, 48]);
         assert_eq!(held_by(&[0x1], &chains, |_, _| None), None, "no chain, no answer");
+    }
+
+    fn held(hops: Vec<HopRow>, goroutine: Option<(u64, String)>, goroutines: u64) -> HeldBy {
+        let kind = if goroutine.is_some() { "goroutine" } else { "global" };
+        HeldBy {
+            root: Root { kind, name: "main.x".into(), type_name: None, goroutine },
+            hops,
+            objects: 1,
+            searched: 1,
+            unreached: 0,
+            precise: true,
+            goroutines,
+            diagnosis: None,
+        }
+    }
+
+    fn hop(size: u64, slice: Option<(u64, u64)>, map_len: Option<u64>) -> HopRow {
+        let slice = slice.map(|(len_bytes, cap_bytes)| SliceView { len_bytes, cap_bytes });
+        HopRow { offset: 0, offset_varies: false, via: Some(String::new()), size, type_name: None, slice, map_len }
+    }
+
+    fn diagnosis(mut h: HeldBy, bytes: u64, map_storage: bool) -> Option<&'static str> {
+        h.diagnose(bytes, map_storage);
+        h.diagnosis.map(|d| d.kind)
+    }
+
+    #[test]
+    fn diagnoses_name_the_pattern_only_where_it_applies() {
+        let sub = |len| held(vec![hop(1 << 20, Some((len, 1 << 20)), None)], None, 0);
+        assert_eq!(diagnosis(sub(16), 5 << 20, false), Some("sub_slice"));
+        assert_eq!(diagnosis(sub(1 << 19), 5 << 20, false), None, "half the array in use");
+        let small = held(vec![hop(4096, Some((16, 4096)), None)], None, 0);
+        assert_eq!(diagnosis(small, 4096, false), None, "too small to matter");
+
+        let map = || held(vec![hop(48, None, Some(10)), hop(18 << 10, None, None)], None, 0);
+        assert_eq!(diagnosis(map(), 272 << 10, true), Some("map_kept_storage"));
+        assert_eq!(diagnosis(map(), 272 << 10, false), None, "the values a map holds are not its storage");
+        assert_eq!(diagnosis(map(), 8 << 10, true), None);
+
+        let parked = |state: &str, n| held(vec![hop(1024, None, None)], Some((7, state.into())), n);
+        assert_eq!(diagnosis(parked("chan receive", 5), 5 << 10, false), Some("goroutine_leak"));
+        assert_eq!(diagnosis(parked("chan receive", 1), 1 << 10, false), None, "one goroutine is not a pattern");
+        assert_eq!(diagnosis(parked("running", 5), 5 << 10, false), None);
     }
 }

@@ -18,6 +18,8 @@ pub struct PointerSlot {
     /// A Swiss map's `dirPtr` points at one group instead of a directory while the map is small (`dirLen` is 0,
     /// `internal/runtime/maps/map.go@go1.27.3:194-214`): the offset of `dirLen` in the value, and the group type.
     pub small_map: Option<(u64, TypeId)>,
+    /// A slice's data pointer: its length and capacity (in elements) are the next two words.
+    pub slice_data: bool,
 }
 
 /// The pointer words of one value of a type.
@@ -64,8 +66,8 @@ fn flatten(graph: &TypeGraph, id: TypeId, at: u64, path: &mut String, out: &mut 
     let resolved = graph.resolve(id);
     match graph.shape(resolved) {
         Shape::Plain | Shape::Typedef(_) => {}
-        Shape::Pointer { to } => out.push(PointerSlot { offset: at, to: *to, path: path.clone(), small_map: None }),
-        Shape::Func => out.push(PointerSlot { offset: at, to: None, path: path.clone(), small_map: None }),
+        Shape::Pointer { to } => out.push(PointerSlot { offset: at, to: *to, path: path.clone(), small_map: None, slice_data: false }),
+        Shape::Func => out.push(PointerSlot { offset: at, to: None, path: path.clone(), small_map: None, slice_data: false }),
         Shape::Struct { fields } => {
             let Some(t) = graph.get(resolved) else { return true };
             // A slice's or string's data pointer, an interface's words: named by the field that holds them.
@@ -79,8 +81,12 @@ fn flatten(graph: &TypeGraph, id: TypeId, at: u64, path: &mut String, out: &mut 
                 }
                 let before = out.len();
                 let ok = flatten(graph, f.ty, at + f.offset, path, out);
-                if f.name == "dirPtr" && out.len() == before + 1 {
-                    out[before].small_map = small_map;
+                // A field that is one pointer word: a map header's directory, a slice's data.
+                if out.len() == before + 1 {
+                    if f.name == "dirPtr" && small_map.is_some() {
+                        out[before].small_map = small_map;
+                    }
+                    out[before].slice_data |= t.kind == KIND_SLICE && f.name == "array";
                 }
                 path.truncate(len);
                 if !ok {
@@ -168,7 +174,8 @@ pub(crate) mod tests {
         let names: Vec<(u64, &str, Option<TypeId>)> = tenant.slots.iter().map(|s| (s.offset, s.path.as_str(), s.to)).collect();
         assert_eq!(names, [(0, ".Name", Some(1)), (16, ".Account", Some(7))], "a string's data pointer is named by its field");
         let profile = slots.of(5).unwrap();
-        assert_eq!((profile.slots[0].offset, profile.slots[0].path.as_str()), (8, ".Avatar"));
+        assert_eq!((profile.slots[0].offset, profile.slots[0].path.as_str(), profile.slots[0].slice_data), (8, ".Avatar", true));
+        assert!(!tenant.slots[0].slice_data, "a string's length is not a slice's");
         let array = slots.of(11).unwrap();
         assert_eq!(array.slots.iter().map(|s| s.path.as_str()).collect::<Vec<_>>(), ["[0]", "[1]", "[2]", "[3]"]);
         assert!(slots.of(0).unwrap().slots.is_empty(), "an int has no pointers");
