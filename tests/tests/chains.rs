@@ -4,7 +4,7 @@
 //! the leaked goroutines (go-targets/holders/TRUTH.md); the map's chains are typed from the global's DWARF type,
 //! each step named by its Go path. Stripped binaries get no chains, and the report says why.
 
-use e2e::{target_path, trace_until_done, trace_until_done_as, Target};
+use e2e::{target_path, trace_until_done, trace_until_done_as, trace_until_done_with, Target};
 use serde_json::Value;
 
 fn check(go: &str, stripped: bool) {
@@ -13,13 +13,15 @@ fn check(go: &str, stripped: bool) {
     assert!(done.contains("sessions=100"), "{done}");
     let chains = &report["chains"];
     assert!(chains["precision"].as_str().unwrap().starts_with("typed where DWARF"), "{chains:#}");
-    assert_eq!(chains["target_stopped"], false, "{chains:#}");
     if stripped {
         let why = chains["unavailable"].as_str().unwrap_or_default();
         assert!(why.contains("symbol table"), "stripped: chains unavailable, and why: {chains:#}");
         return;
     }
     assert!(chains["unavailable"].is_null(), "{chains:#}");
+    // The default --max-pause (10 ms) stops the target for the walk, which this small heap fits in.
+    assert_eq!((chains["max_pause_seconds"].as_f64(), &chains["walk_within_pause"]), (Some(0.01), &Value::from(true)), "{chains:#}");
+    assert!(chains["paused_seconds"].as_f64().unwrap() > 0.0 && chains.get("pause_failed").is_none(), "{chains:#}");
     let retained_at = |function: &str| -> Vec<&Value> {
         report["retained"].as_array().unwrap().iter().filter(|r| r["stack"][0]["function"] == function).collect()
     };
@@ -67,6 +69,18 @@ fn check(go: &str, stripped: bool) {
 }
 
 e2e::go_matrix!(super::check);
+
+/// `--max-pause 0`: the target is never stopped (no thread seized), and the chains are still found, against the
+/// running program.
+fn never_stopped(go: &str) {
+    let (done, report) = trace_until_done_with(Target::start(&target_path(go, "holders"), &[]), &["--max-pause", "0"]);
+    assert!(done.contains("sessions=100"), "{done}");
+    let chains = &report["chains"];
+    assert_eq!((chains["paused_seconds"].as_f64(), &chains["walk_within_pause"]), (Some(0.0), &Value::from(false)), "{chains:#}");
+    let rows = report["retained"].as_array().unwrap();
+    let held: Vec<&Value> = rows.iter().filter(|r| r["stack"][0]["function"] == "main.openSessions").map(|r| &r["held_by"]).collect();
+    assert!(!held.is_empty() && held.iter().all(|h| h["root"]["name"] == "main.sessions"), "{held:#?}");
+}
 
 /// Go's own pprof (from Debian's Go 1.19, which `./x` installs) reads the profile.
 const GO: &str = "/usr/lib/go-1.19/bin/go";
@@ -120,5 +134,6 @@ macro_rules! issue_versions {
     };
 }
 
+issue_versions!(never_stopped);
 issue_versions!(pprof);
 issue_versions!(dot);

@@ -25,10 +25,14 @@ when stderr is not a terminal). At the end, stdout gets three sections:
                     after the frame that created them returned: retained, live (in use) and
                     allocated counts and bytes, cycles survived, live count cycle by cycle and
                     whether it grows. Cycle numbers are the target's own (GODEBUG=gctrace=1).
-                    Held by: what keeps them alive, a chain from a package-level variable
-                    through the heap (offsets, sizes, types where maptrace saw the allocation),
-                    found by walking the live target's heap at the end without stopping it;
-                    needs a binary with symbols and DWARF. --no-chains skips the walk.
+                    Held by: what keeps them alive, a chain from a package-level variable or a
+                    goroutine's stack through the heap, each step named by its Go path where
+                    DWARF types it (main.tenants → […] → .Account → .Profile → .Avatar), with
+                    a diagnosis where a known pattern applies (a short sub-slice of a large
+                    array, a map that kept its storage after deletes, a goroutine leak).
+                    Found by walking the live target's heap at the end, the target stopped
+                    for at most --max-pause; needs a binary with symbols and DWARF.
+                    --no-chains skips the walk.
   Finalizers        finalizers and (Go 1.24+) cleanups: registered, queued, started, pending;
                     the goroutines that run them; each group that never ran after K cycles,
                     and why: still reachable, reachable from its own finalizer or cleanup (it
@@ -112,6 +116,13 @@ pub struct Cli {
     /// "held by" lines).
     #[arg(long)]
     pub no_chains: bool,
+
+    /// Longest the target may be stopped for the heap walk behind "held by" (its threads are
+    /// interrupted with ptrace, no signal sent). A walk that takes longer finishes with the target
+    /// running again: chains may then be stale where the program moved pointers meanwhile. 0
+    /// never stops the target.
+    #[arg(long, value_name = "DURATION", default_value = "10ms", value_parser = parse_duration)]
+    pub max_pause: Duration,
 
     #[command(flatten)]
     pub sampling: SamplingArgs,

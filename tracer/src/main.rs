@@ -34,7 +34,7 @@ fn main() {
         duration: cli.duration,
         live: !cli.no_live && stderr_is_terminal(),
         top: if format == Format::Text { cli.top } else { usize::MAX },
-        session: SessionOptions { retain_cycles: cli.cycles, mode: cli.mode, sampling: cli.sampling.options(), chains: !cli.no_chains },
+        session: SessionOptions { retain_cycles: cli.cycles, mode: cli.mode, sampling: cli.sampling.options(), chains: (!cli.no_chains).then_some(cli.max_pause) },
         record: cli.record,
     };
     let result = tokio::runtime::Builder::new_current_thread()
@@ -78,7 +78,7 @@ fn run_agent(args: AgentArgs) -> ! {
         exclude: args.exclude,
         scan_every: args.scan_every,
         top_sites: args.top_sites,
-        session: SessionOptions { retain_cycles: args.cycles, mode: args.mode, sampling: args.sampling.options(), chains: false },
+        session: SessionOptions { retain_cycles: args.cycles, mode: args.mode, sampling: args.sampling.options(), chains: None },
         log_json: args.log_format == LogFormat::Json,
     };
     let result = tokio::runtime::Builder::new_multi_thread()

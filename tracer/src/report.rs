@@ -52,9 +52,15 @@ pub struct ChainSearch {
     /// stacks, closures, untyped objects: any word that points into an allocated heap slot). `typed_objects` in
     /// the walk counts the former; each `held_by` says whether its chain is `precise`.
     pub precision: &'static str,
-    /// Whether the target was stopped for the walk (never, so far: chains may be stale where the program moved
-    /// pointers meanwhile).
-    pub target_stopped: bool,
+    /// The budget the target could be stopped for (`--max-pause`; 0: never stopped), how long it was stopped,
+    /// and whether the walk ended within it (else the rest of the walk ran against the running program, and
+    /// chains may be stale where it moved pointers meanwhile).
+    pub max_pause_seconds: f64,
+    pub paused_seconds: f64,
+    pub walk_within_pause: bool,
+    /// Why the target could not be stopped (another tracer holds it), when it could not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pause_failed: Option<String>,
     /// Why there are no chains, when there are none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unavailable: Option<String>,
@@ -299,14 +305,15 @@ impl Report {
                 Some(why) => writeln!(w, "(no reference chains: {why})")?,
                 None => writeln!(
                     w,
-                    "(held by: chains from {} ({} searched), {} objects ({} typed, the rest conservatively) / {} scanned in {:.2} s{}, target not stopped)",
+                    "(held by: chains from {} ({} searched), {} objects ({} typed, the rest conservatively) / {} scanned in {:.3} s{}, {})",
                     c.roots,
                     c.walk.roots,
                     c.walk.objects_scanned,
                     c.walk.typed_objects,
                     human_bytes(c.walk.bytes_scanned),
                     c.walk.seconds,
-                    if c.walk.cut_short { ", cut short by the walk's limits" } else { "" }
+                    if c.walk.cut_short { ", cut short by the walk's limits" } else { "" },
+                    pause_text(c)
                 )?,
             }
         }
@@ -318,6 +325,17 @@ impl Report {
             )?;
         }
         Ok(())
+    }
+}
+
+/// How long the walk stopped the target: `target stopped 1.2 ms`, `target not stopped (--max-pause 0)`.
+fn pause_text(c: &ChainSearch) -> String {
+    let ms = c.paused_seconds * 1e3;
+    match &c.pause_failed {
+        Some(why) => format!("target not stopped: {why}"),
+        None if c.max_pause_seconds == 0.0 => "target not stopped (--max-pause 0)".into(),
+        None if c.walk_within_pause => format!("target stopped {ms:.1} ms"),
+        None => format!("target stopped {ms:.1} ms (all of --max-pause), then walked running"),
     }
 }
 

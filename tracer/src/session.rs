@@ -21,7 +21,7 @@ use crate::{
     process::Process,
     recording::{Recorder, Recording},
     correlate::{goroutine_status, gstatus, status_text},
-    heap::{self, WalkLimits, WalkStats},
+    heap::{self, HeapAccess, Pause, WalkLimits, WalkStats},
     report::{ChainSearch, ProbeInfo, Report, TargetInfo},
     retention::RetainedRow,
     sampling::{Mode, SampleRate, SampleRates, SamplingInfo, SamplingOptions, SCALING},
@@ -132,8 +132,9 @@ pub struct SessionOptions {
     pub mode: Mode,
     /// Sampled mode only.
     pub sampling: SamplingOptions,
-    /// Walk the heap for reference chains to the retained objects when reporting on a live target.
-    pub chains: bool,
+    /// Walk the heap for reference chains to the retained objects when reporting on a live target, stopping
+    /// it for at most this long (zero: never); None: no walk.
+    pub chains: Option<Duration>,
 }
 
 /// An attached target.
@@ -153,7 +154,7 @@ pub struct Session {
     load_bias: u64,
     /// Sampled mode: the target's sample rate.
     rate: Option<SampleRate>,
-    chains: bool,
+    chains: Option<Duration>,
     pub started: Instant,
 }
 
@@ -300,7 +301,7 @@ impl Session {
         let exited = ended_by == "target exited";
         let now = monotonic_ns();
         let mut retained = self.state.retained(&mut self.names, exited, now);
-        let chains = (self.chains && !exited && !retained.is_empty()).then(|| self.search_chains(&mut retained));
+        let chains = self.chains.filter(|_| !exited && !retained.is_empty()).map(|max_pause| self.search_chains(&mut retained, max_pause));
         let memory = self.memory();
         Report {
             maptrace_version: env!("CARGO_PKG_VERSION"),
@@ -333,11 +334,14 @@ impl Session {
 
     /// Walks the live target's heap from its roots to the retained rows' objects and fills in each row's
     /// `held_by`.
-    fn search_chains(&mut self, rows: &mut [RetainedRow]) -> ChainSearch {
+    fn search_chains(&mut self, rows: &mut [RetainedRow], max_pause: Duration) -> ChainSearch {
         let mut search = ChainSearch {
             roots: "package-level variables and goroutine stacks",
             precision: "typed where DWARF describes the value, conservative elsewhere",
-            target_stopped: false,
+            max_pause_seconds: max_pause.as_secs_f64(),
+            paused_seconds: 0.0,
+            walk_within_pause: false,
+            pause_failed: None,
             unavailable: None,
             walk: WalkStats::default(),
         };
@@ -353,6 +357,9 @@ impl Session {
         let memory = &*self.process;
         let runtime = self.binary.layout();
         let bias = self.load_bias;
+        // Stopped before the goroutines' stacks are read: their frames then match the heap the walk sees.
+        let mut pause = Pause::new(self.process.pid, max_pause);
+        pause.stop();
         let mut roots = heap::global_roots(&model.globals, bias);
         roots.extend(heap::goroutine_roots(
             memory,
@@ -373,7 +380,12 @@ impl Session {
             let (addr, name) = state.allocation_in(base, size, names)?;
             Some((heap::type_named(&model.types, &name)?, addr.saturating_sub(base)))
         };
-        let (chains, walk) = heap::find_chains(memory, &model, &roots, bias, &targets, hint, WalkLimits::default());
+        let access = HeapAccess { memory, model: &model, load_bias: bias };
+        let (chains, walk) = heap::find_chains(access, &roots, &targets, hint, WalkLimits::default(), &mut pause);
+        search.walk_within_pause = pause.is_stopped();
+        pause.resume();
+        search.paused_seconds = pause.paused.as_secs_f64();
+        search.pause_failed = pause.failed.take();
         for r in rows.iter_mut() {
             if let Some(objs) = objects.get(&r.site) {
                 r.held_by = heap::held_by(objs, &chains, |base, size| Some(self.state.allocation_in(base, size, &mut self.names)?.1));

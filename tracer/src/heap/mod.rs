@@ -9,6 +9,7 @@
 //! shortest one from the first kind of root that reaches the object (globals before stacks).
 
 mod index;
+mod pause;
 mod roots;
 mod typed;
 
@@ -21,6 +22,7 @@ use crate::gotype::Memory;
 use crate::target::{HeapModel, TypeGraph, TypeId};
 use index::HeapIndex;
 use typed::Slots;
+pub use pause::Pause;
 pub use roots::{global_roots, goroutine_roots, RootRegion};
 
 /// How far one walk may go. Beyond it the walk stops and says it was cut short.
@@ -219,11 +221,13 @@ impl Walk<'_, '_, '_> {
 
     /// Scans the queued objects, breadth first, until every target is reached, the heap is exhausted or the
     /// limits stop it.
-    fn drain(&mut self, memory: &dyn Memory, buf: &mut Vec<u8>, stats: &mut WalkStats, limits: &WalkLimits, started: Instant) {
+    fn drain(&mut self, buf: &mut Vec<u8>, stats: &mut WalkStats, limits: &WalkLimits, pause: &mut Pause, started: Instant) {
+        let memory = self.memory;
         while let Some(base) = self.queue.pop_front() {
             if self.remaining.is_empty() {
                 return;
             }
+            pause.check();
             let Some(r) = self.reached.get(&base) else { continue };
             let (size, typing) = (r.size, r.typing);
             stats.objects_scanned += 1;
@@ -313,20 +317,29 @@ impl Walk<'_, '_, '_> {
     }
 }
 
+/// The target's heap as a walk reads it: its memory, and the binary's heap model (whose addresses are link-time:
+/// `load_bias` turns them into the process's).
+#[derive(Clone, Copy)]
+pub struct HeapAccess<'a> {
+    pub memory: &'a dyn Memory,
+    pub model: &'a HeapModel,
+    pub load_bias: u64,
+}
+
 /// Finds a chain from the roots to each of `targets` (heap object addresses; an address inside an object counts
-/// for the object): the shortest from the first kind of root in `roots` that reaches it. `load_bias` applies to
-/// the heap layout's addresses; the model's types type the roots' values and the objects they point to, and `hint` the
-/// objects reached untyped (from the type maptrace saw them allocated with).
+/// for the object): the shortest from the first kind of root in `roots` that reaches it. The model's types type
+/// the roots' values and the objects they point to, and `hint` the objects reached untyped (from the type
+/// maptrace saw them allocated with). `pause` resumes the target, if stopped, once its budget is spent.
 pub fn find_chains(
-    memory: &dyn Memory,
-    model: &HeapModel,
+    heap: HeapAccess,
     roots: &[RootRegion],
-    load_bias: u64,
     targets: &HashSet<u64>,
     mut hint: impl FnMut(u64, u64) -> Option<(TypeId, u64)>,
     limits: WalkLimits,
+    pause: &mut Pause,
 ) -> (HashMap<u64, Chain>, WalkStats) {
     let started = Instant::now();
+    let HeapAccess { memory, model, load_bias } = heap;
     let types = &model.types;
     let mut heap = HeapIndex::new(memory, &model.layout, load_bias);
     let bases: HashMap<u64, u64> = targets.iter().filter_map(|&t| Some((t, heap.object_containing(t)?.base))).collect();
@@ -356,7 +369,7 @@ pub fn find_chains(
                 walk.scan(Parent::Root(i), &buf, 0, typing);
             }
         }
-        walk.drain(memory, &mut buf, &mut stats, &limits, started);
+        walk.drain(&mut buf, &mut stats, &limits, pause, started);
         from = to;
     }
     let chains = bases
