@@ -114,6 +114,16 @@ fn dot(go: &str) {
     }
 }
 
+/// `--format flamegraph`: librsvg (Debian's librsvg2-bin, which `./x` installs) renders the SVG, whose frames
+/// are the chains.
+fn flamegraph(go: &str) {
+    // The file is `$0` of the shell: rendered (to a PNG thrown away: it must parse and draw), then printed.
+    let svg = rendered(go, "flamegraph", "sh", &["-c", r#"rsvg-convert "$0" >/dev/null && cat "$0""#]);
+    for want in ["<svg", "main.sessions (map[int]*main.Session)", "32 B main.Session", "(at .Buf)", "main.startWorker.func1"] {
+        assert!(svg.contains(want), "{want:?} in the SVG:\n{svg}");
+    }
+}
+
 /// A test module of `check`'s name, with one test per Go version issue 4 names (1.21, 1.24, 1.27).
 macro_rules! issue_versions {
     ($check:ident) => {
@@ -137,3 +147,4 @@ macro_rules! issue_versions {
 issue_versions!(never_stopped);
 issue_versions!(pprof);
 issue_versions!(dot);
+issue_versions!(flamegraph);

@@ -82,8 +82,9 @@ pub struct Cli {
 
     /// The final report: text (tables), json (one document), pprof (a gzip'd profile of the
     /// retained rows, valued in objects and bytes, whose stacks are what holds them, or their
-    /// allocation stacks: `go tool pprof -top FILE`; needs --output or a redirected stdout), or dot
-    /// (what holds them as a Graphviz graph: `dot -Tsvg FILE`).
+    /// allocation stacks: `go tool pprof -top FILE`; needs --output or a redirected stdout), dot
+    /// (what holds them as a Graphviz graph: `dot -Tsvg FILE`), or flamegraph (an SVG flame graph
+    /// of the retained bytes, each row's tower rising from what holds it: open it in a browser).
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
 
@@ -221,6 +222,7 @@ pub enum Format {
     Json,
     Pprof,
     Dot,
+    Flamegraph,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -53,6 +53,7 @@ fn main() {
                 Format::Json => report.write_json(&mut out),
                 Format::Pprof => report.write_pprof(&mut out),
                 Format::Dot => report.write_dot(&mut out),
+                Format::Flamegraph => report.write_flamegraph(&mut out),
             }
             .and_then(|()| out.flush());
             drop(out);

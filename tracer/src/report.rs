@@ -1,6 +1,7 @@
 //! The final report: what was traced, and the allocation-site table, as text or one JSON document.
 
 mod dot;
+mod flamegraph;
 mod pprof;
 
 use std::io::{self, Write};
@@ -325,6 +326,28 @@ impl Report {
             )?;
         }
         Ok(())
+    }
+}
+
+/// A frame of a retained row's "stack" as the profile outputs draw it.
+struct HolderFrame<'r> {
+    name: String,
+    file: &'r str,
+    line: u32,
+}
+
+/// What holds a retained row, outermost first: the chain's root, then each hop's object (`32 B main.Session (at
+/// .Buf)`) when the walk found a chain; else its allocation stack, outermost caller first.
+fn holder_frames(r: &RetainedRow) -> Vec<HolderFrame<'_>> {
+    match &r.held_by {
+        Some(h) => std::iter::once(HolderFrame { name: h.root.describe(), file: "", line: 0 })
+            .chain(h.hops.iter().map(|hop| {
+                let (object, at) = (hop_object(hop), hop_offset(hop));
+                let name = if at.is_empty() { object } else { format!("{object} (at {at})") };
+                HolderFrame { name, file: "", line: 0 }
+            }))
+            .collect(),
+        None => r.stack.iter().rev().map(|f| HolderFrame { name: f.function.clone(), file: &f.file, line: f.line }).collect(),
     }
 }
 

@@ -135,23 +135,8 @@ impl Report {
         let (site_key, kind_key) = (b.string("site"), b.string("kind"));
         for r in &self.retained {
             let site = r.stack.first().map_or("(runtime)", |f| f.function.as_str()).to_string();
-            let mut stack = Vec::new();
-            match &r.held_by {
-                Some(h) => {
-                    // Leaf first: the retained object, the hops back up, then the root.
-                    for hop in h.hops.iter().rev() {
-                        let (object, at) = (super::hop_object(hop), super::hop_offset(hop));
-                        let name = if at.is_empty() { object } else { format!("{object} (at {at})") };
-                        stack.push(b.location(&name, "", 0));
-                    }
-                    stack.push(b.location(&h.root.describe(), "", 0));
-                }
-                None => {
-                    for f in &r.stack {
-                        stack.push(b.location(&f.function, &f.file, i64::from(f.line)));
-                    }
-                }
-            }
+            // Leaf first: the retained object, the hops back up, then the root.
+            let stack = super::holder_frames(r).iter().rev().map(|f| b.location(&f.name, f.file, i64::from(f.line))).collect();
             let label = vec![
                 Label { key: site_key, str: b.string(&site) },
                 Label { key: kind_key, str: b.string(r.kind.as_str()) },
