@@ -308,7 +308,7 @@ impl Report {
                     w,
                     "(held by: chains from {} ({} searched), {} objects ({} typed, the rest conservatively) / {} scanned in {:.3} s{}, {})",
                     c.roots,
-                    c.walk.roots,
+                    c.walk.roots_searched,
                     c.walk.objects_scanned,
                     c.walk.typed_objects,
                     human_bytes(c.walk.bytes_scanned),

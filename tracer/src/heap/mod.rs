@@ -107,7 +107,8 @@ pub struct Chain {
 /// What one walk found and what it cost.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct WalkStats {
-    pub roots: usize,
+    /// Root regions: variables, and goroutine stack frames.
+    pub roots_searched: usize,
     pub objects_scanned: u64,
     pub bytes_scanned: u64,
     /// Objects read as values of a known type (only their pointer words followed); the others were scanned
@@ -352,7 +353,7 @@ pub fn find_chains(
         queue: VecDeque::new(),
         remaining: bases.values().copied().collect(),
     };
-    let mut stats = WalkStats { roots: roots.len(), ..WalkStats::default() };
+    let mut stats = WalkStats { roots_searched: roots.len(), ..WalkStats::default() };
     let mut buf = Vec::new();
     // Roots of one kind at a time, each kind's reach walked out before the next kind starts: an object a global
     // reaches is reported held by the global, however short a path from some stack slot (conservatively scanned
