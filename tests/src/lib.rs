@@ -7,7 +7,7 @@ use std::{
     io::{BufRead, BufReader, Read, Write},
     path::PathBuf,
     process::{Child, ChildStderr, ChildStdin, ChildStdout, Command, ExitStatus, Stdio},
-    sync::mpsc,
+    sync::{mpsc, OnceLock},
     thread,
     time::Duration,
 };
@@ -202,10 +202,28 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// The JSON report maptrace printed, checked against docs/report.schema.json.
     pub fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("maptrace's stdout is not JSON ({e}):\n{}\nstderr: {:#?}", self.stdout, self.stderr))
+        let report: Value = serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("maptrace's stdout is not JSON ({e}):\n{}\nstderr: {:#?}", self.stdout, self.stderr));
+        check_report_schema(&report);
+        report
     }
+}
+
+/// docs/report.schema.json, compiled once.
+fn report_schema() -> &'static jsonschema::Validator {
+    static SCHEMA: OnceLock<jsonschema::Validator> = OnceLock::new();
+    SCHEMA.get_or_init(|| {
+        let schema: Value = serde_json::from_str(include_str!("../../docs/report.schema.json")).expect("docs/report.schema.json is JSON");
+        jsonschema::draft202012::new(&schema).unwrap_or_else(|e| panic!("docs/report.schema.json is not a 2020-12 schema: {e}"))
+    })
+}
+
+/// Panics with every way `report` breaks docs/report.schema.json, and the report.
+pub fn check_report_schema(report: &Value) {
+    let errors: Vec<String> = report_schema().iter_errors(report).map(|e| format!("  {}: {e}", e.instance_path())).collect();
+    assert!(errors.is_empty(), "maptrace's JSON report breaks docs/report.schema.json:\n{}\nthe report: {report:#}", errors.join("\n"));
 }
 
 impl Maptrace {

@@ -41,6 +41,30 @@ fn row(report: &Value, kind: &str, reason: &str, object_type: &str, function: &s
     r["count"].as_u64().unwrap()
 }
 
+/// What holds the objects of the never-ran group of `kind` for `reason` at `site` (the heap walk's chain):
+/// the root's kind and name, and the objects found held by it; the chain must reach every object searched.
+fn holder(report: &Value, kind: &str, reason: &str, site: &str) -> (String, String, u64) {
+    let rows = report["finalizers"]["never_ran"].as_array().expect("never_ran array");
+    let r = rows.iter().find(|r| r["kind"] == kind && r["reason"] == reason && r["registered_at"][0]["function"] == site).expect("the group");
+    let h = &r["held_by"];
+    assert_eq!(h["unreached"], 0, "{r:#}");
+    let root = |k: &str| h["root"][k].as_str().unwrap_or_else(|| panic!("held_by.root.{k}: {r:#}")).to_string();
+    (root("kind"), root("name"), h["objects"].as_u64().unwrap())
+}
+
+/// Held by the package-level variable `want` (all N objects). Without DWARF the variable has no name (the
+/// report gives its section and address) and the walk is conservative from the first word of bss: a runtime
+/// variable whose buffers keep a stale pointer into the map can come first, for some of the objects.
+fn assert_global(kind: &str, name: &str, objects: u64, want: &str, stripped: bool) {
+    assert_eq!(kind, "global");
+    if stripped {
+        assert!(name.starts_with("bss 0x") || name.starts_with("data 0x"), "{name}");
+        assert!(objects >= 1, "{objects}");
+    } else {
+        assert_eq!((name, objects), (want, N));
+    }
+}
+
 /// The one goroutine seen running a `kind` (finalizer or cleanup) last.
 fn runner<'a>(f: &'a Value, kind: &str) -> &'a Value {
     let found: Vec<&Value> = f["runners"].as_array().expect("runners array").iter().filter(|r| r["last_started_kind"] == kind).collect();
@@ -66,6 +90,11 @@ fn check_mode(go: &str, stripped: bool, mode: Mode) {
     assert_eq!(fin("still_reachable", "main.Resource", "main.finalize", "main.openHeld"), N);
     assert_eq!(fin("reachable_from_own_finalizer", "main.Resource", "main.openCycles.func1", "main.openCycles"), N);
     assert_eq!(fin("queued_behind_blocked_finalizer", "main.Resource", "main.finalize", "main.dropFinalized"), N);
+    // What holds them: the global map, and each resource's own finalizer closure.
+    let (kind, name, objects) = holder(&report, "finalizer", "still_reachable", "main.openHeld");
+    assert_global(&kind, &name, objects, "main.registry", stripped);
+    let held = holder(&report, "finalizer", "reachable_from_own_finalizer", "main.openCycles");
+    assert_eq!(held, ("finalizer".into(), "main.openCycles.func1".into(), N));
     // TRUTH.md: a tiny value can rarely land in a block of its own (the goroutine changed P, or the
     // allocation cache was flushed, between it and its kept neighbour); that block dies and its
     // finalizer is queued, here behind the blocked one. Every tiny finalizer is one or the other.
@@ -128,6 +157,12 @@ fn check_cleanups_mode(go: &str, stripped: bool, mode: Mode) {
     }
     assert_eq!(cleanup("queued_behind_blocked_finalizer", "main.cleanupDone", "main.dropCleaned"), N);
     assert_eq!(f["never_ran"].as_array().unwrap().len(), 3, "nothing else: {f:#}");
+    // What holds them: the global map; the cleanup's closure, through the owner it captured.
+    let (kind, name, objects) = holder(&report, "cleanup", "still_reachable", "main.openHeldCleanups");
+    assert_global(&kind, &name, objects, "main.registry", stripped);
+    let cycle = if mode == Mode::Full { "reachable_from_own_finalizer" } else { "still_reachable" };
+    let held = holder(&report, "cleanup", cycle, "main.openCycleCleanups");
+    assert_eq!(held, ("cleanup".into(), "main.openCycleCleanups.func1".into(), N));
     let cleaner = runner(f, "cleanup");
     // Go 1.24 runs cleanups on the finalizer goroutine, later releases on goroutines of their own.
     assert_eq!(cleaner["runs"], if go.starts_with("1.24") { "finalizers and cleanups" } else { "cleanups" }, "{f:#}");

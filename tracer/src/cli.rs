@@ -25,19 +25,21 @@ when stderr is not a terminal). At the end, stdout gets three sections:
                     after the frame that created them returned: retained, live (in use) and
                     allocated counts and bytes, cycles survived, live count cycle by cycle and
                     whether it grows. Cycle numbers are the target's own (GODEBUG=gctrace=1).
-                    Held by: what keeps them alive, a chain from a package-level variable or a
-                    goroutine's stack through the heap, each step named by its Go path where
-                    DWARF types it (main.tenants → […] → .Account → .Profile → .Avatar), with
-                    a diagnosis where a known pattern applies (a short sub-slice of a large
-                    array, a map that kept its storage after deletes, a goroutine leak).
-                    Found by walking the live target's heap at the end, the target stopped
-                    for at most --max-pause; needs a binary with symbols and DWARF.
+                    Held by: what keeps them alive, a chain from a package-level variable, a
+                    goroutine's stack frame (its variable named) or a finalizer's closure
+                    through the heap, each step named by its Go path where DWARF types it
+                    (main.tenants → […] → .Account → .Profile → .Avatar), with a diagnosis
+                    where a known pattern applies (a short sub-slice of a large array, a map
+                    that kept its storage after deletes, a goroutine leak). Found by walking
+                    the live target's heap at the end, the target stopped for at most
+                    --max-pause; a stripped binary gets chains by address and offset.
                     --no-chains skips the walk.
   Finalizers        finalizers and (Go 1.24+) cleanups: registered, queued, started, pending;
                     the goroutines that run them; each group that never ran after K cycles,
                     and why: still reachable, reachable from its own finalizer or cleanup (it
                     can never run), queued behind a blocked one (named, with its wait reason),
-                    or sharing a tiny-allocator block with live values.
+                    or sharing a tiny-allocator block with live values; for the reachable
+                    ones, the chain that holds them.
 
 Modes (--mode): full (the default here) traps every allocation of the target into the kernel:
 exact counts, types and slice/map kinds, at microseconds per allocation; use it for

@@ -408,12 +408,19 @@ impl Correlator {
                 age_cycles: last.saturating_sub(r.cycle),
                 age_seconds: seconds_since(r.time_ns),
                 registered_at: site.iter().map(|&pc| frame_row(pc, names)).collect(),
+                held_by: None,
+                objects: Vec::new(),
             });
-            row.count += 1;
+            row.add(r.what.object);
         }
         let mut never_ran: Vec<NeverRanRow> = groups.into_values().collect();
         never_ran.sort_by_key(|r| (r.kind, r.reason, std::cmp::Reverse(r.count)));
         FinalizerSection { counts: f.counts, pending: f.not_run().len() as u64, never_ran, runners }
+    }
+
+    /// The closures of the finalizers and cleanups registered and not started: (mechanism, `*funcval`).
+    pub fn unrun_closures(&self) -> Vec<(Mechanism, u64)> {
+        self.finalizers.not_run().iter().map(|r| (r.what.mechanism, r.what.function)).filter(|&(_, f)| f != 0).collect()
     }
 
     /// Up to `per_site` retained objects of each site (their main block: a map's header, not its storage).

@@ -428,6 +428,32 @@ pub struct NeverRanRow {
     pub age_seconds: f64,
     /// Where `SetFinalizer` or `AddCleanup` was called, site first.
     pub registered_at: Vec<crate::sites::FrameRow>,
+    /// What keeps the objects reachable (reasons still_reachable and reachable_from_own_finalizer), when the
+    /// heap walk found it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub held_by: Option<crate::heap::HeldBy>,
+    /// Some of the objects, for the heap walk.
+    #[serde(skip)]
+    pub objects: Vec<u64>,
+}
+
+/// Objects per never-ran group whose chains are searched.
+const OBJECTS_PER_GROUP: usize = 64;
+
+impl NeverRanRow {
+    /// Counts one more registration of the group, `object` its object.
+    pub fn add(&mut self, object: u64) {
+        self.count += 1;
+        if self.objects.len() < OBJECTS_PER_GROUP {
+            self.objects.push(object);
+        }
+    }
+
+    /// Whether what holds the objects explains the finding: they are reachable, from the program or from
+    /// their own finalizer.
+    pub fn wants_chain(&self) -> bool {
+        matches!(self.reason, NeverRan::StillReachable | NeverRan::ReachableFromOwnFinalizer)
+    }
 }
 
 /// A goroutine that runs finalizers or cleanups, as of the last one it was seen starting.

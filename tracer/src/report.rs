@@ -252,6 +252,9 @@ impl Report {
                 },
                 site
             )?;
+            if let Some(h) = &r.held_by {
+                writeln!(w, "{:>8}held by {}", "", held_by_text(h))?;
+            }
         }
         Ok(())
     }
@@ -492,6 +495,8 @@ pub(crate) mod tests {
                         age_cycles: 4,
                         age_seconds: 0.5,
                         registered_at: vec![FrameRow { function: "main.open".into(), file: "/src/main.go".into(), line: 40, pc: "0x3".into() }],
+                        held_by: None,
+                        objects: Vec::new(),
                     },
                     NeverRanRow {
                         kind: Mechanism::Cleanup,
@@ -502,6 +507,8 @@ pub(crate) mod tests {
                         age_cycles: 2,
                         age_seconds: 0.2,
                         registered_at: vec![FrameRow { function: "main.openFile".into(), file: "/src/main.go".into(), line: 50, pc: "0x4".into() }],
+                        held_by: None,
+                        objects: Vec::new(),
                     },
                 ],
                 runners: vec![RunnerGoroutine {
@@ -592,6 +599,142 @@ pub(crate) mod tests {
         assert_eq!(v["finalizers"]["never_ran"][0]["reason"], "reachable_from_own_finalizer");
         assert_eq!(v["finalizers"]["never_ran"][1]["kind"], "cleanup");
         assert_eq!(v["finalizers"]["runners"][0]["blocked"]["queue_depth"], 5);
+    }
+
+    /// docs/report.schema.json, compiled (checked against the 2020-12 meta-schema on the way).
+    fn schema() -> (serde_json::Value, jsonschema::Validator) {
+        let schema: serde_json::Value = serde_json::from_str(include_str!("../../docs/report.schema.json")).expect("the schema is JSON");
+        let validator = jsonschema::draft202012::new(&schema).unwrap_or_else(|e| panic!("docs/report.schema.json is not a 2020-12 schema: {e}"));
+        (schema, validator)
+    }
+
+    fn json(r: &Report) -> serde_json::Value {
+        let mut out = Vec::new();
+        r.write_json(&mut out).unwrap();
+        serde_json::from_slice(&out).unwrap()
+    }
+
+    /// Every way `v` breaks the schema, one per line with where.
+    fn schema_errors(validator: &jsonschema::Validator, v: &serde_json::Value) -> Vec<String> {
+        validator.iter_errors(v).map(|e| format!("{}: {e}", e.instance_path())).collect()
+    }
+
+    /// The held report with every optional key present: sampled mode with a governor, a chain search that
+    /// says why it paused and what it lacked, a goroutine root, a slice hop, a finalizer group's chain.
+    fn every_key_report() -> Report {
+        let mut r = held_report();
+        r.mode = crate::sampling::Mode::Sampled;
+        r.sampling = Some(crate::sampling::SamplingInfo {
+            rate: crate::sampling::RateInfo {
+                memprofilerate: Some(4096),
+                set_by_maptrace_from: Some(524288),
+                governor: Some(crate::sampling::GovernorInfo { floor: 4096, highest: 65536, changes: 3 }),
+            },
+            budget_per_second: 500,
+            samples_seen: 1200,
+            samples_thinned: 200,
+            scaling: crate::sampling::SCALING,
+        });
+        r.totals.samples = 1000;
+        r.chains = Some(ChainSearch {
+            roots: "package-level variables and goroutine stacks",
+            precision: "typed where DWARF describes the value, conservative elsewhere",
+            max_pause_seconds: 0.01,
+            paused_seconds: 0.0,
+            walk_within_pause: false,
+            pause_failed: Some("another tracer holds it".into()),
+            unavailable: Some("no DWARF".into()),
+            walk: crate::heap::WalkStats::default(),
+        });
+        let row = &mut r.retained[0];
+        row.samples = Some(2);
+        row.dead_lifetime_p50_seconds = Some(0.25);
+        let held = row.held_by.as_mut().unwrap();
+        held.root.goroutine = Some((18, "chan receive".into()));
+        held.hops[1].slice = Some(crate::heap::SliceView { len_bytes: 16, cap_bytes: 2000 });
+        r.finalizers.never_ran[0].held_by = r.retained[0].held_by.clone();
+        r.distributions.size_bytes =
+            crate::lifecycle::Buckets { upper_bounds: vec![16.0, f64::INFINITY], counts: vec![2, 1], sum: 5000.0, count: 3 };
+        r
+    }
+
+    #[test]
+    fn json_matches_the_schema() {
+        let (_, validator) = schema();
+        for (name, r) in [("report", report()), ("held_report", held_report()), ("every_key_report", every_key_report())] {
+            let v = json(&r);
+            let errors = schema_errors(&validator, &v);
+            assert!(errors.is_empty(), "{name} breaks docs/report.schema.json:\n{}\n{v:#}", errors.join("\n"));
+        }
+    }
+
+    #[test]
+    fn schema_rejects_unknown_keys() {
+        let (_, validator) = schema();
+        let v = json(&held_report());
+        let places: [&dyn Fn(&mut serde_json::Value) -> &mut serde_json::Value; 4] = [
+            &|v| v,
+            &|v| &mut v["sites"][0]["stack"][0],
+            &|v| &mut v["retained"][0]["held_by"]["hops"][0],
+            &|v| &mut v["finalizers"]["runners"][0]["blocked"],
+        ];
+        for place in places {
+            let mut bad = v.clone();
+            place(&mut bad).as_object_mut().unwrap().insert("unexpected".into(), 1.into());
+            let errors = schema_errors(&validator, &bad);
+            assert!(errors.iter().any(|e| e.contains("unexpected")), "an unknown key passed: {errors:?}\n{bad:#}");
+        }
+        let mut bad = v.clone();
+        bad["retained"][0]["trend"] = "sideways".into();
+        assert!(!validator.is_valid(&bad), "an unknown trend passed");
+        let mut bad = v;
+        bad.as_object_mut().unwrap().remove("gc");
+        assert!(!validator.is_valid(&bad), "a report without gc passed");
+    }
+
+    /// The schema documents what reports hold: every object closed to other keys, every property described, and
+    /// no property name the fullest report never writes.
+    #[test]
+    fn schema_describes_every_key_and_only_those() {
+        fn walk(s: &serde_json::Value, at: &str, names: &mut std::collections::BTreeSet<String>, faults: &mut Vec<String>) {
+            match s {
+                serde_json::Value::Object(m) => {
+                    if let Some(props) = m.get("properties").and_then(|p| p.as_object()) {
+                        if m.get("additionalProperties") != Some(&serde_json::Value::Bool(false)) {
+                            faults.push(format!("{at}: additionalProperties is not false"));
+                        }
+                        for (k, p) in props {
+                            names.insert(k.clone());
+                            if p.get("description").and_then(|d| d.as_str()).is_none_or(str::is_empty) {
+                                faults.push(format!("{at}.{k}: no description"));
+                            }
+                        }
+                    }
+                    for (k, v) in m {
+                        walk(v, &format!("{at}/{k}"), names, faults);
+                    }
+                }
+                serde_json::Value::Array(a) => a.iter().enumerate().for_each(|(i, v)| walk(v, &format!("{at}/{i}"), names, faults)),
+                _ => {}
+            }
+        }
+        fn keys(v: &serde_json::Value, names: &mut std::collections::BTreeSet<String>) {
+            match v {
+                serde_json::Value::Object(m) => m.iter().for_each(|(k, v)| {
+                    names.insert(k.clone());
+                    keys(v, names);
+                }),
+                serde_json::Value::Array(a) => a.iter().for_each(|v| keys(v, names)),
+                _ => {}
+            }
+        }
+        let (schema, _) = schema();
+        let (mut documented, mut faults, mut written) = Default::default();
+        walk(&schema, "#", &mut documented, &mut faults);
+        assert!(faults.is_empty(), "{}", faults.join("\n"));
+        keys(&json(&every_key_report()), &mut written);
+        let stale: Vec<_> = documented.difference(&written).collect();
+        assert!(stale.is_empty(), "the schema documents keys no report writes: {stale:?}");
     }
 
     #[test]

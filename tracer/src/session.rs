@@ -13,6 +13,7 @@ use tokio::io::{unix::AsyncFd, Interest};
 
 use crate::{
     correlate::Correlator,
+    finalizers::{FinalizerSection, NeverRanRow},
     error::Failure,
     events::TraceEvent,
     gotype::{GoType, Memory, TypeNames},
@@ -301,8 +302,13 @@ impl Session {
         let exited = ended_by == "target exited";
         let now = monotonic_ns();
         let mut retained = self.state.retained(&mut self.names, exited, now);
-        let chains = self.chains.filter(|_| !exited && !retained.is_empty()).map(|max_pause| self.search_chains(&mut retained, max_pause));
         let memory = self.memory();
+        let mut finalizers = self.state.finalizer_section(&mut self.names, &memory, self.binary.layout(), now);
+        let held = |f: &FinalizerSection| f.never_ran.iter().any(NeverRanRow::wants_chain);
+        let chains = self
+            .chains
+            .filter(|_| !exited && (!retained.is_empty() || held(&finalizers)))
+            .map(|max_pause| self.search_chains(&mut retained, &mut finalizers.never_ran, max_pause));
         Report {
             maptrace_version: env!("CARGO_PKG_VERSION"),
             target: TargetInfo {
@@ -324,7 +330,7 @@ impl Session {
             totals: self.state.sites.totals,
             lost_records: self.lost_records(),
             sites: self.state.sites.rows(&mut self.names, top),
-            finalizers: self.state.finalizer_section(&mut self.names, &memory, self.binary.layout(), now),
+            finalizers,
             gc: self.state.gc_info(exited),
             distributions: self.state.distributions(),
             retained,
@@ -332,11 +338,11 @@ impl Session {
         }
     }
 
-    /// Walks the live target's heap from its roots to the retained rows' objects and fills in each row's
-    /// `held_by`.
-    fn search_chains(&mut self, rows: &mut [RetainedRow], max_pause: Duration) -> ChainSearch {
+    /// Walks the live target's heap from its roots to the retained rows' objects, and to the objects of the
+    /// finalizers and cleanups that never ran because they are reachable, and fills in their `held_by`.
+    fn search_chains(&mut self, rows: &mut [RetainedRow], never_ran: &mut [NeverRanRow], max_pause: Duration) -> ChainSearch {
         let mut search = ChainSearch {
-            roots: "package-level variables and goroutine stacks",
+            roots: "package-level variables, goroutine stacks, and the closures of finalizers and cleanups not run",
             precision: "typed where DWARF describes the value, conservative elsewhere",
             max_pause_seconds: max_pause.as_secs_f64(),
             paused_seconds: 0.0,
@@ -353,17 +359,31 @@ impl Session {
             }
         };
         let objects = self.state.retained_objects(CHAIN_OBJECTS_PER_SITE);
-        let targets: HashSet<u64> = rows.iter().filter_map(|r| objects.get(&r.site)).flatten().copied().collect();
+        let unexplained = || never_ran.iter().filter(|r| r.wants_chain());
+        let targets: HashSet<u64> =
+            rows.iter().filter_map(|r| objects.get(&r.site)).flatten().chain(unexplained().flat_map(|r| &r.objects)).copied().collect();
         let memory = &*self.process;
         let runtime = self.binary.layout();
         let bias = self.load_bias;
         // Stopped before the goroutines' stacks are read: their frames then match the heap the walk sees.
         let mut pause = Pause::new(self.process.pid, max_pause);
         pause.stop();
-        let mut roots = heap::global_roots(&model.globals, bias);
+        let mut roots = if model.globals.is_empty() {
+            search.precision = "conservative: no DWARF (a stripped binary): the words of data and bss the GC's bitmaps mark as pointers, then every word of what they reach";
+            heap::data_roots(&model.data_regions, bias)
+        } else {
+            heap::global_roots(&model.globals, bias)
+        };
+        // Closures before stacks: the runtime keeps them exactly, while stacks are scanned word by word and
+        // keep stale pointers.
+        roots.extend(heap::closure_roots(self.state.unrun_closures().into_iter().map(|(mechanism, funcval)| {
+            let code = memory.read_u64(funcval).unwrap_or(0);
+            let name = self.binary.function_at(code.wrapping_sub(bias)).map_or_else(|| format!("{code:#x}"), |f| f.name.clone());
+            (mechanism.as_str(), name, funcval)
+        })));
         roots.extend(heap::goroutine_roots(
             memory,
-            &model.goroutines,
+            &model,
             bias,
             |g| {
                 let status = goroutine_status(memory, runtime, g)?;
@@ -393,6 +413,9 @@ impl Session {
                     h.diagnose(r.retained_bytes, r.kind == ValueKind::Map);
                 }
             }
+        }
+        for r in never_ran.iter_mut().filter(|r| r.wants_chain()) {
+            r.held_by = heap::held_by(&r.objects, &chains, |base, size| Some(self.state.allocation_in(base, size, &mut self.names)?.1));
         }
         search.walk = walk;
         search

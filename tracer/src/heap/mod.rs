@@ -23,7 +23,7 @@ use crate::target::{HeapModel, TypeGraph, TypeId};
 use index::HeapIndex;
 use typed::Slots;
 pub use pause::Pause;
-pub use roots::{global_roots, goroutine_roots, RootRegion};
+pub use roots::{closure_roots, data_roots, global_roots, goroutine_roots, NamedWord, RootRegion};
 
 /// How far one walk may go. Beyond it the walk stops and says it was cut short.
 #[derive(Clone, Copy, Debug)]
@@ -44,7 +44,8 @@ const READ_CHUNK: u64 = 1 << 20;
 /// Where a chain starts.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 pub struct Root {
-    /// "global": a package-level variable; "goroutine": a frame of a goroutine's stack.
+    /// "global": a package-level variable; "goroutine": a frame of a goroutine's stack; "finalizer",
+    /// "cleanup": a finalizer's or cleanup's closure (the runtime keeps it, with what it captured, until it runs).
     pub kind: &'static str,
     /// The variable (`main.cache`) or the frame's function (`main.worker.func1`; empty when the frame pointers
     /// could not be followed).
@@ -57,11 +58,13 @@ pub struct Root {
 }
 
 impl Root {
-    /// As reports print it: `main.cache ([]T)`, `goroutine 18 (chan receive) main.worker.func1`.
+    /// As reports print it: `main.cache ([]T)`, `goroutine 18 (chan receive) main.worker.func1`, `finalizer
+    /// main.open.func1`.
     pub fn describe(&self) -> String {
-        let mut s = match &self.goroutine {
-            Some((goid, state)) => format!("goroutine {goid} ({state}) {}", self.name),
-            None => self.name.clone(),
+        let mut s = match (&self.goroutine, self.kind) {
+            (Some((goid, state)), _) => format!("goroutine {goid} ({state}) {}", self.name),
+            (None, kind @ ("finalizer" | "cleanup")) => format!("{kind} {}", self.name),
+            (None, _) => self.name.clone(),
         };
         if let Some(t) = &self.type_name {
             s += &format!(" ({t})");
@@ -301,7 +304,11 @@ impl Walk<'_, '_, '_> {
                 Parent::Object(p) => self.reached.get(&p).map_or((None, 0), |p| (p.typing, p.size)),
             };
             let (parent, offset, size, typing, slot) = (r.parent, r.offset, r.size, r.typing, r.slot);
-            let via = self.path(slot, parent_typing, parent_size);
+            let via = match (parent, slot) {
+                // An untyped root's slots are its named words.
+                (Parent::Root(i), Some(s)) if roots[i].type_id.is_none() => roots[i].named.get(s.index).map(|w| w.name.clone()),
+                _ => self.path(slot, parent_typing, parent_size),
+            };
             let type_name = self.typed_name(typing, size);
             let elem_size = typing.and_then(|t| self.slots.graph().get(t.elem)).map_or(1, |t| t.size);
             let slice = slot.and_then(|s| s.slice).map(|(len, cap)| SliceView { len_bytes: len.saturating_mul(elem_size), cap_bytes: cap.saturating_mul(elem_size) });
@@ -315,6 +322,44 @@ impl Walk<'_, '_, '_> {
                 Parent::Object(p) => at = p,
             }
         }
+    }
+}
+
+/// Reads of root regions, through a window of the target's memory: a stripped binary's roots are thousands of
+/// single words of data and bss, one read each otherwise.
+#[derive(Default)]
+struct RootWindow {
+    start: u64,
+    bytes: Vec<u8>,
+}
+
+/// The window's size; larger roots are read on their own.
+const ROOT_WINDOW: u64 = 64 << 10;
+
+impl RootWindow {
+    fn read(&mut self, memory: &dyn Memory, addr: u64, len: u64) -> Option<Vec<u8>> {
+        let cached = |w: &Self| {
+            let at = usize::try_from(addr.checked_sub(w.start)?).ok()?;
+            w.bytes.get(at..at + usize::try_from(len).ok()?).map(<[u8]>::to_vec)
+        };
+        if let Some(b) = cached(self) {
+            return Some(b);
+        }
+        if len <= ROOT_WINDOW / 2 {
+            // The window may run past the mapping's end: shrink it until it reads.
+            let mut size = ROOT_WINDOW;
+            while size >= len.max(8) {
+                self.bytes.resize(size as usize, 0);
+                if memory.read(addr, &mut self.bytes).is_ok() {
+                    self.start = addr;
+                    return cached(self);
+                }
+                size /= 2;
+            }
+        }
+        let mut b = vec![0u8; len as usize];
+        memory.read(addr, &mut b).ok()?;
+        Some(b)
     }
 }
 
@@ -362,12 +407,19 @@ pub fn find_chains(
     while from < roots.len() && !walk.remaining.is_empty() && !stats.cut_short {
         let kind = roots[from].root.kind;
         let to = roots[from..].iter().position(|r| r.root.kind != kind).map_or(roots.len(), |n| from + n);
+        let mut window = RootWindow::default();
         for (i, r) in roots.iter().enumerate().take(to).skip(from) {
-            buf.resize(r.len as usize, 0);
-            if memory.read(r.addr, &mut buf).is_ok() {
-                stats.bytes_scanned += r.len;
+            let len = if r.len == 0 { walk.heap.object_containing(r.addr).map_or(0, |o| o.base + o.size - r.addr) } else { r.len };
+            if let Some(bytes) = window.read(memory, r.addr, len) {
+                stats.bytes_scanned += len;
+                // The words variables hold first, so that they name what they reach; then the rest.
+                for (k, w) in r.named.iter().enumerate() {
+                    let Some(at) = w.addr.checked_sub(r.addr).filter(|&a| a + 8 <= len) else { continue };
+                    let word = u64::from_le_bytes(bytes[at as usize..at as usize + 8].try_into().unwrap_or_default());
+                    walk.reach(Parent::Root(i), at, word, Some(SlotRef { index: k, elem: 0, slice: None }), w.to);
+                }
                 let typing = r.type_id.map(|t| Typing { elem: types.resolve(t), phase: 0 });
-                walk.scan(Parent::Root(i), &buf, 0, typing);
+                walk.scan(Parent::Root(i), &bytes, 0, typing);
             }
         }
         walk.drain(&mut buf, &mut stats, &limits, pause, started);
@@ -377,7 +429,7 @@ pub fn find_chains(
         .into_iter()
         .filter_map(|(target, base)| {
             let (i, hops) = walk.chain_to(base, roots)?;
-            let precise = roots[i].type_id.is_some() && hops.iter().all(|h| h.via.is_some());
+            let precise = hops.iter().all(|h| h.via.is_some());
             Some((target, Chain { root: roots[i].root.clone(), hops, precise }))
         })
         .collect();

@@ -3,12 +3,13 @@
 //! for stripped binaries.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use gimli::{DebugInfoOffset, EndianSlice, LittleEndian};
 use object::{Object, ObjectSection};
 
 use super::elf::File;
+use super::locals::{FrameLocals, FunctionLocals, LocalVar};
 use super::typegraph::{Field, GoTypeDef, Shape, TypeGraph, TypeId};
 
 /// A struct member: its byte offset, and the byte size of its type where DWARF gives one.
@@ -38,8 +39,21 @@ pub(crate) fn struct_members(file: &File<'_>, wanted: &[&str]) -> Result<StructM
     find_structs(&dwarf, wanted).map_err(|e| format!("DWARF: {e}"))
 }
 
+/// What [`program`] reads besides: the location lists of the functions' variables.
+const NEEDED_FOR_LOCALS: &[gimli::SectionId] = &[
+    gimli::SectionId::DebugInfo,
+    gimli::SectionId::DebugAbbrev,
+    gimli::SectionId::DebugLoc,
+    gimli::SectionId::DebugLocLists,
+    gimli::SectionId::DebugAddr,
+];
+
 fn load<'a>(file: &File<'a>, id: gimli::SectionId) -> Result<Cow<'a, [u8]>, String> {
-    let section = NEEDED
+    load_from(file, id, NEEDED)
+}
+
+fn load_from<'a>(file: &File<'a>, id: gimli::SectionId, needed: &[gimli::SectionId]) -> Result<Cow<'a, [u8]>, String> {
+    let section = needed
         .contains(&id)
         .then(|| file.section_by_name(id.name()))
         .flatten();
@@ -253,14 +267,26 @@ struct RawType {
     count: Option<u64>,
 }
 
+/// A function's variable as read: name, type, and locations by PC range.
+type RawLocal = (String, Option<DebugInfoOffset>, Vec<(u64, u64, Vec<u8>)>);
+
+/// What DWARF says of the program: its package-level variables, its types, and its functions' variables.
+pub(crate) struct Program {
+    pub globals: Vec<GlobalVar>,
+    pub types: TypeGraph,
+    pub locals: FrameLocals,
+}
+
 /// The package-level variables DWARF describes (`DW_TAG_variable` children of a compile unit whose location is a
-/// static address) of the packages `keep` accepts, and every type, resolved into a graph.
-pub(crate) fn program(file: &File<'_>, keep: impl Fn(&str) -> bool) -> Result<(Vec<GlobalVar>, TypeGraph), String> {
-    let sections = gimli::DwarfSections::load(|id| load(file, id))?;
+/// static address) of the packages `keep` accepts, every type, resolved into a graph, and where each function
+/// keeps its parameters and variables.
+pub(crate) fn program(file: &File<'_>, keep: impl Fn(&str) -> bool) -> Result<Program, String> {
+    let sections = gimli::DwarfSections::load(|id| load_from(file, id, NEEDED_FOR_LOCALS))?;
     let dwarf = sections.borrow(|s| EndianSlice::new(s, LittleEndian));
     let mut found: Vec<(String, u64, Option<DebugInfoOffset>)> = Vec::new();
     let mut raw: Vec<RawType> = Vec::new();
     let mut ids: HashMap<DebugInfoOffset, TypeId> = HashMap::new();
+    let mut functions: BTreeMap<u64, (u64, Vec<RawLocal>)> = BTreeMap::new();
     let mut scan = || -> gimli::Result<()> {
         let mut units = dwarf.units();
         while let Some(header) = units.next()? {
@@ -269,12 +295,64 @@ pub(crate) fn program(file: &File<'_>, keep: impl Fn(&str) -> bool) -> Result<(V
             let mut depth = 0isize;
             // Whether the last depth-1 DIE was a type whose children (members, subrange) are being read.
             let mut in_type = false;
+            // The function (entry) whose variables are being read, and the depth of an inlined call inside it
+            // whose subtree is skipped.
+            let mut in_function: Option<u64> = None;
+            let mut inlined: Option<isize> = None;
+            // The unit's base address and .debug_addr base, for its location lists.
+            let (mut base, mut addr_base) = (0, gimli::DebugAddrBase(0));
             while let Some((delta, entry)) = entries.next_dfs()? {
                 depth += delta;
                 let name = match entry.attr_value(gimli::DW_AT_name)? {
                     Some(gimli::AttributeValue::String(s)) => Some(String::from_utf8_lossy(s.slice()).into_owned()),
                     _ => None,
                 };
+                // An address, inline (DWARF 4) or an index into .debug_addr (DWARF 5, Go 1.25+).
+                let address = |v: Option<gimli::AttributeValue<_>>, addr_base| match v {
+                    Some(gimli::AttributeValue::Addr(a)) => Some(a),
+                    Some(gimli::AttributeValue::DebugAddrIndex(i)) => dwarf.debug_addr.get_address(header.address_size(), addr_base, i).ok(),
+                    _ => None,
+                };
+                if depth == 0 {
+                    if let Some(gimli::AttributeValue::DebugAddrBase(b)) = entry.attr_value(gimli::DW_AT_addr_base)? {
+                        addr_base = b;
+                    }
+                    base = address(entry.attr_value(gimli::DW_AT_low_pc)?, addr_base).unwrap_or(0);
+                    continue;
+                }
+                if depth == 1 {
+                    in_function = None;
+                    inlined = None;
+                }
+                if let Some(entry_pc) = in_function {
+                    match inlined {
+                        Some(d) if depth > d => continue,
+                        _ => inlined = None,
+                    }
+                    match entry.tag() {
+                        gimli::DW_TAG_inlined_subroutine => inlined = Some(depth),
+                        gimli::DW_TAG_variable | gimli::DW_TAG_formal_parameter => {
+                            let locations = match entry.attr_value(gimli::DW_AT_location)? {
+                                Some(gimli::AttributeValue::Exprloc(e)) => vec![(0, u64::MAX, e.0.slice().to_vec())],
+                                Some(gimli::AttributeValue::LocationListsRef(off)) => {
+                                    let mut list = dwarf.locations.locations(off, header.encoding(), base, &dwarf.debug_addr, addr_base)?;
+                                    let mut v = Vec::new();
+                                    while let Some(l) = list.next()? {
+                                        v.push((l.range.begin, l.range.end, l.data.0.slice().to_vec()));
+                                    }
+                                    v
+                                }
+                                _ => Vec::new(),
+                            };
+                            if let (Some(n), false) = (name, locations.is_empty()) {
+                                let ty = type_ref(&header, entry.attr_value(gimli::DW_AT_type)?);
+                                functions.entry(entry_pc).or_default().1.push((n, ty, locations));
+                            }
+                        }
+                        _ => {}
+                    }
+                    continue;
+                }
                 if depth == 2 && in_type {
                     let t = raw.last_mut().expect("in_type follows a push");
                     match entry.tag() {
@@ -296,6 +374,20 @@ pub(crate) fn program(file: &File<'_>, keep: impl Fn(&str) -> bool) -> Result<(V
                 }
                 in_type = false;
                 let tag = entry.tag();
+                if tag == gimli::DW_TAG_subprogram {
+                    let Some(low) = address(entry.attr_value(gimli::DW_AT_low_pc)?, addr_base) else { continue };
+                    let high = match entry.attr_value(gimli::DW_AT_high_pc)? {
+                        Some(v @ (gimli::AttributeValue::Addr(_) | gimli::AttributeValue::DebugAddrIndex(_))) => {
+                            address(Some(v), addr_base).unwrap_or(low)
+                        }
+                        // DWARF 4 and 5 also allow the length from low_pc.
+                        Some(v) => low + v.udata_value().unwrap_or(0),
+                        None => continue,
+                    };
+                    functions.insert(low, (high, Vec::new()));
+                    in_function = Some(low);
+                    continue;
+                }
                 if tag == gimli::DW_TAG_variable {
                     let Some(name) = name.filter(|n| keep(n)) else { continue };
                     let Some(gimli::AttributeValue::Exprloc(expr)) = entry.attr_value(gimli::DW_AT_location)? else { continue };
@@ -342,7 +434,14 @@ pub(crate) fn program(file: &File<'_>, keep: impl Fn(&str) -> bool) -> Result<(V
             Some(GlobalVar { name, addr, size: t.size, type_name: Some(t.name.clone()), type_id: Some(id) })
         })
         .collect();
-    Ok((globals, graph))
+    let locals = functions
+        .into_iter()
+        .map(|(entry, (high_pc, vars))| {
+            let vars = vars.into_iter().filter_map(|(name, ty, locations)| Some(LocalVar { name, ty: *ids.get(&ty?)?, locations })).collect();
+            (entry, FunctionLocals { high_pc, vars })
+        })
+        .collect();
+    Ok(Program { globals, types: graph, locals: FrameLocals::new(locals) })
 }
 
 /// Turns the DIEs' references into ids. A reference to a DIE that is not a type makes the referrer Plain (or an

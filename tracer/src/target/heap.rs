@@ -4,12 +4,14 @@
 //! Read on demand (at report time), not at attach: the DWARF scan for every global costs a tenth of a second on a
 //! large binary.
 
-use super::dwarf::{self, GlobalVar, StructMembers};
+use super::dwarf::{self, GlobalVar};
+use super::layout::{self, HeapOffsets};
+use super::locals::FrameLocals;
 use super::typegraph::TypeGraph;
-use super::{elf, Arch, GoBinary, SpanLayout};
+use super::{elf, roots, Arch, GoBinary, SpanLayout};
 
-/// Offsets and addresses for [`crate::heap`]. Resolved from DWARF and the symbol table only: there is no version
-/// table for these yet, so stripped binaries get no chains (the report says why).
+/// Offsets and addresses for [`crate::heap`]. Offsets come from DWARF, else from the version table
+/// (`layout.rs`); addresses from the symbol table, else from the code (`roots.rs`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HeapLayout {
     /// Link-time address of `mheap_.arenas[0]`, the pointer to the arena index (arenaL1Bits is 0 on linux
@@ -41,13 +43,46 @@ pub struct GoroutineLayout {
     pub sched_bp: u64,
 }
 
+/// A section of package-level variables, and which of its words hold pointers: what the GC scans as roots
+/// (`markrootBlock` with `gcdatamask`/`gcbssmask`). Read from the moduledata and the linker's GC programs, so a
+/// binary without symbols or DWARF has them too (see `roots.rs`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DataRegion {
+    /// `"data"` or `"bss"`.
+    pub name: &'static str,
+    /// Link-time address (`moduledata.data`/`bss`) and byte length; add the load bias for a PIE.
+    pub addr: u64,
+    pub len: u64,
+    /// Bit i (byte i/8, bit i%8) is set if the word at `addr + 8 * i` is a pointer.
+    pub pointers: Vec<u8>,
+    /// Link-time address of `moduledata.gcdatamask`/`gcbssmask` (a `bitvector{n int32; bytedata *uint8}`), where
+    /// the running program keeps the same bitmap, built at start-up.
+    pub runtime_mask: u64,
+}
+
+impl DataRegion {
+    /// True if the word at `addr` (link-time, 8-byte aligned, in this region) holds a pointer.
+    pub fn is_pointer(&self, addr: u64) -> bool {
+        let Some(word) = addr.checked_sub(self.addr).filter(|&o| o < self.len && o % 8 == 0).map(|o| o / 8) else {
+            return false;
+        };
+        self.pointers.get((word / 8) as usize).is_some_and(|b| b >> (word % 8) & 1 == 1)
+    }
+}
+
 /// The heap layout and the roots of one binary.
 pub struct HeapModel {
     pub layout: HeapLayout,
+    /// The program's package-level variables, named and typed: empty without DWARF.
     pub globals: Vec<GlobalVar>,
-    /// The program's types, for a typed walk from the globals.
+    /// The program's types, for a typed walk from the globals: empty without DWARF.
     pub types: TypeGraph,
+    /// Where each function keeps its variables, to name stack slots: empty without DWARF.
+    pub locals: FrameLocals,
     pub goroutines: GoroutineLayout,
+    /// The data and bss sections, with their pointer bitmaps: every root among the package-level variables,
+    /// unnamed, with or without DWARF.
+    pub data_regions: Vec<DataRegion>,
 }
 
 /// Packages whose variables are roots worth naming: not the runtime's own bookkeeping (`runtime.mheap_`,
@@ -57,55 +92,62 @@ fn is_program_variable(name: &str) -> bool {
 }
 
 impl GoBinary {
-    /// Reads the heap layout and the program's package-level variables.
+    /// Reads the heap layout, the roots and (given DWARF) the program's package-level variables.
     pub fn heap_model(&self) -> Result<HeapModel, String> {
-        if !self.image.has_symtab || !self.image.has_dwarf {
-            return Err("needs the symbol table and DWARF (a binary built without -ldflags=-s -w)".into());
-        }
         let file = elf::open(&self.bytes).map_err(|e| e.to_string())?;
-        let mheap = elf::symbol_address(&file, "runtime.mheap_").ok_or("no runtime.mheap_ in the symbol table")?;
-        let allgs = elf::symbol_address(&file, "runtime.allgs").ok_or("no runtime.allgs in the symbol table")?;
-        let members = dwarf::struct_members(
-            &file,
-            &["runtime.mheap", "runtime.heapArena", "runtime.mspan", "runtime.g", "runtime.gobuf", "runtime.stack"],
-        )?;
-        let layout = layout(&members, mheap, self.layout.span, self.image.arch)?;
-        let goroutines = goroutine_layout(&members, allgs)?;
-        let (globals, types) = dwarf::program(&file, is_program_variable)?;
-        Ok(HeapModel { layout, globals, types, goroutines })
+        let members = self
+            .image
+            .has_dwarf
+            .then(|| dwarf::struct_members(&file, layout::HEAP_DWARF_STRUCTS).ok())
+            .flatten();
+        let offsets = layout::heap_offsets(self.version(), self.arch(), members.as_ref()).map_err(|e| e.to_string())?;
+        let (mheap, allgs) = if self.image.has_symtab {
+            (
+                elf::symbol_address(&file, "runtime.mheap_").ok_or("no runtime.mheap_ in the symbol table")?,
+                elf::symbol_address(&file, "runtime.allgs").ok_or("no runtime.allgs in the symbol table")?,
+            )
+        } else {
+            let code = |name: &str| self.code_by_name(name);
+            (
+                roots::mheap_from_code(&self.image, code, offsets.mheap_arenas + 8)?,
+                roots::allgs_from_code(&self.image, code)?,
+            )
+        };
+        let module = self.module.ok_or("runtime.firstmoduledata not found")?;
+        let data_regions = roots::data_regions(&self.image, &self.bytes, module.addr, &offsets)?;
+        let program = match self.image.has_dwarf {
+            true => Some(dwarf::program(&file, is_program_variable)?),
+            false => None,
+        };
+        let (globals, types, locals) = program.map(|p| (p.globals, p.types, p.locals)).unwrap_or_default();
+        Ok(HeapModel {
+            layout: layout(&offsets, mheap, self.layout.span, self.image.arch),
+            globals,
+            types,
+            locals,
+            goroutines: GoroutineLayout {
+                allgs,
+                stack_lo: offsets.g_stack_lo,
+                sched_sp: offsets.g_sched.0,
+                sched_pc: offsets.g_sched.1,
+                sched_bp: offsets.g_sched.2,
+            },
+            data_regions,
+        })
     }
 }
 
-fn member(members: &StructMembers, s: &str, m: &str) -> Result<dwarf::Member, String> {
-    members.get(s).and_then(|ms| ms.get(m)).copied().ok_or_else(|| format!("DWARF does not describe {s}.{m}"))
-}
-
-fn goroutine_layout(members: &StructMembers, allgs: u64) -> Result<GoroutineLayout, String> {
-    let member = |s: &str, m: &str| member(members, s, m).map(|m| m.offset);
-    let sched = member("runtime.g", "sched")?;
-    Ok(GoroutineLayout {
-        allgs,
-        stack_lo: member("runtime.g", "stack")? + member("runtime.stack", "lo")?,
-        sched_sp: sched + member("runtime.gobuf", "sp")?,
-        sched_pc: sched + member("runtime.gobuf", "pc")?,
-        sched_bp: sched + member("runtime.gobuf", "bp")?,
-    })
-}
-
-fn layout(members: &StructMembers, mheap: u64, span: SpanLayout, arch: Arch) -> Result<HeapLayout, String> {
-    let member = |s: &str, m: &str| member(members, s, m);
-    let freeindex = member("runtime.mspan", "freeindex")?;
-    let freeindex_size = freeindex.size.and_then(|s| u8::try_from(s).ok()).filter(|s| [2, 8].contains(s)).ok_or("mspan.freeindex: unexpected size")?;
-    Ok(HeapLayout {
-        arenas: mheap + member("runtime.mheap", "arenas")?.offset,
-        arena_spans: member("runtime.heapArena", "spans")?.offset,
+fn layout(offsets: &HeapOffsets, mheap: u64, span: SpanLayout, arch: Arch) -> HeapLayout {
+    HeapLayout {
+        arenas: mheap + offsets.mheap_arenas,
+        arena_spans: offsets.arena_spans,
         span,
-        span_state: member("runtime.mspan", "state")?.offset,
-        span_alloc_bits: member("runtime.mspan", "allocBits")?.offset,
-        span_freeindex: (freeindex.offset, freeindex_size),
+        span_state: offsets.span_state,
+        span_alloc_bits: offsets.span_alloc_bits,
+        span_freeindex: offsets.span_freeindex,
         arena_base_offset: match arch {
             Arch::Amd64 => 0xffff_8000_0000_0000,
             Arch::Arm64 => 0,
         },
-    })
+    }
 }

@@ -434,6 +434,142 @@ pub(crate) fn resolve(
     })
 }
 
+/// Offsets in `runtime.moduledata` of one section of package-level variables that may hold pointers (`data,
+/// edata`, `gcdata`, `gcdatamask`, or the same for bss: `symtab.go@go1.27.3:417-418,445`): its bounds, the GC
+/// program the linker wrote for it, and the bitmap the runtime builds from that program at start-up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct RootSectionFields {
+    pub start: u64,
+    pub end: u64,
+    pub gcprog: u64,
+    pub mask: u64,
+}
+
+/// The struct offsets a heap walk needs beyond [`Structs`] (see [`super::HeapLayout`], [`super::GoroutineLayout`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct HeapOffsets {
+    pub mheap_arenas: u64,
+    pub arena_spans: u64,
+    pub span_state: u64,
+    pub span_alloc_bits: u64,
+    /// `mspan.freeindex`: (offset, byte size).
+    pub span_freeindex: (u64, u8),
+    pub g_stack_lo: u64,
+    /// `g.sched.sp`, `g.sched.pc`, `g.sched.bp`.
+    pub g_sched: (u64, u64, u64),
+    pub data: RootSectionFields,
+    pub bss: RootSectionFields,
+}
+
+/// The DWARF structs that [`heap_offsets`] reads.
+pub(crate) const HEAP_DWARF_STRUCTS: &[&str] = &[
+    "runtime.mheap",
+    "runtime.heapArena",
+    "runtime.mspan",
+    "runtime.g",
+    "runtime.gobuf",
+    "runtime.stack",
+    "runtime.moduledata",
+];
+
+struct HeapRow {
+    minor: u32,
+    /// `mheap.arenas` on (amd64, arm64).
+    arenas: (u64, u64),
+    arena_spans: u64,
+    span_state: u64,
+    span_alloc_bits: u64,
+    span_freeindex: (u64, u8),
+    gobuf_bp: u64,
+    /// `moduledata.gcdata` and `moduledata.gcdatamask`; `gcbss` and `gcbssmask` follow them.
+    gcdata: (u64, u64),
+}
+
+/// Offsets that no measured release moved: `runtime.g` opens with `stack` (lo, hi), and `sched` follows five more
+/// words (`runtime2.go@go1.27.3:471-486`); `gobuf` opens with `{sp, pc}`; `moduledata.data` is followed by
+/// `edata, bss, ebss`.
+const G_SCHED: u64 = 56;
+const MODULEDATA_DATA: u64 = 208;
+
+/// Measured from DWARF like [`TABLE`], amd64 and arm64. `mheap.arenas` follows a cache-line pad from 1.22
+/// (`mheap.go@go1.22.10:126`), 64 bytes on amd64 and 128 on arm64. `heapArena.spans` follows the heap bitmap until
+/// 1.22 moved the bitmap into the spans (2 bits a word in 1.19, 1 in 1.21). `mspan.state` is 107 in 1.21, where
+/// `pinnerBits` came before it, and 99 again once 1.22 made `freeindex` and `nelems` uint16 (moving `allocBits`
+/// 72 → 64). `gobuf.ret` went in 1.25 (`runtime2.go@go1.25.5:297-316`), moving `bp` 48 → 40. moduledata's GC
+/// fields follow fields that come and go (`covctrs` from 1.20, others in 1.26 and 1.27).
+#[rustfmt::skip]
+const HEAP_TABLE: &[HeapRow] = &[
+    HeapRow { minor: 19, arenas: (65936, 65936), arena_spans: 2_097_152, span_state: 99, span_alloc_bits: 72, span_freeindex: (48, 8), gobuf_bp: 48, gcdata: (264, 496) },
+    HeapRow { minor: 21, arenas: (65944, 65944), arena_spans: 1_064_960, span_state: 107, span_alloc_bits: 72, span_freeindex: (48, 8), gobuf_bp: 48, gcdata: (280, 536) },
+    HeapRow { minor: 22, arenas: (66008, 66072), arena_spans: 0, span_state: 99, span_alloc_bits: 64, span_freeindex: (48, 2), gobuf_bp: 48, gcdata: (280, 536) },
+    HeapRow { minor: 23, arenas: (66008, 66072), arena_spans: 0, span_state: 99, span_alloc_bits: 64, span_freeindex: (48, 2), gobuf_bp: 48, gcdata: (280, 536) },
+    HeapRow { minor: 24, arenas: (66008, 66072), arena_spans: 0, span_state: 99, span_alloc_bits: 64, span_freeindex: (48, 2), gobuf_bp: 48, gcdata: (280, 536) },
+    HeapRow { minor: 25, arenas: (66008, 66072), arena_spans: 0, span_state: 99, span_alloc_bits: 64, span_freeindex: (48, 2), gobuf_bp: 40, gcdata: (280, 536) },
+    HeapRow { minor: 26, arenas: (66008, 66072), arena_spans: 0, span_state: 99, span_alloc_bits: 64, span_freeindex: (48, 2), gobuf_bp: 40, gcdata: (280, 544) },
+    HeapRow { minor: 27, arenas: (66008, 66072), arena_spans: 0, span_state: 99, span_alloc_bits: 64, span_freeindex: (48, 2), gobuf_bp: 40, gcdata: (280, 520) },
+];
+
+impl HeapRow {
+    fn offsets(&self, arch: Arch) -> HeapOffsets {
+        let (gcdata, mask) = self.gcdata;
+        HeapOffsets {
+            mheap_arenas: match arch {
+                Arch::Amd64 => self.arenas.0,
+                Arch::Arm64 => self.arenas.1,
+            },
+            arena_spans: self.arena_spans,
+            span_state: self.span_state,
+            span_alloc_bits: self.span_alloc_bits,
+            span_freeindex: self.span_freeindex,
+            g_stack_lo: 0,
+            g_sched: (G_SCHED, G_SCHED + 8, G_SCHED + self.gobuf_bp),
+            data: RootSectionFields { start: MODULEDATA_DATA, end: MODULEDATA_DATA + 8, gcprog: gcdata, mask },
+            bss: RootSectionFields { start: MODULEDATA_DATA + 16, end: MODULEDATA_DATA + 24, gcprog: gcdata + 8, mask: mask + 16 },
+        }
+    }
+}
+
+fn heap_offsets_from_dwarf(d: &StructMembers) -> Option<HeapOffsets> {
+    let member = |s: &str, m: &str| d.get(s)?.get(m).copied();
+    let offset = |s: &str, m: &str| member(s, m).map(|m| m.offset);
+    let freeindex = member("runtime.mspan", "freeindex")?;
+    let freeindex_size = u8::try_from(freeindex.size?).ok().filter(|s| [2, 8].contains(s))?;
+    let sched = offset("runtime.g", "sched")?;
+    let gobuf = |m| Some(sched + offset("runtime.gobuf", m)?);
+    let md = |m| offset("runtime.moduledata", m);
+    let section = |start, end, gcprog, mask| {
+        Some(RootSectionFields { start: md(start)?, end: md(end)?, gcprog: md(gcprog)?, mask: md(mask)? })
+    };
+    Some(HeapOffsets {
+        mheap_arenas: offset("runtime.mheap", "arenas")?,
+        arena_spans: offset("runtime.heapArena", "spans")?,
+        span_state: offset("runtime.mspan", "state")?,
+        span_alloc_bits: offset("runtime.mspan", "allocBits")?,
+        span_freeindex: (freeindex.offset, freeindex_size),
+        g_stack_lo: offset("runtime.g", "stack")? + offset("runtime.stack", "lo")?,
+        g_sched: (gobuf("sp")?, gobuf("pc")?, gobuf("bp")?),
+        data: section("data", "edata", "gcdata", "gcdatamask")?,
+        bss: section("bss", "ebss", "gcbss", "gcbssmask")?,
+    })
+}
+
+/// The heap walk's struct offsets: from DWARF when it describes every one of them, else from [`HEAP_TABLE`].
+pub(crate) fn heap_offsets(
+    version: &GoVersion,
+    arch: Arch,
+    dwarf: Option<&StructMembers>,
+) -> Result<HeapOffsets, TargetError> {
+    dwarf
+        .and_then(heap_offsets_from_dwarf)
+        .or_else(|| heap_table(version, arch))
+        .ok_or_else(|| no_table(version, arch))
+}
+
+fn heap_table(version: &GoVersion, arch: Arch) -> Option<HeapOffsets> {
+    let row = HEAP_TABLE.iter().find(|r| version.major == 1 && r.minor == version.minor)?;
+    Some(row.offsets(arch))
+}
+
 /// The complete layout, once the code has told where `runtime.work.cycles` is and whether Green Tea is on.
 pub(crate) fn runtime_layout(
     version: &GoVersion,
@@ -575,4 +711,16 @@ pub(crate) fn table_g_status(version: &GoVersion, arch: Arch) -> Option<(u64, u6
 #[cfg(test)]
 pub(crate) fn table_span_cycles(version: &GoVersion, arch: Arch) -> Option<(SpanLayout, u64)> {
     table_row(version, arch).map(|r| (r.span, r.cycles(arch)))
+}
+
+/// The heap table's answer alone, to check it against DWARF.
+#[cfg(test)]
+pub(crate) fn table_heap_offsets(version: &GoVersion, arch: Arch) -> Option<HeapOffsets> {
+    heap_table(version, arch)
+}
+
+/// [`heap_offsets`] from DWARF alone, to check the table against.
+#[cfg(test)]
+pub(crate) fn dwarf_heap_offsets(dwarf: &StructMembers) -> Option<HeapOffsets> {
+    heap_offsets_from_dwarf(dwarf)
 }

@@ -5,6 +5,7 @@
 //! present, is used for struct layouts; otherwise a per-version table measured from DWARF takes its place
 //! (`layout.rs`). All parsing is bounds-checked: a corrupt or truncated file gives a [`TargetError`].
 
+mod arm64;
 mod buildinfo;
 mod bytes;
 mod dwarf;
@@ -12,9 +13,11 @@ mod elf;
 mod gc;
 mod heap;
 mod layout;
+mod locals;
 mod moduledata;
 mod pclntab;
 mod rets;
+mod roots;
 mod sampling;
 mod typegraph;
 #[cfg(test)]
@@ -27,7 +30,8 @@ use std::path::{Path, PathBuf};
 
 pub use buildinfo::GoVersion;
 pub use dwarf::GlobalVar;
-pub use heap::{GoroutineLayout, HeapLayout, HeapModel};
+pub use heap::{DataRegion, GoroutineLayout, HeapLayout, HeapModel};
+pub use locals::{FrameLocals, LocalVar, StackPiece};
 pub use typegraph::{Field, GoTypeDef, Shape, TypeGraph, TypeId, KIND_SLICE, KIND_STRING};
 pub use layout::{CleanupFunction, CleanupLayout, LayoutSource, RuntimeLayout, SamplingLayout, SpanLayout, INLINE_MARKS_LEN, INLINE_MARKS_OFFSET};
 
@@ -100,7 +104,8 @@ pub struct GoBinary {
     functions: Vec<Function>,
     by_name: HashMap<String, usize>,
     layout: RuntimeLayout,
-    types_base: Option<u64>,
+    /// `runtime.firstmoduledata`, if found (from Go 1.26 parsing fails without it: it alone gives the text start).
+    module: Option<moduledata::Module>,
 }
 
 impl fmt::Debug for GoBinary {
@@ -225,7 +230,7 @@ impl GoBinary {
             functions,
             by_name,
             layout,
-            types_base: loaded.module.map(|m| m.types),
+            module: loaded.module,
         })
     }
 
@@ -292,6 +297,12 @@ impl GoBinary {
         rets::indirect_call_sites(self.image.arch, self.code(f)?, f.entry)
     }
 
+    /// A function's entry and code, by name.
+    fn code_by_name(&self, name: &str) -> Option<gc::Code<'_>> {
+        let f = self.function(name)?;
+        Some(gc::Code { entry: f.entry, bytes: self.code(f).ok()? })
+    }
+
     fn code(&self, f: &Function) -> Result<&[u8], TargetError> {
         let len = f.end.checked_sub(f.entry).ok_or_else(|| {
             TargetError::corrupt(format!("function {} ends before it starts", f.name))
@@ -323,7 +334,7 @@ impl GoBinary {
 
     /// `moduledata.types`: the base that `abi.Type.Str` (a nameOff) and typeOffs are relative to.
     pub fn types_base(&self) -> Option<u64> {
-        self.types_base
+        self.module.map(|m| m.types)
     }
 
     /// Bytes at a link-time address, from the file: read-only data such as type descriptors, which

@@ -18,6 +18,8 @@ const MINPC: u64 = 160;
 
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Module {
+    /// Link-time address of the moduledata itself.
+    pub addr: u64,
     pub text: u64,
     pub types: u64,
 }
@@ -84,5 +86,5 @@ fn check(
         && (hdr.text_start == 0 || hdr.text_start == text)
         && types <= etypes
         && image.file_offset(types).is_some();
-    plausible.then_some(Module { text, types })
+    plausible.then_some(Module { addr, text, types })
 }
