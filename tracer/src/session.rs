@@ -2,7 +2,7 @@
 //! one (`trace`), the node agent many side by side (`agent`).
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     os::fd::{AsRawFd, OwnedFd},
     sync::Arc,
     time::{Duration, Instant},
@@ -13,7 +13,7 @@ use tokio::io::{unix::AsyncFd, Interest};
 
 use crate::{
     correlate::Correlator,
-    finalizers::{FinalizerSection, NeverRanRow},
+    finalizers::{FinalizerSection, NeverRan, NeverRanRow},
     error::Failure,
     events::TraceEvent,
     gotype::{GoType, Memory, TypeNames},
@@ -368,19 +368,20 @@ impl Session {
         // Stopped before the goroutines' stacks are read: their frames then match the heap the walk sees.
         let mut pause = Pause::new(self.process.pid, max_pause);
         pause.stop();
+        // The closures of finalizers and cleanups not run are walked on their own: one that captures its own
+        // object is the whole story of a finalizer that cannot run, while a walk from every root would credit
+        // its object to whichever root came first (conservatively scanned memory keeps stale pointers).
+        let closures = heap::closure_roots(self.state.unrun_closures().into_iter().map(|(mechanism, funcval)| {
+            let code = memory.read_u64(funcval).unwrap_or(0);
+            let name = self.binary.function_at(code.wrapping_sub(bias)).map_or_else(|| format!("{code:#x}"), |f| f.name.clone());
+            (mechanism.as_str(), name, funcval)
+        }));
         let mut roots = if model.globals.is_empty() {
             search.precision = "conservative: no DWARF (a stripped binary): the words of data and bss the GC's bitmaps mark as pointers, then every word of what they reach";
             heap::data_roots(&model.data_regions, bias)
         } else {
             heap::global_roots(&model.globals, bias)
         };
-        // Closures before stacks: the runtime keeps them exactly, while stacks are scanned word by word and
-        // keep stale pointers.
-        roots.extend(heap::closure_roots(self.state.unrun_closures().into_iter().map(|(mechanism, funcval)| {
-            let code = memory.read_u64(funcval).unwrap_or(0);
-            let name = self.binary.function_at(code.wrapping_sub(bias)).map_or_else(|| format!("{code:#x}"), |f| f.name.clone());
-            (mechanism.as_str(), name, funcval)
-        })));
         roots.extend(heap::goroutine_roots(
             memory,
             &model,
@@ -396,12 +397,15 @@ impl Session {
             |pc| self.binary.function_at(pc.wrapping_sub(bias)).map(|f| f.name.clone()),
         ));
         let (state, names) = (&self.state, &mut self.names);
-        let hint = |base, size| {
+        let mut hint = |base, size| {
             let (addr, name) = state.allocation_in(base, size, names)?;
             Some((heap::type_named(&model.types, &name)?, addr.saturating_sub(base)))
         };
         let access = HeapAccess { memory, model: &model, load_bias: bias };
-        let (chains, walk) = heap::find_chains(access, &roots, &targets, hint, WalkLimits::default(), &mut pause);
+        let (chains, mut walk) = heap::find_chains(access, &roots, &targets, &mut hint, WalkLimits::default(), &mut pause);
+        let own: HashSet<u64> = unexplained().flat_map(|r| &r.objects).copied().collect();
+        let (closure_chains, closure_walk) = heap::find_chains(access, &closures, &own, &mut hint, WalkLimits::default(), &mut pause);
+        walk.add(&closure_walk);
         search.walk_within_pause = pause.is_stopped();
         pause.resume();
         search.paused_seconds = pause.paused.as_secs_f64();
@@ -415,7 +419,15 @@ impl Session {
             }
         }
         for r in never_ran.iter_mut().filter(|r| r.wants_chain()) {
-            r.held_by = heap::held_by(&r.objects, &chains, |base, size| Some(self.state.allocation_in(base, size, &mut self.names)?.1));
+            // Its own closure explains a finalizer that holds its object; the program's roots explain the rest,
+            // and the closures whatever the program's roots do not reach.
+            let (first, then) = match r.reason {
+                NeverRan::ReachableFromOwnFinalizer => (&closure_chains, &chains),
+                _ => (&chains, &closure_chains),
+            };
+            let merged: HashMap<u64, heap::Chain> =
+                r.objects.iter().filter_map(|o| Some((*o, first.get(o).or_else(|| then.get(o))?.clone()))).collect();
+            r.held_by = heap::held_by(&r.objects, &merged, |base, size| Some(self.state.allocation_in(base, size, &mut self.names)?.1));
         }
         search.walk = walk;
         search

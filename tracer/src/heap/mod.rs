@@ -122,6 +122,18 @@ pub struct WalkStats {
     pub cut_short: bool,
 }
 
+impl WalkStats {
+    /// Adds another walk's (of the same search).
+    pub fn add(&mut self, other: &WalkStats) {
+        self.roots_searched += other.roots_searched;
+        self.objects_scanned += other.objects_scanned;
+        self.bytes_scanned += other.bytes_scanned;
+        self.typed_objects += other.typed_objects;
+        self.seconds += other.seconds;
+        self.cut_short |= other.cut_short;
+    }
+}
+
 /// How an object was reached: from a root, or from another object, at a byte offset.
 #[derive(Clone, Copy)]
 enum Parent {
