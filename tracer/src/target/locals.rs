@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 
+use super::bytes::uvarint;
 use super::typegraph::TypeId;
 
 /// The variables of every function DWARF describes, by entry address.
@@ -68,19 +69,6 @@ impl FrameLocals {
     }
 }
 
-fn uleb(b: &[u8], i: &mut usize) -> Option<u64> {
-    let mut v = 0u64;
-    for shift in (0..64).step_by(7) {
-        let byte = *b.get(*i)?;
-        *i += 1;
-        v |= u64::from(byte & 0x7f) << shift;
-        if byte & 0x80 == 0 {
-            return Some(v);
-        }
-    }
-    None
-}
-
 fn sleb(b: &[u8], i: &mut usize) -> Option<i64> {
     let mut v = 0i64;
     let mut shift = 0;
@@ -118,14 +106,14 @@ pub(crate) fn stack_pieces(expr: &[u8]) -> Vec<StackPiece> {
             DW_OP_CALL_FRAME_CFA => at = Some(0),
             DW_OP_REG0..=DW_OP_REG31 => at = None,
             DW_OP_REGX => {
-                if uleb(expr, &mut i).is_none() {
+                if uvarint(expr, &mut i).is_none() {
                     return Vec::new();
                 }
                 at = None;
             }
             DW_OP_ADDR => return Vec::new(),
             DW_OP_PIECE => {
-                let Some(len) = uleb(expr, &mut i) else { return Vec::new() };
+                let Some(len) = uvarint(expr, &mut i) else { return Vec::new() };
                 if let Some(cfa_offset) = at.take() {
                     out.push(StackPiece { start, len, cfa_offset });
                 }

@@ -174,15 +174,7 @@ impl Program<'_> {
     }
 
     fn uvarint(&mut self) -> Result<u64, String> {
-        let mut v = 0u64;
-        for shift in (0..64).step_by(7) {
-            let b = self.byte()?;
-            v |= u64::from(b & 0x7f) << shift;
-            if b & 0x80 == 0 {
-                return Ok(v);
-            }
-        }
-        Err("GC program varint too long".into())
+        super::bytes::uvarint(self.bytes, &mut self.at).ok_or_else(|| "GC program: a varint runs off its segment or is too long".into())
     }
 }
 
