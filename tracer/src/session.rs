@@ -354,7 +354,9 @@ impl Session {
         let model = match self.binary.heap_model() {
             Ok(m) => m,
             Err(why) => {
-                search.unavailable = Some(why);
+                // Without symbols maptrace finds the heap from code patterns; a build that keeps them needs none.
+                let hint = if self.binary.has_symtab() { "" } else { "; a build without -ldflags=-s -w has the symbols this needs" };
+                search.unavailable = Some(format!("{why}{hint}"));
                 return search;
             }
         };

@@ -38,7 +38,8 @@ impl Pause {
         }
         self.since = Some(Instant::now());
         if let Err(e) = self.seize_all() {
-            self.failed = Some(e);
+            // The walk goes on with the target running: say why, and how to avoid trying.
+            self.failed = Some(format!("{e} (a debugger or another tracer attached? --max-pause 0 does not try)"));
             self.resume();
         }
     }
