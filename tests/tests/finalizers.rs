@@ -54,8 +54,7 @@ fn holder(report: &Value, kind: &str, reason: &str, site: &str) -> (String, Stri
 
 /// Held by the package-level variable `want` (the chain shown: the most common shape; a classic map caught
 /// growing holds some objects in its old buckets, another shape). Without DWARF the variable has no name (the
-/// report gives its section and address) and the walk is conservative from the first word of bss: a runtime
-/// variable whose buffers keep a stale pointer into the map can come first, for some of the objects.
+/// report gives its section and address).
 fn assert_global(kind: &str, name: &str, objects: u64, want: &str, stripped: bool) {
     assert_eq!(kind, "global");
     assert!(objects >= 1, "{objects}");

@@ -1,7 +1,8 @@
 //! Chain shapes and their diagnoses (go-targets/retainers/TRUTH.md): a 16-byte sub-slice keeping a 1 MiB array,
 //! a struct chain three levels deep, a map that kept its storage after its keys were deleted, and the control, a
 //! lookup table built once: retained, held by its global, stable and undiagnosed. Every chain starts at a typed
-//! global, so each must come out precise and named by Go field paths; stripped, the same chains by offsets.
+//! global, so each must come out precise and named by Go field paths; stripped, the same chains by offsets, still
+//! precise (the GC's bitmaps say which words are pointers).
 
 use e2e::{target_path, trace_until_done, Target};
 use serde_json::Value;
@@ -16,7 +17,7 @@ fn check(go: &str, stripped: bool) {
         let f = r["stack"][0]["function"].as_str().unwrap();
         assert!(["main.loadHeader", "main.newTenant", "main.fillIndex", "main.buildTable"].contains(&f), "no other main.* site retains: {r:#}");
         let held = &r["held_by"];
-        assert_eq!(held["precise"], !stripped, "typed from a global all the way, given DWARF: {r:#}");
+        assert_eq!(held["precise"], true, "typed from a global all the way, or by the runtime's bitmaps: {r:#}");
         assert_eq!(held["root"]["kind"], "global", "{r:#}");
     }
     if stripped {

@@ -26,10 +26,13 @@ pub struct GoType {
 const TYPE_SIZE_OFF: usize = 0;
 const TYPE_PTRBYTES_OFF: u64 = 8;
 const TYPE_TFLAG_OFF: usize = 20;
+const TYPE_GCDATA_OFF: usize = 32;
 const TYPE_STR_OFF: usize = 40;
 const TYPE_HEADER_LEN: usize = 48;
 /// `abi.TFlagExtraStar`: the stored name has a leading '*' that the type itself does not.
 const TFLAG_EXTRA_STAR: u8 = 1 << 1;
+/// `abi.TFlagGCMaskOnDemand` (1.24+): `GCData` holds where the runtime stores the mask once it built it.
+const TFLAG_GC_MASK_ON_DEMAND: u8 = 1 << 4;
 const MAX_NAME_LEN: u64 = 4096;
 
 /// Memoizing resolver of `*abi.Type` pointers.
@@ -78,6 +81,28 @@ fn read_type(mem: &dyn Memory, types_base: u64, type_ptr: u64) -> io::Result<GoT
         name.remove(0);
     }
     Ok(GoType { name, size })
+}
+
+/// Where a type's pointer words are, as the GC reads them (`getGCMask`): the bitmap at `mask` covers the first
+/// `ptr_bytes` of each `size`-byte value, a bit a word.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GcMask {
+    pub size: u64,
+    pub ptr_bytes: u64,
+    pub mask: u64,
+}
+
+/// The GC mask of the type at `type_ptr`. `mask_on_demand`: the runtime builds large types' masks on first use
+/// (1.24+; before, the same flag bit meant another thing); None while it has not, or if unreadable.
+pub fn gc_mask(mem: &dyn Memory, type_ptr: u64, mask_on_demand: bool) -> Option<GcMask> {
+    let mut t = [0u8; TYPE_GCDATA_OFF + 8];
+    mem.read(type_ptr, &mut t).ok()?;
+    let word = |at: usize| u64::from_le_bytes(t[at..at + 8].try_into().unwrap_or_default());
+    let mut mask = word(TYPE_GCDATA_OFF);
+    if mask_on_demand && t[TYPE_TFLAG_OFF] & TFLAG_GC_MASK_ON_DEMAND != 0 {
+        mask = read_word(mem, mask).filter(|&m| m != 0)?;
+    }
+    Some(GcMask { size: word(TYPE_SIZE_OFF), ptr_bytes: word(TYPE_PTRBYTES_OFF as usize), mask })
 }
 
 /// Whether the type holds no pointers (`PtrBytes` is 0); None if unreadable.

@@ -49,9 +49,10 @@ pub struct ChainSearch {
     /// What the walk starts from.
     pub roots: &'static str,
     /// How objects were scanned: "typed" where DWARF gives the value's type (a global's, and what typed pointers
-    /// lead to: only pointer words followed, each named by its Go path), "conservative" elsewhere (goroutine
-    /// stacks, closures, untyped objects: any word that points into an allocated heap slot). `typed_objects` in
-    /// the walk counts the former; each `held_by` says whether its chain is `precise`.
+    /// lead to: only pointer words followed, each named by its Go path), the runtime's heap bitmaps for other
+    /// objects (pointer words only, unnamed), "conservative" for the stack words no DWARF location names (any word
+    /// that points into an allocated heap slot). `typed_objects` and `bitmap_objects` in the walk count the first
+    /// two; each `held_by` says whether its chain is `precise` (no conservative step).
     pub precision: &'static str,
     /// The budget the target could be stopped for (`--max-pause`; 0: never stopped), how long it was stopped,
     /// and whether the walk ended within it (else the rest of the walk ran against the running program, and
@@ -309,11 +310,12 @@ impl Report {
                 Some(why) => writeln!(w, "(no reference chains: {why})")?,
                 None => writeln!(
                     w,
-                    "(held by: chains from {} ({} searched), {} objects ({} typed, the rest conservatively) / {} scanned in {:.3} s{}, {})",
+                    "(held by: chains from {} ({} searched), {} objects ({} typed, {} by the runtime's bitmaps, the rest conservatively or pointer-free) / {} scanned in {:.3} s{}, {})",
                     c.roots,
                     c.walk.roots_searched,
                     c.walk.objects_scanned,
                     c.walk.typed_objects,
+                    c.walk.bitmap_objects,
                     human_bytes(c.walk.bytes_scanned),
                     c.walk.seconds,
                     if c.walk.cut_short { ", cut short by the walk's limits" } else { "" },
@@ -638,7 +640,7 @@ pub(crate) mod tests {
         r.totals.samples = 1000;
         r.chains = Some(ChainSearch {
             roots: "package-level variables and goroutine stacks",
-            precision: "typed where DWARF describes the value, conservative elsewhere",
+            precision: "typed where DWARF describes the value, by the runtime's heap bitmaps for other heap objects, conservative for stack words no DWARF location names",
             max_pause_seconds: 0.01,
             paused_seconds: 0.0,
             walk_within_pause: false,

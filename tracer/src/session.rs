@@ -343,7 +343,7 @@ impl Session {
     fn search_chains(&mut self, rows: &mut [RetainedRow], never_ran: &mut [NeverRanRow], max_pause: Duration) -> ChainSearch {
         let mut search = ChainSearch {
             roots: "package-level variables, goroutine stacks, and the closures of finalizers and cleanups not run",
-            precision: "typed where DWARF describes the value, conservative elsewhere",
+            precision: "typed where DWARF describes the value, by the runtime's heap bitmaps for other heap objects, conservative for stack words no DWARF location names",
             max_pause_seconds: max_pause.as_secs_f64(),
             paused_seconds: 0.0,
             walk_within_pause: false,
@@ -379,7 +379,7 @@ impl Session {
             (mechanism.as_str(), name, funcval)
         }));
         let mut roots = if model.globals.is_empty() {
-            search.precision = "conservative: no DWARF (a stripped binary): the words of data and bss the GC's bitmaps mark as pointers, then every word of what they reach";
+            search.precision = "untyped: no DWARF (a stripped binary): the words of data and bss the GC's bitmaps mark as pointers, then the pointer words the runtime's heap bitmaps give in what they reach; stacks conservatively";
             heap::data_roots(&model.data_regions, bias)
         } else {
             heap::global_roots(&model.globals, bias)

@@ -4,8 +4,8 @@
 
 use std::collections::HashMap;
 
-use crate::gotype::Memory;
-use crate::target::HeapLayout;
+use crate::gotype::{self, GcMask, Memory};
+use crate::target::{HeapLayout, PointerBits};
 
 /// `heapArenaBytes`: 64 MiB on 64-bit linux.
 const ARENA_SHIFT: u32 = 26;
@@ -18,6 +18,16 @@ const PAGES_PER_ARENA: u64 = 1 << (ARENA_SHIFT - PAGE_SHIFT);
 const SPAN_IN_USE: u8 = 1;
 /// Bytes of `mspan` read at once: every field the index uses lies within them.
 const SPAN_READ: usize = 192;
+/// Words of an arena (`heapArenaWords`).
+const ARENA_WORDS: u64 = 1 << (ARENA_SHIFT - 3);
+/// Objects up to this size have their pointer bits in their span from 1.22 (`gc.MinSizeForMallocHeader`); larger
+/// ones a type, and a malloc header of this size in a small span (`gc.MallocHeaderSize`).
+const MAX_SIZE_BITS_IN_SPAN: u64 = 512;
+const MALLOC_HEADER: u64 = 8;
+/// Green Tea's inline mark bits (`spanInlineMarkBits`) close a span of their element sizes.
+const INLINE_MARKS: u64 = 128;
+/// Larger masks than this (a type of more than 64 MiB of pointer words) are not read.
+const MAX_MASK_BYTES: u64 = 1 << 20;
 
 /// An allocated heap slot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -26,8 +36,25 @@ pub struct HeapObject {
     pub size: u64,
 }
 
+/// Which words of an object hold pointers, as the runtime's GC sees them.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PointerWords {
+    /// None: its span holds pointer-free objects (`noscan`), or it is a large object not typed yet.
+    None,
+    /// Bit i (byte i/8, bit i%8) set: the object's word i is a pointer.
+    Bits(Vec<u8>),
+    /// The runtime's record could not be read: every word may be.
+    Unknown,
+}
+
 /// What the index keeps of an in-use span.
 struct Span {
+    /// Its arena's `heapArena` record.
+    arena: u64,
+    /// `spanclass`: size class << 1 | noscan.
+    class: u8,
+    /// `largeType` (1.22+), for a span of one large object.
+    large_type: u64,
     start: u64,
     limit: u64,
     elemsize: u64,
@@ -63,8 +90,8 @@ impl<'m> HeapIndex<'m> {
         Some(u64::from_le_bytes(b))
     }
 
-    /// The allocated heap object `addr` points into, if any.
-    pub fn object_containing(&mut self, addr: u64) -> Option<HeapObject> {
+    /// The in-use span `addr` lies in, if any.
+    fn span_of(&mut self, addr: u64) -> Option<&mut Span> {
         let ri = addr.wrapping_sub(self.layout.arena_base_offset) >> ARENA_SHIFT;
         if addr == 0 || ri >= ARENA_L2_ENTRIES {
             return None;
@@ -96,13 +123,17 @@ impl<'m> HeapIndex<'m> {
             return None;
         }
         if !self.spans.contains_key(&span_ptr) {
-            let span = self.read_span(span_ptr);
+            let span = self.read_span(span_ptr, arena);
             self.spans.insert(span_ptr, span);
         }
         let span = self.spans.get_mut(&span_ptr)?.as_mut()?;
-        if addr < span.start || addr >= span.limit || span.elemsize == 0 {
-            return None;
-        }
+        (addr >= span.start && addr < span.limit && span.elemsize != 0).then_some(span)
+    }
+
+    /// The allocated heap object `addr` points into, if any.
+    pub fn object_containing(&mut self, addr: u64) -> Option<HeapObject> {
+        let memory = self.memory;
+        let span = self.span_of(addr)?;
         let idx = (addr - span.start) / span.elemsize;
         if idx >= span.nelems {
             return None;
@@ -111,7 +142,7 @@ impl<'m> HeapIndex<'m> {
         if idx >= span.freeindex {
             if span.bits.is_none() {
                 let mut bits = vec![0u8; span.nelems.div_ceil(8) as usize];
-                if self.memory.read(span.alloc_bits, &mut bits).is_err() {
+                if memory.read(span.alloc_bits, &mut bits).is_err() {
                     bits.clear();
                 }
                 span.bits = Some(bits);
@@ -124,7 +155,70 @@ impl<'m> HeapIndex<'m> {
         Some(HeapObject { base: span.start + idx * span.elemsize, size: span.elemsize })
     }
 
-    fn read_span(&self, ptr: u64) -> Option<Span> {
+    /// Which words of `obj` (an object [`Self::object_containing`] returned) hold pointers, read where the
+    /// runtime's GC reads it (`scanobject`, `typePointersOfUnchecked`).
+    pub fn pointer_words(&mut self, obj: HeapObject) -> PointerWords {
+        let bits = self.layout.pointer_bits;
+        let inline_marks = self.layout.inline_mark_sizes;
+        let Some(span) = self.span_of(obj.base) else { return PointerWords::Unknown };
+        if span.class & 1 == 1 {
+            return PointerWords::None;
+        }
+        let (arena, start, limit, small, large_type) = (span.arena, span.start, span.limit, span.class >> 1 != 0, span.large_type);
+        let words = obj.size / 8;
+        let read = |addr: u64, len: u64| -> Option<Vec<u8>> {
+            let mut b = vec![0u8; usize::try_from(len).ok()?];
+            self.memory.read(addr, &mut b).ok()?;
+            Some(b)
+        };
+        let found = match bits {
+            PointerBits::ArenaOneBit => {
+                let first = obj.base / 8 % ARENA_WORDS;
+                read(arena + first / 8, (first % 8 + words).div_ceil(8)).map(|b| bit_range(&b, first % 8, words))
+            }
+            PointerBits::ArenaTwoBits => {
+                let first = obj.base / 8 % ARENA_WORDS;
+                read(arena + first / 4, (first % 4 + words).div_ceil(4)).map(|b| two_bit_range(&b, first % 4, words))
+            }
+            PointerBits::InSpan { .. } if obj.size <= MAX_SIZE_BITS_IN_SPAN => {
+                let len = (limit - start) / 64;
+                let marks = if (inline_marks.0..=inline_marks.1).contains(&obj.size) { INLINE_MARKS } else { 0 };
+                let first = (obj.base - start) / 8;
+                read(limit - len - marks + first / 8, (first % 8 + words).div_ceil(8)).map(|b| bit_range(&b, first % 8, words))
+            }
+            PointerBits::InSpan { mask_on_demand, .. } => {
+                let (typ, data) = if small { (self.word(obj.base), obj.base + MALLOC_HEADER) } else { (Some(large_type), obj.base) };
+                match typ {
+                    Some(0) if !small => return PointerWords::None,
+                    Some(t) => self.type_bits(t, mask_on_demand, (data - obj.base) / 8, words),
+                    None => None,
+                }
+            }
+        };
+        found.map_or(PointerWords::Unknown, PointerWords::Bits)
+    }
+
+    /// An object's pointer bits from its type at `typ`, whose values repeat from word `first` to word `words`.
+    fn type_bits(&self, typ: u64, mask_on_demand: bool, first: u64, words: u64) -> Option<Vec<u8>> {
+        // A mask not built yet: nothing scanned an object of the type, the GC included.
+        let GcMask { size, ptr_bytes, mask } = gotype::gc_mask(self.memory, typ, mask_on_demand)?;
+        let (elem_words, ptr_words) = (size / 8, ptr_bytes.div_ceil(8));
+        if elem_words == 0 || ptr_words > elem_words || ptr_words.div_ceil(8) > MAX_MASK_BYTES {
+            return None;
+        }
+        let mut m = vec![0u8; ptr_words.div_ceil(8) as usize];
+        self.memory.read(mask, &mut m).ok()?;
+        let mut out = vec![0u8; words.div_ceil(8) as usize];
+        for w in first..words {
+            let i = (w - first) % elem_words;
+            if i < ptr_words && m[(i / 8) as usize] >> (i % 8) & 1 == 1 {
+                out[(w / 8) as usize] |= 1 << (w % 8);
+            }
+        }
+        Some(out)
+    }
+
+    fn read_span(&self, ptr: u64, arena: u64) -> Option<Span> {
         let mut b = [0u8; SPAN_READ];
         self.memory.read(ptr, &mut b).ok()?;
         let l = self.layout;
@@ -143,6 +237,12 @@ impl<'m> HeapIndex<'m> {
         }
         let start = uint(l.span.start_addr, 8)?;
         Some(Span {
+            arena,
+            class: uint(l.span_class, 1)? as u8,
+            large_type: match l.pointer_bits {
+                PointerBits::InSpan { large_type, .. } => uint(large_type, 8)?,
+                _ => 0,
+            },
             start,
             limit: start + (uint(l.span.npages, 8)? << PAGE_SHIFT),
             elemsize: uint(l.span.elemsize, 8)?,
@@ -151,5 +251,189 @@ impl<'m> HeapIndex<'m> {
             alloc_bits: uint(l.span_alloc_bits, 8)?,
             bits: None,
         })
+    }
+}
+
+/// `words` bits of `bytes` from bit `skip` (bit i: byte i/8, bit i%8), as a bitmap from bit 0.
+fn bit_range(bytes: &[u8], skip: u64, words: u64) -> Vec<u8> {
+    let mut out = vec![0u8; words.div_ceil(8) as usize];
+    for w in 0..words {
+        let i = skip + w;
+        if bytes.get((i / 8) as usize).is_some_and(|b| b >> (i % 8) & 1 == 1) {
+            out[(w / 8) as usize] |= 1 << (w % 8);
+        }
+    }
+    out
+}
+
+/// The pointer words of the 1.19 bitmap's entries from `skip` (a byte for four words: pointer bits low, "more
+/// pointers follow" bits high), up to the first word whose scan bit is clear, as `scanobject` reads them.
+fn two_bit_range(bytes: &[u8], skip: u64, words: u64) -> Vec<u8> {
+    let mut out = vec![0u8; words.div_ceil(8) as usize];
+    for w in 0..words {
+        let i = skip + w;
+        let Some(b) = bytes.get((i / 4) as usize).map(|b| b >> (i % 4)) else { break };
+        if b & 0x10 == 0 {
+            break;
+        }
+        if b & 1 == 1 {
+            out[(w / 8) as usize] |= 1 << (w % 8);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::target::SpanLayout;
+
+    /// Bytes at addresses; unwritten ones read as zero.
+    #[derive(Default)]
+    struct Fake(RefCell<HashMap<u64, u8>>);
+
+    impl Memory for Fake {
+        fn read(&self, addr: u64, buf: &mut [u8]) -> std::io::Result<()> {
+            let m = self.0.borrow();
+            for (i, b) in buf.iter_mut().enumerate() {
+                *b = m.get(&(addr + i as u64)).copied().unwrap_or(0);
+            }
+            Ok(())
+        }
+    }
+
+    impl Fake {
+        fn put(&self, addr: u64, bytes: &[u8]) {
+            let mut m = self.0.borrow_mut();
+            for (i, &b) in bytes.iter().enumerate() {
+                m.insert(addr + i as u64, b);
+            }
+        }
+        fn word(&self, addr: u64, v: u64) {
+            self.put(addr, &v.to_le_bytes());
+        }
+    }
+
+    /// The arm64 layout of 1.22+ (arenaBaseOffset 0), with `bits` for the pointer bits.
+    fn layout(bits: PointerBits, arena_spans: u64, inline_mark_sizes: (u64, u64)) -> HeapLayout {
+        HeapLayout {
+            arenas: 0x1000,
+            arena_spans,
+            span: SpanLayout { start_addr: 24, npages: 32, nelems: 50, nelems_size: 2, elemsize: 104, gcmark_bits: 72 },
+            span_state: 99,
+            span_alloc_bits: 64,
+            span_freeindex: (48, 2),
+            span_class: 98,
+            pointer_bits: bits,
+            inline_mark_sizes,
+            arena_base_offset: 0,
+        }
+    }
+
+    const HEAP: u64 = 0x4000_0000;
+    const ARENA: u64 = 0x10_0000;
+    const SPAN: u64 = 0x2000;
+    const IN_SPAN: PointerBits = PointerBits::InSpan { large_type: 152, mask_on_demand: true };
+
+    /// One in-use span of `npages` at HEAP, every slot allocated, of `elemsize` and size class `class`.
+    fn heap(l: &HeapLayout, npages: u64, elemsize: u64, class: u8) -> Fake {
+        let m = Fake::default();
+        m.word(0x1000, 0x8000); // the L2 arena map
+        m.word(0x8000 + 8 * (HEAP >> ARENA_SHIFT), ARENA);
+        for p in 0..npages {
+            m.word(ARENA + l.arena_spans + 8 * ((HEAP >> PAGE_SHIFT) % PAGES_PER_ARENA + p), SPAN);
+        }
+        let nelems = npages * 8192 / elemsize;
+        m.word(SPAN + 24, HEAP);
+        m.word(SPAN + 32, npages);
+        m.put(SPAN + 48, &(nelems as u16).to_le_bytes());
+        m.put(SPAN + 50, &(nelems as u16).to_le_bytes());
+        m.put(SPAN + 98, &[class, 1]); // spanclass, then state mSpanInUse
+        m.word(SPAN + 104, elemsize);
+        m
+    }
+
+    fn words(l: &HeapLayout, m: &Fake, base: u64) -> PointerWords {
+        let mut index = HeapIndex::new(m, l, 0);
+        let obj = index.object_containing(base + 8).expect("an allocated object");
+        assert_eq!(obj.base, base);
+        index.pointer_words(obj)
+    }
+
+    /// A type at 0x3000 of `size` bytes whose first `ptr_bytes` the mask at `mask` describes.
+    fn type_at(m: &Fake, size: u64, ptr_bytes: u64, tflag: u8, gcdata: u64) {
+        m.word(0x3000, size);
+        m.word(0x3008, ptr_bytes);
+        m.put(0x3014, &[tflag]);
+        m.word(0x3020, gcdata);
+    }
+
+    #[test]
+    fn small_objects_have_their_bits_at_the_end_of_the_span() {
+        for (marks, bits_at) in [((0, 0), HEAP + 8192 - 128), ((16, 512), HEAP + 8192 - 128 - 128)] {
+            let l = layout(IN_SPAN, 0, marks);
+            let m = heap(&l, 1, 48, 5 << 1);
+            // The third object (words 12..18 of the span): its first and third words are pointers.
+            m.put(bits_at + 1, &[0b0101_0000]);
+            assert_eq!(words(&l, &m, HEAP + 96), PointerWords::Bits(vec![0b101]), "{marks:?}");
+            assert_eq!(words(&l, &m, HEAP + 48), PointerWords::Bits(vec![0]), "{marks:?}");
+        }
+    }
+
+    #[test]
+    fn noscan_spans_have_no_pointers() {
+        let l = layout(IN_SPAN, 0, (0, 0));
+        assert_eq!(words(&l, &heap(&l, 1, 48, 5 << 1 | 1), HEAP + 48), PointerWords::None);
+    }
+
+    #[test]
+    fn larger_objects_repeat_the_type_in_their_malloc_header_after_it() {
+        let l = layout(IN_SPAN, 0, (0, 0));
+        let m = heap(&l, 1, 1024, 40 << 1);
+        m.word(HEAP + 1024, 0x3000); // the second object's header
+        type_at(&m, 16, 8, 0, 0x3100); // {*T; int}
+        m.put(0x3100, &[1]);
+        let PointerWords::Bits(bits) = words(&l, &m, HEAP + 1024) else { panic!() };
+        // Word 0 is the header; the values start at word 1, one pointer every two words.
+        assert_eq!((bits.len(), bits[0], bits[15]), (16, 0b1010_1010, 0b1010_1010));
+    }
+
+    #[test]
+    fn large_objects_have_their_type_in_the_span_and_its_mask_may_be_built_on_demand() {
+        let l = layout(IN_SPAN, 0, (0, 0));
+        let m = heap(&l, 2, 16384, 0);
+        m.word(SPAN + 152, 0x3000);
+        type_at(&m, 24, 24, 1 << 4, 0x3200); // {int; *T; *T}, its mask built on demand
+        assert_eq!(words(&l, &m, HEAP), PointerWords::Unknown, "a mask not built yet");
+        m.word(0x3200, 0x3300);
+        m.put(0x3300, &[0b110]);
+        let PointerWords::Bits(bits) = words(&l, &m, HEAP) else { panic!() };
+        assert_eq!((bits.len(), bits[0], bits[1], bits[2]), (256, 0b1011_0110, 0b0110_1101, 0b1101_1011));
+        // 1.22–1.23: the same flag bit means the mask is GCData itself.
+        let l = layout(PointerBits::InSpan { large_type: 152, mask_on_demand: false }, 0, (0, 0));
+        m.put(0x3200, &[0b10]);
+        let PointerWords::Bits(bits) = words(&l, &m, HEAP) else { panic!() };
+        assert_eq!(bits[0], 0b1001_0010);
+        // No type yet (a large object being zeroed): nothing to scan, as for the GC.
+        m.word(SPAN + 152, 0);
+        assert_eq!(words(&l, &m, HEAP), PointerWords::None);
+    }
+
+    #[test]
+    fn before_1_22_the_arena_has_the_bits() {
+        // 1.20–1.21: a bit a word of the arena, the object at word 6 of the heap's first arena.
+        let l = layout(PointerBits::ArenaOneBit, 1_064_960, (0, 0));
+        let m = heap(&l, 1, 48, 5 << 1);
+        m.put(ARENA, &[0b1100_0000, 0b0000_0010]);
+        assert_eq!(words(&l, &m, HEAP + 48), PointerWords::Bits(vec![0b1011]));
+        // 1.19: a byte for four words, pointer bits low, scan bits high; the first clear scan bit ends the object.
+        let l = layout(PointerBits::ArenaTwoBits, 2_097_152, (0, 0));
+        let m = heap(&l, 1, 48, 5 << 1);
+        m.put(ARENA + 1, &[0b1111_0101]); // words 4–7: scan; 4 and 6 pointers
+        m.put(ARENA + 2, &[0b0001_1110]); // word 8: scan, not a pointer; 9–11: pointer bits past the end
+        assert_eq!(words(&l, &m, HEAP + 48), PointerWords::Bits(vec![0b1]));
     }
 }

@@ -2,11 +2,13 @@
 //! from `/proc/PID/mem` while the target runs (it is never stopped, so a chain can be stale or missing where the
 //! program moved a pointer during the walk: the report says the walk is fuzzy).
 //!
-//! Roots, so far: package-level variables (DWARF names and types) and the goroutines' stacks, frame by frame (by
-//! frame pointer; named by function). The finalizer queue is not walked yet. Edges are conservative: every aligned
-//! word of a reachable object that points into an allocated slot of an in-use span is followed (no pointer bitmaps
-//! yet), so a chain may pass through a word that only looks like a pointer; breadth-first order makes each chain a
-//! shortest one from the first kind of root that reaches the object (globals before stacks).
+//! Roots: package-level variables (DWARF names and types, else the data and bss words the GC's bitmaps mark),
+//! the goroutines' stacks frame by frame (by frame pointer; variables named by DWARF), and the closures of
+//! finalizers and cleanups not run. An object's pointer words come from its DWARF type where the walk knows it,
+//! else from the runtime's own record of them (the heap bitmap, or the type in a malloc header), as its GC
+//! scans it; stacks and closures are scanned conservatively (every aligned word that points into an allocated
+//! slot), so a chain may pass through a word that only looks like a pointer. Breadth-first order makes each chain
+//! a shortest one from the first kind of root that reaches the object (globals before stacks).
 
 mod index;
 mod pause;
@@ -20,7 +22,7 @@ use serde::Serialize;
 
 use crate::gotype::Memory;
 use crate::target::{HeapModel, TypeGraph, TypeId};
-use index::HeapIndex;
+use index::{HeapIndex, HeapObject, PointerWords};
 use typed::Slots;
 pub use pause::Pause;
 pub use roots::{closure_roots, data_roots, global_roots, goroutine_roots, NamedWord, RootRegion};
@@ -89,6 +91,9 @@ pub struct Hop {
     pub slice: Option<SliceView>,
     /// A map header: its entries.
     pub map_len: Option<u64>,
+    /// The word followed is a pointer by the previous value's type or the runtime's bitmaps; else it merely
+    /// looked like one (a conservatively scanned stack or object).
+    pub known: bool,
 }
 
 /// The part of an array a slice covers: `len × element size` and `cap × element size`.
@@ -103,7 +108,7 @@ pub struct SliceView {
 pub struct Chain {
     pub root: Root,
     pub hops: Vec<Hop>,
-    /// Every step followed a typed pointer from a typed root.
+    /// Every step followed a word known to be a pointer (by DWARF, or the runtime's bitmaps).
     pub precise: bool,
 }
 
@@ -114,9 +119,11 @@ pub struct WalkStats {
     pub roots_searched: usize,
     pub objects_scanned: u64,
     pub bytes_scanned: u64,
-    /// Objects read as values of a known type (only their pointer words followed); the others were scanned
-    /// conservatively, word by word.
+    /// Objects read as values of a known type (only their pointer words followed, each named by its Go path).
     pub typed_objects: u64,
+    /// Objects of no known type whose pointer words the runtime's heap bitmaps (or malloc header types) gave;
+    /// the rest of the objects scanned were read conservatively, word by word, or had no pointers.
+    pub bitmap_objects: u64,
     pub seconds: f64,
     /// The limits stopped the walk before every target was found or the heap was exhausted.
     pub cut_short: bool,
@@ -129,6 +136,7 @@ impl WalkStats {
         self.objects_scanned += other.objects_scanned;
         self.bytes_scanned += other.bytes_scanned;
         self.typed_objects += other.typed_objects;
+        self.bitmap_objects += other.bitmap_objects;
         self.seconds += other.seconds;
         self.cut_short |= other.cut_short;
     }
@@ -163,6 +171,8 @@ struct SlotRef {
 struct Reached {
     parent: Parent,
     offset: u64,
+    /// The word at `offset` is known to be a pointer (see [`Hop::known`]).
+    known: bool,
     size: u64,
     typing: Option<Typing>,
     slot: Option<SlotRef>,
@@ -184,8 +194,9 @@ struct Walk<'m, 'g, 'h> {
 
 impl Walk<'_, '_, '_> {
     /// Records that the word at `offset` of `parent` points to `word`, if that is a heap object not reached yet.
-    /// `to`: the pointee type the parent's type gives the word.
-    fn reach(&mut self, parent: Parent, offset: u64, word: u64, slot: Option<SlotRef>, to: Option<TypeId>) {
+    /// `to`: the pointee type the parent's type gives the word; `known`: the word is a pointer (else it only
+    /// looks like one).
+    fn reach(&mut self, parent: Parent, offset: u64, word: u64, slot: Option<SlotRef>, to: Option<TypeId>, known: bool) {
         let Some(obj) = self.heap.object_containing(word) else { return };
         if self.reached.contains_key(&obj.base) {
             return;
@@ -195,22 +206,27 @@ impl Walk<'_, '_, '_> {
             .map(|t| graph.resolve(t))
             .and_then(|elem| Some(Typing { elem, phase: (word - obj.base) % graph.get(elem).map(|t| t.size).filter(|&s| s > 0)? }))
             .or_else(|| (self.hint)(obj.base, obj.size).map(|(elem, phase)| Typing { elem: graph.resolve(elem), phase }));
-        self.reached.insert(obj.base, Reached { parent, offset, size: obj.size, typing, slot });
+        self.reached.insert(obj.base, Reached { parent, offset, known, size: obj.size, typing, slot });
         self.remaining.remove(&obj.base);
         self.queue.push_back(obj.base);
     }
 
-    /// Follows the pointers of `bytes`, found at `offset` in `parent`: the typed pointer words, or (untyped)
-    /// every word that points into a heap object.
-    fn scan(&mut self, parent: Parent, bytes: &[u8], offset: u64, typing: Option<Typing>) {
+    /// Follows the pointers of `bytes`, found at `offset` in `parent`: the typed pointer words, or (untyped) the
+    /// words `pointers` marks (bit i: the parent's word i), or without it every word that points into a heap
+    /// object.
+    fn scan(&mut self, parent: Parent, bytes: &[u8], offset: u64, typing: Option<Typing>, pointers: Option<&[u8]>) {
         let word = |at: u64| -> Option<u64> {
             let i = usize::try_from(at.checked_sub(offset)?).ok()?;
             Some(u64::from_le_bytes(bytes.get(i..i + 8)?.try_into().ok()?))
         };
         let Some((t, value)) = typing.and_then(|t| Some((t, self.slots.of(t.elem)?))) else {
             for (i, w) in bytes.chunks_exact(8).enumerate() {
+                let at = offset + 8 * i as u64;
+                if pointers.is_some_and(|p| p.get((at / 64) as usize).is_none_or(|b| b >> (at / 8 % 8) & 1 == 0)) {
+                    continue;
+                }
                 let w = u64::from_le_bytes(w.try_into().unwrap_or_default());
-                self.reach(parent, offset + 8 * i as u64, w, None, None);
+                self.reach(parent, at, w, None, None, pointers.is_some());
             }
             return;
         };
@@ -228,7 +244,7 @@ impl Walk<'_, '_, '_> {
                 };
                 let at = start + s.offset;
                 let slice = if s.slice_data { word(at + 8).zip(word(at + 16)) } else { None };
-                self.reach(parent, at, w, Some(SlotRef { index: i, elem, slice }), to);
+                self.reach(parent, at, w, Some(SlotRef { index: i, elem, slice }), to, true);
             }
             start += value.size;
             elem += 1;
@@ -247,12 +263,24 @@ impl Walk<'_, '_, '_> {
             let Some(r) = self.reached.get(&base) else { continue };
             let (size, typing) = (r.size, r.typing);
             stats.objects_scanned += 1;
-            if let Some(t) = typing {
-                stats.typed_objects += 1;
-                if self.slots.of(t.elem).is_some_and(|v| v.slots.is_empty()) {
-                    continue; // no pointers to read
+            // A typed object's pointer words come from its DWARF type, an untyped one's from the runtime's bitmaps.
+            let pointers = match typing {
+                Some(t) => {
+                    stats.typed_objects += 1;
+                    if self.slots.of(t.elem).is_some_and(|v| v.slots.is_empty()) {
+                        continue; // no pointers to read
+                    }
+                    None
                 }
-            }
+                None => match self.heap.pointer_words(HeapObject { base, size }) {
+                    PointerWords::None => continue,
+                    PointerWords::Bits(bits) => {
+                        stats.bitmap_objects += 1;
+                        Some(bits)
+                    }
+                    PointerWords::Unknown => None,
+                },
+            };
             let mut offset = 0;
             while offset < size {
                 if stats.bytes_scanned >= limits.max_bytes || started.elapsed() >= limits.max_time {
@@ -265,7 +293,7 @@ impl Walk<'_, '_, '_> {
                     break;
                 }
                 stats.bytes_scanned += len;
-                self.scan(Parent::Object(base), buf, offset, typing);
+                self.scan(Parent::Object(base), buf, offset, typing, pointers.as_deref());
                 offset += len;
             }
         }
@@ -315,7 +343,7 @@ impl Walk<'_, '_, '_> {
                 Parent::Root(i) => (roots[i].type_id.map(|t| Typing { elem: self.slots.graph().resolve(t), phase: 0 }), roots[i].len),
                 Parent::Object(p) => self.reached.get(&p).map_or((None, 0), |p| (p.typing, p.size)),
             };
-            let (parent, offset, size, typing, slot) = (r.parent, r.offset, r.size, r.typing, r.slot);
+            let (parent, offset, size, typing, slot, known) = (r.parent, r.offset, r.size, r.typing, r.slot, r.known);
             let via = match (parent, slot) {
                 // An untyped root's slots are its named words.
                 (Parent::Root(i), Some(s)) if roots[i].type_id.is_none() => roots[i].named.get(s.index).map(|w| w.name.clone()),
@@ -325,7 +353,7 @@ impl Walk<'_, '_, '_> {
             let elem_size = typing.and_then(|t| self.slots.graph().get(t.elem)).map_or(1, |t| t.size);
             let slice = slot.and_then(|s| s.slice).map(|(len, cap)| SliceView { len_bytes: len.saturating_mul(elem_size), cap_bytes: cap.saturating_mul(elem_size) });
             let map_len = self.map_len(at, typing);
-            hops.push(Hop { offset, size, base: at, via, type_name, slice, map_len });
+            hops.push(Hop { offset, size, base: at, via, type_name, slice, map_len, known });
             match parent {
                 Parent::Root(i) => {
                     hops.reverse();
@@ -421,17 +449,31 @@ pub fn find_chains(
         let to = roots[from..].iter().position(|r| r.root.kind != kind).map_or(roots.len(), |n| from + n);
         let mut window = RootWindow::default();
         for (i, r) in roots.iter().enumerate().take(to).skip(from) {
-            let len = if r.len == 0 { walk.heap.object_containing(r.addr).map_or(0, |o| o.base + o.size - r.addr) } else { r.len };
+            // A region's pointer words: every one of a word the GC's data/bss bitmaps mark; a heap object's (a
+            // closure's) from the runtime's bitmaps, like any object's.
+            let (len, pointers) = match r.len {
+                0 => match walk.heap.object_containing(r.addr) {
+                    Some(o) if o.base == r.addr => match walk.heap.pointer_words(o) {
+                        PointerWords::None => (0, None),
+                        PointerWords::Bits(bits) => (o.size, Some(bits)),
+                        PointerWords::Unknown => (o.size, None),
+                    },
+                    Some(o) => (o.base + o.size - r.addr, None),
+                    None => (0, None),
+                },
+                len if r.pointer_words => (len, Some(vec![0xff; len.div_ceil(64) as usize])),
+                len => (len, None),
+            };
             if let Some(bytes) = window.read(memory, r.addr, len) {
                 stats.bytes_scanned += len;
                 // The words variables hold first, so that they name what they reach; then the rest.
                 for (k, w) in r.named.iter().enumerate() {
                     let Some(at) = w.addr.checked_sub(r.addr).filter(|&a| a + 8 <= len) else { continue };
                     let word = u64::from_le_bytes(bytes[at as usize..at as usize + 8].try_into().unwrap_or_default());
-                    walk.reach(Parent::Root(i), at, word, Some(SlotRef { index: k, elem: 0, slice: None }), w.to);
+                    walk.reach(Parent::Root(i), at, word, Some(SlotRef { index: k, elem: 0, slice: None }), w.to, true);
                 }
                 let typing = r.type_id.map(|t| Typing { elem: types.resolve(t), phase: 0 });
-                walk.scan(Parent::Root(i), &bytes, 0, typing);
+                walk.scan(Parent::Root(i), &bytes, 0, typing, pointers.as_deref());
             }
         }
         walk.drain(&mut buf, &mut stats, &limits, pause, started);
@@ -441,7 +483,7 @@ pub fn find_chains(
         .into_iter()
         .filter_map(|(target, base)| {
             let (i, hops) = walk.chain_to(base, roots)?;
-            let precise = hops.iter().all(|h| h.via.is_some());
+            let precise = hops.iter().all(|h| h.known);
             Some((target, Chain { root: roots[i].root.clone(), hops, precise }))
         })
         .collect();
@@ -491,8 +533,9 @@ pub struct HeldBy {
     pub objects: u64,
     pub searched: u64,
     pub unreached: u64,
-    /// Every chain of the group followed typed pointers only, from a typed root (else some step was a word that
-    /// merely looks like a pointer: a goroutine stack, a closure, an untyped object).
+    /// Every chain of the group followed only words known to be pointers (DWARF types, the runtime's bitmaps);
+    /// else some step was a word that merely looks like one (a conservatively scanned stack, or an object whose
+    /// bitmap could not be read).
     pub precise: bool,
     /// Distinct goroutines among the group's roots (0 for a variable).
     pub goroutines: u64,
@@ -623,7 +666,7 @@ mod tests {
             root: Root { kind: "global", name: root.into(), type_name: None, goroutine: None },
             hops: hops
                 .iter()
-                .map(|&(offset, size, base)| Hop { offset, size, base, via: Some(format!("[{}]", offset / 8)), type_name: None, slice: None, map_len: None })
+                .map(|&(offset, size, base)| Hop { offset, size, base, via: Some(format!("[{}]", offset / 8)), type_name: None, slice: None, map_len: None, known: true })
                 .collect(),
             precise: true,
         }

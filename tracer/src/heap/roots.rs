@@ -17,6 +17,8 @@ pub struct RootRegion {
     pub type_id: Option<TypeId>,
     /// Words of an untyped region that DWARF names (a frame's variables), followed first.
     pub named: Vec<NamedWord>,
+    /// Every word of the region is a pointer (a word the GC's data/bss bitmap marks).
+    pub pointer_words: bool,
 }
 
 /// A pointer word in a stack frame that a variable holds (runtime address), named as the variable and the path
@@ -43,6 +45,7 @@ pub fn global_roots(globals: &[GlobalVar], load_bias: u64) -> Vec<RootRegion> {
             len: g.size,
             type_id: g.type_id,
             named: Vec::new(),
+            pointer_words: false,
         })
         .collect()
 }
@@ -55,7 +58,7 @@ pub fn data_roots(regions: &[DataRegion], load_bias: u64) -> Vec<RootRegion> {
     for r in regions {
         for word in (0..r.len / 8).map(|i| r.addr + 8 * i).filter(|&a| r.is_pointer(a)) {
             let root = Root { kind: "global", name: format!("{} {word:#x}", r.name), type_name: None, goroutine: None };
-            out.push(RootRegion { root, addr: word + load_bias, len: 8, type_id: None, named: Vec::new() });
+            out.push(RootRegion { root, addr: word + load_bias, len: 8, type_id: None, named: Vec::new(), pointer_words: true });
         }
     }
     out
@@ -69,7 +72,7 @@ pub fn closure_roots(closures: impl IntoIterator<Item = (&'static str, String, u
         .into_iter()
         .map(|(kind, name, funcval)| {
             let root = Root { kind, name, type_name: None, goroutine: None };
-            RootRegion { root, addr: funcval, len: 0, type_id: None, named: Vec::new() }
+            RootRegion { root, addr: funcval, len: 0, type_id: None, named: Vec::new(), pointer_words: false }
         })
         .collect()
 }
@@ -129,7 +132,7 @@ pub fn goroutine_roots(
         }
         let mut region = |from: u64, to: u64, function: Option<String>, named: Vec<NamedWord>| {
             let root = Root { kind: "goroutine", name: function.unwrap_or_default(), type_name: None, goroutine: Some((goid, state.clone())) };
-            out.push(RootRegion { root, addr: from, len: to - from, type_id: None, named });
+            out.push(RootRegion { root, addr: from, len: to - from, type_id: None, named, pointer_words: false });
         };
         let sp = field(layout.sched_sp).filter(|sp| (lo..hi).contains(sp) && !running);
         let Some(mut start) = sp else {

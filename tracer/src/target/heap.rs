@@ -8,7 +8,7 @@ use super::dwarf::{self, GlobalVar};
 use super::layout::{self, HeapOffsets};
 use super::locals::FrameLocals;
 use super::typegraph::TypeGraph;
-use super::{elf, roots, Arch, GoBinary, SpanLayout};
+use super::{elf, roots, Arch, GoBinary, PointerBits, RuntimeLayout, SpanLayout};
 
 /// Offsets and addresses for [`crate::heap`]. Offsets come from DWARF, else from the version table
 /// (`layout.rs`); addresses from the symbol table, else from the code (`roots.rs`).
@@ -25,6 +25,13 @@ pub struct HeapLayout {
     /// `mspan.allocBits` (`*gcBits`) and `mspan.freeindex` (offset, byte size: uintptr up to 1.21, uint16 since).
     pub span_alloc_bits: u64,
     pub span_freeindex: (u64, u8),
+    /// `mspan.spanclass` (one byte; the low bit: noscan, no pointers in the span's objects).
+    pub span_class: u64,
+    /// Where the runtime keeps each object's pointer words.
+    pub pointer_bits: PointerBits,
+    /// Element sizes of the spans whose last 128 bytes hold Green Tea's inline mark bits, which the span's pointer
+    /// bits come before; (0, 0) without Green Tea.
+    pub inline_mark_sizes: (u64, u64),
     /// `arenaBaseOffset` (`malloc.go@go1.27.3:314`): arena indices count from it.
     pub arena_base_offset: u64,
 }
@@ -121,7 +128,7 @@ impl GoBinary {
         };
         let (globals, types, locals) = program.map(|p| (p.globals, p.types, p.locals)).unwrap_or_default();
         Ok(HeapModel {
-            layout: layout(&offsets, mheap, self.layout.span, self.image.arch),
+            layout: layout(&offsets, mheap, &self.layout, self.image.arch),
             globals,
             types,
             locals,
@@ -137,14 +144,17 @@ impl GoBinary {
     }
 }
 
-fn layout(offsets: &HeapOffsets, mheap: u64, span: SpanLayout, arch: Arch) -> HeapLayout {
+fn layout(offsets: &HeapOffsets, mheap: u64, runtime: &RuntimeLayout, arch: Arch) -> HeapLayout {
     HeapLayout {
         arenas: mheap + offsets.mheap_arenas,
         arena_spans: offsets.arena_spans,
-        span,
+        span: runtime.span,
         span_state: offsets.span_state,
         span_alloc_bits: offsets.span_alloc_bits,
         span_freeindex: offsets.span_freeindex,
+        span_class: offsets.span_class,
+        pointer_bits: offsets.pointer_bits,
+        inline_mark_sizes: runtime.inline_mark_sizes,
         arena_base_offset: match arch {
             Arch::Amd64 => 0xffff_8000_0000_0000,
             Arch::Arm64 => 0,

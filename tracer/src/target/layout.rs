@@ -454,11 +454,31 @@ pub(crate) struct HeapOffsets {
     pub span_alloc_bits: u64,
     /// `mspan.freeindex`: (offset, byte size).
     pub span_freeindex: (u64, u8),
+    /// `mspan.spanclass` (one byte): its low bit is `noscan`.
+    pub span_class: u64,
+    pub pointer_bits: PointerBits,
     pub g_stack_lo: u64,
     /// `g.sched.sp`, `g.sched.pc`, `g.sched.bp`.
     pub g_sched: (u64, u64, u64),
     pub data: RootSectionFields,
     pub bss: RootSectionFields,
+}
+
+/// Where the runtime records which words of a heap object are pointers (what its GC scans), by release.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PointerBits {
+    /// Up to 1.19: `heapArena.bitmap` opens the arena's record, a byte for four words: bit i the word's pointer
+    /// bit, bit 4+i its "more pointers follow" bit (`mbitmap.go@go1.19:56-57`, `scanobject`).
+    ArenaTwoBits,
+    /// 1.20–1.21: `heapArena.bitmap` opens it, a bit per word; the words past an object's last pointer are zero
+    /// (`mheap.go@go1.21.13:240-256`).
+    ArenaOneBit,
+    /// 1.22+: an object of at most 512 bytes has its bits at the end of its span (`spanHeapBitsRange`), a larger
+    /// one its type: in a malloc header (its first word) in a small span, in `mspan.largeType` (this offset) in
+    /// a large one (`typePointersOfUnchecked`, `mbitmap.go@go1.27.3`). From 1.24 a type whose `TFlag` has
+    /// `TFlagGCMaskOnDemand` (1 << 4) keeps in `GCData` where the runtime stores its mask once built
+    /// (`getGCMask`, `type.go@go1.27.3:87-93`); in 1.22–1.23 that bit meant an unrolled bitmap, read directly.
+    InSpan { large_type: u64, mask_on_demand: bool },
 }
 
 /// The DWARF structs that [`heap_offsets`] reads.
@@ -480,6 +500,8 @@ struct HeapRow {
     span_state: u64,
     span_alloc_bits: u64,
     span_freeindex: (u64, u8),
+    span_class: u64,
+    pointer_bits: PointerBits,
     gobuf_bp: u64,
     /// `moduledata.gcdata` and `moduledata.gcdatamask`; `gcbss` and `gcbssmask` follow them.
     gcdata: (u64, u64),
@@ -499,14 +521,14 @@ const MODULEDATA_DATA: u64 = 208;
 /// fields follow fields that come and go (`covctrs` from 1.20, others in 1.26 and 1.27).
 #[rustfmt::skip]
 const HEAP_TABLE: &[HeapRow] = &[
-    HeapRow { minor: 19, arenas: (65936, 65936), arena_spans: 2_097_152, span_state: 99, span_alloc_bits: 72, span_freeindex: (48, 8), gobuf_bp: 48, gcdata: (264, 496) },
-    HeapRow { minor: 21, arenas: (65944, 65944), arena_spans: 1_064_960, span_state: 107, span_alloc_bits: 72, span_freeindex: (48, 8), gobuf_bp: 48, gcdata: (280, 536) },
-    HeapRow { minor: 22, arenas: (66008, 66072), arena_spans: 0, span_state: 99, span_alloc_bits: 64, span_freeindex: (48, 2), gobuf_bp: 48, gcdata: (280, 536) },
-    HeapRow { minor: 23, arenas: (66008, 66072), arena_spans: 0, span_state: 99, span_alloc_bits: 64, span_freeindex: (48, 2), gobuf_bp: 48, gcdata: (280, 536) },
-    HeapRow { minor: 24, arenas: (66008, 66072), arena_spans: 0, span_state: 99, span_alloc_bits: 64, span_freeindex: (48, 2), gobuf_bp: 48, gcdata: (280, 536) },
-    HeapRow { minor: 25, arenas: (66008, 66072), arena_spans: 0, span_state: 99, span_alloc_bits: 64, span_freeindex: (48, 2), gobuf_bp: 40, gcdata: (280, 536) },
-    HeapRow { minor: 26, arenas: (66008, 66072), arena_spans: 0, span_state: 99, span_alloc_bits: 64, span_freeindex: (48, 2), gobuf_bp: 40, gcdata: (280, 544) },
-    HeapRow { minor: 27, arenas: (66008, 66072), arena_spans: 0, span_state: 99, span_alloc_bits: 64, span_freeindex: (48, 2), gobuf_bp: 40, gcdata: (280, 520) },
+    HeapRow { minor: 19, arenas: (65936, 65936), arena_spans: 2_097_152, span_state: 99, span_alloc_bits: 72, span_freeindex: (48, 8), span_class: 98, pointer_bits: PointerBits::ArenaTwoBits, gobuf_bp: 48, gcdata: (264, 496) },
+    HeapRow { minor: 21, arenas: (65944, 65944), arena_spans: 1_064_960, span_state: 107, span_alloc_bits: 72, span_freeindex: (48, 8), span_class: 106, pointer_bits: PointerBits::ArenaOneBit, gobuf_bp: 48, gcdata: (280, 536) },
+    HeapRow { minor: 22, arenas: (66008, 66072), arena_spans: 0, span_state: 99, span_alloc_bits: 64, span_freeindex: (48, 2), span_class: 98, pointer_bits: PointerBits::InSpan { large_type: 152, mask_on_demand: false }, gobuf_bp: 48, gcdata: (280, 536) },
+    HeapRow { minor: 23, arenas: (66008, 66072), arena_spans: 0, span_state: 99, span_alloc_bits: 64, span_freeindex: (48, 2), span_class: 98, pointer_bits: PointerBits::InSpan { large_type: 152, mask_on_demand: false }, gobuf_bp: 48, gcdata: (280, 536) },
+    HeapRow { minor: 24, arenas: (66008, 66072), arena_spans: 0, span_state: 99, span_alloc_bits: 64, span_freeindex: (48, 2), span_class: 98, pointer_bits: PointerBits::InSpan { large_type: 152, mask_on_demand: true }, gobuf_bp: 48, gcdata: (280, 536) },
+    HeapRow { minor: 25, arenas: (66008, 66072), arena_spans: 0, span_state: 99, span_alloc_bits: 64, span_freeindex: (48, 2), span_class: 98, pointer_bits: PointerBits::InSpan { large_type: 152, mask_on_demand: true }, gobuf_bp: 40, gcdata: (280, 536) },
+    HeapRow { minor: 26, arenas: (66008, 66072), arena_spans: 0, span_state: 99, span_alloc_bits: 64, span_freeindex: (48, 2), span_class: 98, pointer_bits: PointerBits::InSpan { large_type: 152, mask_on_demand: true }, gobuf_bp: 40, gcdata: (280, 544) },
+    HeapRow { minor: 27, arenas: (66008, 66072), arena_spans: 0, span_state: 99, span_alloc_bits: 64, span_freeindex: (48, 2), span_class: 98, pointer_bits: PointerBits::InSpan { large_type: 152, mask_on_demand: true }, gobuf_bp: 40, gcdata: (280, 520) },
 ];
 
 impl HeapRow {
@@ -521,6 +543,8 @@ impl HeapRow {
             span_state: self.span_state,
             span_alloc_bits: self.span_alloc_bits,
             span_freeindex: self.span_freeindex,
+            span_class: self.span_class,
+            pointer_bits: self.pointer_bits,
             g_stack_lo: 0,
             g_sched: (G_SCHED, G_SCHED + 8, G_SCHED + self.gobuf_bp),
             data: RootSectionFields { start: MODULEDATA_DATA, end: MODULEDATA_DATA + 8, gcprog: gcdata, mask },
@@ -529,7 +553,7 @@ impl HeapRow {
     }
 }
 
-fn heap_offsets_from_dwarf(d: &StructMembers) -> Option<HeapOffsets> {
+fn heap_offsets_from_dwarf(d: &StructMembers, version: &GoVersion) -> Option<HeapOffsets> {
     let member = |s: &str, m: &str| d.get(s)?.get(m).copied();
     let offset = |s: &str, m: &str| member(s, m).map(|m| m.offset);
     let freeindex = member("runtime.mspan", "freeindex")?;
@@ -546,6 +570,14 @@ fn heap_offsets_from_dwarf(d: &StructMembers) -> Option<HeapOffsets> {
         span_state: offset("runtime.mspan", "state")?,
         span_alloc_bits: offset("runtime.mspan", "allocBits")?,
         span_freeindex: (freeindex.offset, freeindex_size),
+        span_class: offset("runtime.mspan", "spanclass")?,
+        // Which scheme the runtime uses shows in its structs: the span's large-object type since 1.22, the
+        // arena's bitmap before, with `noMorePtrs` beside it when it is one bit a word.
+        pointer_bits: match (offset("runtime.mspan", "largeType"), offset("runtime.heapArena", "noMorePtrs")) {
+            (Some(large_type), _) => PointerBits::InSpan { large_type, mask_on_demand: (version.major, version.minor) >= (1, 24) },
+            (None, Some(_)) => PointerBits::ArenaOneBit,
+            (None, None) => PointerBits::ArenaTwoBits,
+        },
         g_stack_lo: offset("runtime.g", "stack")? + offset("runtime.stack", "lo")?,
         g_sched: (gobuf("sp")?, gobuf("pc")?, gobuf("bp")?),
         data: section("data", "edata", "gcdata", "gcdatamask")?,
@@ -560,7 +592,7 @@ pub(crate) fn heap_offsets(
     dwarf: Option<&StructMembers>,
 ) -> Result<HeapOffsets, TargetError> {
     dwarf
-        .and_then(heap_offsets_from_dwarf)
+        .and_then(|d| heap_offsets_from_dwarf(d, version))
         .or_else(|| heap_table(version, arch))
         .ok_or_else(|| no_table(version, arch))
 }
@@ -721,6 +753,6 @@ pub(crate) fn table_heap_offsets(version: &GoVersion, arch: Arch) -> Option<Heap
 
 /// [`heap_offsets`] from DWARF alone, to check the table against.
 #[cfg(test)]
-pub(crate) fn dwarf_heap_offsets(dwarf: &StructMembers) -> Option<HeapOffsets> {
-    heap_offsets_from_dwarf(dwarf)
+pub(crate) fn dwarf_heap_offsets(dwarf: &StructMembers, version: &GoVersion) -> Option<HeapOffsets> {
+    heap_offsets_from_dwarf(dwarf, version)
 }

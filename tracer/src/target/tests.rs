@@ -1297,7 +1297,7 @@ fn heap_offsets_table_matches_dwarf() {
             let bytes = std::fs::read(target_path(ver, name)).unwrap();
             let file = elf::open(&bytes).unwrap();
             let members = dwarf::struct_members(&file, &[layout::HEAP_DWARF_STRUCTS, &["runtime.bitvector"]].concat()).unwrap();
-            let from_dwarf = layout::dwarf_heap_offsets(&members).unwrap_or_else(|| panic!("{ver}/{name}: DWARF"));
+            let from_dwarf = layout::dwarf_heap_offsets(&members, b.version()).unwrap_or_else(|| panic!("{ver}/{name}: DWARF"));
             assert_eq!(layout::table_heap_offsets(b.version(), b.arch()), Some(from_dwarf), "{ver}/{name}");
             // What DataRegion::runtime_mask points at: bitvector{n int32; bytedata *uint8}.
             let bv = &members["runtime.bitvector"];
