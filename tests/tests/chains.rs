@@ -2,8 +2,8 @@
 //! `main.sessions`, and each round's batch on a goroutine that blocks for ever. Each retained row at
 //! `main.openSessions` must be held by the map, down to an object of the row's type, and the batches by a frame of
 //! the leaked goroutines (go-targets/holders/TRUTH.md); the map's chains are typed from the global's DWARF type,
-//! each step named by its Go path. Stripped binaries get chains too, from the words of bss the GC's bitmaps mark
-//! as pointers, with offsets for names.
+//! each step named by its Go path and a map value's step by its key. Stripped binaries get chains too, from the
+//! words of bss the GC's bitmaps mark as pointers, with offsets for names.
 
 use e2e::{target_path, trace_until_done, trace_until_done_as, trace_until_done_with, Target};
 use serde_json::Value;
@@ -60,6 +60,13 @@ fn check(go: &str, stripped: bool) {
         let header = hops[0]["type"].as_str().unwrap_or_default();
         assert!(header == "map<int,*main.Session>" || header == "hash<int,*main.Session>", "{held:#}");
         assert_eq!(hops[0]["via"], "", "the global is the map pointer: {held:#}");
+        // The session's step names the map entry it is the value of: its key, a session id (0 … 99), one key
+        // per session of the group.
+        if let Some(session) = hops.iter().find(|h| h["type"] == "main.Session") {
+            let entry = &session["map_entry"];
+            let key: u64 = entry["key"].as_str().and_then(|k| k.parse().ok()).unwrap_or_else(|| panic!("an integer key: {held:#}"));
+            assert!(key < 100 && entry["part"] == "value" && entry["keys"] == held["objects"], "{held:#}");
+        }
         match row["type"].as_str().unwrap() {
             "[]uint8" => {
                 assert_eq!((last["size"].as_u64(), &last["type"]), (Some(4096), &Value::from("[]uint8")), "{held:#}");

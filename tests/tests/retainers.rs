@@ -65,6 +65,14 @@ fn check(go: &str, stripped: bool) {
         assert_eq!(r["trend"], "stable", "{r:#}");
         assert_eq!(r["held_by"]["root"]["name"], "main.table", "{r:#}");
         assert!(r["held_by"].get("diagnosis").is_none(), "{r:#}");
+        // The keys' bytes: reached through an entry's key, which the step names ("k0" … "k511").
+        if r["type"] == "string" {
+            let hops = r["held_by"]["hops"].as_array().unwrap();
+            let entry = &hops.last().unwrap()["map_entry"];
+            let key = entry["key"].as_str().unwrap_or_else(|| panic!("{r:#}"));
+            let n: u32 = key.strip_prefix("\"k").and_then(|k| k.strip_suffix('"')).and_then(|k| k.parse().ok()).unwrap_or_else(|| panic!("{key}"));
+            assert!(n < 512 && entry["part"] == "key" && entry["keys"].as_u64() >= Some(1), "{r:#}");
+        }
     }
 }
 

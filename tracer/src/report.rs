@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use crate::{
     finalizers::FinalizerSection,
+    heap::EntryPart,
     retention::RetainedRow,
     sites::{SiteRow, Totals},
 };
@@ -367,14 +368,23 @@ fn pause_text(c: &ChainSearch) -> String {
     }
 }
 
-/// `main.sessions (map[int]*main.Session) → 48 B map<int,*main.Session> → .dirPtr → … → .Buf → 4.0 KiB []uint8
-/// (20 of 20 objects searched, precise)`: each object reached, after the path (or offset) of the pointer to it.
+/// `main.sessions (map[int]*main.Session) → 48 B map<int,*main.Session> → … → […].slots[…].elem (value for key
+/// 17, 1 of 20 keys) → 32 B main.Session → .Buf → 4.0 KiB []uint8 (20 of 20 objects searched, precise)`: each
+/// object reached, after the path (or offset) of the pointer to it and the map key it is the value of.
 fn held_by_text(h: &crate::heap::HeldBy) -> String {
     let mut s = h.root.describe();
     for hop in &h.hops {
         let at = hop_offset(hop);
         if !at.is_empty() {
             s += &format!(" → {at}");
+        }
+        if let Some(e) = &hop.map_entry {
+            let part = match e.part {
+                EntryPart::Key => "key",
+                EntryPart::Value => "value for key",
+            };
+            let of = if e.keys > 1 { format!(", 1 of {} keys", e.keys) } else { String::new() };
+            s += &format!(" ({part} {}{of})", e.key);
         }
         s += &format!(" → {}", human_bytes(hop.size));
         if let Some(t) = &hop.type_name {
@@ -553,7 +563,7 @@ pub(crate) mod tests {
         r.retained[0].held_by = Some(crate::heap::HeldBy {
             root: crate::heap::Root { kind: "global", name: "main.cache".into(), type_name: Some("map[string]*main.Session".into()), goroutine: None },
             hops: vec![
-                crate::heap::HopRow { offset: 0, offset_varies: false, via: None, size: 48, type_name: None, slice: None, map_len: Some(2) },
+                crate::heap::HopRow { offset: 0, offset_varies: false, via: None, size: 48, type_name: None, slice: None, map_len: Some(2), map_entry: None },
                 crate::heap::HopRow {
                     offset: 0x28,
                     offset_varies: true,
@@ -562,6 +572,7 @@ pub(crate) mod tests {
                     type_name: Some("map[string]*main.Session".into()),
                     slice: None,
                     map_len: None,
+                    map_entry: Some(crate::heap::MapEntry { key: "\"u-17\"".into(), part: crate::heap::EntryPart::Value, keys: 2 }),
                 },
             ],
             objects: 2,
@@ -580,7 +591,7 @@ pub(crate) mod tests {
         held_report().write_text(&mut out).unwrap();
         let s = String::from_utf8(out).unwrap();
         assert!(
-            s.contains("held by main.cache (map[string]*main.Session) → +0x0 → 48 B → […].elem → 2.0 KiB map[string]*main.Session  (2 of 3 objects searched, 1 not reached, conservative)"),
+            s.contains("held by main.cache (map[string]*main.Session) → +0x0 → 48 B → […].elem (value for key \"u-17\", 1 of 2 keys) → 2.0 KiB map[string]*main.Session  (2 of 3 objects searched, 1 not reached, conservative)"),
             "{s}"
         );
     }

@@ -21,9 +21,10 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::gotype::Memory;
-use crate::target::{HeapModel, TypeGraph, TypeId};
+use crate::target::{HeapModel, TypeGraph, TypeId, KIND_STRING};
 use index::{HeapIndex, HeapObject, PointerWords};
 use typed::Slots;
+pub use typed::EntryPart;
 pub use pause::Pause;
 pub use roots::{closure_roots, data_roots, global_roots, goroutine_roots, NamedWord, RootRegion};
 
@@ -40,6 +41,8 @@ impl Default for WalkLimits {
     }
 }
 
+/// A string key's bytes shown at most.
+const MAX_KEY_TEXT: u64 = 64;
 /// Objects larger than this are scanned in pieces of this size.
 const READ_CHUNK: u64 = 1 << 20;
 
@@ -94,6 +97,9 @@ pub struct Hop {
     /// The word followed is a pointer by the previous value's type or the runtime's bitmaps; else it merely
     /// looked like one (a conservatively scanned stack or object).
     pub known: bool,
+    /// The word is in a map entry (of a typed group or bucket): the entry's key as Go prints it, and whether the
+    /// word is in the key or the value.
+    pub key: Option<(String, EntryPart)>,
 }
 
 /// The part of an array a slice covers: `len × element size` and `cap × element size`.
@@ -324,6 +330,34 @@ impl Walk<'_, '_, '_> {
         Some(u64::from_le_bytes(b))
     }
 
+    /// The key of the map entry that holds the pointer word `slot` of the typed object at `base`, if any (see
+    /// [`typed::map_key`]), and which part of the entry holds the word.
+    fn map_key(&mut self, base: u64, t: Typing, slot: SlotRef) -> Option<(String, EntryPart)> {
+        let value = self.slots.of(t.elem)?;
+        let graph = self.slots.graph();
+        let (offset, ty, part) = typed::map_key(graph, t.elem, &value.slots.get(slot.index)?.path)?;
+        let at = base + t.phase + slot.elem * value.size + offset;
+        let key = graph.get(graph.resolve(ty))?;
+        let mut b = [0u8; 16];
+        let n = usize::try_from(key.size).ok().filter(|&n| n <= b.len())?;
+        self.memory.read(at, &mut b[..n]).ok()?;
+        let word = u64::from_le_bytes(b[..8].try_into().unwrap_or_default());
+        let text = match key.kind {
+            // int, int8 … int64: sign-extended from the key's size.
+            2..=6 if n <= 8 => ((word << (64 - 8 * n)) as i64 >> (64 - 8 * n)).to_string(),
+            7..=12 if n <= 8 => word.to_string(),
+            KIND_STRING => {
+                let len = u64::from_le_bytes(b[8..16].try_into().unwrap_or_default());
+                let mut text = vec![0u8; len.min(MAX_KEY_TEXT) as usize];
+                self.memory.read(word, &mut text).ok()?;
+                let more = if len > MAX_KEY_TEXT { "…" } else { "" };
+                format!("{:?}{more}", String::from_utf8_lossy(&text))
+            }
+            _ => return None,
+        };
+        Some((text, part))
+    }
+
     /// The type name of a typed object: its type, or `[N]T` when it holds N values of T (without the `noalg.`
     /// the linker gives the map internals it synthesizes: the runtime does not write it).
     fn typed_name(&self, typing: Option<Typing>, size: u64) -> Option<String> {
@@ -353,7 +387,11 @@ impl Walk<'_, '_, '_> {
             let elem_size = typing.and_then(|t| self.slots.graph().get(t.elem)).map_or(1, |t| t.size);
             let slice = slot.and_then(|s| s.slice).map(|(len, cap)| SliceView { len_bytes: len.saturating_mul(elem_size), cap_bytes: cap.saturating_mul(elem_size) });
             let map_len = self.map_len(at, typing);
-            hops.push(Hop { offset, size, base: at, via, type_name, slice, map_len, known });
+            let key = match (parent, slot, parent_typing) {
+                (Parent::Object(p), Some(s), Some(t)) => self.map_key(p, t, s),
+                _ => None,
+            };
+            hops.push(Hop { offset, size, base: at, via, type_name, slice, map_len, known, key });
             match parent {
                 Parent::Root(i) => {
                     hops.reverse();
@@ -519,6 +557,20 @@ pub struct HopRow {
     /// A map header (of the chain shown): its number of entries.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub map_len: Option<u64>,
+    /// The map entry the pointer is in, and its key (of the chain shown).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub map_entry: Option<MapEntry>,
+}
+
+/// The map entry a hop's pointer is in.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct MapEntry {
+    /// The key as Go prints it: an integer, or a quoted string (its first 64 bytes).
+    pub key: String,
+    /// The pointer is in the entry's key or its value.
+    pub part: EntryPart,
+    /// Distinct keys among the group's chains at this hop (one per object, for a map of them).
+    pub keys: u64,
 }
 
 /// What holds a retained site's objects: the most common chain shape (the same root variable, or the same
@@ -622,6 +674,11 @@ pub fn held_by(objects: &[u64], chains: &HashMap<u64, Chain>, mut type_of: impl 
             type_name: type_of(h.base, h.size).or_else(|| h.type_name.clone()),
             slice: h.slice,
             map_len: h.map_len,
+            map_entry: h.key.clone().map(|(key, part)| MapEntry {
+                key,
+                part,
+                keys: group.iter().filter_map(|c| c.hops[i].key.as_ref()).collect::<HashSet<_>>().len() as u64,
+            }),
         })
         .collect();
     Some(HeldBy {
@@ -666,7 +723,7 @@ mod tests {
             root: Root { kind: "global", name: root.into(), type_name: None, goroutine: None },
             hops: hops
                 .iter()
-                .map(|&(offset, size, base)| Hop { offset, size, base, via: Some(format!("[{}]", offset / 8)), type_name: None, slice: None, map_len: None, known: true })
+                .map(|&(offset, size, base)| Hop { offset, size, base, via: Some(format!("[{}]", offset / 8)), type_name: None, slice: None, map_len: None, known: true, key: None })
                 .collect(),
             precise: true,
         }
@@ -707,7 +764,7 @@ mod tests {
 
     fn hop(size: u64, slice: Option<(u64, u64)>, map_len: Option<u64>) -> HopRow {
         let slice = slice.map(|(len_bytes, cap_bytes)| SliceView { len_bytes, cap_bytes });
-        HopRow { offset: 0, offset_varies: false, via: Some(String::new()), size, type_name: None, slice, map_len }
+        HopRow { offset: 0, offset_varies: false, via: Some(String::new()), size, type_name: None, slice, map_len, map_entry: None }
     }
 
     fn diagnosis(mut h: HeldBy, bytes: u64, map_storage: bool) -> Option<&'static str> {

@@ -114,6 +114,57 @@ fn flatten(graph: &TypeGraph, id: TypeId, at: u64, path: &mut String, out: &mut 
     out.len() <= MAX_SLOTS
 }
 
+/// The map entry a pointer slot of a map's group or bucket is in, given the slot's path in the value: its key's
+/// offset in the value and type, and whether the slot is in the key or the value. A Swiss group's slot s is
+/// `.slots[s].key…`/`.slots[s].elem…`, a classic bucket's `.keys[s]…`/`.values[s]…`. None for a slot of anything
+/// else.
+pub fn map_key(graph: &TypeGraph, value: TypeId, path: &str) -> Option<(u64, TypeId, EntryPart)> {
+    let entry = |field: &str| -> Option<(usize, usize)> {
+        let i = path.find(field)?;
+        Some((i, i + path[i..].find(']')? + 1))
+    };
+    let (key_path, part) = if let Some((_, end)) = entry(".slots[") {
+        let part = if path[end..].starts_with(".key") { EntryPart::Key } else { EntryPart::Value };
+        (format!("{}.key", &path[..end]), part)
+    } else if let Some((_, end)) = entry(".keys[") {
+        (path[..end].to_string(), EntryPart::Key)
+    } else {
+        let (i, end) = entry(".values[")?;
+        (format!("{}.keys{}", &path[..i], &path[i + ".values".len()..end]), EntryPart::Value)
+    };
+    let (offset, ty) = resolve_path(graph, value, &key_path)?;
+    Some((offset, ty, part))
+}
+
+/// Which part of a map entry a pointer is in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EntryPart {
+    Key,
+    Value,
+}
+
+/// The offset and type of the Go path `path` (`.slots[3].key`) in a value of `ty`.
+fn resolve_path(graph: &TypeGraph, mut ty: TypeId, mut path: &str) -> Option<(u64, TypeId)> {
+    let mut at = 0;
+    while !path.is_empty() {
+        let resolved = graph.resolve(ty);
+        if let Some(rest) = path.strip_prefix('.') {
+            let end = rest.find(['.', '[']).unwrap_or(rest.len());
+            let f = graph.field(resolved, &rest[..end])?;
+            (at, ty, path) = (at + f.offset, f.ty, &rest[end..]);
+        } else {
+            let rest = path.strip_prefix('[')?;
+            let end = rest.find(']')?;
+            let i: u64 = rest[..end].parse().ok()?;
+            let Shape::Array { elem, count } = graph.shape(resolved) else { return None };
+            let size = graph.get(graph.resolve(*elem))?.size;
+            (at, ty, path) = (at + i.checked_mul(size).filter(|_| i < *count)?, *elem, &rest[end + 1..]);
+        }
+    }
+    Some((at, ty))
+}
+
 /// For a Swiss map header (`map<K,V>`: `dirPtr **table<K,V>`, `dirLen`): the offset of `dirLen` and the group
 /// type (`table<K,V>.groups.data`'s pointee) that `dirPtr` points to while the map is small.
 fn small_map_group(graph: &TypeGraph, map: TypeId) -> Option<(u64, TypeId)> {
@@ -162,6 +213,9 @@ pub(crate) mod tests {
             /* 19 */ def("*table<int,*main.Tenant>", 8, 0, Shape::Pointer { to: Some(15) }),
             /* 20 */ def("**table<int,*main.Tenant>", 8, 0, Shape::Pointer { to: Some(19) }),
             /* 21 */ def("struct { key int; elem *main.Tenant }", 16, 25, Shape::Struct { fields: vec![field("key", 0, 0), field("elem", 8, 10)] }),
+            /* 22 */ def("[8]int", 64, 17, Shape::Array { elem: 0, count: 8 }),
+            /* 23 */ def("[8]*main.Tenant", 64, 17, Shape::Array { elem: 10, count: 8 }),
+            /* 24 */ def("noalg.map.bucket[int]*main.Tenant", 144, 25, Shape::Struct { fields: vec![field("tophash", 0, 0), field("keys", 8, 22), field("values", 72, 23), field("overflow", 136, 2)] }),
         ])
     }
 
@@ -179,6 +233,17 @@ pub(crate) mod tests {
         let array = slots.of(11).unwrap();
         assert_eq!(array.slots.iter().map(|s| s.path.as_str()).collect::<Vec<_>>(), ["[0]", "[1]", "[2]", "[3]"]);
         assert!(slots.of(0).unwrap().slots.is_empty(), "an int has no pointers");
+    }
+
+    #[test]
+    fn a_map_entry_slot_finds_its_key() {
+        let g = graph();
+        assert_eq!(map_key(&g, 12, ".slots[5].elem"), Some((8 + 5 * 16, 0, EntryPart::Value)), "the Swiss slot's key field");
+        assert_eq!(map_key(&g, 12, ".slots[5].key"), Some((8 + 5 * 16, 0, EntryPart::Key)));
+        assert_eq!(map_key(&g, 9, ".Account"), None);
+        assert_eq!(map_key(&g, 12, ".slots[9].elem"), None, "past the array");
+        assert_eq!(map_key(&g, 24, ".values[3]"), Some((8 + 3 * 8, 0, EntryPart::Value)), "a classic bucket's keys array");
+        assert_eq!(map_key(&g, 24, ".keys[3]"), Some((8 + 3 * 8, 0, EntryPart::Key)));
     }
 
     #[test]
