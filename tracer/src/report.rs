@@ -297,8 +297,8 @@ impl Report {
                 let live: Vec<String> = r.live_by_cycle.iter().map(|(c, n, _)| format!("gc{c}:{n}")).collect();
                 let samples = r.samples.map_or(String::new(), |n| format!("; estimated from {n} retained samples"));
                 writeln!(w, "{:>8}live by cycle {}; oldest {:.1} s{samples}", "", live.join(" "), r.oldest_age_seconds)?;
-                if let Some(h) = &r.held_by {
-                    writeln!(w, "{:>8}held by {}", "", held_by_text(h))?;
+                for (i, h) in r.held_by.iter().chain(&r.also_held_by).enumerate() {
+                    writeln!(w, "{:>8}{} {}", "", if i == 0 { "held by" } else { "also held by" }, held_by_text(h))?;
                     if let Some(d) = &h.diagnosis {
                         writeln!(w, "{:>8}diagnosis: {}", "", d.text)?;
                     }
@@ -342,19 +342,56 @@ struct HolderFrame<'r> {
     line: u32,
 }
 
-/// What holds a retained row, outermost first: the chain's root, then each hop's object (`32 B main.Session (at
-/// .Buf)`) when the walk found a chain; else its allocation stack, outermost caller first.
-fn holder_frames(r: &RetainedRow) -> Vec<HolderFrame<'_>> {
-    match &r.held_by {
-        Some(h) => std::iter::once(HolderFrame { name: h.root.describe(), file: "", line: 0 })
-            .chain(h.hops.iter().map(|hop| {
-                let (object, at) = (hop_object(hop), hop_offset(hop));
-                let name = if at.is_empty() { object } else { format!("{object} (at {at})") };
-                HolderFrame { name, file: "", line: 0 }
-            }))
-            .collect(),
-        None => r.stack.iter().rev().map(|f| HolderFrame { name: f.function.clone(), file: &f.file, line: f.line }).collect(),
+/// A retained row's objects held one way, as the profile outputs draw it: the frames, outermost first, and the
+/// share of the row's count and bytes that goes to it.
+struct HolderTower<'r> {
+    frames: Vec<HolderFrame<'r>>,
+    count: u64,
+    bytes: u64,
+}
+
+/// What holds a retained row: a tower per chain shape the walk found, outermost first (the chain's root, then
+/// each hop's object: `32 B main.Session (at .Buf)`), with the share of the row its objects are of those the
+/// walk found a chain for; else its allocation stack, outermost caller first, with the whole row.
+fn holder_towers(r: &RetainedRow) -> Vec<HolderTower<'_>> {
+    let shapes = chain_shares(r);
+    if shapes.is_empty() {
+        let frames = r.stack.iter().rev().map(|f| HolderFrame { name: f.function.clone(), file: &f.file, line: f.line }).collect();
+        return vec![HolderTower { frames, count: r.retained_count, bytes: r.retained_bytes }];
     }
+    shapes
+        .into_iter()
+        .map(|(h, count, bytes)| HolderTower {
+            frames: std::iter::once(HolderFrame { name: h.root.describe(), file: "", line: 0 })
+                .chain(h.hops.iter().map(|hop| {
+                    let (object, at) = (hop_object(hop), hop_offset(hop));
+                    let name = if at.is_empty() { object } else { format!("{object} (at {at})") };
+                    HolderFrame { name, file: "", line: 0 }
+                }))
+                .collect(),
+            count,
+            bytes,
+        })
+        .collect()
+}
+
+/// A retained row's chain shapes, each with its share of the row's count and bytes: the share its objects are of
+/// those the walk found a chain for (rounded so that the shares add up to the row).
+fn chain_shares(r: &RetainedRow) -> Vec<(&crate::heap::HeldBy, u64, u64)> {
+    let shapes: Vec<&crate::heap::HeldBy> = r.held_by.iter().chain(&r.also_held_by).collect();
+    let found = u128::from(shapes.iter().map(|h| h.objects).sum::<u64>().max(1));
+    let upto = |total: u64, objects: u64| (u128::from(total) * u128::from(objects) / found) as u64;
+    let mut before = 0;
+    shapes
+        .into_iter()
+        .map(|h| {
+            let after = before + h.objects;
+            let share = |total| upto(total, after) - upto(total, before);
+            let row = (h, share(r.retained_count), share(r.retained_bytes));
+            before = after;
+            row
+        })
+        .collect()
 }
 
 /// How long the walk stopped the target: `target stopped 1.2 ms`, `target not stopped (--max-pause 0)`.
@@ -393,7 +430,7 @@ fn held_by_text(h: &crate::heap::HeldBy) -> String {
     }
     let unreached = if h.unreached > 0 { format!(", {} not reached", h.unreached) } else { String::new() };
     let precision = if h.precise { "precise" } else { "conservative" };
-    s + &format!("  ({} of {} objects searched{unreached}, {precision})", h.objects, h.searched)
+    s + &format!("  ({} of {} objects searched ({}){unreached}, {precision})", h.objects, h.searched, human_bytes(h.bytes))
 }
 
 /// A hop's object as the graph outputs name it: `2.0 KiB map[string]*main.Session`, `48 B ?`.
@@ -489,6 +526,7 @@ pub(crate) mod tests {
                 live_by_cycle: vec![(5, 1, 1000), (6, 2, 3000), (7, 3, 5000)],
                 evicted_count: 0,
                 held_by: None,
+                also_held_by: Vec::new(),
                 site: 1,
                 stack: vec![FrameRow { function: "main.put".into(), file: "/src/main.go".into(), line: 12, pc: "0x1".into() }],
             }],
@@ -576,12 +614,19 @@ pub(crate) mod tests {
                 },
             ],
             objects: 2,
+            bytes: 4000,
             searched: 3,
             unreached: 1,
             precise: false,
             goroutines: 0,
             diagnosis: Some(crate::heap::Diagnosis { kind: "map_kept_storage", text: "the map has 2 entries but keeps 3.9 KiB".into() }),
         });
+        // A second shape: the third object, from another variable.
+        let mut other = r.retained[0].held_by.clone().unwrap();
+        other.root.name = "main.old".into();
+        (other.objects, other.bytes, other.diagnosis) = (1, 2000, None);
+        other.hops.truncate(1);
+        r.retained[0].also_held_by = vec![other];
         r
     }
 
@@ -591,9 +636,10 @@ pub(crate) mod tests {
         held_report().write_text(&mut out).unwrap();
         let s = String::from_utf8(out).unwrap();
         assert!(
-            s.contains("held by main.cache (map[string]*main.Session) → +0x0 → 48 B → […].elem (value for key \"u-17\", 1 of 2 keys) → 2.0 KiB map[string]*main.Session  (2 of 3 objects searched, 1 not reached, conservative)"),
+            s.contains("held by main.cache (map[string]*main.Session) → +0x0 → 48 B → […].elem (value for key \"u-17\", 1 of 2 keys) → 2.0 KiB map[string]*main.Session  (2 of 3 objects searched (3.9 KiB), 1 not reached, conservative)"),
             "{s}"
         );
+        assert!(s.contains("also held by main.old (map[string]*main.Session) → +0x0 → 48 B  (1 of 3 objects searched (2.0 KiB), 1 not reached, conservative)"), "{s}");
     }
 
     #[test]

@@ -49,6 +49,9 @@ pub struct RetainedRow {
     /// target had exited).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub held_by: Option<crate::heap::HeldBy>,
+    /// The next most common chains, by the objects they hold (at most [`crate::heap::MAX_SHAPES`] in all).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub also_held_by: Vec<crate::heap::HeldBy>,
     /// The site, for finding its objects again.
     #[serde(skip)]
     pub site: u64,
@@ -116,6 +119,7 @@ pub fn retained_rows(
                 live_by_cycle: s.live_by_cycle.iter().map(|&(c, n, b)| (c, est(n), est_bytes(b))).collect(),
                 evicted_count: s.evicted_count,
                 held_by: None,
+                also_held_by: Vec::new(),
                 site,
                 stack: row.stack,
             })

@@ -414,10 +414,15 @@ impl Session {
         search.pause_failed = pause.failed.take();
         for r in rows.iter_mut() {
             if let Some(objs) = objects.get(&r.site) {
-                r.held_by = heap::held_by(objs, &chains, |base, size| Some(self.state.allocation_in(base, size, &mut self.names)?.1));
-                if let Some(h) = &mut r.held_by {
-                    h.diagnose(r.retained_bytes, r.kind == ValueKind::Map);
+                let mut shapes = heap::held_by(objs, &chains, |base, size| Some(self.state.allocation_in(base, size, &mut self.names)?.1));
+                // Each shape's diagnosis, with its share of the row's bytes.
+                let found: u64 = shapes.iter().map(|h| h.objects).sum();
+                for h in &mut shapes {
+                    h.diagnose(r.retained_bytes * h.objects / found.max(1), r.kind == ValueKind::Map);
                 }
+                let mut shapes = shapes.into_iter();
+                r.held_by = shapes.next();
+                r.also_held_by = shapes.collect();
             }
         }
         for r in never_ran.iter_mut().filter(|r| r.wants_chain()) {
@@ -429,7 +434,7 @@ impl Session {
             };
             let merged: HashMap<u64, heap::Chain> =
                 r.objects.iter().filter_map(|o| Some((*o, first.get(o).or_else(|| then.get(o))?.clone()))).collect();
-            r.held_by = heap::held_by(&r.objects, &merged, |base, size| Some(self.state.allocation_in(base, size, &mut self.names)?.1));
+            r.held_by = heap::held_by(&r.objects, &merged, |base, size| Some(self.state.allocation_in(base, size, &mut self.names)?.1)).into_iter().next();
         }
         search.walk = walk;
         search

@@ -573,16 +573,18 @@ pub struct MapEntry {
     pub keys: u64,
 }
 
-/// What holds a retained site's objects: the most common chain shape (the same root variable, or the same
-/// function's frame on any goroutine; then objects of the same sizes) among the objects searched. The root shown
-/// is one of them (one goroutine of several running the same function).
+/// What holds some of a retained site's objects: one chain shape (the same root variable, or the same function's
+/// frame on any goroutine; then objects of the same sizes) among the objects searched. The root shown is one of
+/// them (one goroutine of several running the same function).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct HeldBy {
     pub root: Root,
     pub hops: Vec<HopRow>,
-    /// Objects of the site with this chain, of those searched; `unreached`: searched, no chain found (held by a
-    /// goroutine stack or the runtime, not walked yet, or freed during the walk).
+    /// Objects of the site with this chain, of those searched, and their bytes (size-class slots); `unreached`:
+    /// searched, no chain found (held by a goroutine stack or the runtime, not walked yet, or freed during the
+    /// walk).
     pub objects: u64,
+    pub bytes: u64,
     pub searched: u64,
     pub unreached: u64,
     /// Every chain of the group followed only words known to be pointers (DWARF types, the runtime's bitmaps);
@@ -647,8 +649,13 @@ impl HeldBy {
     }
 }
 
-/// Groups the chains of one site's objects by shape and keeps the most common; `type_of` names hop objects.
-pub fn held_by(objects: &[u64], chains: &HashMap<u64, Chain>, mut type_of: impl FnMut(u64, u64) -> Option<String>) -> Option<HeldBy> {
+/// Chain shapes listed per site at most: the most common ones.
+pub const MAX_SHAPES: usize = 4;
+
+/// Groups the chains of one site's objects by shape (the same root variable, or the same function's frame on any
+/// goroutine; then objects of the same sizes), most common first, at most [`MAX_SHAPES`]; `type_of` names hop
+/// objects. Empty when no object has a chain.
+pub fn held_by(objects: &[u64], chains: &HashMap<u64, Chain>, mut type_of: impl FnMut(u64, u64) -> Option<String>) -> Vec<HeldBy> {
     type Shape<'c> = (&'static str, &'c str, Option<&'c str>, Vec<u64>);
     let mut shapes: HashMap<Shape, Vec<&Chain>> = HashMap::new();
     for chain in objects.iter().filter_map(|o| chains.get(o)) {
@@ -657,10 +664,17 @@ pub fn held_by(objects: &[u64], chains: &HashMap<u64, Chain>, mut type_of: impl 
         shapes.entry(shape).or_default().push(chain);
     }
     let found: usize = shapes.values().map(Vec::len).sum();
-    // Most objects first; among equals, the shorter chain, then the root name, so the choice is stable.
-    let group = shapes.into_values().max_by(|a, b| {
-        a.len().cmp(&b.len()).then(b[0].hops.len().cmp(&a[0].hops.len())).then(b[0].root.name.cmp(&a[0].root.name))
-    })?;
+    let mut groups: Vec<Vec<&Chain>> = shapes.into_values().collect();
+    // Most objects first; among equals, the shorter chain, then the root name, so the order is stable.
+    groups.sort_by(|a, b| {
+        b.len().cmp(&a.len()).then(a[0].hops.len().cmp(&b[0].hops.len())).then(a[0].root.name.cmp(&b[0].root.name))
+    });
+    groups.truncate(MAX_SHAPES);
+    groups.iter().map(|group| shape_row(group, objects.len(), found, &mut type_of)).collect()
+}
+
+/// One shape's row: its first chain, with what varies among the group generalized.
+fn shape_row(group: &[&Chain], searched: usize, found: usize, type_of: &mut impl FnMut(u64, u64) -> Option<String>) -> HeldBy {
     let first = group[0];
     let hops = first
         .hops
@@ -681,16 +695,17 @@ pub fn held_by(objects: &[u64], chains: &HashMap<u64, Chain>, mut type_of: impl 
             }),
         })
         .collect();
-    Some(HeldBy {
+    HeldBy {
         root: first.root.clone(),
         hops,
         objects: group.len() as u64,
-        searched: objects.len() as u64,
-        unreached: (objects.len() - found) as u64,
+        bytes: group.iter().filter_map(|c| c.hops.last()).map(|h| h.size).sum(),
+        searched: searched as u64,
+        unreached: (searched - found) as u64,
         precise: group.iter().all(|c| c.precise),
         goroutines: group.iter().filter_map(|c| c.root.goroutine.as_ref().map(|g| g.0)).collect::<HashSet<_>>().len() as u64,
         diagnosis: None,
-    })
+    }
 }
 
 /// A Go path with every index generalized: `[3].slots[5].elem` → `[…].slots[…].elem`.
@@ -737,15 +752,18 @@ mod tests {
             chains.insert(obj, chain("main.cache", &[(0, 4096, 0x9000), (8 * i as u64, 48, obj)]));
         }
         chains.insert(0x400, chain("main.other", &[(0, 48, 0x400)]));
-        let held = held_by(&[0x100, 0x200, 0x300, 0x400, 0x500], &chains, |b, _| (b == 0x9000).then(|| "[]map[string]int".into())).unwrap();
-        assert_eq!((held.root.name.as_str(), held.objects, held.searched, held.unreached), ("main.cache", 3, 5, 1));
+        let shapes = held_by(&[0x100, 0x200, 0x300, 0x400, 0x500], &chains, |b, _| (b == 0x9000).then(|| "[]map[string]int".into()));
+        let held = &shapes[0];
+        assert_eq!((held.root.name.as_str(), held.objects, held.bytes, held.searched, held.unreached), ("main.cache", 3, 3 * 48, 5, 1));
+        // The other shape comes next, with its own count.
+        assert_eq!((shapes.len(), shapes[1].root.name.as_str(), shapes[1].objects, shapes[1].hops.len()), (2, "main.other", 1, 1));
         assert_eq!(held.hops[0].type_name.as_deref(), Some("[]map[string]int"));
         assert_eq!((held.hops[0].offset_varies, held.hops[1].offset_varies), (false, true));
         assert_eq!((held.hops[0].via.as_deref(), held.hops[1].via.as_deref()), (Some("[0]"), Some("[…]")), "an index that varies is generalized");
         assert!(held.precise);
         assert_eq!(any_index("[3].slots[15].elem"), "[…].slots[…].elem");
         assert_eq!(held.hops.iter().map(|h| h.size).collect::<Vec<_>>(), [4096, 48]);
-        assert_eq!(held_by(&[0x1], &chains, |_, _| None), None, "no chain, no answer");
+        assert_eq!(held_by(&[0x1], &chains, |_, _| None), [], "no chain, no answer");
     }
 
     fn held(hops: Vec<HopRow>, goroutine: Option<(u64, String)>, goroutines: u64) -> HeldBy {
@@ -754,6 +772,7 @@ mod tests {
             root: Root { kind, name: "main.x".into(), type_name: None, goroutine },
             hops,
             objects: 1,
+            bytes: 0,
             searched: 1,
             unreached: 0,
             precise: true,

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::io::{self, Write};
 
-use super::{hop_object, hop_offset, human_bytes, Report};
+use super::{chain_shares, hop_object, hop_offset, human_bytes, Report};
 
 /// A double-quoted DOT string of these lines.
 fn quoted(lines: &[&str]) -> String {
@@ -33,23 +33,24 @@ impl Report {
         };
         let mut edges: HashMap<(usize, usize), String> = HashMap::new();
         for r in &self.retained {
-            let Some(h) = &r.held_by else { continue };
-            let root = h.root.describe();
-            let mut key = root.clone();
-            let mut from = node(w, key.clone(), &[&root], ", style=bold")?;
-            for (i, hop) in h.hops.iter().enumerate() {
-                let (at, what) = (hop_offset(hop), hop_object(hop));
-                key += &format!(" → {at} → {what}");
-                let last = i + 1 == h.hops.len();
-                let to = if last {
-                    let site = r.stack.first().map_or("(runtime)", |f| f.function.as_str());
-                    let row = format!("{} retained, {} ({site})", r.retained_count, human_bytes(r.retained_bytes));
-                    node(w, format!("{key} ← {}", r.kind.as_str()), &[&what, &row], ", shape=ellipse")?
-                } else {
-                    node(w, key.clone(), &[&what], "")?
-                };
-                edges.entry((from, to)).or_insert(at);
-                from = to;
+            for (h, count, bytes) in chain_shares(r) {
+                let root = h.root.describe();
+                let mut key = root.clone();
+                let mut from = node(w, key.clone(), &[&root], ", style=bold")?;
+                for (i, hop) in h.hops.iter().enumerate() {
+                    let (at, what) = (hop_offset(hop), hop_object(hop));
+                    key += &format!(" → {at} → {what}");
+                    let last = i + 1 == h.hops.len();
+                    let to = if last {
+                        let site = r.stack.first().map_or("(runtime)", |f| f.function.as_str());
+                        let row = format!("{count} retained, {} ({site})", human_bytes(bytes));
+                        node(w, format!("{key} ← {}", r.kind.as_str()), &[&what, &row], ", shape=ellipse")?
+                    } else {
+                        node(w, key.clone(), &[&what], "")?
+                    };
+                    edges.entry((from, to)).or_insert(at);
+                    from = to;
+                }
             }
         }
         let mut edges: Vec<_> = edges.into_iter().collect();
@@ -71,8 +72,10 @@ mod tests {
         assert!(s.starts_with("digraph maptrace {"), "{s}");
         assert!(s.contains("n0 [label=\"main.cache (map[string]*main.Session)\", style=bold];"), "{s}");
         assert!(s.contains("n1 [label=\"48 B ?\"];"), "{s}");
-        assert!(s.contains("n2 [label=\"2.0 KiB map[string]*main.Session\\n2 retained, 3.9 KiB (main.put)\", shape=ellipse];"), "{s}");
+        // Each chain shape ends at the row, with its share of it.
+        assert!(s.contains("n2 [label=\"2.0 KiB map[string]*main.Session\\n1 retained, 2.6 KiB (main.put)\", shape=ellipse];"), "{s}");
         assert!(s.contains("n0 -> n1 [label=\"+0x0\"];") && s.contains("n1 -> n2 [label=\"[…].elem\"];"), "{s}");
+        assert!(s.contains("n4 [label=\"48 B ?\\n1 retained, 1.3 KiB (main.put)\", shape=ellipse];") && s.contains("n3 -> n4"), "{s}");
         assert!(s.trim_end().ends_with('}'), "{s}");
     }
 }

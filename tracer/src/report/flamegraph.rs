@@ -7,7 +7,7 @@ use std::io::{self, Write};
 
 use inferno::flamegraph::{self, Options};
 
-use super::{holder_frames, Report};
+use super::{holder_towers, Report};
 
 impl Report {
     pub fn write_flamegraph(&self, w: &mut dyn Write) -> io::Result<()> {
@@ -16,10 +16,11 @@ impl Report {
         let lines: Vec<String> = self
             .retained
             .iter()
-            .filter(|r| r.retained_bytes > 0)
-            .map(|r| {
-                let frames: Vec<String> = holder_frames(r).into_iter().map(|f| f.name.replace(';', ",")).collect();
-                format!("{} {}", frames.join(";"), r.retained_bytes)
+            .flat_map(holder_towers)
+            .filter(|t| t.bytes > 0)
+            .map(|t| {
+                let frames: Vec<String> = t.frames.into_iter().map(|f| f.name.replace(';', ",")).collect();
+                format!("{} {}", frames.join(";"), t.bytes)
             })
             .collect();
         let mut options = Options::default();

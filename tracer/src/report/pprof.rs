@@ -135,17 +135,15 @@ impl Report {
         let (site_key, kind_key) = (b.string("site"), b.string("kind"));
         for r in &self.retained {
             let site = r.stack.first().map_or("(runtime)", |f| f.function.as_str()).to_string();
-            // Leaf first: the retained object, the hops back up, then the root.
-            let stack = super::holder_frames(r).iter().rev().map(|f| b.location(&f.name, f.file, i64::from(f.line))).collect();
-            let label = vec![
-                Label { key: site_key, str: b.string(&site) },
-                Label { key: kind_key, str: b.string(r.kind.as_str()) },
-            ];
-            b.profile.sample.push(Sample {
-                location_id: stack,
-                value: vec![r.retained_count as i64, r.retained_bytes as i64],
-                label,
-            });
+            for tower in super::holder_towers(r) {
+                // Leaf first: the retained object, the hops back up, then the root.
+                let stack = tower.frames.iter().rev().map(|f| b.location(&f.name, f.file, i64::from(f.line))).collect();
+                let label = vec![
+                    Label { key: site_key, str: b.string(&site) },
+                    Label { key: kind_key, str: b.string(r.kind.as_str()) },
+                ];
+                b.profile.sample.push(Sample { location_id: stack, value: vec![tower.count as i64, tower.bytes as i64], label });
+            }
         }
         let mut gz = flate2::write::GzEncoder::new(w, flate2::Compression::default());
         gz.write_all(&b.profile.encode_to_vec())?;
@@ -170,8 +168,8 @@ mod tests {
         let s = |i: i64| p.string_table[i as usize].as_str();
         assert_eq!(p.sample_type.iter().map(|t| (s(t.r#type), s(t.unit))).collect::<Vec<_>>(), [("retained_objects", "count"), ("retained_space", "bytes")]);
         assert_eq!(s(p.default_sample_type), "retained_space");
-        assert_eq!(p.sample.len(), 1);
-        assert_eq!(p.sample[0].value, [2, 4000]);
+        // A sample per chain shape, with its share of the row (2 objects and 1 of the 3 the walk found).
+        assert_eq!(p.sample.iter().map(|s| s.value.clone()).collect::<Vec<_>>(), [[1, 2666], [1, 1334]]);
         let frame = |id: u64| s(p.function[p.location[id as usize - 1].line[0].function_id as usize - 1].name);
         let stack: Vec<&str> = p.sample[0].location_id.iter().map(|&id| frame(id)).collect();
         assert_eq!(stack, ["2.0 KiB map[string]*main.Session (at […].elem)", "48 B ? (at +0x0)", "main.cache (map[string]*main.Session)"]);
