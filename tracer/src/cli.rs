@@ -127,6 +127,12 @@ pub struct Cli {
     #[arg(long, value_name = "DURATION", default_value = "10ms", value_parser = parse_duration)]
     pub max_pause: Duration,
 
+    /// Steps from a GC root (a variable, a stack frame) past which the heap walk behind "held by"
+    /// scans no further: bounds the walk through long linked structures. Objects found only beyond
+    /// it count as not reached, and the report says how many objects the limit left unscanned.
+    #[arg(long, value_name = "STEPS", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_depth: u32,
+
     #[command(flatten)]
     pub sampling: SamplingArgs,
 }

@@ -7,7 +7,7 @@ use tracer::{
     agent::{self, AgentOptions},
     cli::{AgentArgs, Cli, Command, Format, LogFormat},
     error::Failure,
-    session::SessionOptions,
+    session::{ChainOptions, SessionOptions},
     trace::{run, stderr_is_terminal, TraceOptions},
 };
 
@@ -34,7 +34,12 @@ fn main() {
         duration: cli.duration,
         live: !cli.no_live && stderr_is_terminal(),
         top: if format == Format::Text { cli.top } else { usize::MAX },
-        session: SessionOptions { retain_cycles: cli.cycles, mode: cli.mode, sampling: cli.sampling.options(), chains: (!cli.no_chains).then_some(cli.max_pause) },
+        session: SessionOptions {
+            retain_cycles: cli.cycles,
+            mode: cli.mode,
+            sampling: cli.sampling.options(),
+            chains: (!cli.no_chains).then_some(ChainOptions { max_pause: cli.max_pause, max_depth: cli.max_depth }),
+        },
         record: cli.record,
     };
     let result = tokio::runtime::Builder::new_current_thread()

@@ -51,14 +51,17 @@ pub struct ChainSearch {
     pub roots: &'static str,
     /// How objects were scanned: "typed" where DWARF gives the value's type (a global's, and what typed pointers
     /// lead to: only pointer words followed, each named by its Go path), the runtime's heap bitmaps for other
-    /// objects (pointer words only, unnamed), "conservative" for the stack words no DWARF location names (any word
-    /// that points into an allocated heap slot). `typed_objects` and `bitmap_objects` in the walk count the first
-    /// two; each `held_by` says whether its chain is `precise` (no conservative step).
+    /// objects (pointer words only, unnamed), "conservative" for goroutine stacks (any word that points into an
+    /// allocated heap slot; DWARF names a variable's words, but not whether the variable is live there).
+    /// `typed_objects` and `bitmap_objects` in the walk count the first two; each `held_by` says whether its chain
+    /// is `precise` (no conservative step).
     pub precision: &'static str,
     /// The budget the target could be stopped for (`--max-pause`; 0: never stopped), how long it was stopped,
     /// and whether the walk ended within it (else the rest of the walk ran against the running program, and
     /// chains may be stale where it moved pointers meanwhile).
     pub max_pause_seconds: f64,
+    /// `--max-depth`: objects this many steps from a root are not scanned (`depth_limited` counts them).
+    pub max_depth: u32,
     pub paused_seconds: f64,
     pub walk_within_pause: bool,
     /// Why the target could not be stopped (another tracer holds it), when it could not.
@@ -319,7 +322,11 @@ impl Report {
                     c.walk.bitmap_objects,
                     human_bytes(c.walk.bytes_scanned),
                     c.walk.seconds,
-                    if c.walk.cut_short { ", cut short by the walk's limits" } else { "" },
+                    match (c.walk.cut_short, c.walk.depth_limited) {
+                        (true, _) => ", cut short by the walk's limits".to_string(),
+                        (false, 0) => String::new(),
+                        (false, n) => format!(", {n} objects at --max-depth {} not scanned", c.max_depth),
+                    },
                     pause_text(c)
                 )?,
             }
@@ -697,8 +704,9 @@ pub(crate) mod tests {
         r.totals.samples = 1000;
         r.chains = Some(ChainSearch {
             roots: "package-level variables and goroutine stacks",
-            precision: "typed where DWARF describes the value, by the runtime's heap bitmaps for other heap objects, conservative for stack words no DWARF location names",
+            precision: "typed where DWARF describes the value, by the runtime's heap bitmaps for other heap objects, conservative for goroutine stacks",
             max_pause_seconds: 0.01,
+            max_depth: 100,
             paused_seconds: 0.0,
             walk_within_pause: false,
             pause_failed: Some("another tracer holds it".into()),

@@ -133,9 +133,18 @@ pub struct SessionOptions {
     pub mode: Mode,
     /// Sampled mode only.
     pub sampling: SamplingOptions,
-    /// Walk the heap for reference chains to the retained objects when reporting on a live target, stopping
-    /// it for at most this long (zero: never); None: no walk.
-    pub chains: Option<Duration>,
+    /// Walk the heap for reference chains to the retained objects when reporting on a live target; None: no
+    /// walk.
+    pub chains: Option<ChainOptions>,
+}
+
+/// How the heap walk behind the chains may go.
+#[derive(Clone, Copy, Debug)]
+pub struct ChainOptions {
+    /// Longest the target may be stopped (zero: never).
+    pub max_pause: Duration,
+    /// Steps from a root past which objects are not scanned.
+    pub max_depth: u32,
 }
 
 /// An attached target.
@@ -155,7 +164,7 @@ pub struct Session {
     load_bias: u64,
     /// Sampled mode: the target's sample rate.
     rate: Option<SampleRate>,
-    chains: Option<Duration>,
+    chains: Option<ChainOptions>,
     pub started: Instant,
 }
 
@@ -308,7 +317,7 @@ impl Session {
         let chains = self
             .chains
             .filter(|_| !exited && (!retained.is_empty() || held(&finalizers)))
-            .map(|max_pause| self.search_chains(&mut retained, &mut finalizers.never_ran, max_pause));
+            .map(|options| self.search_chains(&mut retained, &mut finalizers.never_ran, options));
         Report {
             maptrace_version: env!("CARGO_PKG_VERSION"),
             target: TargetInfo {
@@ -340,11 +349,13 @@ impl Session {
 
     /// Walks the live target's heap from its roots to the retained rows' objects, and to the objects of the
     /// finalizers and cleanups that never ran because they are reachable, and fills in their `held_by`.
-    fn search_chains(&mut self, rows: &mut [RetainedRow], never_ran: &mut [NeverRanRow], max_pause: Duration) -> ChainSearch {
+    fn search_chains(&mut self, rows: &mut [RetainedRow], never_ran: &mut [NeverRanRow], options: ChainOptions) -> ChainSearch {
+        let ChainOptions { max_pause, max_depth } = options;
         let mut search = ChainSearch {
             roots: "package-level variables, goroutine stacks, and the closures of finalizers and cleanups not run",
-            precision: "typed where DWARF describes the value, by the runtime's heap bitmaps for other heap objects, conservative for stack words no DWARF location names",
+            precision: "typed where DWARF describes the value, by the runtime's heap bitmaps for other heap objects, conservative for goroutine stacks",
             max_pause_seconds: max_pause.as_secs_f64(),
+            max_depth,
             paused_seconds: 0.0,
             walk_within_pause: false,
             pause_failed: None,
@@ -404,9 +415,10 @@ impl Session {
             Some((heap::type_named(&model.types, &name)?, addr.saturating_sub(base)))
         };
         let access = HeapAccess { memory, model: &model, load_bias: bias };
-        let (chains, mut walk) = heap::find_chains(access, &roots, &targets, &mut hint, WalkLimits::default(), &mut pause);
+        let limits = WalkLimits::with_depth(max_depth);
+        let (chains, mut walk) = heap::find_chains(access, &roots, &targets, &mut hint, limits, &mut pause);
         let own: HashSet<u64> = unexplained().flat_map(|r| &r.objects).copied().collect();
-        let (closure_chains, closure_walk) = heap::find_chains(access, &closures, &own, &mut hint, WalkLimits::default(), &mut pause);
+        let (closure_chains, closure_walk) = heap::find_chains(access, &closures, &own, &mut hint, limits, &mut pause);
         walk.add(&closure_walk);
         search.walk_within_pause = pause.is_stopped();
         pause.resume();

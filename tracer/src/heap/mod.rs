@@ -28,16 +28,19 @@ pub use typed::EntryPart;
 pub use pause::Pause;
 pub use roots::{closure_roots, data_roots, global_roots, goroutine_roots, NamedWord, RootRegion};
 
-/// How far one walk may go. Beyond it the walk stops and says it was cut short.
+/// How far one walk may go. Past `max_bytes` or `max_time` the walk stops and says it was cut short; objects
+/// `max_depth` steps from a root are not scanned (counted in [`WalkStats::depth_limited`]).
 #[derive(Clone, Copy, Debug)]
 pub struct WalkLimits {
     pub max_bytes: u64,
     pub max_time: Duration,
+    pub max_depth: u32,
 }
 
-impl Default for WalkLimits {
-    fn default() -> Self {
-        WalkLimits { max_bytes: 1 << 30, max_time: Duration::from_secs(10) }
+impl WalkLimits {
+    /// The default bounds on bytes and time, with `max_depth`.
+    pub fn with_depth(max_depth: u32) -> Self {
+        WalkLimits { max_bytes: 1 << 30, max_time: Duration::from_secs(10), max_depth }
     }
 }
 
@@ -133,6 +136,8 @@ pub struct WalkStats {
     pub seconds: f64,
     /// The limits stopped the walk before every target was found or the heap was exhausted.
     pub cut_short: bool,
+    /// Objects reached at the depth limit, and so not scanned: what they point to was not searched.
+    pub depth_limited: u64,
 }
 
 impl WalkStats {
@@ -145,6 +150,7 @@ impl WalkStats {
         self.bitmap_objects += other.bitmap_objects;
         self.seconds += other.seconds;
         self.cut_short |= other.cut_short;
+        self.depth_limited += other.depth_limited;
     }
 }
 
@@ -179,6 +185,8 @@ struct Reached {
     offset: u64,
     /// The word at `offset` is known to be a pointer (see [`Hop::known`]).
     known: bool,
+    /// Steps from the root: 1 for an object a root points to.
+    depth: u32,
     size: u64,
     typing: Option<Typing>,
     slot: Option<SlotRef>,
@@ -212,7 +220,11 @@ impl Walk<'_, '_, '_> {
             .map(|t| graph.resolve(t))
             .and_then(|elem| Some(Typing { elem, phase: (word - obj.base) % graph.get(elem).map(|t| t.size).filter(|&s| s > 0)? }))
             .or_else(|| (self.hint)(obj.base, obj.size).map(|(elem, phase)| Typing { elem: graph.resolve(elem), phase }));
-        self.reached.insert(obj.base, Reached { parent, offset, known, size: obj.size, typing, slot });
+        let depth = match parent {
+            Parent::Root(_) => 1,
+            Parent::Object(p) => self.reached.get(&p).map_or(1, |p| p.depth + 1),
+        };
+        self.reached.insert(obj.base, Reached { parent, offset, known, depth, size: obj.size, typing, slot });
         self.remaining.remove(&obj.base);
         self.queue.push_back(obj.base);
     }
@@ -268,6 +280,10 @@ impl Walk<'_, '_, '_> {
             pause.check();
             let Some(r) = self.reached.get(&base) else { continue };
             let (size, typing) = (r.size, r.typing);
+            if r.depth >= limits.max_depth {
+                stats.depth_limited += 1;
+                continue;
+            }
             stats.objects_scanned += 1;
             // A typed object's pointer words come from its DWARF type, an untyped one's from the runtime's bitmaps.
             let pointers = match typing {
@@ -504,11 +520,13 @@ pub fn find_chains(
             };
             if let Some(bytes) = window.read(memory, r.addr, len) {
                 stats.bytes_scanned += len;
-                // The words variables hold first, so that they name what they reach; then the rest.
+                // The words variables hold first, so that they name what they reach; then the rest. Not known to
+                // be pointers: DWARF says where a variable lives, not whether it is live there (a register
+                // argument's spill slot may never have been written), which only the runtime's stack maps say.
                 for (k, w) in r.named.iter().enumerate() {
                     let Some(at) = w.addr.checked_sub(r.addr).filter(|&a| a + 8 <= len) else { continue };
                     let word = u64::from_le_bytes(bytes[at as usize..at as usize + 8].try_into().unwrap_or_default());
-                    walk.reach(Parent::Root(i), at, word, Some(SlotRef { index: k, elem: 0, slice: None }), w.to, true);
+                    walk.reach(Parent::Root(i), at, word, Some(SlotRef { index: k, elem: 0, slice: None }), w.to, false);
                 }
                 let typing = r.type_id.map(|t| Typing { elem: types.resolve(t), phase: 0 });
                 walk.scan(Parent::Root(i), &bytes, 0, typing, pointers.as_deref());
