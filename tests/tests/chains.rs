@@ -27,6 +27,8 @@ fn check(go: &str, stripped: bool) {
     let held = &batches[0]["held_by"];
     assert_eq!((&held["root"]["kind"], &held["root"]["name"]), (&Value::from("goroutine"), &Value::from("main.startWorker.func1")), "{held:#}");
     assert_eq!(held["root"]["goroutine"][1], "chan receive", "the leaked goroutine waits on a channel: {held:#}");
+    // Since a GC cycle that saw it waiting: every round runs one after starting its worker.
+    assert!(held["root"]["blocked_ms"].as_u64().is_some(), "how long it has been blocked: {held:#}");
     assert_eq!(held["unreached"], 0, "every batch is held (through its goroutine's frame, or its closure): {held:#}");
     let last = held["hops"].as_array().unwrap().last().unwrap().clone();
     assert_eq!((last["size"].as_u64(), &last["type"]), (Some(1024), &Value::from("[]main.Record")), "{held:#}");

@@ -606,7 +606,7 @@ pub(crate) mod tests {
     pub(crate) fn held_report() -> Report {
         let mut r = report();
         r.retained[0].held_by = Some(crate::heap::HeldBy {
-            root: crate::heap::Root { kind: "global", name: "main.cache".into(), type_name: Some("map[string]*main.Session".into()), goroutine: None },
+            root: crate::heap::Root { kind: "global", name: "main.cache".into(), type_name: Some("map[string]*main.Session".into()), goroutine: None, blocked_ms: None },
             hops: vec![
                 crate::heap::HopRow { offset: 0, offset_varies: false, via: None, size: 48, type_name: None, slice: None, map_len: Some(2), map_entry: None },
                 crate::heap::HopRow {
@@ -628,9 +628,15 @@ pub(crate) mod tests {
             goroutines: 0,
             diagnosis: Some(crate::heap::Diagnosis { kind: "map_kept_storage", text: "the map has 2 entries but keeps 3.9 KiB".into() }),
         });
-        // A second shape: the third object, from another variable.
+        // A second shape: the third object, from a goroutine blocked for 3.2 s.
         let mut other = r.retained[0].held_by.clone().unwrap();
-        other.root.name = "main.old".into();
+        other.root = crate::heap::Root {
+            kind: "goroutine",
+            name: "main.worker".into(),
+            type_name: None,
+            goroutine: Some((18, "chan receive".into())),
+            blocked_ms: Some(3200),
+        };
         (other.objects, other.bytes, other.diagnosis) = (1, 2000, None);
         other.hops.truncate(1);
         r.retained[0].also_held_by = vec![other];
@@ -646,7 +652,7 @@ pub(crate) mod tests {
             s.contains("held by main.cache (map[string]*main.Session) → +0x0 → 48 B → […].elem (value for key \"u-17\", 1 of 2 keys) → 2.0 KiB map[string]*main.Session  (2 of 3 objects searched (3.9 KiB), 1 not reached, conservative)"),
             "{s}"
         );
-        assert!(s.contains("also held by main.old (map[string]*main.Session) → +0x0 → 48 B  (1 of 3 objects searched (2.0 KiB), 1 not reached, conservative)"), "{s}");
+        assert!(s.contains("also held by goroutine 18 (chan receive, ≥ 3.2 s) main.worker → +0x0 → 48 B  (1 of 3 objects searched (2.0 KiB), 1 not reached, conservative)"), "{s}");
     }
 
     #[test]

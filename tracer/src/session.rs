@@ -404,8 +404,12 @@ impl Session {
                 if status == gstatus::IDLE || status == gstatus::DEAD {
                     return None; // a g kept for reuse: no stack to speak of
                 }
-                let goid = memory.read_u64(g + runtime.goid_offset).ok()?;
-                Some((goid, status_text(memory, runtime, g, status), status == gstatus::RUNNING))
+                let id = memory.read_u64(g + runtime.goid_offset).ok()?;
+                // waitsince is nanotime(), CLOCK_MONOTONIC like ours; 0 until a GC cycle saw the goroutine waiting.
+                let since = memory.read_u64(g + runtime.g_waitsince).ok().filter(|&t| t != 0 && status == gstatus::WAITING);
+                let blocked_ms = since.map(|t| monotonic_ns().saturating_sub(t) / 1_000_000);
+                let state = status_text(memory, runtime, g, status);
+                Some(heap::Goroutine { id, state, running: status == gstatus::RUNNING, blocked_ms })
             },
             |pc| self.binary.function_at(pc.wrapping_sub(bias)).map(|f| f.name.clone()),
         ));

@@ -26,7 +26,7 @@ use index::{HeapIndex, HeapObject, PointerWords};
 use typed::Slots;
 pub use typed::EntryPart;
 pub use pause::Pause;
-pub use roots::{closure_roots, data_roots, global_roots, goroutine_roots, NamedWord, RootRegion};
+pub use roots::{closure_roots, data_roots, global_roots, goroutine_roots, Goroutine, NamedWord, RootRegion};
 
 /// How far one walk may go. Past `max_bytes` or `max_time` the walk stops and says it was cut short; objects
 /// `max_depth` steps from a root are not scanned (counted in [`WalkStats::depth_limited`]).
@@ -63,6 +63,11 @@ pub struct Root {
     /// For a stack: which goroutine, and what it is doing (`chan receive`, `running`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub goroutine: Option<(u64, String)>,
+    /// For a waiting goroutine: blocked at least this long, in milliseconds (since the start of the first GC
+    /// cycle that saw it waiting: the runtime's `g.waitsince`, what `goroutine 5 [chan receive, 3 minutes]`
+    /// in a Go traceback counts from).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blocked_ms: Option<u64>,
 }
 
 impl Root {
@@ -70,7 +75,10 @@ impl Root {
     /// main.open.func1`.
     pub fn describe(&self) -> String {
         let mut s = match (&self.goroutine, self.kind) {
-            (Some((goid, state)), _) => format!("goroutine {goid} ({state}) {}", self.name),
+            (Some((goid, state)), _) => match self.blocked_ms {
+                Some(ms) => format!("goroutine {goid} ({state}, ≥ {:.1} s) {}", ms as f64 / 1e3, self.name),
+                None => format!("goroutine {goid} ({state}) {}", self.name),
+            },
             (None, kind @ ("finalizer" | "cleanup")) => format!("{kind} {}", self.name),
             (None, _) => self.name.clone(),
         };
@@ -753,7 +761,7 @@ mod tests {
 
     fn chain(root: &str, hops: &[(u64, u64, u64)]) -> Chain {
         Chain {
-            root: Root { kind: "global", name: root.into(), type_name: None, goroutine: None },
+            root: Root { kind: "global", name: root.into(), type_name: None, goroutine: None, blocked_ms: None },
             hops: hops
                 .iter()
                 .map(|&(offset, size, base)| Hop { offset, size, base, via: Some(format!("[{}]", offset / 8)), type_name: None, slice: None, map_len: None, known: true, key: None })
@@ -787,7 +795,7 @@ mod tests {
     fn held(hops: Vec<HopRow>, goroutine: Option<(u64, String)>, goroutines: u64) -> HeldBy {
         let kind = if goroutine.is_some() { "goroutine" } else { "global" };
         HeldBy {
-            root: Root { kind, name: "main.x".into(), type_name: None, goroutine },
+            root: Root { kind, name: "main.x".into(), type_name: None, goroutine, blocked_ms: None },
             hops,
             objects: 1,
             bytes: 0,

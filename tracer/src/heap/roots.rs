@@ -40,7 +40,7 @@ pub fn global_roots(globals: &[GlobalVar], load_bias: u64) -> Vec<RootRegion> {
     globals
         .iter()
         .map(|g| RootRegion {
-            root: Root { kind: "global", name: g.name.clone(), type_name: g.type_name.clone(), goroutine: None },
+            root: Root { kind: "global", name: g.name.clone(), type_name: g.type_name.clone(), goroutine: None, blocked_ms: None },
             addr: g.addr + load_bias,
             len: g.size,
             type_id: g.type_id,
@@ -57,7 +57,7 @@ pub fn data_roots(regions: &[DataRegion], load_bias: u64) -> Vec<RootRegion> {
     let mut out = Vec::new();
     for r in regions {
         for word in (0..r.len / 8).map(|i| r.addr + 8 * i).filter(|&a| r.is_pointer(a)) {
-            let root = Root { kind: "global", name: format!("{} {word:#x}", r.name), type_name: None, goroutine: None };
+            let root = Root { kind: "global", name: format!("{} {word:#x}", r.name), type_name: None, goroutine: None, blocked_ms: None };
             out.push(RootRegion { root, addr: word + load_bias, len: 8, type_id: None, named: Vec::new(), pointer_words: true });
         }
     }
@@ -71,7 +71,7 @@ pub fn closure_roots(closures: impl IntoIterator<Item = (&'static str, String, u
     closures
         .into_iter()
         .map(|(kind, name, funcval)| {
-            let root = Root { kind, name, type_name: None, goroutine: None };
+            let root = Root { kind, name, type_name: None, goroutine: None, blocked_ms: None };
             RootRegion { root, addr: funcval, len: 0, type_id: None, named: Vec::new(), pointer_words: false }
         })
         .collect()
@@ -102,15 +102,25 @@ fn frame_words(model: &HeapModel, slots: &mut Slots, pc: u64, cfa: u64) -> Vec<N
     out
 }
 
+/// A live goroutine, as its frames' roots name it.
+pub struct Goroutine {
+    pub id: u64,
+    /// `chan receive`, `running`.
+    pub state: String,
+    /// Running: its saved registers are stale, so its whole stack is one region.
+    pub running: bool,
+    /// Waiting: blocked at least this long (see [`Root::blocked_ms`]).
+    pub blocked_ms: Option<u64>,
+}
+
 /// One region per frame of every live goroutine's stack, found by following the frame pointers from the registers
 /// the goroutine saved when it stopped (`g.sched`); the variables DWARF places in a frame name its pointer words.
-/// `describe` gives a goroutine's id, state (`chan receive`) and whether it is running (its saved registers are
-/// stale then: its whole stack is one region), None for a dead one; `function_at` names the function of a PC.
+/// `describe` tells what a goroutine is doing, None for a dead one; `function_at` names the function of a PC.
 pub fn goroutine_roots(
     memory: &dyn Memory,
     model: &HeapModel,
     load_bias: u64,
-    mut describe: impl FnMut(u64) -> Option<(u64, String, bool)>,
+    mut describe: impl FnMut(u64) -> Option<Goroutine>,
     mut function_at: impl FnMut(u64) -> Option<String>,
 ) -> Vec<RootRegion> {
     let layout = &model.goroutines;
@@ -124,14 +134,15 @@ pub fn goroutine_roots(
         return out;
     }
     for g in gs.chunks_exact(8).map(|w| u64::from_le_bytes(w.try_into().unwrap_or_default())) {
-        let Some((goid, state, running)) = describe(g) else { continue };
+        let Some(Goroutine { id, state, running, blocked_ms }) = describe(g) else { continue };
         let field = |off: u64| word(memory, g + off);
         let (Some(lo), Some(hi)) = (field(layout.stack_lo), field(layout.stack_lo + 8)) else { continue };
         if hi <= lo || hi - lo > MAX_STACK {
             continue;
         }
         let mut region = |from: u64, to: u64, function: Option<String>, named: Vec<NamedWord>| {
-            let root = Root { kind: "goroutine", name: function.unwrap_or_default(), type_name: None, goroutine: Some((goid, state.clone())) };
+            let name = function.unwrap_or_default();
+            let root = Root { kind: "goroutine", name, type_name: None, goroutine: Some((id, state.clone())), blocked_ms };
             out.push(RootRegion { root, addr: from, len: to - from, type_id: None, named, pointer_words: false });
         };
         let sp = field(layout.sched_sp).filter(|sp| (lo..hi).contains(sp) && !running);

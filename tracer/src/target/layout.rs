@@ -43,6 +43,9 @@ pub struct RuntimeLayout {
     /// `runtime.g.waitreason` (`waitReason`, a uint8): why a `_Gwaiting` goroutine is parked; [`Self::wait_reason`]
     /// names it. 176, 184 in 1.23–1.24.
     pub g_waitreason: u64,
+    /// `runtime.g.waitsince` (int64, `nanotime()`): when a GC cycle first saw the goroutine waiting (the start of
+    /// its mark phase, `markroot`), 0 until then and again once it runs. The word before `waitreason`.
+    pub g_waitsince: u64,
     /// Where `goid_offset` (and the other `runtime.g` offsets, all or none) came from. The other struct offsets
     /// (`span`, `workType.cycles`) likewise come from DWARF whenever it describes their struct, else from the table.
     pub source: LayoutSource,
@@ -254,8 +257,8 @@ pub(crate) struct ModuledataOffsets {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Structs {
     pub goid_offset: u64,
-    /// `runtime.g` (atomicstatus, waitreason).
-    pub g_status: (u64, u64),
+    /// `runtime.g` (atomicstatus, waitsince, waitreason).
+    pub g_status: (u64, u64, u64),
     pub source: LayoutSource,
     pub span: SpanLayout,
     /// `runtime.workType.cycles`: (offset in `runtime.work`, byte size).
@@ -279,8 +282,8 @@ struct Row {
     minor: u32,
     arches: &'static [Arch],
     goid: u64,
-    /// `runtime.g` (atomicstatus, waitreason).
-    g_status: (u64, u64),
+    /// `runtime.g` (atomicstatus, waitsince, waitreason): waitsince is the word before waitreason in every release.
+    g_status: (u64, u64, u64),
     moduledata: ModuledataOffsets,
     span: SpanLayout,
     /// `runtime.workType.cycles` on (amd64, arm64): workType pads fields to the cache line, 64 bytes on amd64 and
@@ -323,14 +326,14 @@ const fn span(
 /// nelems 56 → 50, allocBits/gcmarkBits 72/80 → 64/72 and elemsize back to 104.
 #[rustfmt::skip]
 const TABLE: &[Row] = &[
-    Row { minor: 19, arches: BOTH, goid: 152, g_status: (144, 176), moduledata: md(176, 280, 288), span: span(24, 32, (56, 8), 104, 80), cycles: (344, 344) },
-    Row { minor: 21, arches: BOTH, goid: 152, g_status: (144, 176), moduledata: md(176, 296, 304), span: span(24, 32, (56, 8), 112, 80), cycles: (400, 528) },
-    Row { minor: 22, arches: BOTH, goid: 152, g_status: (144, 176), moduledata: md(176, 296, 304), span: span(24, 32, (50, 2), 104, 72), cycles: (400, 528) },
-    Row { minor: 23, arches: BOTH, goid: 160, g_status: (152, 184), moduledata: md(176, 296, 304), span: span(24, 32, (50, 2), 104, 72), cycles: (424, 552) },
-    Row { minor: 24, arches: BOTH, goid: 160, g_status: (152, 184), moduledata: md(176, 296, 304), span: span(24, 32, (50, 2), 104, 72), cycles: (424, 552) },
-    Row { minor: 25, arches: BOTH, goid: 152, g_status: (144, 176), moduledata: md(176, 296, 304), span: span(24, 32, (50, 2), 104, 72), cycles: (512, 704) },
-    Row { minor: 26, arches: BOTH, goid: 152, g_status: (144, 176), moduledata: md(176, 296, 304), span: span(24, 32, (50, 2), 104, 72), cycles: (648, 904) },
-    Row { minor: 27, arches: BOTH, goid: 152, g_status: (144, 176), moduledata: md(176, 296, 312), span: span(24, 32, (50, 2), 104, 72), cycles: (648, 904) },
+    Row { minor: 19, arches: BOTH, goid: 152, g_status: (144, 168, 176), moduledata: md(176, 280, 288), span: span(24, 32, (56, 8), 104, 80), cycles: (344, 344) },
+    Row { minor: 21, arches: BOTH, goid: 152, g_status: (144, 168, 176), moduledata: md(176, 296, 304), span: span(24, 32, (56, 8), 112, 80), cycles: (400, 528) },
+    Row { minor: 22, arches: BOTH, goid: 152, g_status: (144, 168, 176), moduledata: md(176, 296, 304), span: span(24, 32, (50, 2), 104, 72), cycles: (400, 528) },
+    Row { minor: 23, arches: BOTH, goid: 160, g_status: (152, 176, 184), moduledata: md(176, 296, 304), span: span(24, 32, (50, 2), 104, 72), cycles: (424, 552) },
+    Row { minor: 24, arches: BOTH, goid: 160, g_status: (152, 176, 184), moduledata: md(176, 296, 304), span: span(24, 32, (50, 2), 104, 72), cycles: (424, 552) },
+    Row { minor: 25, arches: BOTH, goid: 152, g_status: (144, 168, 176), moduledata: md(176, 296, 304), span: span(24, 32, (50, 2), 104, 72), cycles: (512, 704) },
+    Row { minor: 26, arches: BOTH, goid: 152, g_status: (144, 168, 176), moduledata: md(176, 296, 304), span: span(24, 32, (50, 2), 104, 72), cycles: (648, 904) },
+    Row { minor: 27, arches: BOTH, goid: 152, g_status: (144, 168, 176), moduledata: md(176, 296, 312), span: span(24, 32, (50, 2), 104, 72), cycles: (648, 904) },
 ];
 
 impl Row {
@@ -384,6 +387,7 @@ pub(crate) fn resolve(
             offset("runtime.g", "goid")?,
             (
                 sized("runtime.g", "atomicstatus", 4)?,
+                sized("runtime.g", "waitsince", 8)?,
                 sized("runtime.g", "waitreason", 1)?,
             ),
         ))
@@ -613,7 +617,8 @@ pub(crate) fn runtime_layout(
     RuntimeLayout {
         goid_offset: structs.goid_offset,
         g_atomicstatus: structs.g_status.0,
-        g_waitreason: structs.g_status.1,
+        g_waitsince: structs.g_status.1,
+        g_waitreason: structs.g_status.2,
         source: structs.source,
         growslice_type_arg: if (version.major, version.minor) <= (1, 19) {
             0
@@ -733,9 +738,9 @@ pub(crate) fn table(version: &GoVersion, arch: Arch) -> Option<(u64, ModuledataO
     table_row(version, arch).map(|r| (r.goid, r.moduledata))
 }
 
-/// The table's `runtime.g` (atomicstatus, waitreason) offsets, to check them against DWARF.
+/// The table's `runtime.g` (atomicstatus, waitsince, waitreason) offsets, to check them against DWARF.
 #[cfg(test)]
-pub(crate) fn table_g_status(version: &GoVersion, arch: Arch) -> Option<(u64, u64)> {
+pub(crate) fn table_g_status(version: &GoVersion, arch: Arch) -> Option<(u64, u64, u64)> {
     table_row(version, arch).map(|r| r.g_status)
 }
 

@@ -1083,13 +1083,13 @@ fn g_status_offsets_and_wait_reasons() {
             let file = elf::open(&bytes).unwrap();
             let members = dwarf::struct_members(&file, &["runtime.g"]).unwrap();
             let g = &members["runtime.g"];
-            let (status, reason) = (g["atomicstatus"], g["waitreason"]);
+            let (status, since, reason) = (g["atomicstatus"], g["waitsince"], g["waitreason"]);
             assert_eq!(
-                (status.size, reason.size),
-                (Some(4), Some(1)),
+                (status.size, since.size, reason.size),
+                (Some(4), Some(8), Some(1)),
                 "{ver}/{name}"
             );
-            let from_dwarf = (status.offset, reason.offset);
+            let from_dwarf = (status.offset, since.offset, reason.offset);
             assert_eq!(
                 layout::table_g_status(b.version(), b.arch()),
                 Some(from_dwarf),
@@ -1101,7 +1101,7 @@ fn g_status_offsets_and_wait_reasons() {
             ] {
                 assert_eq!(l.source, source, "{ver}/{name}");
                 assert_eq!(
-                    (l.g_atomicstatus, l.g_waitreason),
+                    (l.g_atomicstatus, l.g_waitsince, l.g_waitreason),
                     from_dwarf,
                     "{ver}/{name}"
                 );
