@@ -32,9 +32,9 @@ fn check(go: &str, stripped: bool) {
     assert_eq!(held["unreached"], 0, "every batch is held (through its goroutine's frame, or its closure): {held:#}");
     let last = held["hops"].as_array().unwrap().last().unwrap().clone();
     assert_eq!((last["size"].as_u64(), &last["type"]), (Some(1024), &Value::from("[]main.Record")), "{held:#}");
-    // The frame's variable names the slot (DWARF locations), without DWARF its offset in the frame; a stack is
-    // read conservatively either way (DWARF does not say whether the slot is live).
-    assert_eq!((&held["precise"], &last["via"]), (&Value::from(false), &if stripped { Value::Null } else { Value::from("batch") }), "{held:#}");
+    // The frame's variable names the slot (DWARF locations), without DWARF its offset in the frame; the GC's
+    // stack maps, which stripped binaries keep, say it is a live pointer.
+    assert_eq!((&held["precise"], &last["via"]), (&Value::from(true), &if stripped { Value::Null } else { Value::from("batch") }), "{held:#}");
     let rows = retained_at("main.openSessions");
     assert!(rows.iter().any(|r| r["type"] == "[]uint8" || r["type"] == "main.Session"), "{:#}", report["retained"]);
     let mut roots = std::collections::HashSet::new();
@@ -113,8 +113,7 @@ fn never_stopped(go: &str) {
 
 /// `--max-depth 2`: the sessions lie three steps or more below `main.sessions` (header, buckets or directory,
 /// [table, groups,] session), and objects two steps down are not scanned, so the walk finds none of them through the map and says how many objects the limit
-/// left unscanned, while the batches, one step from their goroutines' frames, are still held. (A stale word in
-/// some goroutine's stack may still point at one: stacks are not read with the runtime's liveness maps yet.)
+/// left unscanned, while the batches, one step from their goroutines' frames, are still held.
 fn depth_limit(go: &str) {
     let (done, report) = trace_until_done_with(Target::start(&target_path(go, "holders"), &[]), &["--max-depth", "2"]);
     assert!(done.contains("sessions=100"), "{done}");

@@ -51,10 +51,10 @@ pub struct ChainSearch {
     pub roots: &'static str,
     /// How objects were scanned: "typed" where DWARF gives the value's type (a global's, and what typed pointers
     /// lead to: only pointer words followed, each named by its Go path), the runtime's heap bitmaps for other
-    /// objects (pointer words only, unnamed), "conservative" for goroutine stacks (any word that points into an
-    /// allocated heap slot; DWARF names a variable's words, but not whether the variable is live there).
-    /// `typed_objects` and `bitmap_objects` in the walk count the first two; each `held_by` says whether its chain
-    /// is `precise` (no conservative step).
+    /// objects and the GC's stack maps for stack frames (pointer words only), "conservative" elsewhere (frames
+    /// without maps: any word that points into an allocated heap slot). `typed_objects` and `bitmap_objects` in
+    /// the walk count the first two kinds of objects; each `held_by` says whether its chain is `precise` (no
+    /// conservative step).
     pub precision: &'static str,
     /// The budget the target could be stopped for (`--max-pause`; 0: never stopped), how long it was stopped,
     /// and whether the walk ended within it (else the rest of the walk ran against the running program, and
@@ -710,7 +710,7 @@ pub(crate) mod tests {
         r.totals.samples = 1000;
         r.chains = Some(ChainSearch {
             roots: "package-level variables and goroutine stacks",
-            precision: "typed where DWARF describes the value, by the runtime's heap bitmaps for other heap objects, conservative for goroutine stacks",
+            precision: "typed where DWARF describes the value, by the runtime's heap bitmaps for other heap objects and its stack maps for goroutine stacks, conservative elsewhere (frames without maps)",
             max_pause_seconds: 0.01,
             max_depth: 100,
             paused_seconds: 0.0,

@@ -353,7 +353,7 @@ impl Session {
         let ChainOptions { max_pause, max_depth } = options;
         let mut search = ChainSearch {
             roots: "package-level variables, goroutine stacks, and the closures of finalizers and cleanups not run",
-            precision: "typed where DWARF describes the value, by the runtime's heap bitmaps for other heap objects, conservative for goroutine stacks",
+            precision: "typed where DWARF describes the value, by the runtime's heap bitmaps for other heap objects and its stack maps for goroutine stacks, conservative elsewhere (frames without maps)",
             max_pause_seconds: max_pause.as_secs_f64(),
             max_depth,
             paused_seconds: 0.0,
@@ -390,7 +390,7 @@ impl Session {
             (mechanism.as_str(), name, funcval)
         }));
         let mut roots = if model.globals.is_empty() {
-            search.precision = "untyped: no DWARF (a stripped binary): the words of data and bss the GC's bitmaps mark as pointers, then the pointer words the runtime's heap bitmaps give in what they reach; stacks conservatively";
+            search.precision = "untyped: no DWARF (a stripped binary): the words of data and bss the GC's bitmaps mark as pointers, then the pointer words the runtime's heap bitmaps give in what they reach, and stack frames by the GC's stack maps";
             heap::data_roots(&model.data_regions, bias)
         } else {
             heap::global_roots(&model.globals, bias)
@@ -412,6 +412,7 @@ impl Session {
                 Some(heap::Goroutine { id, state, running: status == gstatus::RUNNING, blocked_ms })
             },
             |pc| self.binary.function_at(pc.wrapping_sub(bias)).map(|f| f.name.clone()),
+            |pc| self.binary.frame_pointers(pc),
         ));
         let (state, names) = (&self.state, &mut self.names);
         let mut hint = |base, size| {

@@ -255,7 +255,7 @@ impl<'m> HeapIndex<'m> {
 }
 
 /// `words` bits of `bytes` from bit `skip` (bit i: byte i/8, bit i%8), as a bitmap from bit 0.
-fn bit_range(bytes: &[u8], skip: u64, words: u64) -> Vec<u8> {
+pub(super) fn bit_range(bytes: &[u8], skip: u64, words: u64) -> Vec<u8> {
     let mut out = vec![0u8; words.div_ceil(8) as usize];
     for w in 0..words {
         let i = skip + w;

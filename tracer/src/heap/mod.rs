@@ -1,14 +1,15 @@
 //! Reference chains: who holds a retained object. A breadth-first walk of the target's heap from its GC roots, read
-//! from `/proc/PID/mem` while the target runs (it is never stopped, so a chain can be stale or missing where the
-//! program moved a pointer during the walk: the report says the walk is fuzzy).
+//! from `/proc/PID/mem`, the target stopped for at most a pause budget (past it, the rest of the walk reads the
+//! running program, and a chain can be stale where the program moved a pointer meanwhile: the report says so).
 //!
 //! Roots: package-level variables (DWARF names and types, else the data and bss words the GC's bitmaps mark),
 //! the goroutines' stacks frame by frame (by frame pointer; variables named by DWARF), and the closures of
 //! finalizers and cleanups not run. An object's pointer words come from its DWARF type where the walk knows it,
-//! else from the runtime's own record of them (the heap bitmap, or the type in a malloc header), as its GC
-//! scans it; stacks and closures are scanned conservatively (every aligned word that points into an allocated
-//! slot), so a chain may pass through a word that only looks like a pointer. Breadth-first order makes each chain
-//! a shortest one from the first kind of root that reaches the object (globals before stacks).
+//! else from the runtime's own record of them (the heap bitmap, or the type in a malloc header), and a frame's
+//! from the GC's stack maps, as the GC scans them; what has no such record (a frame without maps) is scanned
+//! conservatively (every aligned word that points into an allocated slot), so a chain may pass through a word
+//! that only looks like a pointer, and says so. Breadth-first order makes each chain a shortest one from the first
+//! kind of root that reaches the object (globals before stacks).
 
 mod index;
 mod pause;
@@ -26,7 +27,7 @@ use index::{HeapIndex, HeapObject, PointerWords};
 use typed::Slots;
 pub use typed::EntryPart;
 pub use pause::Pause;
-pub use roots::{closure_roots, data_roots, global_roots, goroutine_roots, Goroutine, NamedWord, RootRegion};
+pub use roots::{closure_roots, data_roots, global_roots, goroutine_roots, Goroutine, NamedWord, RootRegion, RootWords};
 
 /// How far one walk may go. Past `max_bytes` or `max_time` the walk stops and says it was cut short; objects
 /// `max_depth` steps from a root are not scanned (counted in [`WalkStats::depth_limited`]).
@@ -106,7 +107,7 @@ pub struct Hop {
     /// A map header: its entries.
     pub map_len: Option<u64>,
     /// The word followed is a pointer by the previous value's type or the runtime's bitmaps; else it merely
-    /// looked like one (a conservatively scanned stack or object).
+    /// looked like one (a conservatively scanned frame or object).
     pub known: bool,
     /// The word is in a map entry (of a typed group or bucket): the entry's key as Go prints it, and whether the
     /// word is in the key or the value.
@@ -160,6 +161,18 @@ impl WalkStats {
         self.cut_short |= other.cut_short;
         self.depth_limited += other.depth_limited;
     }
+}
+
+/// Which words of an untyped value a walk follows (bit i: word i), and which of those are known to be pointers.
+#[derive(Clone, Copy)]
+struct Mask<'a> {
+    follow: &'a [u8],
+    known: &'a [u8],
+}
+
+/// Bit `i` of a bitmap (byte i/8, bit i%8).
+fn bit(bits: &[u8], i: u64) -> bool {
+    bits.get((i / 8) as usize).is_some_and(|b| b >> (i % 8) & 1 == 1)
 }
 
 /// How an object was reached: from a root, or from another object, at a byte offset.
@@ -238,9 +251,8 @@ impl Walk<'_, '_, '_> {
     }
 
     /// Follows the pointers of `bytes`, found at `offset` in `parent`: the typed pointer words, or (untyped) the
-    /// words `pointers` marks (bit i: the parent's word i), or without it every word that points into a heap
-    /// object.
-    fn scan(&mut self, parent: Parent, bytes: &[u8], offset: u64, typing: Option<Typing>, pointers: Option<&[u8]>) {
+    /// words `mask` says, or without it every word that points into a heap object.
+    fn scan(&mut self, parent: Parent, bytes: &[u8], offset: u64, typing: Option<Typing>, mask: Option<Mask>) {
         let word = |at: u64| -> Option<u64> {
             let i = usize::try_from(at.checked_sub(offset)?).ok()?;
             Some(u64::from_le_bytes(bytes.get(i..i + 8)?.try_into().ok()?))
@@ -248,11 +260,11 @@ impl Walk<'_, '_, '_> {
         let Some((t, value)) = typing.and_then(|t| Some((t, self.slots.of(t.elem)?))) else {
             for (i, w) in bytes.chunks_exact(8).enumerate() {
                 let at = offset + 8 * i as u64;
-                if pointers.is_some_and(|p| p.get((at / 64) as usize).is_none_or(|b| b >> (at / 8 % 8) & 1 == 0)) {
+                if mask.is_some_and(|m| !bit(m.follow, at / 8)) {
                     continue;
                 }
                 let w = u64::from_le_bytes(w.try_into().unwrap_or_default());
-                self.reach(parent, at, w, None, None, pointers.is_some());
+                self.reach(parent, at, w, None, None, mask.is_some_and(|m| bit(m.known, at / 8)));
             }
             return;
         };
@@ -323,7 +335,8 @@ impl Walk<'_, '_, '_> {
                     break;
                 }
                 stats.bytes_scanned += len;
-                self.scan(Parent::Object(base), buf, offset, typing, pointers.as_deref());
+                let mask = pointers.as_deref().map(|p| Mask { follow: p, known: p });
+                self.scan(Parent::Object(base), buf, offset, typing, mask);
                 offset += len;
             }
         }
@@ -511,33 +524,40 @@ pub fn find_chains(
         let to = roots[from..].iter().position(|r| r.root.kind != kind).map_or(roots.len(), |n| from + n);
         let mut window = RootWindow::default();
         for (i, r) in roots.iter().enumerate().take(to).skip(from) {
-            // A region's pointer words: every one of a word the GC's data/bss bitmaps mark; a heap object's (a
-            // closure's) from the runtime's bitmaps, like any object's.
-            let (len, pointers) = match r.len {
-                0 => match walk.heap.object_containing(r.addr) {
+            // A region's words to follow and known pointers: a heap object's (a closure's) from the runtime's
+            // bitmaps, like any object's; a stack frame's from its stack maps; every one of a word the GC's
+            // data/bss bitmaps mark.
+            let (len, words) = match (r.len, &r.words) {
+                (0, _) => match walk.heap.object_containing(r.addr) {
                     Some(o) if o.base == r.addr => match walk.heap.pointer_words(o) {
                         PointerWords::None => (0, None),
-                        PointerWords::Bits(bits) => (o.size, Some(bits)),
+                        PointerWords::Bits(bits) => (o.size, Some((bits.clone(), bits))),
                         PointerWords::Unknown => (o.size, None),
                     },
                     Some(o) => (o.base + o.size - r.addr, None),
                     None => (0, None),
                 },
-                len if r.pointer_words => (len, Some(vec![0xff; len.div_ceil(64) as usize])),
-                len => (len, None),
+                (len, RootWords::Pointers) => (len, Some((vec![0xff; len.div_ceil(64) as usize], vec![0xff; len.div_ceil(64) as usize]))),
+                (len, RootWords::Map { follow, known }) => (len, Some((follow.clone(), known.clone()))),
+                (len, RootWords::Conservative) => (len, None),
             };
+            let mask = words.as_ref().map(|(follow, known)| Mask { follow, known });
             if let Some(bytes) = window.read(memory, r.addr, len) {
                 stats.bytes_scanned += len;
-                // The words variables hold first, so that they name what they reach; then the rest. Not known to
-                // be pointers: DWARF says where a variable lives, not whether it is live there (a register
-                // argument's spill slot may never have been written), which only the runtime's stack maps say.
+                // The words variables hold first, so that they name what they reach; then the rest. DWARF says
+                // where a variable lives, not whether it is live there (a register argument's spill slot may never
+                // have been written): the stack maps say, where the binary has them.
                 for (k, w) in r.named.iter().enumerate() {
                     let Some(at) = w.addr.checked_sub(r.addr).filter(|&a| a + 8 <= len) else { continue };
+                    if mask.is_some_and(|m| !bit(m.follow, at / 8)) {
+                        continue;
+                    }
                     let word = u64::from_le_bytes(bytes[at as usize..at as usize + 8].try_into().unwrap_or_default());
-                    walk.reach(Parent::Root(i), at, word, Some(SlotRef { index: k, elem: 0, slice: None }), w.to, false);
+                    let known = mask.is_some_and(|m| bit(m.known, at / 8));
+                    walk.reach(Parent::Root(i), at, word, Some(SlotRef { index: k, elem: 0, slice: None }), w.to, known);
                 }
                 let typing = r.type_id.map(|t| Typing { elem: types.resolve(t), phase: 0 });
-                walk.scan(Parent::Root(i), &bytes, 0, typing, pointers.as_deref());
+                walk.scan(Parent::Root(i), &bytes, 0, typing, mask);
             }
         }
         walk.drain(&mut buf, &mut stats, &limits, pause, started);
@@ -613,9 +633,9 @@ pub struct HeldBy {
     pub bytes: u64,
     pub searched: u64,
     pub unreached: u64,
-    /// Every chain of the group followed only words known to be pointers (DWARF types, the runtime's bitmaps);
-    /// else some step was a word that merely looks like one (a conservatively scanned stack, or an object whose
-    /// bitmap could not be read).
+    /// Every chain of the group followed only words known to be pointers (DWARF types, the runtime's bitmaps and
+    /// stack maps); else some step was a word that merely looks like one (a stack frame without maps, or an
+    /// object whose bitmap could not be read).
     pub precise: bool,
     /// Distinct goroutines among the group's roots (0 for a variable).
     pub goroutines: u64,

@@ -1,8 +1,9 @@
 //! The regions of the target's memory a walk starts from, each named as a report shows it.
 
 use crate::gotype::Memory;
-use crate::target::{DataRegion, GlobalVar, HeapModel, TypeId};
+use crate::target::{DataRegion, FramePointers, GlobalVar, HeapModel, TypeId, WordBits};
 
+use super::index::bit_range;
 use super::typed::Slots;
 use super::Root;
 
@@ -17,8 +18,21 @@ pub struct RootRegion {
     pub type_id: Option<TypeId>,
     /// Words of an untyped region that DWARF names (a frame's variables), followed first.
     pub named: Vec<NamedWord>,
-    /// Every word of the region is a pointer (a word the GC's data/bss bitmap marks).
-    pub pointer_words: bool,
+    pub words: RootWords,
+}
+
+/// Which words of an untyped root region the walk follows, and which of those are known to be pointers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RootWords {
+    /// Every word that points into the heap, none known to be a pointer: a closure, or a stack frame the GC's
+    /// stack maps do not describe.
+    Conservative,
+    /// Every word is a pointer: a word the GC's data/bss bitmap marks.
+    Pointers,
+    /// Bit i of `follow`: the region's word i is followed; of `known`: it is a pointer. A stack frame as the GC's
+    /// stack maps describe it: its live pointer words, and its stack objects' pointer words (or all their words
+    /// when their types do not say).
+    Map { follow: Vec<u8>, known: Vec<u8> },
 }
 
 /// A pointer word in a stack frame that a variable holds (runtime address), named as the variable and the path
@@ -45,7 +59,7 @@ pub fn global_roots(globals: &[GlobalVar], load_bias: u64) -> Vec<RootRegion> {
             len: g.size,
             type_id: g.type_id,
             named: Vec::new(),
-            pointer_words: false,
+            words: RootWords::Conservative,
         })
         .collect()
 }
@@ -58,7 +72,7 @@ pub fn data_roots(regions: &[DataRegion], load_bias: u64) -> Vec<RootRegion> {
     for r in regions {
         for word in (0..r.len / 8).map(|i| r.addr + 8 * i).filter(|&a| r.is_pointer(a)) {
             let root = Root { kind: "global", name: format!("{} {word:#x}", r.name), type_name: None, goroutine: None, blocked_ms: None };
-            out.push(RootRegion { root, addr: word + load_bias, len: 8, type_id: None, named: Vec::new(), pointer_words: true });
+            out.push(RootRegion { root, addr: word + load_bias, len: 8, type_id: None, named: Vec::new(), words: RootWords::Pointers });
         }
     }
     out
@@ -72,7 +86,7 @@ pub fn closure_roots(closures: impl IntoIterator<Item = (&'static str, String, u
         .into_iter()
         .map(|(kind, name, funcval)| {
             let root = Root { kind, name, type_name: None, goroutine: None, blocked_ms: None };
-            RootRegion { root, addr: funcval, len: 0, type_id: None, named: Vec::new(), pointer_words: false }
+            RootRegion { root, addr: funcval, len: 0, type_id: None, named: Vec::new(), words: RootWords::Conservative }
         })
         .collect()
 }
@@ -115,13 +129,16 @@ pub struct Goroutine {
 
 /// One region per frame of every live goroutine's stack, found by following the frame pointers from the registers
 /// the goroutine saved when it stopped (`g.sched`); the variables DWARF places in a frame name its pointer words.
-/// `describe` tells what a goroutine is doing, None for a dead one; `function_at` names the function of a PC.
+/// `describe` tells what a goroutine is doing, None for a dead one; `function_at` names the function of a PC;
+/// `frame_pointers` gives the GC's stack maps of a frame stopped at a (link-time) PC: where it does, only the
+/// frame's live pointers are followed, as the GC scans it.
 pub fn goroutine_roots(
     memory: &dyn Memory,
     model: &HeapModel,
     load_bias: u64,
     mut describe: impl FnMut(u64) -> Option<Goroutine>,
     mut function_at: impl FnMut(u64) -> Option<String>,
+    mut frame_pointers: impl FnMut(u64) -> Option<FramePointers>,
 ) -> Vec<RootRegion> {
     let layout = &model.goroutines;
     let mut slots = Slots::new(&model.types);
@@ -140,16 +157,20 @@ pub fn goroutine_roots(
         if hi <= lo || hi - lo > MAX_STACK {
             continue;
         }
-        let mut region = |from: u64, to: u64, function: Option<String>, named: Vec<NamedWord>| {
-            let name = function.unwrap_or_default();
-            let root = Root { kind: "goroutine", name, type_name: None, goroutine: Some((id, state.clone())), blocked_ms };
-            out.push(RootRegion { root, addr: from, len: to - from, type_id: None, named, pointer_words: false });
+        let root = |function: Option<String>| Root {
+            kind: "goroutine",
+            name: function.unwrap_or_default(),
+            type_name: None,
+            goroutine: Some((id, state.clone())),
+            blocked_ms,
         };
         let sp = field(layout.sched_sp).filter(|sp| (lo..hi).contains(sp) && !running);
         let Some(mut start) = sp else {
-            region(lo, hi, None, Vec::new());
+            // Running: its saved registers are stale, so its whole stack is one region.
+            out.push(RootRegion { root: root(None), addr: lo, len: hi - lo, type_id: None, named: Vec::new(), words: RootWords::Conservative });
             continue;
         };
+        let mut frames = Vec::new();
         let mut pc = field(layout.sched_pc).unwrap_or(0);
         let mut bp = field(layout.sched_bp).unwrap_or(0);
         for _ in 0..MAX_FRAMES {
@@ -157,14 +178,83 @@ pub fn goroutine_roots(
             if bp < start || bp + 16 > hi || bp % 8 != 0 {
                 break;
             }
-            // With frame pointers (amd64), the CFA is just above the saved BP and the return address.
-            let named = frame_words(model, &mut slots, pc.wrapping_sub(load_bias), bp + 16);
-            region(start, bp + 16, function_at(pc), named);
+            // With frame pointers (amd64), the CFA (the runtime's `fp`) is just above the saved BP and the return
+            // address, so `varp` is the saved BP's address.
+            frames.push(Frame { start, fp: bp + 16, pc, maps: frame_pointers(pc.wrapping_sub(load_bias)) });
             (start, pc, bp) = (bp + 16, word(memory, bp + 8).unwrap_or(0), word(memory, bp).unwrap_or(0));
         }
+        let stack = StackWords::new(lo, hi, &frames);
+        for f in &frames {
+            let named = frame_words(model, &mut slots, f.pc.wrapping_sub(load_bias), f.fp);
+            out.push(RootRegion { root: root(function_at(f.pc)), addr: f.start, len: f.fp - f.start, type_id: None, named, words: stack.words(f.start, f.fp) });
+        }
         if start < hi {
-            region(start, hi, function_at(pc), Vec::new());
+            out.push(RootRegion { root: root(function_at(pc)), addr: start, len: hi - start, type_id: None, named: Vec::new(), words: stack.words(start, hi) });
         }
     }
     out
+}
+
+/// A frame found by frame pointers, with its stack maps if the binary has them.
+struct Frame {
+    start: u64,
+    fp: u64,
+    pc: u64,
+    maps: Option<FramePointers>,
+}
+
+/// A goroutine stack's words as its GC would scan them: `follow` and `known` bits (see [`RootWords::Map`]) for
+/// each word from `lo`.
+struct StackWords {
+    lo: u64,
+    follow: Vec<u8>,
+    known: Vec<u8>,
+}
+
+impl StackWords {
+    /// Every word followed, none known; then, for each frame with stack maps, its own words followed only where
+    /// its maps (or a callee's argument map: arguments live in the caller's frame) say.
+    fn new(lo: u64, hi: u64, frames: &[Frame]) -> Self {
+        let n = ((hi - lo) / 8).div_ceil(8) as usize;
+        let mut s = StackWords { lo, follow: vec![0xff; n], known: vec![0; n] };
+        for f in frames.iter().filter(|f| f.maps.is_some()) {
+            (f.start..f.fp).step_by(8).for_each(|a| s.set(a, false, false));
+        }
+        for f in frames {
+            let Some(m) = &f.maps else { continue };
+            let (varp, argp) = (f.fp - 16, f.fp);
+            let below = varp.saturating_sub(8 * u64::from(m.locals.words));
+            s.mark(below, &m.locals);
+            s.mark(argp, &m.args);
+            for o in &m.objects {
+                let at = if o.offset < 0 { varp } else { argp }.wrapping_add_signed(o.offset);
+                match &o.pointers {
+                    Some(p) => s.mark(at, p),
+                    None => (at..at.saturating_add(o.size)).step_by(8).for_each(|a| s.set(a, true, false)),
+                }
+            }
+        }
+        s
+    }
+
+    /// The words `bits` marks, from `at`: followed, known pointers.
+    fn mark(&mut self, at: u64, bits: &WordBits) {
+        for i in (0..u64::from(bits.words)).filter(|&i| bits.bits.get((i / 8) as usize).is_some_and(|b| b >> (i % 8) & 1 == 1)) {
+            self.set(at + 8 * i, true, true);
+        }
+    }
+
+    fn set(&mut self, addr: u64, follow: bool, known: bool) {
+        let Some(w) = addr.checked_sub(self.lo).map(|o| o / 8).filter(|&w| w / 8 < self.follow.len() as u64) else { return };
+        let (byte, bit) = ((w / 8) as usize, 1u8 << (w % 8));
+        for (v, on) in [(&mut self.follow[byte], follow), (&mut self.known[byte], known)] {
+            *v = if on { *v | bit } else { *v & !bit };
+        }
+    }
+
+    /// The words of `[from, to)`.
+    fn words(&self, from: u64, to: u64) -> RootWords {
+        let (skip, n) = ((from - self.lo) / 8, (to - from) / 8);
+        RootWords::Map { follow: bit_range(&self.follow, skip, n), known: bit_range(&self.known, skip, n) }
+    }
 }

@@ -251,6 +251,9 @@ pub(crate) struct ModuledataOffsets {
     pub text: u64,
     pub types: u64,
     pub etypes: u64,
+    /// `gofunc` (`go:func.*`, functions' funcdata), after `rodata` in every release; 1.27 put `itaboffset,
+    /// itabsize` before them.
+    pub gofunc: u64,
 }
 
 /// Struct offsets, resolved before the code is read; [`runtime_layout`] completes them into a [`RuntimeLayout`].
@@ -293,11 +296,12 @@ struct Row {
 
 const BOTH: &[Arch] = &[Arch::Amd64, Arch::Arm64];
 
-const fn md(text: u64, types: u64, etypes: u64) -> ModuledataOffsets {
+const fn md(text: u64, types: u64, etypes: u64, gofunc: u64) -> ModuledataOffsets {
     ModuledataOffsets {
         text,
         types,
         etypes,
+        gofunc,
     }
 }
 
@@ -326,14 +330,14 @@ const fn span(
 /// nelems 56 → 50, allocBits/gcmarkBits 72/80 → 64/72 and elemsize back to 104.
 #[rustfmt::skip]
 const TABLE: &[Row] = &[
-    Row { minor: 19, arches: BOTH, goid: 152, g_status: (144, 168, 176), moduledata: md(176, 280, 288), span: span(24, 32, (56, 8), 104, 80), cycles: (344, 344) },
-    Row { minor: 21, arches: BOTH, goid: 152, g_status: (144, 168, 176), moduledata: md(176, 296, 304), span: span(24, 32, (56, 8), 112, 80), cycles: (400, 528) },
-    Row { minor: 22, arches: BOTH, goid: 152, g_status: (144, 168, 176), moduledata: md(176, 296, 304), span: span(24, 32, (50, 2), 104, 72), cycles: (400, 528) },
-    Row { minor: 23, arches: BOTH, goid: 160, g_status: (152, 176, 184), moduledata: md(176, 296, 304), span: span(24, 32, (50, 2), 104, 72), cycles: (424, 552) },
-    Row { minor: 24, arches: BOTH, goid: 160, g_status: (152, 176, 184), moduledata: md(176, 296, 304), span: span(24, 32, (50, 2), 104, 72), cycles: (424, 552) },
-    Row { minor: 25, arches: BOTH, goid: 152, g_status: (144, 168, 176), moduledata: md(176, 296, 304), span: span(24, 32, (50, 2), 104, 72), cycles: (512, 704) },
-    Row { minor: 26, arches: BOTH, goid: 152, g_status: (144, 168, 176), moduledata: md(176, 296, 304), span: span(24, 32, (50, 2), 104, 72), cycles: (648, 904) },
-    Row { minor: 27, arches: BOTH, goid: 152, g_status: (144, 168, 176), moduledata: md(176, 296, 312), span: span(24, 32, (50, 2), 104, 72), cycles: (648, 904) },
+    Row { minor: 19, arches: BOTH, goid: 152, g_status: (144, 168, 176), moduledata: md(176, 280, 288, 304), span: span(24, 32, (56, 8), 104, 80), cycles: (344, 344) },
+    Row { minor: 21, arches: BOTH, goid: 152, g_status: (144, 168, 176), moduledata: md(176, 296, 304, 320), span: span(24, 32, (56, 8), 112, 80), cycles: (400, 528) },
+    Row { minor: 22, arches: BOTH, goid: 152, g_status: (144, 168, 176), moduledata: md(176, 296, 304, 320), span: span(24, 32, (50, 2), 104, 72), cycles: (400, 528) },
+    Row { minor: 23, arches: BOTH, goid: 160, g_status: (152, 176, 184), moduledata: md(176, 296, 304, 320), span: span(24, 32, (50, 2), 104, 72), cycles: (424, 552) },
+    Row { minor: 24, arches: BOTH, goid: 160, g_status: (152, 176, 184), moduledata: md(176, 296, 304, 320), span: span(24, 32, (50, 2), 104, 72), cycles: (424, 552) },
+    Row { minor: 25, arches: BOTH, goid: 152, g_status: (144, 168, 176), moduledata: md(176, 296, 304, 320), span: span(24, 32, (50, 2), 104, 72), cycles: (512, 704) },
+    Row { minor: 26, arches: BOTH, goid: 152, g_status: (144, 168, 176), moduledata: md(176, 296, 304, 320), span: span(24, 32, (50, 2), 104, 72), cycles: (648, 904) },
+    Row { minor: 27, arches: BOTH, goid: 152, g_status: (144, 168, 176), moduledata: md(176, 296, 312, 344), span: span(24, 32, (50, 2), 104, 72), cycles: (648, 904) },
 ];
 
 impl Row {
@@ -422,7 +426,7 @@ pub(crate) fn resolve(
     .ok_or_else(|| no_table(version, arch))?;
     let from_dwarf = || {
         let m = |f| offset("runtime.moduledata", f);
-        Some(md(m("text")?, m("types")?, m("etypes")?))
+        Some(md(m("text")?, m("types")?, m("etypes")?, m("gofunc")?))
     };
     let moduledata =
         pick(from_dwarf(), row, |r| r.moduledata).ok_or_else(|| no_table(version, arch))?;

@@ -19,6 +19,7 @@ mod pclntab;
 mod rets;
 mod roots;
 mod sampling;
+mod stackmaps;
 mod typegraph;
 #[cfg(test)]
 mod tests;
@@ -32,6 +33,7 @@ pub use buildinfo::GoVersion;
 pub use dwarf::GlobalVar;
 pub use heap::{DataRegion, GoroutineLayout, HeapLayout, HeapModel};
 pub use locals::{FrameLocals, LocalVar, StackPiece};
+pub use stackmaps::{FramePointers, StackObject, WordBits};
 pub use typegraph::{Field, GoTypeDef, Shape, TypeGraph, TypeId, KIND_SLICE, KIND_STRING};
 pub use layout::{CleanupFunction, CleanupLayout, LayoutSource, PointerBits, RuntimeLayout, SamplingLayout, SpanLayout, INLINE_MARKS_LEN, INLINE_MARKS_OFFSET};
 
@@ -330,6 +332,16 @@ impl GoBinary {
             line,
             entry: f.entry,
         })
+    }
+
+    /// How the GC scans a frame of the function stopped at `pc` (link-time: a call's return address, or where a
+    /// goroutine resumes): its stack maps there. None outside Go functions and where the binary has no maps.
+    pub fn frame_pointers(&self, pc: u64) -> Option<FramePointers> {
+        // A goroutine not started yet resumes at its function's entry; any other frame just past a call.
+        let i = self.function_index(pc).filter(|&i| self.functions[i].entry == pc).or_else(|| self.function_index(pc.checked_sub(1)?))?;
+        let refs = self.pclntab.stack_maps(&self.bytes, i, self.functions[i].entry, pc)?;
+        let module = self.module?;
+        stackmaps::frame_pointers(&refs, module.gofunc, module.rodata, |a| self.image.rest_of_segment(&self.bytes, a))
     }
 
     /// `moduledata.types`: the base that `abi.Type.Str` (a nameOff) and typeOffs are relative to.

@@ -22,6 +22,10 @@ pub(crate) struct Module {
     pub addr: u64,
     pub text: u64,
     pub types: u64,
+    /// `rodata` (what stack objects' type masks are relative to) and `gofunc` (`go:func.*`, what functions'
+    /// funcdata are), the word before it (`symtab.go@go1.19`, `@go1.27.3`).
+    pub rodata: u64,
+    pub gofunc: u64,
 }
 
 /// The moduledata whose `pcHeader` is `pclntab`, checked field by field so that a stray equal word is not taken
@@ -86,5 +90,6 @@ fn check(
         && (hdr.text_start == 0 || hdr.text_start == text)
         && types <= etypes
         && image.file_offset(types).is_some();
-    plausible.then_some(Module { addr, text, types })
+    let (rodata, gofunc) = (field(offsets.gofunc - 8)?, field(offsets.gofunc)?);
+    plausible.then_some(Module { addr, text, types, rodata, gofunc })
 }

@@ -22,10 +22,22 @@ const FUNC_NAMEOFF: usize = 4;
 const FUNC_PCFILE: usize = 20;
 const FUNC_PCLN: usize = 24;
 const FUNC_CUOFFSET: usize = 32;
+const FUNC_ARGS: usize = 8;
+const FUNC_NPCDATA: usize = 28;
+/// `_func`'s size, which `pcdata [npcdata]uint32` and `funcdata [nfuncdata]uint32` follow, its last byte being
+/// `nfuncdata`: 40 bytes until 1.20 added `startLine` (the format of `MAGIC_GO120`), 44 since.
+const FUNC_SIZE_GO118: usize = 40;
+const FUNC_SIZE_GO120: usize = 44;
+/// `PCDATA_StackMapIndex` (`internal/abi/symtab.go@go1.27.3:109`, `runtime/symtab.go@go1.19:302`).
+const PCDATA_STACK_MAP_INDEX: usize = 1;
+/// Funcdata of the GC's stack maps (`FUNCDATA_ArgsPointerMaps`, `…LocalsPointerMaps`, `…StackObjects`: 0, 1, 2).
+pub(crate) const FUNCDATA_STACK: usize = 3;
 
 #[derive(Debug)]
 pub(crate) struct Header {
     quantum: u8,
+    /// Bytes of `_func` before its pcdata offsets.
+    func_size: usize,
     nfunc: usize,
     /// Absolute address of text, or 0: Go 1.26 stopped writing it.
     pub text_start: u64,
@@ -64,6 +76,7 @@ impl Header {
         };
         Ok(Header {
             quantum: head[6],
+            func_size: if magic == MAGIC_GO118 { FUNC_SIZE_GO118 } else { FUNC_SIZE_GO120 },
             nfunc: usize::try_from(field(0)).map_err(|_| corrupt("nfunc"))?,
             text_start: field(2),
             funcname: offset(3)?,
@@ -73,6 +86,14 @@ impl Header {
             pcln: offset(7)?,
         })
     }
+}
+
+/// See [`Pclntab::stack_maps`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct StackMapRefs {
+    pub index: i32,
+    pub args: u32,
+    pub funcdata: [Option<u32>; FUNCDATA_STACK],
 }
 
 pub(crate) struct Pclntab {
@@ -247,6 +268,28 @@ impl Pclntab {
             String::from_utf8_lossy(file).into_owned(),
             u32::try_from(line).ok()?,
         ))
+    }
+
+    /// What the GC needs to scan a frame of function number `idx` (entry `entry`) stopped at `pc` (a return
+    /// address, or the entry): the index of its stack maps there (`PCDATA_StackMapIndex`, 0 where the table says
+    /// -1, as `getStackMap` reads it), its argument bytes, and where its args and locals pointer maps and stack
+    /// objects are (offsets from `moduledata.gofunc`; None: it has none).
+    pub fn stack_maps(&self, bytes: &[u8], idx: usize, entry: u64, pc: u64) -> Option<StackMapRefs> {
+        let data = bytes.get(self.start..self.start.checked_add(self.len)?)?;
+        let f = self.hdr.pcln.checked_add(*self.funcoffs.get(idx)? as usize)?;
+        let field = |o: usize| u32_at(data, f.checked_add(o)?);
+        let npcdata = field(FUNC_NPCDATA)? as usize;
+        let nfuncdata = usize::from(*data.get(f.checked_add(self.hdr.func_size - 1)?)?);
+        let pcdata = |i: usize| (i < npcdata).then(|| field(self.hdr.func_size + 4 * i)).flatten();
+        let index = match pcdata(PCDATA_STACK_MAP_INDEX) {
+            Some(off) if pc != entry => self.pcvalue(data, off, entry, pc - 1).unwrap_or(-1),
+            _ => -1,
+        };
+        let mut funcdata = [None; FUNCDATA_STACK];
+        for (i, slot) in funcdata.iter_mut().enumerate().take(nfuncdata) {
+            *slot = field(self.hdr.func_size + 4 * npcdata + 4 * i).filter(|&off| off != u32::MAX);
+        }
+        Some(StackMapRefs { index: index.max(0), args: field(FUNC_ARGS)?, funcdata })
     }
 
     /// The value of the pc-value table at `off` (in pctab) for `target` (`runtime.pcvalue`). The table is a

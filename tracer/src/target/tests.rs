@@ -361,6 +361,7 @@ fn layout_table_matches_dwarf() {
                     text: md["text"].offset,
                     types: md["types"].offset,
                     etypes: md["etypes"].offset,
+                    gofunc: md["gofunc"].offset,
                 },
             );
             assert_eq!(
@@ -1539,6 +1540,34 @@ fn heap_model_survives_damage() {
             for r in &m.data_regions {
                 assert!(writable(r.addr, r.len) && r.pointers.len() as u64 == r.len.div_ceil(64), "{ver}/{name}: {}", r.name);
             }
+        }
+    }
+}
+
+/// The GC's stack maps of `main.startWorker.func1` where its goroutine parks (just after its call of
+/// `runtime.chanrecv1`): the closure's captured `batch` is a live pointer of its frame, in every release, stripped
+/// or not; and the module's `gofunc` is the linker's `go:func.*` (`go.func.*` in 1.19).
+#[test]
+fn stack_maps_say_which_frame_words_are_live_pointers() {
+    for ver in VERSIONS {
+        let syms = nm(ver, "holders");
+        let gofunc = syms.get("go:func.*").or_else(|| syms.get("go.func.*")).copied();
+        for name in ["holders", "holders-stripped"] {
+            let b = bin(ver, name);
+            // (A stripped build lays its data out a little differently.)
+            if name == "holders" {
+                assert_eq!(b.module.map(|m| m.gofunc), gofunc, "{ver}/{name}");
+            }
+            let f = b.function("main.startWorker.func1").unwrap_or_else(|| panic!("{ver}/{name}"));
+            let code = b.code(f).unwrap();
+            // The return address of the function's first call: where a parked goroutine resumes.
+            let mut decoder = iced_x86::Decoder::with_ip(64, code, f.entry, iced_x86::DecoderOptions::NONE);
+            let call = decoder.iter().find(|i| i.mnemonic() == iced_x86::Mnemonic::Call).unwrap_or_else(|| panic!("{ver}/{name}: no call"));
+            let pc = call.next_ip();
+            let maps = b.frame_pointers(pc).unwrap_or_else(|| panic!("{ver}/{name}: no stack maps at {pc:#x}"));
+            let live = |w: &WordBits| (0..w.words).filter(|&i| w.bits[(i / 8) as usize] >> (i % 8) & 1 == 1).count();
+            assert!(live(&maps.locals) + live(&maps.args) >= 1, "{ver}/{name}: {maps:?}");
+            assert_eq!(b.frame_pointers(0x10), None, "{ver}/{name}: not Go code");
         }
     }
 }
