@@ -47,8 +47,9 @@ impl WalkLimits {
 
 /// A string key's bytes shown at most.
 const MAX_KEY_TEXT: u64 = 64;
-/// Objects larger than this are scanned in pieces of this size.
-const READ_CHUNK: u64 = 1 << 20;
+/// Objects larger than this are scanned in pieces of this size, the pause budget checked between them: a piece
+/// of pointers takes about a millisecond to follow (a map's bucket array of megabytes is one object).
+const READ_CHUNK: u64 = 64 << 10;
 
 /// Where a chain starts.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
@@ -325,6 +326,9 @@ impl Walk<'_, '_, '_> {
             };
             let mut offset = 0;
             while offset < size {
+                if offset > 0 {
+                    pause.check();
+                }
                 if stats.bytes_scanned >= limits.max_bytes || started.elapsed() >= limits.max_time {
                     stats.cut_short = true;
                     return;
@@ -524,6 +528,7 @@ pub fn find_chains(
         let to = roots[from..].iter().position(|r| r.root.kind != kind).map_or(roots.len(), |n| from + n);
         let mut window = RootWindow::default();
         for (i, r) in roots.iter().enumerate().take(to).skip(from) {
+            pause.check();
             // A region's words to follow and known pointers: a heap object's (a closure's) from the runtime's
             // bitmaps, like any object's; a stack frame's from its stack maps; every one of a word the GC's
             // data/bss bitmaps mark.
