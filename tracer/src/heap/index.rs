@@ -198,6 +198,20 @@ impl<'m> HeapIndex<'m> {
         found.map_or(PointerWords::Unknown, PointerWords::Bits)
     }
 
+    /// The type the runtime keeps for `obj` (1.22+), and where in the object its values start: a scan object
+    /// larger than 512 bytes has it in its malloc header (values after it), or its span's `largeType` if it is a
+    /// large object; None for the others.
+    pub fn runtime_type(&mut self, obj: HeapObject) -> Option<(u64, u64)> {
+        let PointerBits::InSpan { .. } = self.layout.pointer_bits else { return None };
+        let span = self.span_of(obj.base)?;
+        if span.class & 1 == 1 || obj.size <= MAX_SIZE_BITS_IN_SPAN {
+            return None;
+        }
+        let (small, large_type) = (span.class >> 1 != 0, span.large_type);
+        let typ = if small { self.word(obj.base)? } else { large_type };
+        (typ != 0).then_some((typ, if small { MALLOC_HEADER } else { 0 }))
+    }
+
     /// An object's pointer bits from its type at `typ`, whose values repeat from word `first` to word `words`.
     fn type_bits(&self, typ: u64, mask_on_demand: bool, first: u64, words: u64) -> Option<Vec<u8>> {
         // A mask not built yet: nothing scanned an object of the type, the GC included.
@@ -399,6 +413,11 @@ mod tests {
         let PointerWords::Bits(bits) = words(&l, &m, HEAP + 1024) else { panic!() };
         // Word 0 is the header; the values start at word 1, one pointer every two words.
         assert_eq!((bits.len(), bits[0], bits[15]), (16, 0b1010_1010, 0b1010_1010));
+        // The header also names the object's type, for a chain: values after the header.
+        let mut index = HeapIndex::new(&m, &l, 0);
+        assert_eq!(index.runtime_type(HeapObject { base: HEAP + 1024, size: 1024 }), Some((0x3000, 8)));
+        let small = heap(&l, 1, 48, 5 << 1);
+        assert_eq!(HeapIndex::new(&small, &l, 0).runtime_type(HeapObject { base: HEAP, size: 48 }), None, "no header at 512 B or less");
     }
 
     #[test]
@@ -412,6 +431,7 @@ mod tests {
         m.put(0x3300, &[0b110]);
         let PointerWords::Bits(bits) = words(&l, &m, HEAP) else { panic!() };
         assert_eq!((bits.len(), bits[0], bits[1], bits[2]), (256, 0b1011_0110, 0b0110_1101, 0b1101_1011));
+        assert_eq!(HeapIndex::new(&m, &l, 0).runtime_type(HeapObject { base: HEAP, size: 16384 }), Some((0x3000, 0)), "no header");
         // 1.22–1.23: the same flag bit means the mask is GCData itself.
         let l = layout(PointerBits::InSpan { large_type: 152, mask_on_demand: false }, 0, (0, 0));
         m.put(0x3200, &[0b10]);

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::gotype::Memory;
+use crate::gotype::{Memory, TypeNames};
 use crate::target::{HeapModel, TypeGraph, TypeId, KIND_STRING};
 use index::{HeapIndex, HeapObject, PointerWords};
 use typed::Slots;
@@ -226,6 +226,8 @@ struct Walk<'m, 'g, 'h> {
     queue: VecDeque<u64>,
     /// Targets not reached yet.
     remaining: HashSet<u64>,
+    /// Names the types the runtime keeps for heap objects.
+    type_names: TypeNames,
 }
 
 impl Walk<'_, '_, '_> {
@@ -399,6 +401,15 @@ impl Walk<'_, '_, '_> {
         Some((text, part))
     }
 
+    /// The name of the type the runtime keeps for an object (see [`HeapIndex::runtime_type`]), `[N]T` when it holds
+    /// N values of T past its malloc header.
+    fn runtime_type_name(&mut self, obj: HeapObject) -> Option<String> {
+        let (typ, start) = self.heap.runtime_type(obj)?;
+        let t = self.type_names.resolve(self.memory, typ)?;
+        let n = obj.size.saturating_sub(start) / t.size.max(1);
+        Some(if n >= 2 { format!("[{n}]{}", t.name) } else { t.name.clone() })
+    }
+
     /// The type name of a typed object: its type, or `[N]T` when it holds N values of T (without the `noalg.`
     /// the linker gives the map internals it synthesizes: the runtime does not write it).
     fn typed_name(&self, typing: Option<Typing>, size: u64) -> Option<String> {
@@ -424,7 +435,7 @@ impl Walk<'_, '_, '_> {
                 (Parent::Root(i), Some(s)) if roots[i].type_id.is_none() => roots[i].named.get(s.index).map(|w| w.name.clone()),
                 _ => self.path(slot, parent_typing, parent_size),
             };
-            let type_name = self.typed_name(typing, size);
+            let type_name = self.typed_name(typing, size).or_else(|| self.runtime_type_name(HeapObject { base: at, size }));
             let elem_size = typing.and_then(|t| self.slots.graph().get(t.elem)).map_or(1, |t| t.size);
             let slice = slot.and_then(|s| s.slice).map(|(len, cap)| SliceView { len_bytes: len.saturating_mul(elem_size), cap_bytes: cap.saturating_mul(elem_size) });
             let map_len = self.map_len(at, typing);
@@ -516,6 +527,7 @@ pub fn find_chains(
         reached: HashMap::new(),
         queue: VecDeque::new(),
         remaining: bases.values().copied().collect(),
+        type_names: TypeNames::new(model.types_base.map(|b| b.wrapping_add(load_bias))),
     };
     let mut stats = WalkStats { roots_searched: roots.len(), ..WalkStats::default() };
     let mut buf = Vec::new();

@@ -90,6 +90,8 @@ pub struct HeapModel {
     /// The data and bss sections, with their pointer bitmaps: every root among the package-level variables,
     /// unnamed, with or without DWARF.
     pub data_regions: Vec<DataRegion>,
+    /// Link-time `moduledata.types`, the base of type names: names the types the runtime keeps for heap objects.
+    pub types_base: Option<u64>,
 }
 
 /// Packages whose variables are roots worth naming: not the runtime's own bookkeeping (`runtime.mheap_`,
@@ -140,6 +142,7 @@ impl GoBinary {
                 sched_bp: offsets.g_sched.2,
             },
             data_regions,
+            types_base: Some(module.types),
         })
     }
 }
