@@ -148,7 +148,7 @@ impl<'m> HeapIndex<'m> {
                 span.bits = Some(bits);
             }
             let bits = span.bits.as_deref().unwrap_or_default();
-            if bits.get((idx / 8) as usize).is_none_or(|b| b >> (idx % 8) & 1 == 0) {
+            if !bit(bits, idx) {
                 return None;
             }
         }
@@ -225,7 +225,7 @@ impl<'m> HeapIndex<'m> {
         let mut out = vec![0u8; words.div_ceil(8) as usize];
         for w in first..words {
             let i = (w - first) % elem_words;
-            if i < ptr_words && m[(i / 8) as usize] >> (i % 8) & 1 == 1 {
+            if i < ptr_words && bit(&m, i) {
                 out[(w / 8) as usize] |= 1 << (w % 8);
             }
         }
@@ -268,14 +268,16 @@ impl<'m> HeapIndex<'m> {
     }
 }
 
-/// `words` bits of `bytes` from bit `skip` (bit i: byte i/8, bit i%8), as a bitmap from bit 0.
+/// Bit `i` of a bitmap (byte i/8, bit i%8): the heap's, the stack maps' and the walk's bitmaps all read so.
+pub(super) fn bit(bits: &[u8], i: u64) -> bool {
+    bits.get((i / 8) as usize).is_some_and(|b| b >> (i % 8) & 1 == 1)
+}
+
+/// `words` bits of `bytes` from bit `skip`, as a bitmap from bit 0.
 pub(super) fn bit_range(bytes: &[u8], skip: u64, words: u64) -> Vec<u8> {
     let mut out = vec![0u8; words.div_ceil(8) as usize];
-    for w in 0..words {
-        let i = skip + w;
-        if bytes.get((i / 8) as usize).is_some_and(|b| b >> (i % 8) & 1 == 1) {
-            out[(w / 8) as usize] |= 1 << (w % 8);
-        }
+    for w in (0..words).filter(|&w| bit(bytes, skip + w)) {
+        out[(w / 8) as usize] |= 1 << (w % 8);
     }
     out
 }

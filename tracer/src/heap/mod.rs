@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::gotype::{Memory, TypeNames};
-use crate::target::{HeapModel, TypeGraph, TypeId, KIND_STRING};
-use index::{HeapIndex, HeapObject, PointerWords};
+use crate::target::{HeapModel, TypeGraph, TypeId, KINDS_SIGNED, KINDS_UNSIGNED, KIND_STRING};
+use index::{bit, HeapIndex, HeapObject, PointerWords};
 use typed::Slots;
 pub use typed::EntryPart;
 pub use pause::Pause;
@@ -169,11 +169,6 @@ impl WalkStats {
 struct Mask<'a> {
     follow: &'a [u8],
     known: &'a [u8],
-}
-
-/// Bit `i` of a bitmap (byte i/8, bit i%8).
-fn bit(bits: &[u8], i: u64) -> bool {
-    bits.get((i / 8) as usize).is_some_and(|b| b >> (i % 8) & 1 == 1)
 }
 
 /// How an object was reached: from a root, or from another object, at a byte offset.
@@ -387,8 +382,8 @@ impl Walk<'_, '_, '_> {
         let word = u64::from_le_bytes(b[..8].try_into().unwrap_or_default());
         let text = match key.kind {
             // int, int8 … int64: sign-extended from the key's size.
-            2..=6 if n <= 8 => ((word << (64 - 8 * n)) as i64 >> (64 - 8 * n)).to_string(),
-            7..=12 if n <= 8 => word.to_string(),
+            k if KINDS_SIGNED.contains(&k) && n <= 8 => ((word << (64 - 8 * n)) as i64 >> (64 - 8 * n)).to_string(),
+            k if KINDS_UNSIGNED.contains(&k) && n <= 8 => word.to_string(),
             KIND_STRING => {
                 let len = u64::from_le_bytes(b[8..16].try_into().unwrap_or_default());
                 let mut text = vec![0u8; len.min(MAX_KEY_TEXT) as usize];
@@ -544,21 +539,27 @@ pub fn find_chains(
             // A region's words to follow and known pointers: a heap object's (a closure's) from the runtime's
             // bitmaps, like any object's; a stack frame's from its stack maps; every one of a word the GC's
             // data/bss bitmaps mark.
-            let (len, words) = match (r.len, &r.words) {
+            let owned: Vec<u8>;
+            let (len, mask) = match (r.len, &r.words) {
                 (0, _) => match walk.heap.object_containing(r.addr) {
                     Some(o) if o.base == r.addr => match walk.heap.pointer_words(o) {
                         PointerWords::None => (0, None),
-                        PointerWords::Bits(bits) => (o.size, Some((bits.clone(), bits))),
+                        PointerWords::Bits(bits) => {
+                            owned = bits;
+                            (o.size, Some(Mask { follow: &owned, known: &owned }))
+                        }
                         PointerWords::Unknown => (o.size, None),
                     },
                     Some(o) => (o.base + o.size - r.addr, None),
                     None => (0, None),
                 },
-                (len, RootWords::Pointers) => (len, Some((vec![0xff; len.div_ceil(64) as usize], vec![0xff; len.div_ceil(64) as usize]))),
-                (len, RootWords::Map { follow, known }) => (len, Some((follow.clone(), known.clone()))),
+                (len, RootWords::Pointers) => {
+                    owned = vec![0xff; len.div_ceil(64) as usize];
+                    (len, Some(Mask { follow: &owned, known: &owned }))
+                }
+                (len, RootWords::Map { follow, known }) => (len, Some(Mask { follow, known })),
                 (len, RootWords::Conservative) => (len, None),
             };
-            let mask = words.as_ref().map(|(follow, known)| Mask { follow, known });
             if let Some(bytes) = window.read(memory, r.addr, len) {
                 stats.bytes_scanned += len;
                 // The words variables hold first, so that they name what they reach; then the rest. DWARF says

@@ -3,7 +3,7 @@
 use crate::gotype::Memory;
 use crate::target::{DataRegion, FramePointers, GlobalVar, HeapModel, TypeId, WordBits};
 
-use super::index::bit_range;
+use super::index::{bit, bit_range};
 use super::typed::Slots;
 use super::Root;
 
@@ -14,7 +14,7 @@ pub struct RootRegion {
     pub addr: u64,
     /// 0: the rest of the heap object at `addr` (a closure, whose size the heap knows).
     pub len: u64,
-    /// The region's type (a global's, from DWARF): scanned precisely; None: word by word.
+    /// The region's type (a global's, from DWARF): scanned precisely; None: word by word, as `words` says.
     pub type_id: Option<TypeId>,
     /// Words of an untyped region that DWARF names (a frame's variables), followed first.
     pub named: Vec<NamedWord>,
@@ -239,7 +239,7 @@ impl StackWords {
 
     /// The words `bits` marks, from `at`: followed, known pointers.
     fn mark(&mut self, at: u64, bits: &WordBits) {
-        for i in (0..u64::from(bits.words)).filter(|&i| bits.bits.get((i / 8) as usize).is_some_and(|b| b >> (i % 8) & 1 == 1)) {
+        for i in (0..u64::from(bits.words)).filter(|&i| bit(&bits.bits, i)) {
             self.set(at + 8 * i, true, true);
         }
     }

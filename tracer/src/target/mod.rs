@@ -34,7 +34,7 @@ pub use dwarf::GlobalVar;
 pub use heap::{DataRegion, GoroutineLayout, HeapLayout, HeapModel};
 pub use locals::{FrameLocals, LocalVar, StackPiece};
 pub use stackmaps::{FramePointers, StackObject, WordBits};
-pub use typegraph::{Field, GoTypeDef, Shape, TypeGraph, TypeId, KIND_SLICE, KIND_STRING};
+pub use typegraph::{Field, GoTypeDef, Shape, TypeGraph, TypeId, KINDS_SIGNED, KINDS_UNSIGNED, KIND_SLICE, KIND_STRING};
 pub use layout::{CleanupFunction, CleanupLayout, LayoutSource, PointerBits, RuntimeLayout, SamplingLayout, SpanLayout, INLINE_MARKS_LEN, INLINE_MARKS_OFFSET};
 
 /// CPU architecture of the target. Registers, RET encodings and (in principle) struct layouts depend on it.

@@ -12,6 +12,9 @@ pub type TypeId = usize;
 /// `reflect.Kind` values Go writes as `DW_AT_go_kind`, where a walk needs them.
 pub const KIND_SLICE: u8 = 23;
 pub const KIND_STRING: u8 = 24;
+/// `int` … `int64`, and `uint` … `uintptr`.
+pub const KINDS_SIGNED: std::ops::RangeInclusive<u8> = 2..=6;
+pub const KINDS_UNSIGNED: std::ops::RangeInclusive<u8> = 7..=12;
 
 /// What a value of the type holds, as far as pointers go.
 #[derive(Clone, Debug, PartialEq, Eq)]
