@@ -5,8 +5,7 @@ use std::{env, path::PathBuf};
 fn main() {
     println!("cargo::rerun-if-env-changed=MAPTRACE_EBPF_OBJECT");
     let obj = env::var("MAPTRACE_EBPF_OBJECT").map(PathBuf::from).unwrap_or_else(|_| {
-        PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap())
-            .join("../target/bpfel-unknown-none/release/tracer-ebpf")
+        PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap()).join("../target/bpfel-unknown-none/release/tracer-ebpf")
     });
     if !obj.exists() {
         panic!(
@@ -15,5 +14,8 @@ fn main() {
         );
     }
     println!("cargo::rerun-if-changed={}", obj.display());
-    println!("cargo::rustc-env=MAPTRACE_EBPF_OBJECT={}", obj.canonicalize().unwrap().display());
+    println!(
+        "cargo::rustc-env=MAPTRACE_EBPF_OBJECT={}",
+        obj.canonicalize().unwrap().display()
+    );
 }

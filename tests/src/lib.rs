@@ -44,21 +44,29 @@ macro_rules! go_matrix {
 const PATIENCE: Duration = Duration::from_secs(120);
 
 fn env_path(var: &str, default: &str) -> PathBuf {
-    std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join(default)
-    })
+    std::env::var_os(var)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join(default))
 }
 
 pub fn maptrace_bin() -> PathBuf {
     let p = env_path("MAPTRACE_BIN", "target/release/maptrace");
-    assert!(p.exists(), "{} is missing: run the tests with `./x test` (it builds maptrace)", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: run the tests with `./x test` (it builds maptrace)",
+        p.display()
+    );
     p
 }
 
 /// A go-target built by `cargo xtask build-targets`, e.g. `target_path("1.24.11", "counting-stripped")`.
 pub fn target_path(go: &str, name: &str) -> PathBuf {
     let p = env_path("MAPTRACE_GO_TARGETS", ".cache/go-targets").join(go).join(name);
-    assert!(p.exists(), "{} is missing: run `./x build-targets --all-go` (or the whole `./x test`)", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: run `./x build-targets --all-go` (or the whole `./x test`)",
+        p.display()
+    );
     p
 }
 
@@ -137,7 +145,12 @@ impl Target {
         let first = stdout.until("the target's ready line", |_| true).remove(0);
         assert_eq!(first, format!("ready {}", child.id()), "protocol: first line of {what}");
         let pid = child.id();
-        Self { child, stdin, stdout, pid }
+        Self {
+            child,
+            stdin,
+            stdout,
+            pid,
+        }
     }
 
     /// Lets the target run its measured work (stdin stays open: lingering targets wait for EOF).
@@ -148,7 +161,10 @@ impl Target {
 
     /// Waits for the target's `done` line.
     pub fn wait_done(&mut self) -> String {
-        self.stdout.until("the target's done line", |l| l.starts_with("done")).pop().unwrap()
+        self.stdout
+            .until("the target's done line", |l| l.starts_with("done"))
+            .pop()
+            .unwrap()
     }
 
     /// Closes stdin and waits for exit: the output after the ready line, and the status.
@@ -204,8 +220,12 @@ pub struct Outcome {
 impl Outcome {
     /// The JSON report maptrace printed, checked against docs/report.schema.json.
     pub fn json(&self) -> Value {
-        let report: Value = serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("maptrace's stdout is not JSON ({e}):\n{}\nstderr: {:#?}", self.stdout, self.stderr));
+        let report: Value = serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "maptrace's stdout is not JSON ({e}):\n{}\nstderr: {:#?}",
+                self.stdout, self.stderr
+            )
+        });
         check_report_schema(&report);
         report
     }
@@ -215,15 +235,24 @@ impl Outcome {
 fn report_schema() -> &'static jsonschema::Validator {
     static SCHEMA: OnceLock<jsonschema::Validator> = OnceLock::new();
     SCHEMA.get_or_init(|| {
-        let schema: Value = serde_json::from_str(include_str!("../../docs/report.schema.json")).expect("docs/report.schema.json is JSON");
-        jsonschema::draft202012::new(&schema).unwrap_or_else(|e| panic!("docs/report.schema.json is not a 2020-12 schema: {e}"))
+        let schema: Value = serde_json::from_str(include_str!("../../docs/report.schema.json"))
+            .expect("docs/report.schema.json is JSON");
+        jsonschema::draft202012::new(&schema)
+            .unwrap_or_else(|e| panic!("docs/report.schema.json is not a 2020-12 schema: {e}"))
     })
 }
 
 /// Panics with every way `report` breaks docs/report.schema.json, and the report.
 pub fn check_report_schema(report: &Value) {
-    let errors: Vec<String> = report_schema().iter_errors(report).map(|e| format!("  {}: {e}", e.instance_path())).collect();
-    assert!(errors.is_empty(), "maptrace's JSON report breaks docs/report.schema.json:\n{}\nthe report: {report:#}", errors.join("\n"));
+    let errors: Vec<String> = report_schema()
+        .iter_errors(report)
+        .map(|e| format!("  {}: {e}", e.instance_path()))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "maptrace's JSON report breaks docs/report.schema.json:\n{}\nthe report: {report:#}",
+        errors.join("\n")
+    );
 }
 
 impl Maptrace {
@@ -242,7 +271,12 @@ impl Maptrace {
             .expect("starting maptrace");
         let stdout = child.stdout.take();
         let stderr: ChildStderr = child.stderr.take().unwrap();
-        Self { child, stdout, stderr: Lines::spawn(stderr), stderr_seen: Vec::new() }
+        Self {
+            child,
+            stdout,
+            stderr: Lines::spawn(stderr),
+            stderr_seen: Vec::new(),
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -251,10 +285,16 @@ impl Maptrace {
 
     /// Waits for the "attached" line: from then on every allocation is traced.
     pub fn wait_attached(&mut self) {
-        let lines = self.stderr.until("maptrace to attach", |l| l.starts_with("maptrace: attached") || l.starts_with("maptrace: error"));
+        let lines = self.stderr.until("maptrace to attach", |l| {
+            l.starts_with("maptrace: attached") || l.starts_with("maptrace: error")
+        });
         let last = lines.last().unwrap().clone();
         self.stderr_seen.extend(lines);
-        assert!(last.starts_with("maptrace: attached"), "maptrace failed to attach: {:#?}", self.stderr_seen);
+        assert!(
+            last.starts_with("maptrace: attached"),
+            "maptrace failed to attach: {:#?}",
+            self.stderr_seen
+        );
     }
 
     pub fn interrupt(&self) {
@@ -308,7 +348,11 @@ pub fn trace_measured_phase_with(mut target: Target, extra: &[&str]) -> Traced {
     let (target_output, target_status) = target.finish();
     let outcome = maptrace.finish();
     assert!(outcome.status.success(), "maptrace failed: {outcome:#?}");
-    Traced { target_output, target_status, report: outcome.json() }
+    Traced {
+        target_output,
+        target_status,
+        report: outcome.json(),
+    }
 }
 
 /// Traces a target that stays alive after its measured phase: maptrace is interrupted once the

@@ -11,7 +11,10 @@ fn quiet_target_has_no_sites_of_its_own() {
         let traced = trace_measured_phase(Target::start(&target_path(go, "quiet"), &["-sleep=1s"]));
         assert!(traced.target_status.success());
         let report = traced.report;
-        let mine: Vec<String> = site_functions(&report).into_iter().filter(|f| f.starts_with("main.")).collect();
+        let mine: Vec<String> = site_functions(&report)
+            .into_iter()
+            .filter(|f| f.starts_with("main."))
+            .collect();
         assert!(mine.is_empty(), "go{go}: quiet allocated from {mine:?}: {report:#}");
     }
 }
@@ -63,15 +66,23 @@ fn target_in_another_mount_namespace() {
         bin = bin.display(),
         inside = inside.display()
     );
-    let target = Target::start_command(
-        std::process::Command::new("unshare").args(["--mount", "--propagation", "private", "sh", "-c", &script]),
-    );
+    let target = Target::start_command(std::process::Command::new("unshare").args([
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        &script,
+    ]));
     assert!(!inside.exists(), "the binary must not be visible outside the namespace");
     let traced = trace_measured_phase(target);
     let _ = std::fs::remove_dir(&dir);
     assert!(traced.target_status.success());
     assert_eq!(traced.report["target"]["binary"], inside.display().to_string());
-    assert_counts(&traced.report, &[("main.makeMaps", 5), ("main.makeSlices", 6), ("main.makeObjects", 7)]);
+    assert_counts(
+        &traced.report,
+        &[("main.makeMaps", 5), ("main.makeSlices", 6), ("main.makeObjects", 7)],
+    );
 }
 
 /// The demo's truth (go-targets/demo/TRUTH.md): sessions, their buffers and keys are retained and
@@ -95,12 +106,21 @@ fn demo_leak_is_retained_and_garbage_is_not() {
             (s(&r["stack"][0]["function"]), s(&r["type"]), s(&r["trend"]))
         })
         .collect();
-    for (site, ty) in [("main.newSession", "main.Session"), ("main.newSession", "[]uint8"), ("main.sessionKey", "string")] {
+    for (site, ty) in [
+        ("main.newSession", "main.Session"),
+        ("main.newSession", "[]uint8"),
+        ("main.sessionKey", "string"),
+    ] {
         assert!(
-            retained.iter().any(|(f, t, trend)| f == site && t == ty && trend == "growing"),
+            retained
+                .iter()
+                .any(|(f, t, trend)| f == site && t == ty && trend == "growing"),
             "{site} {ty} retained and growing: {retained:?}"
         );
     }
-    assert!(!retained.iter().any(|(f, _, _)| f == "main.newRequest"), "request garbage is not retained: {retained:?}");
+    assert!(
+        !retained.iter().any(|(f, _, _)| f == "main.newRequest"),
+        "request garbage is not retained: {retained:?}"
+    );
     assert!(report["gc"]["cycles_seen"].as_u64().unwrap() >= 3, "{:#}", report["gc"]);
 }

@@ -41,14 +41,24 @@ fn check(go: &str, stripped: bool) {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let traced = trace_measured_phase(Target::start(&bin, &args));
 
-    assert_eq!(traced.target_output, plain_out, "the target's output changed under tracing");
-    assert_eq!(traced.target_status.code(), plain_status.code(), "the target's exit status changed under tracing");
+    assert_eq!(
+        traced.target_output, plain_out,
+        "the target's output changed under tracing"
+    );
+    assert_eq!(
+        traced.target_status.code(),
+        plain_status.code(),
+        "the target's exit status changed under tracing"
+    );
     assert!(plain_status.success(), "counting failed: {plain_status}");
     let report = traced.report;
     assert_eq!(report["ended_by"], "target exited");
     assert_eq!(report["lost_records"], 0, "records lost");
     assert_eq!(report["target"]["stripped"], stripped);
-    assert!(report["target"]["go_version"].as_str().unwrap().starts_with(&format!("go{go}")[..6]));
+    assert!(report["target"]["go_version"]
+        .as_str()
+        .unwrap()
+        .starts_with(&format!("go{go}")[..6]));
 
     let one = |function: &str| {
         let rows = sites_at(&report, function);
@@ -81,7 +91,10 @@ fn check(go: &str, stripped: bool) {
 
     for row in [&maps, &slices, &objects, &grown] {
         let site = &row["stack"][0];
-        assert!(site["file"].as_str().unwrap().ends_with("counting/main.go"), "site file: {site:#}");
+        assert!(
+            site["file"].as_str().unwrap().ends_with("counting/main.go"),
+            "site file: {site:#}"
+        );
         assert!(site["line"].as_u64().unwrap() > 0, "site line: {site:#}");
         assert_eq!(row["stack"][1]["function"], "main.main", "caller of the site: {row:#}");
     }
@@ -91,7 +104,13 @@ fn check(go: &str, stripped: bool) {
         .into_iter()
         .filter(|f| {
             f.starts_with("main.")
-                && !["main.makeMaps", "main.makeSlices", "main.makeObjects", "main.growSlices"].contains(&f.as_str())
+                && ![
+                    "main.makeMaps",
+                    "main.makeSlices",
+                    "main.makeObjects",
+                    "main.growSlices",
+                ]
+                .contains(&f.as_str())
         })
         .collect();
     assert!(extra.is_empty(), "unexpected allocation sites in main: {extra:?}");
@@ -115,5 +134,8 @@ fn cgo_build() {
     let bin = target_path("1.24.11", "counting-cgo");
     let traced = trace_measured_phase(Target::start(&bin, &["-maps=10", "-slices=20", "-objects=30"]));
     assert!(traced.target_status.success());
-    assert_counts(&traced.report, &[("main.makeMaps", 10), ("main.makeSlices", 20), ("main.makeObjects", 30)]);
+    assert_counts(
+        &traced.report,
+        &[("main.makeMaps", 10), ("main.makeSlices", 20), ("main.makeObjects", 30)],
+    );
 }

@@ -15,24 +15,49 @@ fn python(args: &[&str]) -> std::process::Output {
         .map(PathBuf::from)
         .unwrap_or_else(|| repo(".cache/python/kubernetes-validate-1.37.0"));
     assert!(tool.is_dir(), "{} is missing: `./x setup` installs it", tool.display());
-    Command::new("python3").env("PYTHONPATH", &tool).args(args).output().expect("python3")
+    Command::new("python3")
+        .env("PYTHONPATH", &tool)
+        .args(args)
+        .output()
+        .expect("python3")
 }
 
 fn ok(out: &std::process::Output, what: &str) {
-    assert!(out.status.success(), "{what}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{what}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
 fn manifests_validate_against_the_kubernetes_schemas() {
     // 1.30: the oldest release with securityContext.appArmorProfile.
     let manifests = repo("deploy/maptrace.yaml");
-    let out = python(&["-m", "kubernetes_validate", "--strict", "-k", "1.30.0", manifests.to_str().unwrap()]);
+    let out = python(&[
+        "-m",
+        "kubernetes_validate",
+        "--strict",
+        "-k",
+        "1.30.0",
+        manifests.to_str().unwrap(),
+    ]);
     ok(&out, "kubernetes-validate");
     // It does refuse a broken one (so the check above means something).
     let broken = std::env::temp_dir().join(format!("maptrace-broken-{}.yaml", std::process::id()));
-    let text = std::fs::read_to_string(&manifests).unwrap().replace("hostPID: true", "hostPID: true\n      hostPIDs: true");
+    let text = std::fs::read_to_string(&manifests)
+        .unwrap()
+        .replace("hostPID: true", "hostPID: true\n      hostPIDs: true");
     std::fs::write(&broken, text).unwrap();
-    let out = python(&["-m", "kubernetes_validate", "--strict", "-k", "1.30.0", broken.to_str().unwrap()]);
+    let out = python(&[
+        "-m",
+        "kubernetes_validate",
+        "--strict",
+        "-k",
+        "1.30.0",
+        broken.to_str().unwrap(),
+    ]);
     std::fs::remove_file(&broken).unwrap();
     assert!(!out.status.success(), "a misspelt field must not validate");
 }
@@ -58,7 +83,12 @@ caps = spec["containers"][0]["securityContext"]["capabilities"]
 assert caps["drop"] == ["ALL"] and {"BPF", "PERFMON", "SYS_PTRACE"} <= set(caps["add"]), caps
 assert spec["containers"][0]["securityContext"]["privileged"] is False
 "#;
-    let out = python(&["-c", script, repo("deploy/maptrace.yaml").to_str().unwrap(), repo("deploy/podmonitor.yaml").to_str().unwrap()]);
+    let out = python(&[
+        "-c",
+        script,
+        repo("deploy/maptrace.yaml").to_str().unwrap(),
+        repo("deploy/podmonitor.yaml").to_str().unwrap(),
+    ]);
     ok(&out, "PodMonitor against the DaemonSet");
 }
 
@@ -77,7 +107,15 @@ assert sd[0]["role"] == "pod" and sd[0]["namespaces"]["names"] == ["maptrace"], 
 job["static_configs"] = [{"targets": ["127.0.0.1:9464"]}]
 yaml.safe_dump(c, open(sys.argv[2], "w"))
 "#;
-    ok(&python(&["-c", script, repo("deploy/prometheus-scrape.yml").to_str().unwrap(), copy.to_str().unwrap()]), "the scrape config");
+    ok(
+        &python(&[
+            "-c",
+            script,
+            repo("deploy/prometheus-scrape.yml").to_str().unwrap(),
+            copy.to_str().unwrap(),
+        ]),
+        "the scrape config",
+    );
     let out = Command::new("promtool")
         .args(["check", "config", copy.to_str().unwrap()])
         .output()
@@ -88,14 +126,25 @@ yaml.safe_dump(c, open(sys.argv[2], "w"))
 
 #[test]
 fn the_dashboard_queries_exported_metrics() {
-    let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(repo("deploy/grafana-dashboard.json")).unwrap()).unwrap();
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(repo("deploy/grafana-dashboard.json")).unwrap()).unwrap();
     // What the agent exports, from its source: counters get `_total`.
     let source = std::fs::read_to_string(repo("tracer/src/agent/metrics.rs")).unwrap();
     let mut exported = std::collections::HashSet::new();
     for (i, _) in source.match_indices("f.write(\"maptrace_") {
-        let name: String = source[i + 9..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
-        let counter = source[i..].lines().next().unwrap_or_default().contains("MetricType::Counter")
-            || source[i..].split("MetricType::").nth(1).is_some_and(|t| t.starts_with("Counter"));
+        let name: String = source[i + 9..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        let counter = source[i..]
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .contains("MetricType::Counter")
+            || source[i..]
+                .split("MetricType::")
+                .nth(1)
+                .is_some_and(|t| t.starts_with("Counter"));
         exported.insert(if counter { format!("{name}_total") } else { name });
     }
     assert!(exported.len() >= 15, "{exported:?}");
@@ -106,11 +155,20 @@ fn the_dashboard_queries_exported_metrics() {
             let expr = t["expr"].as_str().unwrap();
             let used: Vec<String> = expr
                 .match_indices("maptrace_")
-                .map(|(i, _)| expr[i..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect())
+                .map(|(i, _)| {
+                    expr[i..]
+                        .chars()
+                        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                        .collect()
+                })
                 .collect();
             assert!(!used.is_empty(), "{expr}");
             for name in used {
-                assert!(exported.contains(&name), "panel {:?} queries {name}, which the agent does not export ({exported:?})", p["title"]);
+                assert!(
+                    exported.contains(&name),
+                    "panel {:?} queries {name}, which the agent does not export ({exported:?})",
+                    p["title"]
+                );
             }
         }
     }

@@ -9,7 +9,11 @@ const GO: &str = "1.24.11";
 
 fn assert_failure(outcome: &e2e::Outcome, code: i32, needle: &str) {
     assert_eq!(outcome.status.code(), Some(code), "{outcome:#?}");
-    let errors: Vec<&String> = outcome.stderr.iter().filter(|l| l.starts_with("maptrace: error:")).collect();
+    let errors: Vec<&String> = outcome
+        .stderr
+        .iter()
+        .filter(|l| l.starts_with("maptrace: error:"))
+        .collect();
     assert_eq!(errors.len(), 1, "one error line: {outcome:#?}");
     assert!(errors[0].contains(needle), "{:?} should mention {needle:?}", errors[0]);
     assert!(!outcome.stderr.iter().any(|l| l.contains("panicked")), "{outcome:#?}");
@@ -18,14 +22,25 @@ fn assert_failure(outcome: &e2e::Outcome, code: i32, needle: &str) {
 
 /// A PID that is not in use now.
 fn unused_pid() -> u32 {
-    let max: u32 = std::fs::read_to_string("/proc/sys/kernel/pid_max").unwrap().trim().parse().unwrap();
-    (1000..max).rev().find(|p| !std::path::Path::new(&format!("/proc/{p}")).exists()).unwrap()
+    let max: u32 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    (1000..max)
+        .rev()
+        .find(|p| !std::path::Path::new(&format!("/proc/{p}")).exists())
+        .unwrap()
 }
 
 #[test]
 fn no_such_pid() {
     let pid = unused_pid().to_string();
-    assert_failure(&run_maptrace(&["--pid", &pid]), 3, &format!("no process with PID {pid}"));
+    assert_failure(
+        &run_maptrace(&["--pid", &pid]),
+        3,
+        &format!("no process with PID {pid}"),
+    );
 }
 
 #[test]
@@ -43,8 +58,15 @@ fn not_a_go_program() {
 fn with_build_version(from: &str, to: &str, dir: &tempdir::TempDir) -> std::path::PathBuf {
     let mut bytes = std::fs::read(target_path(GO, "quiet")).unwrap();
     let magic = b"\xff Go buildinf:";
-    let at = bytes.windows(magic.len()).position(|w| w == magic).expect("buildinfo magic");
-    let pos = at + bytes[at..].windows(from.len()).position(|w| w == from.as_bytes()).expect("version string");
+    let at = bytes
+        .windows(magic.len())
+        .position(|w| w == magic)
+        .expect("buildinfo magic");
+    let pos = at
+        + bytes[at..]
+            .windows(from.len())
+            .position(|w| w == from.as_bytes())
+            .expect("version string");
     bytes[pos..pos + to.len()].copy_from_slice(to.as_bytes());
     let path = dir.path().join(format!("quiet-{to}"));
     std::fs::write(&path, bytes).unwrap();
@@ -84,7 +106,10 @@ fn unsupported_go_versions_are_named() {
         let outcome = run_maptrace(&["--pid", &target.pid.to_string()]);
         assert_failure(&outcome, 5, &format!("unsupported Go runtime {to}"));
         assert!(outcome.stderr.iter().any(|l| l.contains(why)), "{outcome:#?}");
-        assert!(outcome.stderr.iter().any(|l| l.contains("go1.19 through go1.27")), "{outcome:#?}");
+        assert!(
+            outcome.stderr.iter().any(|l| l.contains("go1.19 through go1.27")),
+            "{outcome:#?}"
+        );
         target.kill();
     }
 }
@@ -94,7 +119,8 @@ fn missing_privileges_are_named() {
     let target = Target::start(&target_path(GO, "quiet"), &["-sleep=1s"]);
     // Root without any capability: what a user without the capabilities sees.
     let mut cmd = Command::new("setpriv");
-    cmd.args(["--inh-caps=-all", "--bounding-set=-all", "--"]).arg(maptrace_bin());
+    cmd.args(["--inh-caps=-all", "--bounding-set=-all", "--"])
+        .arg(maptrace_bin());
     let outcome = Maptrace::start_with(cmd, &["--pid", &target.pid.to_string()]).finish();
     assert_failure(&outcome, 6, "missing privileges: CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE");
     target.kill();
@@ -133,5 +159,8 @@ fn target_killed_mid_trace() {
     assert!(outcome.status.success(), "{outcome:#?}");
     let report = outcome.json();
     assert_eq!(report["ended_by"], "target exited");
-    assert!(!e2e::sites_at(&report, "main.newSession").is_empty(), "the demo's sessions were seen: {report:#}");
+    assert!(
+        !e2e::sites_at(&report, "main.newSession").is_empty(),
+        "the demo's sessions were seen: {report:#}"
+    );
 }

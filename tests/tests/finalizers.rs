@@ -21,7 +21,10 @@ fn run(go: &str, stripped: bool, scenario: &str, mode: Mode) -> (String, Value) 
         Mode::Full => &[],
         Mode::Sampled => &["--mode", "sampled"],
     };
-    let (done, report) = trace_until_done_with(Target::start(&bin, &[&format!("-scenario={scenario}"), &format!("-n={N}")]), extra);
+    let (done, report) = trace_until_done_with(
+        Target::start(&bin, &[&format!("-scenario={scenario}"), &format!("-n={N}")]),
+        extra,
+    );
     assert_eq!(report["mode"], if mode == Mode::Full { "full" } else { "sampled" });
     (done, report)
 }
@@ -33,7 +36,12 @@ fn row(report: &Value, kind: &str, reason: &str, object_type: &str, function: &s
         .iter()
         .filter(|r| r["kind"] == kind && r["reason"] == reason && r["registered_at"][0]["function"] == site)
         .collect();
-    assert_eq!(found.len(), 1, "one {kind} {reason} group at {site}: {:#}", report["finalizers"]);
+    assert_eq!(
+        found.len(),
+        1,
+        "one {kind} {reason} group at {site}: {:#}",
+        report["finalizers"]
+    );
     let r = found[0];
     assert_eq!(r["object_type"], object_type, "{r:#}");
     assert_eq!(r["function"], function, "{r:#}");
@@ -45,10 +53,18 @@ fn row(report: &Value, kind: &str, reason: &str, object_type: &str, function: &s
 /// the root's kind and name, and the objects found held by it; the chain must reach every object searched.
 fn holder(report: &Value, kind: &str, reason: &str, site: &str) -> (String, String, u64) {
     let rows = report["finalizers"]["never_ran"].as_array().expect("never_ran array");
-    let r = rows.iter().find(|r| r["kind"] == kind && r["reason"] == reason && r["registered_at"][0]["function"] == site).expect("the group");
+    let r = rows
+        .iter()
+        .find(|r| r["kind"] == kind && r["reason"] == reason && r["registered_at"][0]["function"] == site)
+        .expect("the group");
     let h = &r["held_by"];
     assert_eq!(h["unreached"], 0, "{r:#}");
-    let root = |k: &str| h["root"][k].as_str().unwrap_or_else(|| panic!("held_by.root.{k}: {r:#}")).to_string();
+    let root = |k: &str| {
+        h["root"][k]
+            .as_str()
+            .unwrap_or_else(|| panic!("held_by.root.{k}: {r:#}"))
+            .to_string()
+    };
     (root("kind"), root("name"), h["objects"].as_u64().unwrap())
 }
 
@@ -67,7 +83,12 @@ fn assert_global(kind: &str, name: &str, objects: u64, want: &str, stripped: boo
 
 /// The one goroutine seen running a `kind` (finalizer or cleanup) last.
 fn runner<'a>(f: &'a Value, kind: &str) -> &'a Value {
-    let found: Vec<&Value> = f["runners"].as_array().expect("runners array").iter().filter(|r| r["last_started_kind"] == kind).collect();
+    let found: Vec<&Value> = f["runners"]
+        .as_array()
+        .expect("runners array")
+        .iter()
+        .filter(|r| r["last_started_kind"] == kind)
+        .collect();
     assert_eq!(found.len(), 1, "one goroutine last ran a {kind}: {f:#}");
     found[0]
 }
@@ -87,9 +108,28 @@ fn check_mode(go: &str, stripped: bool, mode: Mode) {
     let f = &report["finalizers"];
     assert_eq!(f["counts"]["registered"], 4 * N + 1, "{f:#}");
     let fin = |reason, object_type, function, site| row(&report, "finalizer", reason, object_type, function, site);
-    assert_eq!(fin("still_reachable", "main.Resource", "main.finalize", "main.openHeld"), N);
-    assert_eq!(fin("reachable_from_own_finalizer", "main.Resource", "main.openCycles.func1", "main.openCycles"), N);
-    assert_eq!(fin("queued_behind_blocked_finalizer", "main.Resource", "main.finalize", "main.dropFinalized"), N);
+    assert_eq!(
+        fin("still_reachable", "main.Resource", "main.finalize", "main.openHeld"),
+        N
+    );
+    assert_eq!(
+        fin(
+            "reachable_from_own_finalizer",
+            "main.Resource",
+            "main.openCycles.func1",
+            "main.openCycles"
+        ),
+        N
+    );
+    assert_eq!(
+        fin(
+            "queued_behind_blocked_finalizer",
+            "main.Resource",
+            "main.finalize",
+            "main.dropFinalized"
+        ),
+        N
+    );
     // What holds them: the global map, and each resource's own finalizer closure.
     let (kind, name, objects) = holder(&report, "finalizer", "still_reachable", "main.openHeld");
     assert_global(&kind, &name, objects, "main.registry", stripped);
@@ -103,7 +143,9 @@ fn check_mode(go: &str, stripped: bool, mode: Mode) {
         .as_array()
         .unwrap()
         .iter()
-        .filter(|r| r["reason"] == "queued_behind_blocked_finalizer" && r["registered_at"][0]["function"] == "main.openTiny")
+        .filter(|r| {
+            r["reason"] == "queued_behind_blocked_finalizer" && r["registered_at"][0]["function"] == "main.openTiny"
+        })
         .map(|r| r["count"].as_u64().unwrap())
         .sum::<u64>();
     assert_eq!(tiny + tiny_queued, N, "{f:#}");
@@ -118,12 +160,20 @@ fn check_mode(go: &str, stripped: bool, mode: Mode) {
     let (done, report) = run(go, stripped, "allrun", mode);
     assert_eq!(done, format!("done registered={N} ran={N}"));
     let f = &report["finalizers"];
-    assert_eq!(f["never_ran"], serde_json::json!([]), "the control has no finding: {f:#}");
+    assert_eq!(
+        f["never_ran"],
+        serde_json::json!([]),
+        "the control has no finding: {f:#}"
+    );
     let fing = runner(f, "finalizer");
     assert_eq!(fing["blocked"], Value::Null, "{f:#}");
     assert_eq!(fing["state"], "finalizer wait", "idle once every finalizer ran: {f:#}");
     assert_eq!(fing["last_started"], "main.finalize", "{f:#}");
-    assert_eq!((f["counts"]["registered"].as_u64(), f["counts"]["started"].as_u64()), (Some(N), Some(N)), "{f:#}");
+    assert_eq!(
+        (f["counts"]["registered"].as_u64(), f["counts"]["started"].as_u64()),
+        (Some(N), Some(N)),
+        "{f:#}"
+    );
 }
 
 /// The cleanup variants (Go 1.24+): held, cycle (through an owner the cleanup captures) and
@@ -141,31 +191,71 @@ fn check_cleanups_mode(go: &str, stripped: bool, mode: Mode) {
     assert_eq!(done, format!("done registered={N} ran=1"));
     let f = &report["finalizers"];
     let c = &f["counts"];
-    assert_eq!((c["cleanups_registered"].as_u64(), c["registered"].as_u64()), (Some(3 * N + 1), Some(0)), "{f:#}");
+    assert_eq!(
+        (c["cleanups_registered"].as_u64(), c["registered"].as_u64()),
+        (Some(3 * N + 1), Some(0)),
+        "{f:#}"
+    );
     // A cleanup's registration does not carry the object's type: full mode knows it from the
     // traced allocation; sampled mode (nothing sampled here) does not.
     let object_type = if mode == Mode::Full { "main.Resource" } else { "?" };
     let cleanup = |reason, function, site| row(&report, "cleanup", reason, object_type, function, site);
-    assert_eq!(cleanup("still_reachable", "main.cleanupDone", "main.openHeldCleanups"), N);
+    assert_eq!(
+        cleanup("still_reachable", "main.cleanupDone", "main.openHeldCleanups"),
+        N
+    );
     if mode == Mode::Full {
-        assert_eq!(cleanup("reachable_from_own_finalizer", "main.openCycleCleanups.func1", "main.openCycleCleanups"), N);
+        assert_eq!(
+            cleanup(
+                "reachable_from_own_finalizer",
+                "main.openCycleCleanups.func1",
+                "main.openCycleCleanups"
+            ),
+            N
+        );
     } else {
         // The cycle goes through an owner object the cleanup captures (1.26+ refuses a direct
         // capture); sampled mode follows pointers only through objects it tracked, none here, so
         // it names these still reachable (TRUTH.md's tolerance).
-        assert_eq!(cleanup("still_reachable", "main.openCycleCleanups.func1", "main.openCycleCleanups"), N);
+        assert_eq!(
+            cleanup(
+                "still_reachable",
+                "main.openCycleCleanups.func1",
+                "main.openCycleCleanups"
+            ),
+            N
+        );
     }
-    assert_eq!(cleanup("queued_behind_blocked_finalizer", "main.cleanupDone", "main.dropCleaned"), N);
+    assert_eq!(
+        cleanup(
+            "queued_behind_blocked_finalizer",
+            "main.cleanupDone",
+            "main.dropCleaned"
+        ),
+        N
+    );
     assert_eq!(f["never_ran"].as_array().unwrap().len(), 3, "nothing else: {f:#}");
     // What holds them: the global map; the cleanup's closure, through the owner it captured.
     let (kind, name, objects) = holder(&report, "cleanup", "still_reachable", "main.openHeldCleanups");
     assert_global(&kind, &name, objects, "main.registry", stripped);
-    let cycle = if mode == Mode::Full { "reachable_from_own_finalizer" } else { "still_reachable" };
+    let cycle = if mode == Mode::Full {
+        "reachable_from_own_finalizer"
+    } else {
+        "still_reachable"
+    };
     let held = holder(&report, "cleanup", cycle, "main.openCycleCleanups");
     assert_eq!(held, ("cleanup".into(), "main.openCycleCleanups.func1".into(), N));
     let cleaner = runner(f, "cleanup");
     // Go 1.24 runs cleanups on the finalizer goroutine, later releases on goroutines of their own.
-    assert_eq!(cleaner["runs"], if go.starts_with("1.24") { "finalizers and cleanups" } else { "cleanups" }, "{f:#}");
+    assert_eq!(
+        cleaner["runs"],
+        if go.starts_with("1.24") {
+            "finalizers and cleanups"
+        } else {
+            "cleanups"
+        },
+        "{f:#}"
+    );
     assert_eq!(cleaner["last_started"], "main.blockingCleanup", "{f:#}");
     assert_eq!(cleaner["state"], "chan receive", "{f:#}");
     assert_eq!(cleaner["blocked"]["queue_depth"].as_u64(), Some(N), "{f:#}");
@@ -174,13 +264,33 @@ fn check_cleanups_mode(go: &str, stripped: bool, mode: Mode) {
     let (done, report) = run(go, stripped, "callrun", mode);
     assert_eq!(done, format!("done registered={N} ran={N}"));
     let f = &report["finalizers"];
-    assert_eq!(f["never_ran"], serde_json::json!([]), "the control has no finding: {f:#}");
+    assert_eq!(
+        f["never_ran"],
+        serde_json::json!([]),
+        "the control has no finding: {f:#}"
+    );
     let c = &f["counts"];
-    assert_eq!((c["cleanups_registered"].as_u64(), c["cleanups_queued"].as_u64(), c["cleanups_started"].as_u64()), (Some(N), Some(N), Some(N)), "{f:#}");
+    assert_eq!(
+        (
+            c["cleanups_registered"].as_u64(),
+            c["cleanups_queued"].as_u64(),
+            c["cleanups_started"].as_u64()
+        ),
+        (Some(N), Some(N), Some(N)),
+        "{f:#}"
+    );
     let cleaner = runner(f, "cleanup");
     assert_eq!(cleaner["blocked"], Value::Null, "{f:#}");
     assert_eq!(cleaner["last_started"], "main.cleanupDone", "{f:#}");
-    assert_eq!(cleaner["state"], if go.starts_with("1.24") { "finalizer wait" } else { "cleanup wait" }, "idle: {f:#}");
+    assert_eq!(
+        cleaner["state"],
+        if go.starts_with("1.24") {
+            "finalizer wait"
+        } else {
+            "cleanup wait"
+        },
+        "idle: {f:#}"
+    );
 }
 
 e2e::go_matrix!(super::check);

@@ -35,8 +35,15 @@ fn check(go: &str) {
         counted += u64::from(kind == ALLOC || kind == CONTAINER);
         rest = &rest[4 + len..];
     }
-    assert_eq!(counted, report["totals"]["records"].as_u64().unwrap(), "allocation records in the file ({all} in all) vs the report");
-    assert!(counted >= 20 + 30 + 40, "at least the target's own allocations: {counted}");
+    assert_eq!(
+        counted,
+        report["totals"]["records"].as_u64().unwrap(),
+        "allocation records in the file ({all} in all) vs the report"
+    );
+    assert!(
+        counted >= 20 + 30 + 40,
+        "at least the target's own allocations: {counted}"
+    );
 }
 
 #[test]

@@ -23,7 +23,10 @@ mod arch {
         // index the copy on the stack.
         // The copy has 16 slots and the index is masked so that the verifier can bound it.
         let mut regs = [0u64; 16];
-        for (slot, reg) in regs.iter_mut().zip([&r.rax, &r.rbx, &r.rcx, &r.rdi, &r.rsi, &r.r8, &r.r9, &r.r10, &r.r11]) {
+        for (slot, reg) in regs
+            .iter_mut()
+            .zip([&r.rax, &r.rbx, &r.rcx, &r.rdi, &r.rsi, &r.r8, &r.r9, &r.r10, &r.r11])
+        {
             *slot = unsafe { core::ptr::read_volatile(reg) };
         }
         regs[(n & 15) as usize]

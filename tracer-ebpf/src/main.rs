@@ -19,9 +19,9 @@ use aya_ebpf::{
     EbpfContext,
 };
 use tracer_common::{
-    AllocEntry, AllocKey, ConstructorCookie, ContainerEntry, ContainerKind, CycleRecord, ObjectEventCookie, ProbeConfig,
-    Record, RecordKind, SampleBudget, SpanRecord, MAX_SAMPLE_SHIFT, INLINE_MARKS_OFFSET, INLINE_MARK_BYTES, MAX_IN_FLIGHT,
-    MAX_MARK_BYTES, MAX_STACK_DEPTH, RING_BUFFER_BYTES, WAKE_AFTER_BYTES,
+    AllocEntry, AllocKey, ConstructorCookie, ContainerEntry, ContainerKind, CycleRecord, ObjectEventCookie,
+    ProbeConfig, Record, RecordKind, SampleBudget, SpanRecord, INLINE_MARKS_OFFSET, INLINE_MARK_BYTES, MAX_IN_FLIGHT,
+    MAX_MARK_BYTES, MAX_SAMPLE_SHIFT, MAX_STACK_DEPTH, RING_BUFFER_BYTES, WAKE_AFTER_BYTES,
 };
 
 /// This target's runtime layout, set by userspace at load time.
@@ -58,8 +58,7 @@ static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 static BUDGET: PerCpuArray<SampleBudget> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
-static ALLOC_IN_FLIGHT: LruHashMap<AllocKey, AllocEntry> =
-    LruHashMap::with_max_entries(MAX_IN_FLIGHT, 0);
+static ALLOC_IN_FLIGHT: LruHashMap<AllocKey, AllocEntry> = LruHashMap::with_max_entries(MAX_IN_FLIGHT, 0);
 
 /// The last pointer reported per goroutine. On Go 1.27 mallocgc hands small sizes to a
 /// size-specialized function that is probed too: both return the same pointer, reported once.
@@ -67,8 +66,7 @@ static ALLOC_IN_FLIGHT: LruHashMap<AllocKey, AllocEntry> =
 static LAST_ALLOC: LruHashMap<u64, u64> = LruHashMap::with_max_entries(MAX_IN_FLIGHT, 0);
 
 #[map]
-static CONSTRUCTOR_IN_FLIGHT: LruHashMap<u64, ContainerEntry> =
-    LruHashMap::with_max_entries(MAX_IN_FLIGHT, 0);
+static CONSTRUCTOR_IN_FLIGHT: LruHashMap<u64, ContainerEntry> = LruHashMap::with_max_entries(MAX_IN_FLIGHT, 0);
 
 /// Entry of `mallocgc` and its size-specialized variants: (size, typ, …). Zero-size requests
 /// return the shared `zerobase` and allocate nothing.
@@ -79,8 +77,14 @@ pub fn alloc_entry(ctx: ProbeContext) -> u32 {
         return 0;
     }
     let g = go_abi::g(&ctx);
-    let key = AllocKey { g, depth: go_abi::stack_depth(&ctx, g) };
-    let entry = AllocEntry { size, type_ptr: go_abi::int_reg(&ctx, 1) };
+    let key = AllocKey {
+        g,
+        depth: go_abi::stack_depth(&ctx, g),
+    };
+    let entry = AllocEntry {
+        size,
+        type_ptr: go_abi::int_reg(&ctx, 1),
+    };
     let _ = ALLOC_IN_FLIGHT.insert(&key, &entry, 0);
     0
 }
@@ -91,7 +95,9 @@ pub fn alloc_ret(ctx: ProbeContext) -> u32 {
     let g = go_abi::g(&ctx);
     let depth = go_abi::stack_depth(&ctx, g);
     let key = AllocKey { g, depth };
-    let Some(entry) = ALLOC_IN_FLIGHT.get_ptr(&key) else { return 0 };
+    let Some(entry) = ALLOC_IN_FLIGHT.get_ptr(&key) else {
+        return 0;
+    };
     // SAFETY: the value is copied out before the key is removed.
     let entry = unsafe { *entry };
     let _ = ALLOC_IN_FLIGHT.remove(&key);
@@ -113,7 +119,16 @@ pub fn alloc_ret(ctx: ProbeContext) -> u32 {
             }
         }
     }
-    emit(&ctx, g, RecordKind::Alloc, container, ptr, entry.size, entry.type_ptr, 1);
+    emit(
+        &ctx,
+        g,
+        RecordKind::Alloc,
+        container,
+        ptr,
+        entry.size,
+        entry.type_ptr,
+        1,
+    );
     0
 }
 
@@ -136,7 +151,14 @@ pub fn constructor_entry(ctx: ProbeContext) -> u32 {
         Some(n) => go_abi::int_reg(&ctx, n),
         None => 0,
     };
-    let entry = ContainerEntry { kind: cookie.kind as u32, _pad: 0, depth, type_ptr, alloc_count: 0, bytes: 0 };
+    let entry = ContainerEntry {
+        kind: cookie.kind as u32,
+        _pad: 0,
+        depth,
+        type_ptr,
+        alloc_count: 0,
+        bytes: 0,
+    };
     let _ = CONSTRUCTOR_IN_FLIGHT.insert(&g, &entry, 0);
     0
 }
@@ -146,7 +168,9 @@ pub fn constructor_entry(ctx: ProbeContext) -> u32 {
 #[uprobe]
 pub fn constructor_ret(ctx: ProbeContext) -> u32 {
     let g = go_abi::g(&ctx);
-    let Some(entry) = CONSTRUCTOR_IN_FLIGHT.get_ptr(&g) else { return 0 };
+    let Some(entry) = CONSTRUCTOR_IN_FLIGHT.get_ptr(&g) else {
+        return 0;
+    };
     // SAFETY: copied out before removal.
     let entry = unsafe { *entry };
     if go_abi::stack_depth(&ctx, g) != entry.depth {
@@ -154,7 +178,16 @@ pub fn constructor_ret(ctx: ProbeContext) -> u32 {
     }
     let _ = CONSTRUCTOR_IN_FLIGHT.remove(&g);
     if entry.alloc_count > 0 {
-        emit(&ctx, g, RecordKind::Container, entry.kind, go_abi::int_reg(&ctx, 0), entry.bytes, entry.type_ptr, entry.alloc_count);
+        emit(
+            &ctx,
+            g,
+            RecordKind::Container,
+            entry.kind,
+            go_abi::int_reg(&ctx, 0),
+            entry.bytes,
+            entry.type_ptr,
+            entry.alloc_count,
+        );
     }
     0
 }
@@ -170,14 +203,23 @@ pub fn object_event(ctx: ProbeContext) -> u32 {
     if cookie.from_finalizer_loop {
         // SAFETY: plain reads of a loader-initialised global.
         let (start, end) = unsafe {
-            (core::ptr::read_volatile(&CONFIG.finalizer_loop_start), core::ptr::read_volatile(&CONFIG.finalizer_loop_end))
+            (
+                core::ptr::read_volatile(&CONFIG.finalizer_loop_start),
+                core::ptr::read_volatile(&CONFIG.finalizer_loop_end),
+            )
         };
         let ret = go_abi::return_address(&ctx);
         if ret < start || ret >= end {
             return 0;
         }
     }
-    let arg = |n: u8| if cookie.stack_args { go_abi::stack_word(&ctx, n) } else { go_abi::int_reg(&ctx, n) };
+    let arg = |n: u8| {
+        if cookie.stack_args {
+            go_abi::stack_word(&ctx, n)
+        } else {
+            go_abi::int_reg(&ctx, n)
+        }
+    };
     let mut ptr = arg(cookie.ptr_arg);
     if cookie.deref_ptr {
         ptr = read_u64(ptr);
@@ -248,7 +290,16 @@ pub fn special_freed(ctx: ProbeContext) -> u32 {
         emit(&ctx, go_abi::g(&ctx), RecordKind::SampleFreed, 0, object, 0, 0, 0);
     } else if cfg.special_kind_cleanup != 0 && kind == cfg.special_kind_cleanup {
         let handle = read_u64(special + cfg.special_cleanup_handle);
-        emit(&ctx, go_abi::g(&ctx), RecordKind::CleanupQueued, 0, object, handle, 0, 0);
+        emit(
+            &ctx,
+            go_abi::g(&ctx),
+            RecordKind::CleanupQueued,
+            0,
+            object,
+            handle,
+            0,
+            0,
+        );
     }
     0
 }
@@ -267,7 +318,12 @@ pub fn gc_cycle_end(_ctx: ProbeContext) -> u32 {
         return 0;
     };
     // SAFETY: the helper only reads a clock.
-    let record = CycleRecord { kind: RecordKind::CycleEnd as u32, _pad: 0, cycle: gc_cycle(), ktime_ns: unsafe { bpf_ktime_get_ns() } };
+    let record = CycleRecord {
+        kind: RecordKind::CycleEnd as u32,
+        _pad: 0,
+        cycle: gc_cycle(),
+        ktime_ns: unsafe { bpf_ktime_get_ns() },
+    };
     slot.write(record);
     slot.submit(BPF_RB_FORCE_WAKEUP.into());
     0
@@ -328,7 +384,16 @@ pub fn span_sweep(ctx: ProbeContext) -> u32 {
 
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn emit(ctx: &ProbeContext, g: u64, kind: RecordKind, container: u32, ptr: u64, size: u64, type_ptr: u64, alloc_count: u64) {
+fn emit(
+    ctx: &ProbeContext,
+    g: u64,
+    kind: RecordKind,
+    container: u32,
+    ptr: u64,
+    size: u64,
+    type_ptr: u64,
+    alloc_count: u64,
+) {
     let Some(mut slot) = RECORDS.reserve::<Record>(0) else {
         count_lost();
         return;
@@ -356,8 +421,15 @@ fn emit(ctx: &ProbeContext, g: u64, kind: RecordKind, container: u32, ptr: u64, 
         );
         (*r).stack_len = if n > 0 { (n as u32) / 8 } else { 0 };
     }
-    let frequent = matches!(kind, RecordKind::Alloc | RecordKind::Container | RecordKind::Sampled | RecordKind::SampleFreed);
-    slot.submit(if frequent { batched_wakeup() } else { BPF_RB_FORCE_WAKEUP.into() });
+    let frequent = matches!(
+        kind,
+        RecordKind::Alloc | RecordKind::Container | RecordKind::Sampled | RecordKind::SampleFreed
+    );
+    slot.submit(if frequent {
+        batched_wakeup()
+    } else {
+        BPF_RB_FORCE_WAKEUP.into()
+    });
 }
 
 /// Submit flags for a frequent record: wake userspace only when [`WAKE_AFTER_BYTES`] are waiting

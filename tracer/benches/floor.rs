@@ -11,10 +11,15 @@ use tracer::{
 };
 
 fn main() {
-    let pid: u32 = std::env::args().skip(1).find(|a| a != "--bench").and_then(|a| a.parse().ok()).expect("usage: floor PID");
+    let pid: u32 = std::env::args()
+        .skip(1)
+        .find(|a| a != "--bench")
+        .and_then(|a| a.parse().ok())
+        .expect("usage: floor PID");
     let process = Process::open(pid).unwrap_or_else(|e| panic!("PID {pid}: {e}"));
     let binary = GoBinary::open(&process.exe_path).unwrap_or_else(|e| panic!("PID {pid}: {e}"));
-    let plan = ProbePlan::for_binary(&binary, tracer::sampling::Mode::Full).unwrap_or_else(|e| panic!("PID {pid}: {e}"));
+    let plan =
+        ProbePlan::for_binary(&binary, tracer::sampling::Mode::Full).unwrap_or_else(|e| panic!("PID {pid}: {e}"));
     let load_bias = process.load_bias(binary.load_vaddr()).unwrap_or(0);
     let tracer = Tracer::attach_empty(&binary, &process, &plan, load_bias).unwrap_or_else(|e| panic!("PID {pid}: {e}"));
     println!("attached {}", tracer.attached);

@@ -158,7 +158,11 @@ pub struct SamplingArgs {
 
 impl SamplingArgs {
     pub fn options(&self) -> SamplingOptions {
-        SamplingOptions { rate: self.sample_rate, write_rate: self.write_memprofilerate, budget: self.trap_budget }
+        SamplingOptions {
+            rate: self.sample_rate,
+            write_rate: self.write_memprofilerate,
+            budget: self.trap_budget,
+        }
     }
 }
 

@@ -8,16 +8,19 @@ use tracer_common::RecordKind;
 
 use crate::{
     events::{Event, TraceEvent},
-    finalizers::{diagnose, Blocked, Evidence, FinalizerSection, Finalizers, Mechanism, NeverRan, NeverRanRow, RunnerGoroutine, Subject},
+    finalizers::{
+        diagnose, Blocked, Evidence, FinalizerSection, Finalizers, Mechanism, NeverRan, NeverRanRow, RunnerGoroutine,
+        Subject,
+    },
     frames::CreatingFrames,
     gotype::Memory,
-    symbolize::is_runtime_function,
-    target::{CleanupFunction, CleanupLayout, RuntimeLayout},
     lifecycle::{Alloc, Distributions, Lifecycle, LifecycleConfig, SweptSpan},
     report::GcInfo,
     retention::{retained_rows, RetainedRow},
     sampling::{allocations_per_sample, RateChange, SampleRates},
     sites::{frame_row, Resolve, SiteTable},
+    symbolize::is_runtime_function,
+    target::{CleanupFunction, CleanupLayout, RuntimeLayout},
 };
 
 /// A finalizer or cleanup counts as blocked once others queued after it started have waited this long.
@@ -71,7 +74,9 @@ pub(crate) fn status_text(memory: &dyn Memory, layout: &RuntimeLayout, g: u64, s
         gstatus::WAITING => {
             let mut reason = [0u8; 1];
             match memory.read(g + layout.g_waitreason, &mut reason) {
-                Ok(()) => layout.wait_reason(reason[0]).map_or_else(|| format!("waiting ({})", reason[0]), str::to_string),
+                Ok(()) => layout
+                    .wait_reason(reason[0])
+                    .map_or_else(|| format!("waiting ({})", reason[0]), str::to_string),
                 Err(_) => "waiting".into(),
             }
         }
@@ -84,7 +89,11 @@ fn registration_site(stack: &[u64], names: &mut dyn Resolve) -> Vec<u64> {
     let from = stack
         .iter()
         .skip(1)
-        .position(|&pc| names.frame(pc.wrapping_sub(1)).is_some_and(|f| !is_runtime_function(&f.function)))
+        .position(|&pc| {
+            names
+                .frame(pc.wrapping_sub(1))
+                .is_some_and(|f| !is_runtime_function(&f.function))
+        })
         .map_or(stack.len(), |i| i + 1);
     stack[from..].iter().take(6).copied().collect()
 }
@@ -110,8 +119,9 @@ impl Evidence for MemoryEvidence<'_> {
                 o.size < 16 && type_ptr.is_some_and(pointer_free)
             }
             // Not traced (allocated before attach, or not sampled): the registration's `*T` says.
-            None => crate::gotype::pointer_elem(self.memory, what.ptr_type)
-                .is_some_and(|t| crate::gotype::size(self.memory, t).is_some_and(|s| (1..16).contains(&s)) && pointer_free(t)),
+            None => crate::gotype::pointer_elem(self.memory, what.ptr_type).is_some_and(|t| {
+                crate::gotype::size(self.memory, t).is_some_and(|s| (1..16).contains(&s)) && pointer_free(t)
+            }),
         }
     }
 
@@ -130,7 +140,10 @@ impl Evidence for MemoryEvidence<'_> {
                     continue;
                 }
                 // Within the block's own allocation when it is known.
-                let words = self.lifecycle.object_containing(block).map_or(SCAN_WORDS, |o| ((o.addr + o.size - block) / 8).min(SCAN_WORDS));
+                let words = self
+                    .lifecycle
+                    .object_containing(block)
+                    .map_or(SCAN_WORDS, |o| ((o.addr + o.size - block) / 8).min(SCAN_WORDS));
                 for w in read_words(self.memory, block, words) {
                     if target.contains(&w) {
                         return true;
@@ -153,7 +166,10 @@ impl Evidence for MemoryEvidence<'_> {
 fn read_words(memory: &dyn Memory, addr: u64, n: u64) -> Vec<u64> {
     let mut buf = vec![0u8; 8 * n as usize];
     if memory.read(addr, &mut buf).is_ok() {
-        return buf.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap())).collect();
+        return buf
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
+            .collect();
     }
     (0..n).map_while(|i| read_word(memory, addr + 8 * i)).collect()
 }
@@ -227,7 +243,13 @@ impl Correlator {
                     _ => {}
                 }
                 match self.cleanup_function(ev, names.memory()) {
-                    Some(function) => self.finalizers.record(&Event { type_ptr: function, ..ev.clone() }, alloc_type.unwrap_or(0)),
+                    Some(function) => self.finalizers.record(
+                        &Event {
+                            type_ptr: function,
+                            ..ev.clone()
+                        },
+                        alloc_type.unwrap_or(0),
+                    ),
                     None => self.finalizers.record(ev, alloc_type.unwrap_or(0)),
                 }
             }
@@ -242,7 +264,12 @@ impl Correlator {
             }
             TraceEvent::SampleFreed { ptr, ktime_ns } => self.lifecycle.on_free(*ptr, *ktime_ns),
             TraceEvent::SpanSwept(s) => {
-                let span = SweptSpan { base: s.base, elemsize: s.elemsize, nelems: s.nelems, marks: &s.marks };
+                let span = SweptSpan {
+                    base: s.base,
+                    elemsize: s.elemsize,
+                    nelems: s.nelems,
+                    marks: &s.marks,
+                };
                 self.lifecycle.on_span_swept(&span, s.ktime_ns);
                 self.spans_swept += 1;
             }
@@ -252,7 +279,9 @@ impl Correlator {
     /// The cleanup `*funcval` of a registration whose record has only its handle: read now,
     /// while the handle (AddCleanup's wrapper closure) is surely alive.
     fn cleanup_function(&self, ev: &Event, memory: &dyn Memory) -> Option<u64> {
-        let CleanupFunction::CapturedByHandle { by_reference } = self.cleanups?.function else { return None };
+        let CleanupFunction::CapturedByHandle { by_reference } = self.cleanups?.function else {
+            return None;
+        };
         if ev.kind != RecordKind::CleanupSet {
             return None;
         }
@@ -268,7 +297,13 @@ impl Correlator {
         // Resolve the type now, while the process (and any type the runtime made) still exists.
         names.go_type(ev.type_ptr);
         self.frames.observe(ev.goid, &ev.stack);
-        let alloc = Alloc { addr: ev.ptr, size: ev.size, site: 0, born_cycle: ev.gc_cycle, time_ns: ev.ktime_ns };
+        let alloc = Alloc {
+            addr: ev.ptr,
+            size: ev.size,
+            site: 0,
+            born_cycle: ev.gc_cycle,
+            time_ns: ev.ktime_ns,
+        };
         let weight = match ev.kind {
             RecordKind::Sampled => {
                 ev.alloc_count.max(1) as f64 * allocations_per_sample(ev.size, self.sample_rates.at(ev.ktime_ns))
@@ -294,7 +329,10 @@ impl Correlator {
                 self.lifecycle.on_alloc(Alloc { site, ..a });
             }
         } else {
-            self.lifecycle.on_alloc(Alloc { site: hit.site, ..alloc });
+            self.lifecycle.on_alloc(Alloc {
+                site: hit.site,
+                ..alloc
+            });
         }
         if let Some(i) = hit.frame_index {
             self.frames.created(hit.site, ev.goid, &ev.stack, i, ev.ktime_ns);
@@ -337,7 +375,11 @@ impl Correlator {
         let f = &self.finalizers;
         let k = u64::from(self.lifecycle.config().retain_cycles);
         let last = self.lifecycle.last_cycle().unwrap_or(0);
-        let evidence = MemoryEvidence { lifecycle: &self.lifecycle, sites: &self.sites, memory };
+        let evidence = MemoryEvidence {
+            lifecycle: &self.lifecycle,
+            sites: &self.sites,
+            memory,
+        };
         let seconds_since = |t: u64| now_ns.saturating_sub(t) as f64 / 1e9;
         let function_name = |funcval: u64, names: &mut dyn Resolve| {
             read_word(memory, funcval)
@@ -347,7 +389,9 @@ impl Correlator {
         // From the registration's `*T`, else the object's type as allocated.
         let object_type = |ptr_type: u64, alloc_type: u64, names: &mut dyn Resolve| {
             let name = if ptr_type != 0 {
-                names.go_type(ptr_type).map(|t| t.name.trim_start_matches('*').to_string())
+                names
+                    .go_type(ptr_type)
+                    .map(|t| t.name.trim_start_matches('*').to_string())
             } else {
                 names.go_type(alloc_type).map(|t| t.name.clone())
             };
@@ -369,7 +413,8 @@ impl Correlator {
                 .filter_map(|r| r.queued_at())
                 .filter(|&q| q >= run.since_ns)
                 .min();
-            let stuck = waiting_since.is_some_and(|q| now_ns.saturating_sub(q) >= BLOCKED_AFTER_NS) && state.as_deref() != Some(idle(run.what.mechanism));
+            let stuck = waiting_since.is_some_and(|q| now_ns.saturating_sub(q) >= BLOCKED_AFTER_NS)
+                && state.as_deref() != Some(idle(run.what.mechanism));
             runners.push(RunnerGoroutine {
                 goid: run.goid,
                 runs: match (f.cleanups_on_finalizer_goroutine, run.what.mechanism) {
@@ -390,12 +435,17 @@ impl Correlator {
         }
         runners.sort_by_key(|r| r.goid);
         let blocked = |m: Mechanism| {
-            f.running.values().any(|run| f.serves(run, m) && runners.iter().any(|r| r.goid == run.goid && r.blocked.is_some()))
+            f.running
+                .values()
+                .any(|run| f.serves(run, m) && runners.iter().any(|r| r.goid == run.goid && r.blocked.is_some()))
         };
 
         let mut groups: HashMap<(Mechanism, NeverRan, u64, u64), NeverRanRow> = HashMap::new();
         for r in f.not_run() {
-            let Some(reason) = diagnose(r, last.saturating_sub(r.cycle), k, blocked(r.what.mechanism), &evidence) else { continue };
+            let Some(reason) = diagnose(r, last.saturating_sub(r.cycle), k, blocked(r.what.mechanism), &evidence)
+            else {
+                continue;
+            };
             let site = registration_site(&r.stack, names);
             let code = read_word(memory, r.what.function).unwrap_or(r.what.function);
             let key = (r.what.mechanism, reason, site.first().copied().unwrap_or(0), code);
@@ -415,12 +465,22 @@ impl Correlator {
         }
         let mut never_ran: Vec<NeverRanRow> = groups.into_values().collect();
         never_ran.sort_by_key(|r| (r.kind, r.reason, std::cmp::Reverse(r.count)));
-        FinalizerSection { counts: f.counts, pending: f.not_run().len() as u64, never_ran, runners }
+        FinalizerSection {
+            counts: f.counts,
+            pending: f.not_run().len() as u64,
+            never_ran,
+            runners,
+        }
     }
 
     /// The closures of the finalizers and cleanups registered and not started: (mechanism, `*funcval`).
     pub fn unrun_closures(&self) -> Vec<(Mechanism, u64)> {
-        self.finalizers.not_run().iter().map(|r| (r.what.mechanism, r.what.function)).filter(|&(_, f)| f != 0).collect()
+        self.finalizers
+            .not_run()
+            .iter()
+            .map(|r| (r.what.mechanism, r.what.function))
+            .filter(|&(_, f)| f != 0)
+            .collect()
     }
 
     /// Up to `per_site` retained objects of each site (their main block: a map's header, not its storage).
@@ -439,7 +499,10 @@ impl Correlator {
     /// past the slot's start when the runtime put a malloc header there (Go 1.22+, objects over 512 B with
     /// pointers), or when a tiny block holds several.
     pub fn allocation_in(&self, base: u64, size: u64, names: &mut dyn Resolve) -> Option<(u64, String)> {
-        let o = self.lifecycle.object_containing(base).or_else(|| self.lifecycle.objects_in(base..base + size).next())?;
+        let o = self
+            .lifecycle
+            .object_containing(base)
+            .or_else(|| self.lifecycle.objects_in(base..base + size).next())?;
         self.sites.row(o.site & !PARTS, names).map(|r| (o.addr, r.type_name))
     }
 

@@ -9,10 +9,16 @@ pub enum TraceEvent {
     /// A finalizer or cleanup event (`kind` says which): `ptr` the object, `size` the `*funcval`.
     Object(Event),
     /// GC cycle `cycle` reached mark termination (the target's own number).
-    CycleEnd { cycle: u64, ktime_ns: u64 },
+    CycleEnd {
+        cycle: u64,
+        ktime_ns: u64,
+    },
     SpanSwept(SpanSwept),
     /// A sampled object died: a sweep released its profile special.
-    SampleFreed { ptr: u64, ktime_ns: u64 },
+    SampleFreed {
+        ptr: u64,
+        ktime_ns: u64,
+    },
 }
 
 /// A span about to be swept, with the mark bits its objects got from the last cycle.
@@ -30,8 +36,13 @@ pub struct SpanSwept {
 impl TraceEvent {
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         match RecordKind::of(bytes) {
-            Some(RecordKind::Alloc | RecordKind::Container | RecordKind::Sampled) => Event::decode(bytes).map(TraceEvent::Alloc),
-            Some(RecordKind::SampleFreed) => Event::decode(bytes).map(|e| TraceEvent::SampleFreed { ptr: e.ptr, ktime_ns: e.ktime_ns }),
+            Some(RecordKind::Alloc | RecordKind::Container | RecordKind::Sampled) => {
+                Event::decode(bytes).map(TraceEvent::Alloc)
+            }
+            Some(RecordKind::SampleFreed) => Event::decode(bytes).map(|e| TraceEvent::SampleFreed {
+                ptr: e.ptr,
+                ktime_ns: e.ktime_ns,
+            }),
             Some(
                 RecordKind::FinalizerSet
                 | RecordKind::FinalizerRemoved
@@ -43,7 +54,10 @@ impl TraceEvent {
             ) => Event::decode(bytes).map(TraceEvent::Object),
             Some(RecordKind::CycleEnd) => {
                 let r: CycleRecord = read(bytes)?;
-                Ok(TraceEvent::CycleEnd { cycle: r.cycle, ktime_ns: r.ktime_ns })
+                Ok(TraceEvent::CycleEnd {
+                    cycle: r.cycle,
+                    ktime_ns: r.ktime_ns,
+                })
             }
             Some(RecordKind::SpanSwept) => {
                 let r: SpanRecord = read(bytes)?;
@@ -57,7 +71,9 @@ impl TraceEvent {
                     marks: r.marks[..len].to_vec(),
                 }))
             }
-            None => Err(DecodeError::Kind(bytes.get(..4).map_or(0, |b| u32::from_ne_bytes(b.try_into().unwrap())))),
+            None => Err(DecodeError::Kind(
+                bytes.get(..4).map_or(0, |b| u32::from_ne_bytes(b.try_into().unwrap())),
+            )),
         }
     }
 }
@@ -194,21 +210,46 @@ pub(crate) mod tests {
 
     #[test]
     fn cycle_and_span_records() {
-        let c = CycleRecord { kind: RecordKind::CycleEnd as u32, _pad: 0, cycle: 42, ktime_ns: 9 };
+        let c = CycleRecord {
+            kind: RecordKind::CycleEnd as u32,
+            _pad: 0,
+            cycle: 42,
+            ktime_ns: 9,
+        };
         // SAFETY: viewing a repr(C) value as bytes.
-        let b = unsafe { std::slice::from_raw_parts((&c as *const CycleRecord).cast::<u8>(), size_of::<CycleRecord>()) };
-        assert_eq!(TraceEvent::decode(b), Ok(TraceEvent::CycleEnd { cycle: 42, ktime_ns: 9 }));
+        let b =
+            unsafe { std::slice::from_raw_parts((&c as *const CycleRecord).cast::<u8>(), size_of::<CycleRecord>()) };
+        assert_eq!(
+            TraceEvent::decode(b),
+            Ok(TraceEvent::CycleEnd { cycle: 42, ktime_ns: 9 })
+        );
 
-        let mut s = SpanRecord { kind: RecordKind::SpanSwept as u32, marks_len: 2, base: 0x1000, npages: 1, elemsize: 512, nelems: 16, ktime_ns: 1, marks: [0; MAX_MARK_BYTES] };
+        let mut s = SpanRecord {
+            kind: RecordKind::SpanSwept as u32,
+            marks_len: 2,
+            base: 0x1000,
+            npages: 1,
+            elemsize: 512,
+            nelems: 16,
+            ktime_ns: 1,
+            marks: [0; MAX_MARK_BYTES],
+        };
         s.marks[0] = 0b101;
         s.marks[1] = 0x80;
         // SAFETY: as above.
         let b = unsafe { std::slice::from_raw_parts((&s as *const SpanRecord).cast::<u8>(), size_of::<SpanRecord>()) };
-        let TraceEvent::SpanSwept(span) = TraceEvent::decode(b).unwrap() else { panic!("not a span") };
-        assert_eq!((span.base, span.elemsize, span.nelems, span.marks), (0x1000, 512, 16, vec![0b101, 0x80]));
+        let TraceEvent::SpanSwept(span) = TraceEvent::decode(b).unwrap() else {
+            panic!("not a span")
+        };
+        assert_eq!(
+            (span.base, span.elemsize, span.nelems, span.marks),
+            (0x1000, 512, 16, vec![0b101, 0x80])
+        );
         s.marks_len = 9999;
         let b = unsafe { std::slice::from_raw_parts((&s as *const SpanRecord).cast::<u8>(), size_of::<SpanRecord>()) };
-        let TraceEvent::SpanSwept(span) = TraceEvent::decode(b).unwrap() else { panic!("not a span") };
+        let TraceEvent::SpanSwept(span) = TraceEvent::decode(b).unwrap() else {
+            panic!("not a span")
+        };
         assert_eq!(span.marks.len(), MAX_MARK_BYTES, "a bogus length is clamped");
         assert!(TraceEvent::decode(&b[..8]).is_err());
         assert_eq!(TraceEvent::decode(&[99, 0, 0, 0, 0]), Err(DecodeError::Kind(99)));

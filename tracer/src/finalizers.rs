@@ -52,7 +52,9 @@ impl NeverRan {
     pub fn describe(self) -> &'static str {
         match self {
             NeverRan::StillReachable => "still reachable",
-            NeverRan::ReachableFromOwnFinalizer => "reachable from its own finalizer or cleanup (a cycle: it can never run)",
+            NeverRan::ReachableFromOwnFinalizer => {
+                "reachable from its own finalizer or cleanup (a cycle: it can never run)"
+            }
             NeverRan::QueuedBehindBlockedFinalizer => "queued behind a blocked finalizer or cleanup",
             NeverRan::TinyBlockShared => "in a tiny-allocator block shared with live values",
         }
@@ -134,13 +136,23 @@ pub struct Finalizers {
 
 impl Finalizers {
     pub fn new(cleanups_on_finalizer_goroutine: bool) -> Self {
-        Self { cleanups_on_finalizer_goroutine, ..Self::default() }
+        Self {
+            cleanups_on_finalizer_goroutine,
+            ..Self::default()
+        }
     }
 
     /// `alloc_type`: for a registration, the object's type as allocated (0 if unknown).
     pub fn record(&mut self, ev: &Event, alloc_type: u64) {
         let registration = |mechanism, function, handle, ptr_type| Registration {
-            what: Subject { mechanism, object: ev.ptr, function, handle, ptr_type, alloc_type },
+            what: Subject {
+                mechanism,
+                object: ev.ptr,
+                function,
+                handle,
+                ptr_type,
+                alloc_type,
+            },
             time_ns: ev.ktime_ns,
             cycle: ev.gc_cycle,
             stack: ev.stack.clone(),
@@ -207,10 +219,24 @@ impl Finalizers {
         // A finalizer start names its object and function; a cleanup's only its handle.
         let what = match (mechanism, self.pending.remove(&key)) {
             (_, Some(r)) => r.what,
-            (Mechanism::Finalizer, None) => Subject { mechanism, object: ev.ptr, function: ev.size, ..Subject::default() },
-            (Mechanism::Cleanup, None) => Subject { mechanism, handle: ev.ptr, ..Subject::default() },
+            (Mechanism::Finalizer, None) => Subject {
+                mechanism,
+                object: ev.ptr,
+                function: ev.size,
+                ..Subject::default()
+            },
+            (Mechanism::Cleanup, None) => Subject {
+                mechanism,
+                handle: ev.ptr,
+                ..Subject::default()
+            },
         };
-        let run = Running { what, g: ev.g, goid: ev.goid, since_ns: ev.ktime_ns };
+        let run = Running {
+            what,
+            g: ev.g,
+            goid: ev.goid,
+            since_ns: ev.ktime_ns,
+        };
         self.running.insert(ev.g, run);
     }
 
@@ -228,7 +254,10 @@ impl Finalizers {
 
     /// Queued and waiting for a runner that `run`'s goroutine stands for.
     pub fn queue_depth(&self, run: &Running) -> u64 {
-        self.pending.values().filter(|r| r.queued_at().is_some() && self.serves(run, r.what.mechanism)).count() as u64
+        self.pending
+            .values()
+            .filter(|r| r.queued_at().is_some() && self.serves(run, r.what.mechanism))
+            .count() as u64
     }
 }
 
@@ -251,7 +280,13 @@ const TINY_BLOCK: u64 = 16;
 
 /// Why `r` has not run, given `cycles_since` completed cycles since it was registered and
 /// whether the goroutine that would run it is stuck (`blocked`). None: not (yet) a finding.
-pub fn diagnose(r: &Registration, cycles_since: u64, k: u64, blocked: bool, evidence: &dyn Evidence) -> Option<NeverRan> {
+pub fn diagnose(
+    r: &Registration,
+    cycles_since: u64,
+    k: u64,
+    blocked: bool,
+    evidence: &dyn Evidence,
+) -> Option<NeverRan> {
     match r.state {
         State::Queued { .. } => blocked.then_some(NeverRan::QueuedBehindBlockedFinalizer),
         State::Registered if cycles_since < k => None,
@@ -356,13 +391,22 @@ mod tests {
         f.record0(&ev(RecordKind::FinalizerSet, 0x300, 0xf02, 1));
         let c = f.counts;
         assert_eq!((c.registered, c.removed, c.queued, c.started), (4, 1, 2, 1));
-        assert_eq!((c.cleanups_registered, c.cleanups_queued, c.cleanups_started), (2, 2, 1));
+        assert_eq!(
+            (c.cleanups_registered, c.cleanups_queued, c.cleanups_started),
+            (2, 2, 1)
+        );
         let waiting: Vec<(u64, u64)> = f.not_run().iter().map(|r| (r.what.object, r.what.handle)).collect();
         assert_eq!(waiting, vec![(0x200, 0), (0x300, 0), (0x900, 0xc2)]);
         let fing = &f.running[&7];
-        assert_eq!((fing.what.mechanism, fing.what.object, fing.what.function, fing.since_ns), (Mechanism::Finalizer, 0x100, 0xf00, 4));
+        assert_eq!(
+            (fing.what.mechanism, fing.what.object, fing.what.function, fing.since_ns),
+            (Mechanism::Finalizer, 0x100, 0xf00, 4)
+        );
         let cleaner = &f.running[&8];
-        assert_eq!((cleaner.what.mechanism, cleaner.what.object, cleaner.what.handle), (Mechanism::Cleanup, 0x900, 0xc1));
+        assert_eq!(
+            (cleaner.what.mechanism, cleaner.what.object, cleaner.what.handle),
+            (Mechanism::Cleanup, 0x900, 0xc1)
+        );
         assert_eq!(f.queue_depth(fing), 1, "the finalizer goroutine's queue");
         assert_eq!(f.queue_depth(cleaner), 1, "the cleanup goroutine's queue");
         // Go 1.24: one goroutine runs both.
@@ -391,7 +435,15 @@ mod tests {
         f.record0(&ev(RecordKind::FinalizerQueued, 0x4000, 0xd0, 2));
         f.record0(&ev(RecordKind::CleanupSet, 0x8000, 0xcc, 1)); // a cleanup whose handle reaches its object
         let world = World {
-            sizes: HashMap::from([(0x1000, 32), (0x2000, 32), (0x3008, 8), (0x5000, 8), (0x6000, 8), (0x7008, 8), (0x8000, 32)]),
+            sizes: HashMap::from([
+                (0x1000, 32),
+                (0x2000, 32),
+                (0x3008, 8),
+                (0x5000, 8),
+                (0x6000, 8),
+                (0x7008, 8),
+                (0x8000, 32),
+            ]),
             shared_blocks: vec![0x5000, 0x7000],
             cyclic: vec![0xb0, 0xcc],
             with_pointers: vec![0x7008],
@@ -407,10 +459,21 @@ mod tests {
         assert_eq!(why(fin(0x3008), 3, false), Some(NeverRan::TinyBlockShared));
         assert_eq!(why(fin(0x5000), 3, false), Some(NeverRan::TinyBlockShared));
         assert_eq!(why(fin(0x6000), 3, false), Some(NeverRan::StillReachable));
-        assert_eq!(why(fin(0x7008), 3, false), Some(NeverRan::StillReachable), "size class 8, not tiny");
+        assert_eq!(
+            why(fin(0x7008), 3, false),
+            Some(NeverRan::StillReachable),
+            "size class 8, not tiny"
+        );
         assert_eq!(why(fin(0x4000), 3, true), Some(NeverRan::QueuedBehindBlockedFinalizer));
-        assert_eq!(why(fin(0x4000), 3, false), None, "queued and the goroutine is not stuck");
-        assert_eq!(why(Key::Cleanup(0xcc), 3, false), Some(NeverRan::ReachableFromOwnFinalizer));
+        assert_eq!(
+            why(fin(0x4000), 3, false),
+            None,
+            "queued and the goroutine is not stuck"
+        );
+        assert_eq!(
+            why(Key::Cleanup(0xcc), 3, false),
+            Some(NeverRan::ReachableFromOwnFinalizer)
+        );
     }
 }
 
@@ -452,7 +515,10 @@ impl NeverRanRow {
     /// Whether what holds the objects explains the finding: they are reachable, from the program or from
     /// their own finalizer.
     pub fn wants_chain(&self) -> bool {
-        matches!(self.reason, NeverRan::StillReachable | NeverRan::ReachableFromOwnFinalizer)
+        matches!(
+            self.reason,
+            NeverRan::StillReachable | NeverRan::ReachableFromOwnFinalizer
+        )
     }
 }
 

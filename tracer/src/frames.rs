@@ -45,7 +45,11 @@ impl CreatingFrames {
         if frames.iter().any(|f| f.site == site && f.chain == chain) {
             return;
         }
-        frames.push(OpenFrame { site, chain: chain.to_vec(), opened_ns: time_ns });
+        frames.push(OpenFrame {
+            site,
+            chain: chain.to_vec(),
+            opened_ns: time_ns,
+        });
     }
 
     /// Whether the frame that made an object at `site` at `time_ns` has returned (everything has
@@ -54,7 +58,13 @@ impl CreatingFrames {
         if target_exited {
             return true;
         }
-        let oldest_open = self.open.values().flatten().filter(|f| f.site == site).map(|f| f.opened_ns).min();
+        let oldest_open = self
+            .open
+            .values()
+            .flatten()
+            .filter(|f| f.site == site)
+            .map(|f| f.opened_ns)
+            .min();
         oldest_open.is_none_or(|opened| time_ns < opened)
     }
 }
@@ -104,7 +114,10 @@ mod tests {
         f.created(100, 7, &[0x1, 0x2, 0x10, 0x20, 0x30], 1, 50); // called again
         f.created(100, 7, &[0x1, 0x2, 0x10, 0x20, 0x30], 1, 60); // the same call: still opened at 50
         assert!(f.returned(100, 10, false), "made by the first call");
-        assert!(!f.returned(100, 50, false) && !f.returned(100, 60, false), "made by the running call");
+        assert!(
+            !f.returned(100, 50, false) && !f.returned(100, 60, false),
+            "made by the running call"
+        );
         // A second goroutine's older open frame holds back everything after its start.
         f.created(100, 8, &[0x1, 0x2, 0x12, 0x20, 0x30], 1, 40);
         assert!(f.returned(100, 30, false));

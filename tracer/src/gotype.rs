@@ -44,7 +44,10 @@ pub struct TypeNames {
 
 impl TypeNames {
     pub fn new(types_base: Option<u64>) -> Self {
-        Self { types_base, cache: HashMap::new() }
+        Self {
+            types_base,
+            cache: HashMap::new(),
+        }
     }
 
     pub fn resolve(&mut self, mem: &dyn Memory, type_ptr: u64) -> Option<Arc<GoType>> {
@@ -102,7 +105,11 @@ pub fn gc_mask(mem: &dyn Memory, type_ptr: u64, mask_on_demand: bool) -> Option<
     if mask_on_demand && t[TYPE_TFLAG_OFF] & TFLAG_GC_MASK_ON_DEMAND != 0 {
         mask = read_word(mem, mask).filter(|&m| m != 0)?;
     }
-    Some(GcMask { size: word(TYPE_SIZE_OFF), ptr_bytes: word(TYPE_PTRBYTES_OFF as usize), mask })
+    Some(GcMask {
+        size: word(TYPE_SIZE_OFF),
+        ptr_bytes: word(TYPE_PTRBYTES_OFF as usize),
+        mask,
+    })
 }
 
 /// Whether the type holds no pointers (`PtrBytes` is 0); None if unreadable.
@@ -191,7 +198,13 @@ mod tests {
             (0x500100, type_desc(8, 0, second)),
         ]);
         let mut t = TypeNames::new(Some(base));
-        assert_eq!(*t.resolve(&img, 0x500000).unwrap(), GoType { name: "main.Node".into(), size: 48 });
+        assert_eq!(
+            *t.resolve(&img, 0x500000).unwrap(),
+            GoType {
+                name: "main.Node".into(),
+                size: 48
+            }
+        );
         assert_eq!(t.resolve(&img, 0x500100).unwrap().name, "map[string]int");
     }
 

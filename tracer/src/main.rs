@@ -24,7 +24,10 @@ fn main() {
     // Created before tracing, so a bad path fails at once rather than after the whole trace.
     let output = cli.output.as_ref().map(|path| {
         std::fs::File::create(path).unwrap_or_else(|e| {
-            eprintln!("maptrace: error: --output {}: {e} (choose a writable path)", path.display());
+            eprintln!(
+                "maptrace: error: --output {}: {e} (choose a writable path)",
+                path.display()
+            );
             std::process::exit(2);
         })
     });
@@ -38,7 +41,10 @@ fn main() {
             retain_cycles: cli.cycles,
             mode: cli.mode,
             sampling: cli.sampling.options(),
-            chains: (!cli.no_chains).then_some(ChainOptions { max_pause: cli.max_pause, max_depth: cli.max_depth }),
+            chains: (!cli.no_chains).then_some(ChainOptions {
+                max_pause: cli.max_pause,
+                max_depth: cli.max_depth,
+            }),
         },
         record: cli.record,
     };
@@ -84,7 +90,12 @@ fn run_agent(args: AgentArgs) -> ! {
         exclude: args.exclude,
         scan_every: args.scan_every,
         top_sites: args.top_sites,
-        session: SessionOptions { retain_cycles: args.cycles, mode: args.mode, sampling: args.sampling.options(), chains: None },
+        session: SessionOptions {
+            retain_cycles: args.cycles,
+            mode: args.mode,
+            sampling: args.sampling.options(),
+            chains: None,
+        },
         log_json: args.log_format == LogFormat::Json,
     };
     let result = tokio::runtime::Builder::new_multi_thread()

@@ -85,7 +85,9 @@ fn check_supported(v: &GoVersion) -> Result<(), Failure> {
 /// Size-specialized malloc entry points (Go 1.27 default, 1.26 with an experiment) are called
 /// directly by compiled code, bypassing `mallocgc`; their names follow one pattern.
 fn is_size_specialized_malloc(name: &str) -> bool {
-    let Some(rest) = name.strip_prefix("runtime.mallocgc") else { return false };
+    let Some(rest) = name.strip_prefix("runtime.mallocgc") else {
+        return false;
+    };
     let Some(rest) = ["TinySize", "TinySC", "SmallNoScanSC", "SmallScanNoHeaderSC"]
         .iter()
         .find_map(|p| rest.strip_prefix(p))
@@ -103,8 +105,18 @@ impl ProbePlan {
         let full = mode == Mode::Full;
         let sampling = bin.layout().sampling;
         check_supported(version)?;
-        let slice = |arg| Role::Constructor(ConstructorCookie { kind: ContainerKind::Slice, type_arg: Some(arg) });
-        let map = |arg| Role::Constructor(ConstructorCookie { kind: ContainerKind::Map, type_arg: arg });
+        let slice = |arg| {
+            Role::Constructor(ConstructorCookie {
+                kind: ContainerKind::Slice,
+                type_arg: Some(arg),
+            })
+        };
+        let map = |arg| {
+            Role::Constructor(ConstructorCookie {
+                kind: ContainerKind::Map,
+                type_arg: arg,
+            })
+        };
         let growslice = slice(bin.layout().growslice_type_arg);
         let object = |kind, ptr_arg, aux_arg, type_arg| {
             Role::ObjectEvent(ObjectEventCookie {
@@ -122,14 +134,19 @@ impl ProbePlan {
         for f in bin.functions() {
             // A name can stand for an assembly body and its register-ABI wrapper: probe the one
             // Go code calls, whose arguments are in registers.
-            if bin.function(&f.name).is_some_and(|canonical| canonical.entry != f.entry) {
+            if bin
+                .function(&f.name)
+                .is_some_and(|canonical| canonical.entry != f.entry)
+            {
                 continue;
             }
             let role = match f.name.as_str() {
                 "runtime.mallocgc" if full => Role::Alloc,
                 n if full && is_size_specialized_malloc(n) => Role::Alloc,
                 "runtime.makeslice" | "runtime.makeslice64" | "runtime.makeslicecopy" if full => slice(0),
-                "runtime.growslice" | "runtime.growsliceNoAlias" | "runtime.growsliceBuf"
+                "runtime.growslice"
+                | "runtime.growsliceNoAlias"
+                | "runtime.growsliceBuf"
                 | "runtime.growsliceBufNoAlias"
                     if full =>
                 {
@@ -170,7 +187,11 @@ impl ProbePlan {
             };
             wanted.push((f, role));
         }
-        let allocator = if full { "runtime.mallocgc" } else { "runtime.mProf_Malloc" };
+        let allocator = if full {
+            "runtime.mallocgc"
+        } else {
+            "runtime.mProf_Malloc"
+        };
         if !wanted.iter().any(|(f, _)| f.name == allocator) {
             return Err(Failure::UnsupportedGo {
                 version: version.raw.clone(),
@@ -181,7 +202,10 @@ impl ProbePlan {
         // on the stack: stackArgsType, fn, stackArgs, three uint32 sizes, regArgs at words 1..6 from
         // SP): fn at word 2, regArgs at word 6, whose first word is the finalized object.
         let canonical = bin.function("runtime.reflectcall").map(|f| f.entry);
-        if let Some(body) = bin.functions().find(|f| f.name == "runtime.reflectcall" && Some(f.entry) != canonical) {
+        if let Some(body) = bin
+            .functions()
+            .find(|f| f.name == "runtime.reflectcall" && Some(f.entry) != canonical)
+        {
             let started = ObjectEventCookie {
                 kind: RecordKind::FinalizerStarted,
                 ptr_arg: 6,
@@ -201,11 +225,19 @@ impl ProbePlan {
                     .indirect_call_sites(runner)
                     .map_err(|e| Failure::Other(anyhow::anyhow!("finding the cleanup call in {}: {e}", runner.name)))?;
                 if let [call] = calls[..] {
-                    inside.push((runner, call, object(RecordKind::CleanupStarted, c.handle_at_call, None, None)));
+                    inside.push((
+                        runner,
+                        call,
+                        object(RecordKind::CleanupStarted, c.handle_at_call, None, None),
+                    ));
                 }
             }
         }
-        let needed: &[&str] = if full { &["runtime.gcMarkTermination", "runtime.(*sweepLocked).sweep"] } else { &["runtime.gcMarkTermination"] };
+        let needed: &[&str] = if full {
+            &["runtime.gcMarkTermination", "runtime.(*sweepLocked).sweep"]
+        } else {
+            &["runtime.gcMarkTermination"]
+        };
         for &needed in needed {
             if !wanted.iter().any(|(f, _)| f.name == needed) {
                 return Err(Failure::UnsupportedGo {
@@ -222,10 +254,20 @@ impl ProbePlan {
             } else {
                 Vec::new()
             };
-            points.push(ProbePoint { function: f.clone(), at: bin.past_stack_check(f), role, rets });
+            points.push(ProbePoint {
+                function: f.clone(),
+                at: bin.past_stack_check(f),
+                role,
+                rets,
+            });
         }
         for (f, at, role) in inside {
-            points.push(ProbePoint { function: f.clone(), at, role, rets: Vec::new() });
+            points.push(ProbePoint {
+                function: f.clone(),
+                at,
+                role,
+                rets: Vec::new(),
+            });
         }
         Ok(Self { mode, points })
     }
@@ -256,7 +298,13 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("MAPTRACE_EBPF_OBJE
 
 impl Tracer {
     /// `budget`: sampled mode's trap budget, sampled allocations per second for the target.
-    pub fn attach(bin: &GoBinary, process: &Process, plan: &ProbePlan, load_bias: u64, budget: u64) -> Result<Self, Failure> {
+    pub fn attach(
+        bin: &GoBinary,
+        process: &Process,
+        plan: &ProbePlan,
+        load_bias: u64,
+        budget: u64,
+    ) -> Result<Self, Failure> {
         Self::attach_programs(bin, process, plan, load_bias, Programs::Tracing, budget)
     }
 
@@ -282,11 +330,18 @@ impl Tracer {
             config.samples_per_cpu_second = budget.div_ceil(cpus).max(1);
         }
         // The finalizer goroutine's loop: runfinq until Go 1.24, runFinalizers since.
-        if let Some(f) = bin.function("runtime.runfinq").or_else(|| bin.function("runtime.runFinalizers")) {
+        if let Some(f) = bin
+            .function("runtime.runfinq")
+            .or_else(|| bin.function("runtime.runFinalizers"))
+        {
             config.finalizer_loop_start = f.entry + load_bias;
             config.finalizer_loop_end = f.end + load_bias;
         }
-        let ring_bytes = if plan.mode == Mode::Sampled { SAMPLED_RING_BUFFER_BYTES } else { RING_BUFFER_BYTES };
+        let ring_bytes = if plan.mode == Mode::Sampled {
+            SAMPLED_RING_BUFFER_BYTES
+        } else {
+            RING_BUFFER_BYTES
+        };
         let mut ebpf = EbpfLoader::new()
             .override_global("CONFIG", &config, true)
             .map_max_entries("RECORDS", ring_bytes)
@@ -319,26 +374,42 @@ impl Tracer {
                 Role::SpecialFreed => ("special_freed", "", None),
                 Role::SampledAlloc(c) => ("sampled_alloc", "", Some(c.encode())),
             };
-            let sites = std::iter::once((entry_prog, point.at, cookie))
-                .chain(point.rets.iter().map(|&r| (ret_prog, r, None)));
+            let sites =
+                std::iter::once((entry_prog, point.at, cookie)).chain(point.rets.iter().map(|&r| (ret_prog, r, None)));
             for (prog_name, vaddr, cookie) in sites {
-                let prog_name = if programs == Programs::Empty { "empty" } else { prog_name };
+                let prog_name = if programs == Programs::Empty {
+                    "empty"
+                } else {
+                    prog_name
+                };
                 let offset = bin.file_offset(vaddr).ok_or_else(|| {
-                    Failure::Other(anyhow::anyhow!("{}: address {vaddr:#x} is not in the file", point.function.name))
+                    Failure::Other(anyhow::anyhow!(
+                        "{}: address {vaddr:#x} is not in the file",
+                        point.function.name
+                    ))
                 })?;
                 let prog: &mut UProbe = program(&mut ebpf, prog_name)?;
-                let at = UProbeAttachPoint { location: UProbeAttachLocation::AbsoluteOffset(offset), cookie };
-                prog.attach(at, &process.exe_path, UProbeScope::OneProcess(pid)).map_err(|e| {
-                    if !process.is_alive() {
-                        Failure::NoSuchProcess { pid: process.pid }
-                    } else {
-                        attach_failure(&point.function.name, &e)
-                    }
-                })?;
+                let at = UProbeAttachPoint {
+                    location: UProbeAttachLocation::AbsoluteOffset(offset),
+                    cookie,
+                };
+                prog.attach(at, &process.exe_path, UProbeScope::OneProcess(pid))
+                    .map_err(|e| {
+                        if !process.is_alive() {
+                            Failure::NoSuchProcess { pid: process.pid }
+                        } else {
+                            attach_failure(&point.function.name, &e)
+                        }
+                    })?;
                 attached += 1;
             }
         }
-        Ok(Self { ebpf, budget, attached, attach_time: start.elapsed() })
+        Ok(Self {
+            ebpf,
+            budget,
+            attached,
+            attach_time: start.elapsed(),
+        })
     }
 
     /// Removes every probe. The kernel unregisters uprobes one at a time with a grace period
@@ -350,7 +421,10 @@ impl Tracer {
 
     /// The ring buffer of [`tracer_common::Record`]s (can be taken once).
     pub fn take_records(&mut self) -> anyhow::Result<RingBuf<MapData>> {
-        let map = self.ebpf.take_map("RECORDS").ok_or_else(|| anyhow::anyhow!("RECORDS map missing"))?;
+        let map = self
+            .ebpf
+            .take_map("RECORDS")
+            .ok_or_else(|| anyhow::anyhow!("RECORDS map missing"))?;
         Ok(RingBuf::try_from(map)?)
     }
 
@@ -386,7 +460,11 @@ impl Tracer {
 /// The eBPF side's view of the runtime layout, with addresses moved by the load bias.
 fn probe_config(layout: &RuntimeLayout, load_bias: u64) -> ProbeConfig {
     let span = &layout.span;
-    let (inline_min, inline_max) = if layout.inline_mark_bits { layout.inline_mark_sizes } else { (0, 0) };
+    let (inline_min, inline_max) = if layout.inline_mark_bits {
+        layout.inline_mark_sizes
+    } else {
+        (0, 0)
+    };
     ProbeConfig {
         goid_offset: layout.goid_offset,
         gc_cycles_addr: layout.gc_cycles_addr + load_bias,
@@ -420,18 +498,26 @@ fn load_failure(e: &dyn std::error::Error) -> Failure {
     if text.contains("Operation not permitted") {
         // With every capability present, EPERM means a lockdown or a seccomp filter refused BPF.
         let missing = crate::process::missing_capabilities();
-        Failure::Privileges { missing: if missing.is_empty() { vec!["CAP_BPF"] } else { missing } }
+        Failure::Privileges {
+            missing: if missing.is_empty() { vec!["CAP_BPF"] } else { missing },
+        }
     } else {
-        Failure::KernelSupport { what: format!("loading the eBPF programs failed: {text}") }
+        Failure::KernelSupport {
+            what: format!("loading the eBPF programs failed: {text}"),
+        }
     }
 }
 
 fn attach_failure(function: &str, e: &dyn std::error::Error) -> Failure {
     let text = error_chain(e);
     if text.contains("Operation not permitted") {
-        Failure::Privileges { missing: vec!["CAP_PERFMON"] }
+        Failure::Privileges {
+            missing: vec!["CAP_PERFMON"],
+        }
     } else if text.contains("No such file") && text.contains("uprobe") {
-        Failure::KernelSupport { what: format!("uprobes unavailable: {text}") }
+        Failure::KernelSupport {
+            what: format!("uprobes unavailable: {text}"),
+        }
     } else {
         Failure::Other(anyhow::anyhow!("attaching to {function}: {text}"))
     }

@@ -44,20 +44,34 @@ impl Process {
         let exe_path = proc_dir.join("exe");
         let link = std::fs::read_link(&exe_path).map_err(|e| match e.kind() {
             io::ErrorKind::NotFound => Failure::NoSuchProcess { pid },
-            io::ErrorKind::PermissionDenied => Failure::Privileges { missing: vec!["CAP_SYS_PTRACE"] },
+            io::ErrorKind::PermissionDenied => Failure::Privileges {
+                missing: vec!["CAP_SYS_PTRACE"],
+            },
             // Kernel threads have no executable.
-            _ => Failure::NotGo { pid, exe: "?".into(), why: format!("no executable: {e}") },
+            _ => Failure::NotGo {
+                pid,
+                exe: "?".into(),
+                why: format!("no executable: {e}"),
+            },
         })?;
         let exe_display = link.to_string_lossy().into_owned();
         if exe_display.ends_with(" (deleted)") {
             return Err(Failure::BinaryGone { pid, exe: exe_display });
         }
         let mem = File::open(proc_dir.join("mem")).map_err(|e| match e.kind() {
-            io::ErrorKind::PermissionDenied => Failure::Privileges { missing: vec!["CAP_SYS_PTRACE"] },
+            io::ErrorKind::PermissionDenied => Failure::Privileges {
+                missing: vec!["CAP_SYS_PTRACE"],
+            },
             io::ErrorKind::NotFound => Failure::NoSuchProcess { pid },
             _ => Failure::Other(anyhow::anyhow!("open /proc/{pid}/mem: {e}")),
         })?;
-        Ok(Self { pid, exe_display, exe_path, mem, pidfd })
+        Ok(Self {
+            pid,
+            exe_display,
+            exe_path,
+            mem,
+            pidfd,
+        })
     }
 
     /// Reads target memory; fails for unmapped addresses rather than returning garbage.
@@ -67,7 +81,9 @@ impl Process {
 
     /// Writes target memory (sampled mode's `--sample-rate`, behind its explicit flag only).
     pub fn write(&self, addr: u64, buf: &[u8]) -> io::Result<()> {
-        let mem = std::fs::OpenOptions::new().write(true).open(format!("/proc/{}/mem", self.pid))?;
+        let mem = std::fs::OpenOptions::new()
+            .write(true)
+            .open(format!("/proc/{}/mem", self.pid))?;
         mem.write_all_at(buf, addr)
     }
 
@@ -91,7 +107,11 @@ impl Process {
             if path != exe || u64::from_str_radix(offset, 16).ok() != Some(0) {
                 continue;
             }
-            let start = range.split('-').next().and_then(|s| u64::from_str_radix(s, 16).ok()).unwrap_or(0);
+            let start = range
+                .split('-')
+                .next()
+                .and_then(|s| u64::from_str_radix(s, 16).ok())
+                .unwrap_or(0);
             return Ok(start.saturating_sub(link_vaddr & !0xfff));
         }
         Ok(0)
@@ -104,7 +124,15 @@ impl Process {
 
     pub fn is_alive(&self) -> bool {
         // SAFETY: signal 0 only checks existence.
-        unsafe { libc::syscall(libc::SYS_pidfd_send_signal, self.pidfd.as_raw_fd(), 0, std::ptr::null::<u8>(), 0) == 0 }
+        unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.pidfd.as_raw_fd(),
+                0,
+                std::ptr::null::<u8>(),
+                0,
+            ) == 0
+        }
     }
 }
 

@@ -143,7 +143,9 @@ impl Report {
                      --sample-rate BYTES --write-memprofilerate, or use --mode full"
                 );
             }
-            (Some(r), Some(was)) => format!("MemProfileRate {r} bytes (set by maptrace, was {was}; restored at detach)"),
+            (Some(r), Some(was)) => {
+                format!("MemProfileRate {r} bytes (set by maptrace, was {was}; restored at detach)")
+            }
             (Some(r), None) => format!("MemProfileRate {r} bytes (the target's own)"),
             (None, _) => "MemProfileRate unknown (counts are samples, unscaled)".into(),
         };
@@ -157,10 +159,7 @@ impl Report {
         writeln!(
             w,
             "sampled mode: {rate}; {} samples, {} thinned by the trap budget ({}/s); counts are {}",
-            sm.samples_seen,
-            sm.samples_thinned,
-            sm.budget_per_second,
-            sm.scaling,
+            sm.samples_seen, sm.samples_thinned, sm.budget_per_second, sm.scaling,
         )
     }
 
@@ -187,7 +186,11 @@ impl Report {
             human_bytes(self.totals.heap_bytes),
             self.totals.records,
             self.lost_records,
-            if self.lost_records > 0 { " (ring buffer full: counts are short by that much)" } else { "" },
+            if self.lost_records > 0 {
+                " (ring buffer full: counts are short by that much)"
+            } else {
+                ""
+            },
         )?;
         if let Some(sm) = &self.sampling {
             self.write_sampling(w, sm)?;
@@ -211,7 +214,11 @@ impl Report {
             c.registered, c.removed, c.queued, c.started, c.cleanups_registered, c.cleanups_queued, c.cleanups_started, f.pending
         )?;
         for g in &f.runners {
-            let state = if g.state.ends_with(" wait") && g.blocked.is_none() { format!("idle ({})", g.state) } else { g.state.clone() };
+            let state = if g.state.ends_with(" wait") && g.blocked.is_none() {
+                format!("idle ({})", g.state)
+            } else {
+                g.state.clone()
+            };
             writeln!(
                 w,
                 "goroutine {} (runs {}): {}; last started {} {} {:.1} s ago",
@@ -236,10 +243,16 @@ impl Report {
             }
         }
         if f.never_ran.is_empty() {
-            return writeln!(w, "no finalizer or cleanup left unrun after ≥ {} GC cycles", self.gc.retain_cycles);
+            return writeln!(
+                w,
+                "no finalizer or cleanup left unrun after ≥ {} GC cycles",
+                self.gc.retain_cycles
+            );
         }
         for r in &f.never_ran {
-            let site = r.registered_at.first().map_or("(runtime)".to_string(), |s| format!("{} {}:{}", s.function, s.file, s.line));
+            let site = r.registered_at.first().map_or("(runtime)".to_string(), |s| {
+                format!("{} {}:{}", s.function, s.file, s.line)
+            });
             writeln!(
                 w,
                 "{:>6} {} never ran: {} — {} with {} {}, {} cycles ({:.1} s) after {} at {}",
@@ -267,24 +280,43 @@ impl Report {
     fn write_retained(&self, w: &mut dyn Write) -> io::Result<()> {
         let g = &self.gc;
         let cycles = match (g.first_cycle, g.last_cycle) {
-            (Some(a), Some(b)) => format!("GC cycles {a}–{b} seen ({} mark terminations, {} spans swept)", g.cycles_seen, g.spans_swept),
+            (Some(a), Some(b)) => format!(
+                "GC cycles {a}–{b} seen ({} mark terminations, {} spans swept)",
+                g.cycles_seen, g.spans_swept
+            ),
             _ => "no GC cycle completed while tracing".to_string(),
         };
-        writeln!(w, "\nRetained: alive after ≥ {} GC cycles and after the creating frame returned; {cycles}", g.retain_cycles)?;
+        writeln!(
+            w,
+            "\nRetained: alive after ≥ {} GC cycles and after the creating frame returned; {cycles}",
+            g.retain_cycles
+        )?;
         if g.objects_evicted > 0 {
-            writeln!(w, "({} objects dropped by the tracking bound: retained counts are lower bounds)", g.objects_evicted)?;
+            writeln!(
+                w,
+                "({} objects dropped by the tracking bound: retained counts are lower bounds)",
+                g.objects_evicted
+            )?;
         }
         if self.retained.is_empty() {
             writeln!(w, "nothing retained")?;
         } else {
-            let type_width = self.retained.iter().map(|r| r.type_name.chars().count()).max().unwrap_or(4).clamp(4, 48);
+            let type_width = self
+                .retained
+                .iter()
+                .map(|r| r.type_name.chars().count())
+                .max()
+                .unwrap_or(4)
+                .clamp(4, 48);
             writeln!(
                 w,
                 "{:<6} {:>20} {:>20} {:>20}  {:>9}  {:<9}  {:<type_width$}  SITE",
                 "KIND", "RETAINED", "LIVE", "ALLOCATED", "CYCLES", "TREND", "TYPE"
             )?;
             for r in &self.retained {
-                let site = r.stack.first().map_or("(runtime)".to_string(), |s| format!("{} {}:{}", s.function, s.file, s.line));
+                let site = r.stack.first().map_or("(runtime)".to_string(), |s| {
+                    format!("{} {}:{}", s.function, s.file, s.line)
+                });
                 writeln!(
                     w,
                     "{:<6} {:>20} {:>20} {:>20}  {:>9}  {:<9}  {:<type_width$}  {}",
@@ -298,10 +330,24 @@ impl Report {
                     site
                 )?;
                 let live: Vec<String> = r.live_by_cycle.iter().map(|(c, n, _)| format!("gc{c}:{n}")).collect();
-                let samples = r.samples.map_or(String::new(), |n| format!("; estimated from {n} retained samples"));
-                writeln!(w, "{:>8}live by cycle {}; oldest {:.1} s{samples}", "", live.join(" "), r.oldest_age_seconds)?;
+                let samples = r
+                    .samples
+                    .map_or(String::new(), |n| format!("; estimated from {n} retained samples"));
+                writeln!(
+                    w,
+                    "{:>8}live by cycle {}; oldest {:.1} s{samples}",
+                    "",
+                    live.join(" "),
+                    r.oldest_age_seconds
+                )?;
                 for (i, h) in r.held_by.iter().chain(&r.also_held_by).enumerate() {
-                    writeln!(w, "{:>8}{} {}", "", if i == 0 { "held by" } else { "also held by" }, held_by_text(h))?;
+                    writeln!(
+                        w,
+                        "{:>8}{} {}",
+                        "",
+                        if i == 0 { "held by" } else { "also held by" },
+                        held_by_text(h)
+                    )?;
                     if let Some(d) = &h.diagnosis {
                         writeln!(w, "{:>8}diagnosis: {}", "", d.text)?;
                     }
@@ -363,19 +409,44 @@ struct HolderTower<'r> {
 fn holder_towers(r: &RetainedRow) -> Vec<HolderTower<'_>> {
     let shapes = chain_shares(r);
     if shapes.is_empty() {
-        let frames = r.stack.iter().rev().map(|f| HolderFrame { name: f.function.clone(), file: &f.file, line: f.line }).collect();
-        return vec![HolderTower { frames, count: r.retained_count, bytes: r.retained_bytes }];
+        let frames = r
+            .stack
+            .iter()
+            .rev()
+            .map(|f| HolderFrame {
+                name: f.function.clone(),
+                file: &f.file,
+                line: f.line,
+            })
+            .collect();
+        return vec![HolderTower {
+            frames,
+            count: r.retained_count,
+            bytes: r.retained_bytes,
+        }];
     }
     shapes
         .into_iter()
         .map(|(h, count, bytes)| HolderTower {
-            frames: std::iter::once(HolderFrame { name: h.root.describe(), file: "", line: 0 })
-                .chain(h.hops.iter().map(|hop| {
-                    let (object, at) = (hop_object(hop), hop_offset(hop));
-                    let name = if at.is_empty() { object } else { format!("{object} (at {at})") };
-                    HolderFrame { name, file: "", line: 0 }
-                }))
-                .collect(),
+            frames: std::iter::once(HolderFrame {
+                name: h.root.describe(),
+                file: "",
+                line: 0,
+            })
+            .chain(h.hops.iter().map(|hop| {
+                let (object, at) = (hop_object(hop), hop_offset(hop));
+                let name = if at.is_empty() {
+                    object
+                } else {
+                    format!("{object} (at {at})")
+                };
+                HolderFrame {
+                    name,
+                    file: "",
+                    line: 0,
+                }
+            }))
+            .collect(),
             count,
             bytes,
         })
@@ -427,7 +498,11 @@ fn held_by_text(h: &crate::heap::HeldBy) -> String {
                 EntryPart::Key => "key",
                 EntryPart::Value => "value for key",
             };
-            let of = if e.keys > 1 { format!(", 1 of {} keys", e.keys) } else { String::new() };
+            let of = if e.keys > 1 {
+                format!(", 1 of {} keys", e.keys)
+            } else {
+                String::new()
+            };
             s += &format!(" ({part} {}{of})", e.key);
         }
         s += &format!(" → {}", human_bytes(hop.size));
@@ -435,9 +510,18 @@ fn held_by_text(h: &crate::heap::HeldBy) -> String {
             s += &format!(" {t}");
         }
     }
-    let unreached = if h.unreached > 0 { format!(", {} not reached", h.unreached) } else { String::new() };
+    let unreached = if h.unreached > 0 {
+        format!(", {} not reached", h.unreached)
+    } else {
+        String::new()
+    };
     let precision = if h.precise { "precise" } else { "conservative" };
-    s + &format!("  ({} of {} objects searched ({}){unreached}, {precision})", h.objects, h.searched, human_bytes(h.bytes))
+    s + &format!(
+        "  ({} of {} objects searched ({}){unreached}, {precision})",
+        h.objects,
+        h.searched,
+        human_bytes(h.bytes)
+    )
 }
 
 /// A hop's object as the graph outputs name it: `2.0 KiB map[string]*main.Session`, `48 B ?`.
@@ -462,8 +546,17 @@ fn count_bytes(count: u64, bytes: u64) -> String {
 
 /// The site table: one line per site, then its callers indented.
 pub fn write_table(w: &mut dyn Write, rows: &[SiteRow], caller_lines: usize) -> io::Result<()> {
-    let type_width = rows.iter().map(|r| r.type_name.chars().count()).max().unwrap_or(4).clamp(4, 48);
-    writeln!(w, "{:<6} {:>9} {:>10}  {:<type_width$}  SITE", "KIND", "COUNT", "BYTES", "TYPE")?;
+    let type_width = rows
+        .iter()
+        .map(|r| r.type_name.chars().count())
+        .max()
+        .unwrap_or(4)
+        .clamp(4, 48);
+    writeln!(
+        w,
+        "{:<6} {:>9} {:>10}  {:<type_width$}  SITE",
+        "KIND", "COUNT", "BYTES", "TYPE"
+    )?;
     for r in rows {
         let (site, callers) = match r.stack.split_first() {
             Some((s, rest)) => (format!("{} {}:{}", s.function, s.file, s.line), rest),
@@ -479,7 +572,15 @@ pub fn write_table(w: &mut dyn Write, rows: &[SiteRow], caller_lines: usize) -> 
             site
         )?;
         for c in callers.iter().take(caller_lines) {
-            writeln!(w, "{:>width$}← {} {}:{}", "", c.function, c.file, c.line, width = 30 + type_width)?;
+            writeln!(
+                w,
+                "{:>width$}← {} {}:{}",
+                "",
+                c.function,
+                c.file,
+                c.line,
+                width = 30 + type_width
+            )?;
         }
     }
     Ok(())
@@ -488,20 +589,35 @@ pub fn write_table(w: &mut dyn Write, rows: &[SiteRow], caller_lines: usize) -> 
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::sites::{FrameRow, ValueKind};
     use crate::finalizers::{Blocked, FinalizerCounts, Mechanism, NeverRan, NeverRanRow, RunnerGoroutine};
     use crate::retention::RetainedRow;
+    use crate::sites::{FrameRow, ValueKind};
 
     pub(crate) fn report() -> Report {
         Report {
             maptrace_version: "0.1.0",
-            target: TargetInfo { pid: 42, binary: "/bin/demo".into(), go_version: "go1.24.11".into(), experiments: vec![], stripped: true },
+            target: TargetInfo {
+                pid: 42,
+                binary: "/bin/demo".into(),
+                go_version: "go1.24.11".into(),
+                experiments: vec![],
+                stripped: true,
+            },
             mode: crate::sampling::Mode::Full,
             sampling: None,
             duration_seconds: 1.5,
             ended_by: "target exited",
-            probes: ProbeInfo { functions: vec!["runtime.mallocgc".into()], uprobes: 4, attach_seconds: 0.2 },
-            totals: Totals { heap_allocations: 3, heap_bytes: 5000, records: 4, samples: 0 },
+            probes: ProbeInfo {
+                functions: vec!["runtime.mallocgc".into()],
+                uprobes: 4,
+                attach_seconds: 0.2,
+            },
+            totals: Totals {
+                heap_allocations: 3,
+                heap_bytes: 5000,
+                records: 4,
+                samples: 0,
+            },
             lost_records: 0,
             sites: vec![SiteRow {
                 kind: ValueKind::Map,
@@ -509,11 +625,27 @@ pub(crate) mod tests {
                 count: 3,
                 bytes: 5000,
                 stack: vec![
-                    FrameRow { function: "main.put".into(), file: "/src/main.go".into(), line: 12, pc: "0x1".into() },
-                    FrameRow { function: "main.main".into(), file: "/src/main.go".into(), line: 30, pc: "0x2".into() },
+                    FrameRow {
+                        function: "main.put".into(),
+                        file: "/src/main.go".into(),
+                        line: 12,
+                        pc: "0x1".into(),
+                    },
+                    FrameRow {
+                        function: "main.main".into(),
+                        file: "/src/main.go".into(),
+                        line: 30,
+                        pc: "0x2".into(),
+                    },
                 ],
             }],
-            gc: GcInfo { retain_cycles: 2, cycles_seen: 5, first_cycle: Some(3), last_cycle: Some(7), ..GcInfo::default() },
+            gc: GcInfo {
+                retain_cycles: 2,
+                cycles_seen: 5,
+                first_cycle: Some(3),
+                last_cycle: Some(7),
+                ..GcInfo::default()
+            },
             retained: vec![RetainedRow {
                 kind: ValueKind::Map,
                 type_name: "map[string]*main.Session".into(),
@@ -535,12 +667,20 @@ pub(crate) mod tests {
                 held_by: None,
                 also_held_by: Vec::new(),
                 site: 1,
-                stack: vec![FrameRow { function: "main.put".into(), file: "/src/main.go".into(), line: 12, pc: "0x1".into() }],
+                stack: vec![FrameRow {
+                    function: "main.put".into(),
+                    file: "/src/main.go".into(),
+                    line: 12,
+                    pc: "0x1".into(),
+                }],
             }],
             chains: None,
             distributions: Default::default(),
             finalizers: FinalizerSection {
-                counts: FinalizerCounts { registered: 3, ..FinalizerCounts::default() },
+                counts: FinalizerCounts {
+                    registered: 3,
+                    ..FinalizerCounts::default()
+                },
                 pending: 3,
                 never_ran: vec![
                     NeverRanRow {
@@ -551,7 +691,12 @@ pub(crate) mod tests {
                         function: "main.open.func1".into(),
                         age_cycles: 4,
                         age_seconds: 0.5,
-                        registered_at: vec![FrameRow { function: "main.open".into(), file: "/src/main.go".into(), line: 40, pc: "0x3".into() }],
+                        registered_at: vec![FrameRow {
+                            function: "main.open".into(),
+                            file: "/src/main.go".into(),
+                            line: 40,
+                            pc: "0x3".into(),
+                        }],
                         held_by: None,
                         objects: Vec::new(),
                     },
@@ -563,7 +708,12 @@ pub(crate) mod tests {
                         function: "main.closeFile".into(),
                         age_cycles: 2,
                         age_seconds: 0.2,
-                        registered_at: vec![FrameRow { function: "main.openFile".into(), file: "/src/main.go".into(), line: 50, pc: "0x4".into() }],
+                        registered_at: vec![FrameRow {
+                            function: "main.openFile".into(),
+                            file: "/src/main.go".into(),
+                            line: 50,
+                            pc: "0x4".into(),
+                        }],
                         held_by: None,
                         objects: Vec::new(),
                     },
@@ -575,7 +725,11 @@ pub(crate) mod tests {
                     last_started: "main.stuckCleanup".into(),
                     last_started_kind: Mechanism::Cleanup,
                     last_started_seconds_ago: 1.25,
-                    blocked: Some(Blocked { object_type: "main.File".into(), blocked_seconds: 1.25, queue_depth: 5 }),
+                    blocked: Some(Blocked {
+                        object_type: "main.File".into(),
+                        blocked_seconds: 1.25,
+                        queue_depth: 5,
+                    }),
                 }],
             },
         }
@@ -598,7 +752,10 @@ pub(crate) mod tests {
         assert!(s.contains("gc5:1 gc6:2 gc7:3"), "{s}");
         assert!(s.contains("3 finalizer never ran: reachable from its own finalizer or cleanup (a cycle: it can never run) — main.Resource with finalizer main.open.func1, 4 cycles (0.5 s) after SetFinalizer at main.open /src/main.go:40"), "{s}");
         assert!(s.contains("5 cleanup never ran: queued behind a blocked finalizer or cleanup — main.File with cleanup main.closeFile"), "{s}");
-        assert!(s.contains("goroutine 18 (runs cleanups): chan receive; last started cleanup main.stuckCleanup 1.2 s ago"), "{s}");
+        assert!(
+            s.contains("goroutine 18 (runs cleanups): chan receive; last started cleanup main.stuckCleanup 1.2 s ago"),
+            "{s}"
+        );
         assert!(s.contains("blocked for 1.2 s in cleanup main.stuckCleanup (object main.File, state: chan receive), 5 queued behind it"), "{s}");
     }
 
@@ -606,9 +763,24 @@ pub(crate) mod tests {
     pub(crate) fn held_report() -> Report {
         let mut r = report();
         r.retained[0].held_by = Some(crate::heap::HeldBy {
-            root: crate::heap::Root { kind: "global", name: "main.cache".into(), type_name: Some("map[string]*main.Session".into()), goroutine: None, blocked_ms: None },
+            root: crate::heap::Root {
+                kind: "global",
+                name: "main.cache".into(),
+                type_name: Some("map[string]*main.Session".into()),
+                goroutine: None,
+                blocked_ms: None,
+            },
             hops: vec![
-                crate::heap::HopRow { offset: 0, offset_varies: false, via: None, size: 48, type_name: None, slice: None, map_len: Some(2), map_entry: None },
+                crate::heap::HopRow {
+                    offset: 0,
+                    offset_varies: false,
+                    via: None,
+                    size: 48,
+                    type_name: None,
+                    slice: None,
+                    map_len: Some(2),
+                    map_entry: None,
+                },
                 crate::heap::HopRow {
                     offset: 0x28,
                     offset_varies: true,
@@ -617,7 +789,11 @@ pub(crate) mod tests {
                     type_name: Some("map[string]*main.Session".into()),
                     slice: None,
                     map_len: None,
-                    map_entry: Some(crate::heap::MapEntry { key: "\"u-17\"".into(), part: crate::heap::EntryPart::Value, keys: 2 }),
+                    map_entry: Some(crate::heap::MapEntry {
+                        key: "\"u-17\"".into(),
+                        part: crate::heap::EntryPart::Value,
+                        keys: 2,
+                    }),
                 },
             ],
             objects: 2,
@@ -626,7 +802,10 @@ pub(crate) mod tests {
             unreached: 1,
             precise: false,
             goroutines: 0,
-            diagnosis: Some(crate::heap::Diagnosis { kind: "map_kept_storage", text: "the map has 2 entries but keeps 3.9 KiB".into() }),
+            diagnosis: Some(crate::heap::Diagnosis {
+                kind: "map_kept_storage",
+                text: "the map has 2 entries but keeps 3.9 KiB".into(),
+            }),
         });
         // A second shape: the third object, from a goroutine blocked for 3.2 s.
         let mut other = r.retained[0].held_by.clone().unwrap();
@@ -668,15 +847,20 @@ pub(crate) mod tests {
         assert_eq!(v["retained"][0]["retained_count"], 2);
         assert_eq!(v["retained"][0]["trend"], "growing");
         assert_eq!(v["gc"]["last_cycle"], 7);
-        assert_eq!(v["finalizers"]["never_ran"][0]["reason"], "reachable_from_own_finalizer");
+        assert_eq!(
+            v["finalizers"]["never_ran"][0]["reason"],
+            "reachable_from_own_finalizer"
+        );
         assert_eq!(v["finalizers"]["never_ran"][1]["kind"], "cleanup");
         assert_eq!(v["finalizers"]["runners"][0]["blocked"]["queue_depth"], 5);
     }
 
     /// docs/report.schema.json, compiled (checked against the 2020-12 meta-schema on the way).
     fn schema() -> (serde_json::Value, jsonschema::Validator) {
-        let schema: serde_json::Value = serde_json::from_str(include_str!("../../docs/report.schema.json")).expect("the schema is JSON");
-        let validator = jsonschema::draft202012::new(&schema).unwrap_or_else(|e| panic!("docs/report.schema.json is not a 2020-12 schema: {e}"));
+        let schema: serde_json::Value =
+            serde_json::from_str(include_str!("../../docs/report.schema.json")).expect("the schema is JSON");
+        let validator = jsonschema::draft202012::new(&schema)
+            .unwrap_or_else(|e| panic!("docs/report.schema.json is not a 2020-12 schema: {e}"));
         (schema, validator)
     }
 
@@ -688,7 +872,10 @@ pub(crate) mod tests {
 
     /// Every way `v` breaks the schema, one per line with where.
     fn schema_errors(validator: &jsonschema::Validator, v: &serde_json::Value) -> Vec<String> {
-        validator.iter_errors(v).map(|e| format!("{}: {e}", e.instance_path())).collect()
+        validator
+            .iter_errors(v)
+            .map(|e| format!("{}: {e}", e.instance_path()))
+            .collect()
     }
 
     /// The held report with every optional key present: sampled mode with a governor, a chain search that
@@ -700,7 +887,11 @@ pub(crate) mod tests {
             rate: crate::sampling::RateInfo {
                 memprofilerate: Some(4096),
                 set_by_maptrace_from: Some(524288),
-                governor: Some(crate::sampling::GovernorInfo { floor: 4096, highest: 65536, changes: 3 }),
+                governor: Some(crate::sampling::GovernorInfo {
+                    floor: 4096,
+                    highest: 65536,
+                    changes: 3,
+                }),
             },
             budget_per_second: 500,
             samples_seen: 1200,
@@ -724,20 +915,35 @@ pub(crate) mod tests {
         row.dead_lifetime_p50_seconds = Some(0.25);
         let held = row.held_by.as_mut().unwrap();
         held.root.goroutine = Some((18, "chan receive".into()));
-        held.hops[1].slice = Some(crate::heap::SliceView { len_bytes: 16, cap_bytes: 2000 });
+        held.hops[1].slice = Some(crate::heap::SliceView {
+            len_bytes: 16,
+            cap_bytes: 2000,
+        });
         r.finalizers.never_ran[0].held_by = r.retained[0].held_by.clone();
-        r.distributions.size_bytes =
-            crate::lifecycle::Buckets { upper_bounds: vec![16.0, f64::INFINITY], counts: vec![2, 1], sum: 5000.0, count: 3 };
+        r.distributions.size_bytes = crate::lifecycle::Buckets {
+            upper_bounds: vec![16.0, f64::INFINITY],
+            counts: vec![2, 1],
+            sum: 5000.0,
+            count: 3,
+        };
         r
     }
 
     #[test]
     fn json_matches_the_schema() {
         let (_, validator) = schema();
-        for (name, r) in [("report", report()), ("held_report", held_report()), ("every_key_report", every_key_report())] {
+        for (name, r) in [
+            ("report", report()),
+            ("held_report", held_report()),
+            ("every_key_report", every_key_report()),
+        ] {
             let v = json(&r);
             let errors = schema_errors(&validator, &v);
-            assert!(errors.is_empty(), "{name} breaks docs/report.schema.json:\n{}\n{v:#}", errors.join("\n"));
+            assert!(
+                errors.is_empty(),
+                "{name} breaks docs/report.schema.json:\n{}\n{v:#}",
+                errors.join("\n")
+            );
         }
     }
 
@@ -753,9 +959,15 @@ pub(crate) mod tests {
         ];
         for place in places {
             let mut bad = v.clone();
-            place(&mut bad).as_object_mut().unwrap().insert("unexpected".into(), 1.into());
+            place(&mut bad)
+                .as_object_mut()
+                .unwrap()
+                .insert("unexpected".into(), 1.into());
             let errors = schema_errors(&validator, &bad);
-            assert!(errors.iter().any(|e| e.contains("unexpected")), "an unknown key passed: {errors:?}\n{bad:#}");
+            assert!(
+                errors.iter().any(|e| e.contains("unexpected")),
+                "an unknown key passed: {errors:?}\n{bad:#}"
+            );
         }
         let mut bad = v.clone();
         bad["retained"][0]["trend"] = "sideways".into();
@@ -769,7 +981,12 @@ pub(crate) mod tests {
     /// no property name the fullest report never writes.
     #[test]
     fn schema_describes_every_key_and_only_those() {
-        fn walk(s: &serde_json::Value, at: &str, names: &mut std::collections::BTreeSet<String>, faults: &mut Vec<String>) {
+        fn walk(
+            s: &serde_json::Value,
+            at: &str,
+            names: &mut std::collections::BTreeSet<String>,
+            faults: &mut Vec<String>,
+        ) {
             match s {
                 serde_json::Value::Object(m) => {
                     if let Some(props) = m.get("properties").and_then(|p| p.as_object()) {
@@ -787,7 +1004,10 @@ pub(crate) mod tests {
                         walk(v, &format!("{at}/{k}"), names, faults);
                     }
                 }
-                serde_json::Value::Array(a) => a.iter().enumerate().for_each(|(i, v)| walk(v, &format!("{at}/{i}"), names, faults)),
+                serde_json::Value::Array(a) => a
+                    .iter()
+                    .enumerate()
+                    .for_each(|(i, v)| walk(v, &format!("{at}/{i}"), names, faults)),
                 _ => {}
             }
         }
@@ -807,7 +1027,10 @@ pub(crate) mod tests {
         assert!(faults.is_empty(), "{}", faults.join("\n"));
         keys(&json(&every_key_report()), &mut written);
         let stale: Vec<_> = documented.difference(&written).collect();
-        assert!(stale.is_empty(), "the schema documents keys no report writes: {stale:?}");
+        assert!(
+            stale.is_empty(),
+            "the schema documents keys no report writes: {stale:?}"
+        );
     }
 
     #[test]

@@ -112,11 +112,17 @@ pub fn retained_rows(
                 samples: sites.sampled(site).then_some(totals.count),
                 survived_cycles_p50: live.map_or(0, |h| h.value_at_quantile(0.5)),
                 survived_cycles_max: live.map_or(0, |h| h.max()),
-                oldest_age_seconds: oldest.get(&site).map_or(0.0, |&t| now_ns.saturating_sub(t) as f64 / 1e9),
+                oldest_age_seconds: oldest
+                    .get(&site)
+                    .map_or(0.0, |&t| now_ns.saturating_sub(t) as f64 / 1e9),
                 dead_lifetime_p50_seconds: (!s.lifetime_ns.is_empty())
                     .then(|| s.lifetime_ns.value_at_quantile(0.5) as f64 / 1e9),
                 trend: s.trend().as_str(),
-                live_by_cycle: s.live_by_cycle.iter().map(|&(c, n, b)| (c, est(n), est_bytes(b))).collect(),
+                live_by_cycle: s
+                    .live_by_cycle
+                    .iter()
+                    .map(|&(c, n, b)| (c, est(n), est_bytes(b)))
+                    .collect(),
                 evicted_count: s.evicted_count,
                 held_by: None,
                 also_held_by: Vec::new(),

@@ -71,7 +71,11 @@ pub struct SamplingOptions {
 
 impl Default for SamplingOptions {
     fn default() -> Self {
-        SamplingOptions { rate: None, write_rate: false, budget: DEFAULT_BUDGET }
+        SamplingOptions {
+            rate: None,
+            write_rate: false,
+            budget: DEFAULT_BUDGET,
+        }
     }
 }
 
@@ -93,7 +97,12 @@ pub struct SampleRate {
 
 impl SampleRate {
     /// Reads the rate and, if asked to, sets it. Fails only when a requested write cannot be made.
-    pub fn attach(process: Arc<Process>, layout: &SamplingLayout, load_bias: u64, opts: &SamplingOptions) -> Result<Self, Failure> {
+    pub fn attach(
+        process: Arc<Process>,
+        layout: &SamplingLayout,
+        load_bias: u64,
+        opts: &SamplingOptions,
+    ) -> Result<Self, Failure> {
         let mut rate = SampleRate {
             process,
             addr: layout.rate_addr.map(|a| a + load_bias),
@@ -104,14 +113,17 @@ impl SampleRate {
         };
         if let Some(want) = opts.rate {
             if !opts.write_rate {
-                return Err(Failure::Other(anyhow::anyhow!("--sample-rate writes the target's memory: add --write-memprofilerate")));
+                return Err(Failure::Other(anyhow::anyhow!(
+                    "--sample-rate writes the target's memory: add --write-memprofilerate"
+                )));
             }
             if rate.addr.is_none() {
                 return Err(Failure::Other(anyhow::anyhow!(
                     "--sample-rate: cannot find runtime.MemProfileRate in this binary (stripped arm64?); use --mode full"
                 )));
             }
-            rate.write(want).map_err(|e| Failure::Other(anyhow::anyhow!("--sample-rate: {e}")))?;
+            rate.write(want)
+                .map_err(|e| Failure::Other(anyhow::anyhow!("--sample-rate: {e}")))?;
         }
         rate.at_attach = rate.current();
         if let (true, Some(floor)) = (opts.write_rate, rate.at_attach) {
@@ -193,12 +205,21 @@ pub struct RateGovernor {
 
 impl RateGovernor {
     pub fn new(floor: u64, budget: u64) -> Self {
-        RateGovernor { floor, budget, last_rate: floor, last_samples: 0, last_at: None, highest: floor, changes: 0 }
+        RateGovernor {
+            floor,
+            budget,
+            last_rate: floor,
+            last_samples: 0,
+            last_at: None,
+            highest: floor,
+            changes: 0,
+        }
     }
 
     /// Whether a [`Self::step`] would measure now (the first call starts the clock).
     fn due(&self, now: Instant) -> bool {
-        self.last_at.is_none_or(|since| now.duration_since(since) >= GOVERNOR_PERIOD)
+        self.last_at
+            .is_none_or(|since| now.duration_since(since) >= GOVERNOR_PERIOD)
     }
 
     /// Called with the running count of sampled allocations; the change to make, if any.
@@ -221,11 +242,19 @@ impl RateGovernor {
         self.last_rate = next;
         self.highest = self.highest.max(next);
         self.changes += 1;
-        Some(RateChange { from: rate, to: next, grace: countdown_grace(per_second) })
+        Some(RateChange {
+            from: rate,
+            to: next,
+            grace: countdown_grace(per_second),
+        })
     }
 
     fn info(&self) -> GovernorInfo {
-        GovernorInfo { floor: self.floor, highest: self.highest, changes: self.changes }
+        GovernorInfo {
+            floor: self.floor,
+            highest: self.highest,
+            changes: self.changes,
+        }
     }
 }
 
@@ -260,12 +289,20 @@ pub struct SampleRates {
 
 impl SampleRates {
     pub fn fixed(rate: u64) -> Self {
-        SampleRates { current: rate, previous: rate, until_ns: 0 }
+        SampleRates {
+            current: rate,
+            previous: rate,
+            until_ns: 0,
+        }
     }
 
     /// The governor made `change` at `at_ns`.
     pub fn change(&mut self, change: &RateChange, at_ns: u64) {
-        *self = SampleRates { current: change.to, previous: change.from, until_ns: at_ns + change.grace.as_nanos() as u64 };
+        *self = SampleRates {
+            current: change.to,
+            previous: change.from,
+            until_ns: at_ns + change.grace.as_nanos() as u64,
+        };
     }
 
     /// The rate a sample taken at `ktime_ns` is scaled at.
@@ -342,7 +379,8 @@ pub struct SamplingInfo {
     pub scaling: &'static str,
 }
 
-pub const SCALING: &str = "estimates: each sample of s bytes counts 1/(1-exp(-s/MemProfileRate)) allocations (as go tool pprof \
+pub const SCALING: &str =
+    "estimates: each sample of s bytes counts 1/(1-exp(-s/MemProfileRate)) allocations (as go tool pprof \
                            scales heap profiles), times 2^k when the kernel's trap budget kept one sample in 2^k";
 
 #[cfg(test)]
@@ -368,10 +406,18 @@ mod tests {
         assert_eq!(governed_rate(K, K, 500, 500.0), K, "at the budget: unchanged");
         assert_eq!(governed_rate(K, K, 500, 501.0), 2 * K);
         assert_eq!(governed_rate(K, K, 500, 2250.0), 8 * K, "4.5x over: 8x the rate");
-        assert_eq!(governed_rate(1, 1, 500, 3e6), 8192, "rate 1 (every allocation) goes up too");
+        assert_eq!(
+            governed_rate(1, 1, 500, 3e6),
+            8192,
+            "rate 1 (every allocation) goes up too"
+        );
         assert_eq!(governed_rate(MAX_GOVERNED_RATE, K, 500, 1e9), MAX_GOVERNED_RATE);
         assert_eq!(governed_rate(8 * K, K, 500, 124.0), 4 * K, "under a quarter: halve");
-        assert_eq!(governed_rate(8 * K, K, 500, 126.0), 8 * K, "between a quarter and the budget: hold");
+        assert_eq!(
+            governed_rate(8 * K, K, 500, 126.0),
+            8 * K,
+            "between a quarter and the budget: hold"
+        );
         assert_eq!(governed_rate(K, K, 500, 0.0), K, "never below the floor");
         assert_eq!(governed_rate(3 * K, 2 * K, 500, 0.0), 2 * K);
     }
@@ -387,7 +433,11 @@ mod tests {
         assert_eq!(g.step(1024, 5000, t0 + GOVERNOR_PERIOD / 2), None, "too early");
         assert!(g.due(t0 + GOVERNOR_PERIOD));
         let to = |c: Option<RateChange>| c.map(|c| (c.from, c.to));
-        assert_eq!(to(g.step(1024, 1000, t0 + s)), Some((1024, 16384)), "1000/s against 100: x10 -> x16");
+        assert_eq!(
+            to(g.step(1024, 1000, t0 + s)),
+            Some((1024, 16384)),
+            "1000/s against 100: x10 -> x16"
+        );
         assert_eq!(to(g.step(16384, 1010, t0 + 2 * s)), Some((16384, 8192)), "10/s: halve");
         assert_eq!(g.step(8192, 1060, t0 + 3 * s), None, "50/s: hold");
         let info = g.info();
@@ -398,7 +448,14 @@ mod tests {
     fn samples_closing_old_countdowns_keep_the_old_rate() {
         let mut rates = SampleRates::fixed(4096);
         assert_eq!((rates.at(0), rates.at(u64::MAX)), (4096, 4096));
-        rates.change(&RateChange { from: 4096, to: 65536, grace: Duration::from_millis(2) }, 10_000_000);
+        rates.change(
+            &RateChange {
+                from: 4096,
+                to: 65536,
+                grace: Duration::from_millis(2),
+            },
+            10_000_000,
+        );
         assert_eq!(rates.at(9_000_000), 4096, "taken before the change");
         assert_eq!(rates.at(11_999_999), 4096, "within the grace");
         assert_eq!(rates.at(12_000_000), 65536);

@@ -13,16 +13,16 @@ use tokio::io::{unix::AsyncFd, Interest};
 
 use crate::{
     correlate::Correlator,
-    finalizers::{FinalizerSection, NeverRan, NeverRanRow},
+    correlate::{goroutine_status, gstatus, status_text},
     error::Failure,
     events::TraceEvent,
+    finalizers::{FinalizerSection, NeverRan, NeverRanRow},
     gotype::{GoType, Memory, TypeNames},
+    heap::{self, HeapAccess, Pause, WalkLimits, WalkStats},
     lifecycle::LifecycleConfig,
     probes::{ProbePlan, Tracer},
     process::Process,
     recording::{Recorder, Recording},
-    correlate::{goroutine_status, gstatus, status_text},
-    heap::{self, HeapAccess, Pause, WalkLimits, WalkStats},
     report::{ChainSearch, ProbeInfo, Report, TargetInfo},
     retention::RetainedRow,
     sampling::{Mode, SampleRate, SampleRates, SamplingInfo, SamplingOptions, SCALING},
@@ -52,7 +52,11 @@ impl Memory for ProcessOrFile {
             Some(p) => p.read(addr, buf),
             None => Err(std::io::ErrorKind::NotFound.into()),
         };
-        live.or_else(|e| self.binary.read_static(addr.wrapping_sub(self.load_bias), buf).map_err(|_| e))
+        live.or_else(|e| {
+            self.binary
+                .read_static(addr.wrapping_sub(self.load_bias), buf)
+                .map_err(|_| e)
+        })
     }
 }
 
@@ -61,7 +65,11 @@ impl Names {
         Names {
             symbols: Symbolizer::new(binary.clone(), load_bias),
             types: TypeNames::new(binary.types_base().map(|b| b.wrapping_add(load_bias))),
-            memory: ProcessOrFile { process, binary, load_bias },
+            memory: ProcessOrFile {
+                process,
+                binary,
+                load_bias,
+            },
         }
     }
 }
@@ -97,14 +105,22 @@ pub fn replay(binary: Arc<GoBinary>, recording: &Recording, retain_cycles: u32) 
 }
 
 fn correlator(binary: &GoBinary, retain_cycles: u32) -> Correlator {
-    Correlator::new(LifecycleConfig { retain_cycles, ..LifecycleConfig::default() }, binary.layout().cleanups)
+    Correlator::new(
+        LifecycleConfig {
+            retain_cycles,
+            ..LifecycleConfig::default()
+        },
+        binary.layout().cleanups,
+    )
 }
 
 fn open_binary(process: &Process) -> Result<GoBinary, Failure> {
     GoBinary::open(&process.exe_path).map_err(|e| match e {
-        TargetError::NotElf(_) | TargetError::NotGo(_) => {
-            Failure::NotGo { pid: process.pid, exe: process.exe_display.clone(), why: e.to_string() }
-        }
+        TargetError::NotElf(_) | TargetError::NotGo(_) => Failure::NotGo {
+            pid: process.pid,
+            exe: process.exe_display.clone(),
+            why: e.to_string(),
+        },
         TargetError::UnsupportedVersion { version, reason } => Failure::UnsupportedGo { version, why: reason },
         other => Failure::Other(anyhow::anyhow!("reading {}: {other}", process.exe_display)),
     })
@@ -177,7 +193,12 @@ impl Session {
         let load_bias = process.load_bias(binary.load_vaddr()).unwrap_or(0);
         let mut state = correlator(&binary, opts.retain_cycles);
         let rate = match opts.mode {
-            Mode::Sampled => Some(SampleRate::attach(process.clone(), &binary.layout().sampling, load_bias, &opts.sampling)?),
+            Mode::Sampled => Some(SampleRate::attach(
+                process.clone(),
+                &binary.layout().sampling,
+                load_bias,
+                &opts.sampling,
+            )?),
             Mode::Full => None,
         };
         if let Some(rate) = &rate {
@@ -191,7 +212,10 @@ impl Session {
             }
         };
         let records = readable(tracer.take_records().map_err(Failure::Other)?)?;
-        let exit_fd = process.exit_fd().try_clone_to_owned().map_err(|e| Failure::Other(e.into()))?;
+        let exit_fd = process
+            .exit_fd()
+            .try_clone_to_owned()
+            .map_err(|e| Failure::Other(e.into()))?;
         let mut drain_timer = tokio::time::interval(DRAIN_EVERY);
         drain_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         Ok(Session {
@@ -253,7 +277,11 @@ impl Session {
 
     /// The target's memory (the binary file for static data once it has exited).
     pub fn memory(&self) -> impl Memory {
-        ProcessOrFile { process: Some(self.process.clone()), binary: self.binary.clone(), load_bias: self.load_bias }
+        ProcessOrFile {
+            process: Some(self.process.clone()),
+            binary: self.binary.clone(),
+            load_bias: self.load_bias,
+        }
     }
 
     /// Waits until records arrive or the drain timer fires (and correlates every queued record), or
@@ -312,7 +340,9 @@ impl Session {
         let now = monotonic_ns();
         let mut retained = self.state.retained(&mut self.names, exited, now);
         let memory = self.memory();
-        let mut finalizers = self.state.finalizer_section(&mut self.names, &memory, self.binary.layout(), now);
+        let mut finalizers = self
+            .state
+            .finalizer_section(&mut self.names, &memory, self.binary.layout(), now);
         let held = |f: &FinalizerSection| f.never_ran.iter().any(NeverRanRow::wants_chain);
         let chains = self
             .chains
@@ -349,7 +379,12 @@ impl Session {
 
     /// Walks the live target's heap from its roots to the retained rows' objects, and to the objects of the
     /// finalizers and cleanups that never ran because they are reachable, and fills in their `held_by`.
-    fn search_chains(&mut self, rows: &mut [RetainedRow], never_ran: &mut [NeverRanRow], options: ChainOptions) -> ChainSearch {
+    fn search_chains(
+        &mut self,
+        rows: &mut [RetainedRow],
+        never_ran: &mut [NeverRanRow],
+        options: ChainOptions,
+    ) -> ChainSearch {
         let ChainOptions { max_pause, max_depth } = options;
         let mut search = ChainSearch {
             roots: "package-level variables, goroutine stacks, and the closures of finalizers and cleanups not run",
@@ -366,15 +401,24 @@ impl Session {
             Ok(m) => m,
             Err(why) => {
                 // Without symbols maptrace finds the heap from code patterns; a build that keeps them needs none.
-                let hint = if self.binary.has_symtab() { "" } else { "; a build without -ldflags=-s -w has the symbols this needs" };
+                let hint = if self.binary.has_symtab() {
+                    ""
+                } else {
+                    "; a build without -ldflags=-s -w has the symbols this needs"
+                };
                 search.unavailable = Some(format!("{why}{hint}"));
                 return search;
             }
         };
         let objects = self.state.retained_objects(CHAIN_OBJECTS_PER_SITE);
         let unexplained = || never_ran.iter().filter(|r| r.wants_chain());
-        let targets: HashSet<u64> =
-            rows.iter().filter_map(|r| objects.get(&r.site)).flatten().chain(unexplained().flat_map(|r| &r.objects)).copied().collect();
+        let targets: HashSet<u64> = rows
+            .iter()
+            .filter_map(|r| objects.get(&r.site))
+            .flatten()
+            .chain(unexplained().flat_map(|r| &r.objects))
+            .copied()
+            .collect();
         let memory = &*self.process;
         let runtime = self.binary.layout();
         let bias = self.load_bias;
@@ -386,7 +430,10 @@ impl Session {
         // its object to whichever root came first (conservatively scanned memory keeps stale pointers).
         let closures = heap::closure_roots(self.state.unrun_closures().into_iter().map(|(mechanism, funcval)| {
             let code = memory.read_u64(funcval).unwrap_or(0);
-            let name = self.binary.function_at(code.wrapping_sub(bias)).map_or_else(|| format!("{code:#x}"), |f| f.name.clone());
+            let name = self
+                .binary
+                .function_at(code.wrapping_sub(bias))
+                .map_or_else(|| format!("{code:#x}"), |f| f.name.clone());
             (mechanism.as_str(), name, funcval)
         }));
         let mut roots = if model.globals.is_empty() {
@@ -406,10 +453,18 @@ impl Session {
                 }
                 let id = memory.read_u64(g + runtime.goid_offset).ok()?;
                 // waitsince is nanotime(), CLOCK_MONOTONIC like ours; 0 until a GC cycle saw the goroutine waiting.
-                let since = memory.read_u64(g + runtime.g_waitsince).ok().filter(|&t| t != 0 && status == gstatus::WAITING);
+                let since = memory
+                    .read_u64(g + runtime.g_waitsince)
+                    .ok()
+                    .filter(|&t| t != 0 && status == gstatus::WAITING);
                 let blocked_ms = since.map(|t| monotonic_ns().saturating_sub(t) / 1_000_000);
                 let state = status_text(memory, runtime, g, status);
-                Some(heap::Goroutine { id, state, running: status == gstatus::RUNNING, blocked_ms })
+                Some(heap::Goroutine {
+                    id,
+                    state,
+                    running: status == gstatus::RUNNING,
+                    blocked_ms,
+                })
             },
             |pc| self.binary.function_at(pc.wrapping_sub(bias)).map(|f| f.name.clone()),
             |pc| self.binary.frame_pointers(pc),
@@ -419,7 +474,11 @@ impl Session {
             let (addr, name) = state.allocation_in(base, size, names)?;
             Some((heap::type_named(&model.types, &name)?, addr.saturating_sub(base)))
         };
-        let access = HeapAccess { memory, model: &model, load_bias: bias };
+        let access = HeapAccess {
+            memory,
+            model: &model,
+            load_bias: bias,
+        };
         let limits = WalkLimits::with_depth(max_depth);
         let (chains, mut walk) = heap::find_chains(access, &roots, &targets, &mut hint, limits, &mut pause);
         let own: HashSet<u64> = unexplained().flat_map(|r| &r.objects).copied().collect();
@@ -431,7 +490,9 @@ impl Session {
         search.pause_failed = pause.failed.take();
         for r in rows.iter_mut() {
             if let Some(objs) = objects.get(&r.site) {
-                let mut shapes = heap::held_by(objs, &chains, |base, size| Some(self.state.allocation_in(base, size, &mut self.names)?.1));
+                let mut shapes = heap::held_by(objs, &chains, |base, size| {
+                    Some(self.state.allocation_in(base, size, &mut self.names)?.1)
+                });
                 // Each shape's diagnosis, with its share of the row's bytes.
                 let found: u64 = shapes.iter().map(|h| h.objects).sum();
                 for h in &mut shapes {
@@ -449,9 +510,16 @@ impl Session {
                 NeverRan::ReachableFromOwnFinalizer => (&closure_chains, &chains),
                 _ => (&chains, &closure_chains),
             };
-            let merged: HashMap<u64, heap::Chain> =
-                r.objects.iter().filter_map(|o| Some((*o, first.get(o).or_else(|| then.get(o))?.clone()))).collect();
-            r.held_by = heap::held_by(&r.objects, &merged, |base, size| Some(self.state.allocation_in(base, size, &mut self.names)?.1)).into_iter().next();
+            let merged: HashMap<u64, heap::Chain> = r
+                .objects
+                .iter()
+                .filter_map(|o| Some((*o, first.get(o).or_else(|| then.get(o))?.clone())))
+                .collect();
+            r.held_by = heap::held_by(&r.objects, &merged, |base, size| {
+                Some(self.state.allocation_in(base, size, &mut self.names)?.1)
+            })
+            .into_iter()
+            .next();
         }
         search.walk = walk;
         search

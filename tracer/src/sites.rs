@@ -153,7 +153,9 @@ impl SiteTable {
         let mut untyped_as = None;
         let mut below_other_runtime = false;
         for (i, &pc) in ev.stack.iter().enumerate().skip(1) {
-            let Some(f) = names.frame(pc.wrapping_sub(1)) else { continue };
+            let Some(f) = names.frame(pc.wrapping_sub(1)) else {
+                continue;
+            };
             if !is_runtime_function(&f.function) {
                 site = Some(i);
                 break;
@@ -197,12 +199,25 @@ impl SiteTable {
             None => (0, &ev.stack[..0]),
         };
         let elem_type = ev.kind == RecordKind::Container && ev.container == ContainerKind::Slice;
-        let key = SiteKey { site_pc, kind, type_ptr: ev.type_ptr, elem_type, untyped_as, sampled };
+        let key = SiteKey {
+            site_pc,
+            kind,
+            type_ptr: ev.type_ptr,
+            elem_type,
+            untyped_as,
+            sampled,
+        };
         let id = match self.index.get(&key) {
             Some(&id) => id,
             None => {
                 let id = self.sites.len() as u64;
-                let stats = SiteStats { count: 0.0, bytes: 0.0, records: 0, record_bytes: 0, callers: user_callers(callers, names) };
+                let stats = SiteStats {
+                    count: 0.0,
+                    bytes: 0.0,
+                    records: 0,
+                    record_bytes: 0,
+                    callers: user_callers(callers, names),
+                };
                 self.sites.push((key, stats));
                 self.index.insert(key, id);
                 id
@@ -213,7 +228,10 @@ impl SiteTable {
         stats.bytes += weight * ev.size as f64;
         stats.records += 1;
         stats.record_bytes += ev.size;
-        Some(SiteHit { site: id, frame_index: site })
+        Some(SiteHit {
+            site: id,
+            frame_index: site,
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -228,7 +246,10 @@ impl SiteTable {
     pub fn rows(&self, names: &mut dyn Resolve, limit: usize) -> Vec<SiteRow> {
         let mut order: Vec<&(SiteKey, SiteStats)> = self.sites.iter().collect();
         order.sort_by(|a, b| {
-            b.1.bytes.total_cmp(&a.1.bytes).then(b.1.count.total_cmp(&a.1.count)).then(a.0.site_pc.cmp(&b.0.site_pc))
+            b.1.bytes
+                .total_cmp(&a.1.bytes)
+                .then(b.1.count.total_cmp(&a.1.count))
+                .then(a.0.site_pc.cmp(&b.0.site_pc))
         });
         order.into_iter().take(limit).map(|(k, s)| row(k, s, names)).collect()
     }
@@ -244,7 +265,9 @@ impl SiteTable {
     /// are sampled more often than small ones, so the two differ.)
     pub fn scale(&self, site: u64) -> (f64, f64) {
         let ratio = |est: f64, seen: u64| if seen == 0 { 1.0 } else { est / seen as f64 };
-        self.sites.get(site as usize).map_or((1.0, 1.0), |(_, s)| (ratio(s.count, s.records), ratio(s.bytes, s.record_bytes)))
+        self.sites.get(site as usize).map_or((1.0, 1.0), |(_, s)| {
+            (ratio(s.count, s.records), ratio(s.bytes, s.record_bytes))
+        })
     }
 
     /// Whether a site's records are samples.
@@ -285,7 +308,9 @@ pub fn frame_row(pc: u64, names: &mut dyn Resolve) -> FrameRow {
 fn user_callers(callers: &[u64], names: &mut dyn Resolve) -> Vec<u64> {
     let mut out = Vec::with_capacity(callers.len().min(ROW_DEPTH));
     for (i, &pc) in callers.iter().enumerate().take(ROW_DEPTH) {
-        let runtime = names.frame(pc.wrapping_sub(1)).is_some_and(|f| is_runtime_function(&f.function));
+        let runtime = names
+            .frame(pc.wrapping_sub(1))
+            .is_some_and(|f| is_runtime_function(&f.function));
         if i > 0 && runtime {
             break;
         }
@@ -296,8 +321,10 @@ fn user_callers(callers: &[u64], names: &mut dyn Resolve) -> Vec<u64> {
 
 /// The runtime functions that make a slice's backing array.
 fn is_slice_constructor(function: &str) -> bool {
-    matches!(function, "runtime.makeslice" | "runtime.makeslice64" | "runtime.makeslicecopy")
-        || function.starts_with("runtime.growslice")
+    matches!(
+        function,
+        "runtime.makeslice" | "runtime.makeslice64" | "runtime.makeslicecopy"
+    ) || function.starts_with("runtime.growslice")
 }
 
 /// What the runtime's untyped (pointer-free) allocations hold, by the function that makes them.
@@ -364,7 +391,12 @@ mod tests {
                 0x2100..=0x21ff => "main.main",
                 _ => return None,
             };
-            Some(Arc::new(Frame { function: function.into(), file: "/src/main.go".into(), line: (pc & 0xff) as u32, entry: pc & !0xff }))
+            Some(Arc::new(Frame {
+                function: function.into(),
+                file: "/src/main.go".into(),
+                line: (pc & 0xff) as u32,
+                entry: pc & !0xff,
+            }))
         }
 
         fn go_type(&mut self, type_ptr: u64) -> Option<Arc<GoType>> {
@@ -376,7 +408,10 @@ mod tests {
                 0x4e0000 => "runtime.sudog",
                 _ => return None,
             };
-            Some(Arc::new(GoType { name: name.into(), size: 48 }))
+            Some(Arc::new(GoType {
+                name: name.into(),
+                size: 48,
+            }))
         }
 
         fn memory(&self) -> &dyn Memory {
@@ -401,12 +436,48 @@ mod tests {
     #[test]
     fn objects_slices_and_maps_get_their_own_rows() {
         let mut t = SiteTable::default();
-        let obj = event(RecordKind::Alloc, ContainerKind::None, &[0x1000, 0x2010, 0x2110], 0x4a0000, 48);
-        let inner = event(RecordKind::Alloc, ContainerKind::Slice, &[0x1000, 0x1110, 0x2020, 0x2110], 0x4b0000, 4096);
-        let slice = event(RecordKind::Container, ContainerKind::Slice, &[0x1100, 0x2020, 0x2110], 0x4b0000, 4096);
-        let map = event(RecordKind::Container, ContainerKind::Map, &[0x1100, 0x2030, 0x2110], 0x4c0000, 400);
-        let growth = event(RecordKind::Alloc, ContainerKind::None, &[0x1000, 0x1210, 0x2040, 0x2110], 0x4d0000, 800);
-        let directory = event(RecordKind::Container, ContainerKind::Slice, &[0x1100, 0x1210, 0x2040, 0x2110], 0x4a0000, 8);
+        let obj = event(
+            RecordKind::Alloc,
+            ContainerKind::None,
+            &[0x1000, 0x2010, 0x2110],
+            0x4a0000,
+            48,
+        );
+        let inner = event(
+            RecordKind::Alloc,
+            ContainerKind::Slice,
+            &[0x1000, 0x1110, 0x2020, 0x2110],
+            0x4b0000,
+            4096,
+        );
+        let slice = event(
+            RecordKind::Container,
+            ContainerKind::Slice,
+            &[0x1100, 0x2020, 0x2110],
+            0x4b0000,
+            4096,
+        );
+        let map = event(
+            RecordKind::Container,
+            ContainerKind::Map,
+            &[0x1100, 0x2030, 0x2110],
+            0x4c0000,
+            400,
+        );
+        let growth = event(
+            RecordKind::Alloc,
+            ContainerKind::None,
+            &[0x1000, 0x1210, 0x2040, 0x2110],
+            0x4d0000,
+            800,
+        );
+        let directory = event(
+            RecordKind::Container,
+            ContainerKind::Slice,
+            &[0x1100, 0x1210, 0x2040, 0x2110],
+            0x4a0000,
+            8,
+        );
         for e in [&obj, &obj, &inner, &slice, &map, &growth, &directory] {
             t.add(e, &mut Fake);
         }
@@ -418,7 +489,11 @@ mod tests {
         assert_eq!(o.stack[0].line, 0x0f);
         assert_eq!(o.stack[1].function, "main.main");
         let s = find(ValueKind::Slice, "[]uint8").expect("slice row");
-        assert_eq!((s.count, s.bytes), (1, 4096), "the inner allocation is not counted twice");
+        assert_eq!(
+            (s.count, s.bytes),
+            (1, 4096),
+            "the inner allocation is not counted twice"
+        );
         let m = find(ValueKind::Map, "map[string]int").expect("map row");
         assert_eq!((m.count, m.bytes), (1, 400));
         let g = find(ValueKind::Map, "noalg.map.bucket[string]int").expect("map growth row");
@@ -434,9 +509,18 @@ mod tests {
     #[test]
     fn untyped_and_unknown_types_are_named_honestly() {
         let mut t = SiteTable::default();
-        t.add(&event(RecordKind::Container, ContainerKind::Map, &[0x1100, 0x2030], 0, 48), &mut Fake);
-        t.add(&event(RecordKind::Alloc, ContainerKind::None, &[0x1000, 0x2030], 0, 24), &mut Fake);
-        t.add(&event(RecordKind::Alloc, ContainerKind::None, &[0x1000, 0x2030], 0x999, 24), &mut Fake);
+        t.add(
+            &event(RecordKind::Container, ContainerKind::Map, &[0x1100, 0x2030], 0, 48),
+            &mut Fake,
+        );
+        t.add(
+            &event(RecordKind::Alloc, ContainerKind::None, &[0x1000, 0x2030], 0, 24),
+            &mut Fake,
+        );
+        t.add(
+            &event(RecordKind::Alloc, ContainerKind::None, &[0x1000, 0x2030], 0x999, 24),
+            &mut Fake,
+        );
         let names: Vec<String> = t.rows(&mut Fake, 10).into_iter().map(|r| r.type_name).collect();
         assert!(names.contains(&"map (untyped)".to_string()));
         assert!(names.contains(&"(untyped noscan)".to_string()));
@@ -446,8 +530,14 @@ mod tests {
     #[test]
     fn untyped_strings_and_byte_slices_are_named_by_their_maker() {
         let mut t = SiteTable::default();
-        t.add(&event(RecordKind::Alloc, ContainerKind::None, &[0x1000, 0x1310, 0x2030], 0, 24), &mut Fake);
-        t.add(&event(RecordKind::Alloc, ContainerKind::None, &[0x1000, 0x1410, 0x2030], 0, 32), &mut Fake);
+        t.add(
+            &event(RecordKind::Alloc, ContainerKind::None, &[0x1000, 0x1310, 0x2030], 0, 24),
+            &mut Fake,
+        );
+        t.add(
+            &event(RecordKind::Alloc, ContainerKind::None, &[0x1000, 0x1410, 0x2030], 0, 32),
+            &mut Fake,
+        );
         let rows = t.rows(&mut Fake, 10);
         let kinds: Vec<(ValueKind, String)> = rows.into_iter().map(|r| (r.kind, r.type_name)).collect();
         assert!(kinds.contains(&(ValueKind::String, "string".into())), "{kinds:?}");
@@ -458,22 +548,58 @@ mod tests {
     fn allocations_the_runtime_makes_inside_another_are_its_own() {
         let mut t = SiteTable::default();
         // A GC starting inside main's allocation allocates too.
-        t.add(&event(RecordKind::Alloc, ContainerKind::None, &[0x1000, 0x1510, 0x1010, 0x2010], 0x4a0000, 48), &mut Fake);
+        t.add(
+            &event(
+                RecordKind::Alloc,
+                ContainerKind::None,
+                &[0x1000, 0x1510, 0x1010, 0x2010],
+                0x4a0000,
+                48,
+            ),
+            &mut Fake,
+        );
         // Go 1.27: mallocgc hands the size to a specialized allocator: main's own allocation.
-        t.add(&event(RecordKind::Alloc, ContainerKind::None, &[0x1600, 0x1010, 0x2010], 0x4a0000, 48), &mut Fake);
+        t.add(
+            &event(
+                RecordKind::Alloc,
+                ContainerKind::None,
+                &[0x1600, 0x1010, 0x2010],
+                0x4a0000,
+                48,
+            ),
+            &mut Fake,
+        );
         let rows = t.rows(&mut Fake, 10);
         assert_eq!(rows.len(), 2, "{rows:#?}");
-        let sites: Vec<&str> = rows.iter().map(|r| r.stack.first().map_or("(runtime)", |f| f.function.as_str())).collect();
-        assert!(sites.contains(&"(runtime)") && sites.contains(&"main.makeThings"), "{sites:?}");
+        let sites: Vec<&str> = rows
+            .iter()
+            .map(|r| r.stack.first().map_or("(runtime)", |f| f.function.as_str()))
+            .collect();
+        assert!(
+            sites.contains(&"(runtime)") && sites.contains(&"main.makeThings"),
+            "{sites:?}"
+        );
     }
 
     #[test]
     fn the_collectors_and_the_runtimes_own_objects_are_not_the_callers() {
         let mut t = SiteTable::default();
         // runtime.GC starting its mark workers from main.
-        let worker = event(RecordKind::Alloc, ContainerKind::None, &[0x1000, 0x1810, 0x1710, 0x2010], 0x4a0000, 16);
+        let worker = event(
+            RecordKind::Alloc,
+            ContainerKind::None,
+            &[0x1000, 0x1810, 0x1710, 0x2010],
+            0x4a0000,
+            16,
+        );
         // A sudog for a channel wait in main.
-        let sudog = event(RecordKind::Alloc, ContainerKind::None, &[0x1000, 0x1910, 0x2010], 0x4e0000, 88);
+        let sudog = event(
+            RecordKind::Alloc,
+            ContainerKind::None,
+            &[0x1000, 0x1910, 0x2010],
+            0x4e0000,
+            88,
+        );
         assert_eq!(t.add(&worker, &mut Fake).unwrap().frame_index, None);
         assert_eq!(t.add(&sudog, &mut Fake).unwrap().frame_index, None);
         assert!(t.rows(&mut Fake, 10).iter().all(|r| r.stack.is_empty()));
@@ -482,7 +608,10 @@ mod tests {
     #[test]
     fn a_stack_with_only_runtime_frames_has_an_empty_site() {
         let mut t = SiteTable::default();
-        t.add(&event(RecordKind::Alloc, ContainerKind::None, &[0x1000, 0x1010], 0x4a0000, 48), &mut Fake);
+        t.add(
+            &event(RecordKind::Alloc, ContainerKind::None, &[0x1000, 0x1010], 0x4a0000, 48),
+            &mut Fake,
+        );
         let rows = t.rows(&mut Fake, 10);
         assert_eq!(rows.len(), 1);
         assert!(rows[0].stack.is_empty());

@@ -14,7 +14,11 @@ pub struct Symbolizer {
 
 impl Symbolizer {
     pub fn new(binary: Arc<GoBinary>, load_bias: u64) -> Self {
-        Self { binary, load_bias, cache: HashMap::new() }
+        Self {
+            binary,
+            load_bias,
+            cache: HashMap::new(),
+        }
     }
 
     /// The frame executing `pc`. Pass a return address minus one so the call's own line is found.
@@ -60,9 +64,15 @@ pub fn is_runtime_type(type_name: &str) -> bool {
 /// Runtime functions that work on maps: an allocation below one is map storage.
 pub fn is_map_function(name: &str) -> bool {
     name.starts_with("internal/runtime/maps.")
-        || ["runtime.map", "runtime.hashGrow", "runtime.growWork", "runtime.makeBucketArray", "runtime.newoverflow"]
-            .iter()
-            .any(|p| name.starts_with(p))
+        || [
+            "runtime.map",
+            "runtime.hashGrow",
+            "runtime.growWork",
+            "runtime.makeBucketArray",
+            "runtime.newoverflow",
+        ]
+        .iter()
+        .any(|p| name.starts_with(p))
 }
 
 #[cfg(test)]

@@ -66,7 +66,8 @@ pub async fn run(opts: &TraceOptions) -> Result<(Report, Session), Failure> {
     );
     if let Some(path) = &opts.record {
         let load_bias = session.process.load_bias(session.binary.load_vaddr()).unwrap_or(0);
-        let recorder = Recorder::create(path, load_bias).map_err(|e| Failure::Other(anyhow::anyhow!("--record {}: {e}", path.display())))?;
+        let recorder = Recorder::create(path, load_bias)
+            .map_err(|e| Failure::Other(anyhow::anyhow!("--record {}: {e}", path.display())))?;
         session.record_to(recorder);
     }
 
@@ -74,7 +75,11 @@ pub async fn run(opts: &TraceOptions) -> Result<(Report, Session), Failure> {
     let mut sigterm = signal(SignalKind::terminate()).map_err(|e| Failure::Other(e.into()))?;
     let deadline = tokio::time::sleep(opts.duration.unwrap_or(Duration::from_secs(u64::MAX / 4)));
     tokio::pin!(deadline);
-    let mut tick = tokio::time::interval(if opts.live { Duration::from_secs(1) } else { Duration::from_secs(5) });
+    let mut tick = tokio::time::interval(if opts.live {
+        Duration::from_secs(1)
+    } else {
+        Duration::from_secs(5)
+    });
     tick.tick().await;
     let start = Instant::now();
 

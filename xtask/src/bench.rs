@@ -49,7 +49,11 @@ impl Run {
                 .and_then(|v| v.parse().ok())
                 .with_context(|| format!("no {key}= in the benchmark's done line {done:?}"))
         };
-        Ok(Run { ops: field("ops")?, seconds: field("nanos")? / 1e9, mallocs: field("mallocs")? })
+        Ok(Run {
+            ops: field("ops")?,
+            seconds: field("nanos")? / 1e9,
+            mallocs: field("mallocs")?,
+        })
     }
 
     fn ops_per_second(&self) -> f64 {
@@ -103,9 +107,19 @@ pub fn bench(layout: &Layout, rounds: usize, duration: Duration, agent_minutes: 
         untraced.push(run_untraced(&target, &args)?);
         untraced_profiled.push(run_untraced(&target, &profiled)?);
         sampled.push(run_traced(&target, &profiled, &["--mode", "sampled"], None)?);
-        governed.push(run_traced(&target, &profiled, &["--mode", "sampled", "--write-memprofilerate"], None)?);
+        governed.push(run_traced(
+            &target,
+            &profiled,
+            &["--mode", "sampled", "--write-memprofilerate"],
+            None,
+        )?);
         floor.push(run_floor(layout, &target, &args)?);
-        traced.push(run_traced(&target, &args, &[], (round == 0).then_some(recording.as_path()))?);
+        traced.push(run_traced(
+            &target,
+            &args,
+            &[],
+            (round == 0).then_some(recording.as_path()),
+        )?);
     }
 
     let median = |mut v: Vec<f64>| {
@@ -121,19 +135,34 @@ pub fn bench(layout: &Layout, rounds: usize, duration: Duration, agent_minutes: 
         let (min, med, max) = median(runs.iter().map(|r| r.ops_per_second()).collect());
         let (_, allocs, _) = median(runs.iter().map(|r| r.allocations_per_second()).collect());
         let added = ns_added(allocs);
-        println!("{name:<10} {min:>12.0} {med:>12.0} {max:>12.0} {:>10.3} {allocs:>14.0} {added:>16.1}", u_med / med);
+        println!(
+            "{name:<10} {min:>12.0} {med:>12.0} {max:>12.0} {:>10.3} {allocs:>14.0} {added:>16.1}",
+            u_med / med
+        );
         (med, added)
     };
 
-    println!("\nallocbench, Go {PRIMARY}, {GOROUTINES} goroutines, {:.1} s per run, {rounds} runs each, interleaved", duration.as_secs_f64());
-    println!("{:<10} {:>12} {:>12} {:>12} {:>10} {:>14} {:>16}", "", "ops/s min", "median", "max", "÷ untraced", "allocs/s", "ns added/alloc");
+    println!(
+        "\nallocbench, Go {PRIMARY}, {GOROUTINES} goroutines, {:.1} s per run, {rounds} runs each, interleaved",
+        duration.as_secs_f64()
+    );
+    println!(
+        "{:<10} {:>12} {:>12} {:>12} {:>10} {:>14} {:>16}",
+        "", "ops/s min", "median", "max", "÷ untraced", "allocs/s", "ns added/alloc"
+    );
     row("untraced", &untraced.iter().collect::<Vec<_>>());
     let (p_med, _) = row("profiled", &untraced_profiled.iter().collect::<Vec<_>>());
     let (s_med, _) = row("sampled", &runs_of(&sampled));
     let (g_med, _) = row("governed", &runs_of(&governed));
     let (_, floor_ns) = row("empty", &floor.iter().collect::<Vec<_>>());
     let (_, full_ns) = row("full", &runs_of(&traced));
-    let slower = |med: f64| format!("{:.1}% slower than profiled, {:.1}% than untraced", (p_med / med - 1.0) * 100.0, (u_med / med - 1.0) * 100.0);
+    let slower = |med: f64| {
+        format!(
+            "{:.1}% slower than profiled, {:.1}% than untraced",
+            (p_med / med - 1.0) * 100.0,
+            (u_med / med - 1.0) * 100.0
+        )
+    };
     println!("profiled: untraced, the target's heap profiler on at Go's default rate ({GO_DEFAULT_MEMPROFILERATE} B)");
     println!("sampled: maptrace --mode sampled riding it ({})", slower(s_med));
     println!(
@@ -163,11 +192,17 @@ pub fn bench(layout: &Layout, rounds: usize, duration: Duration, agent_minutes: 
 
     let binary = layout.go_targets_out().join(PRIMARY).join("allocbench");
     let mut cmd = process::cargo(&layout.root);
-    cmd.args(["bench", "-q", "-p", "tracer", "--bench", "pipeline", "--"]).arg(&recording).arg(&binary).arg("10");
+    cmd.args(["bench", "-q", "-p", "tracer", "--bench", "pipeline", "--"])
+        .arg(&recording)
+        .arg(&binary)
+        .arg("10");
     println!("\n$ {}", process::describe(&cmd));
     let out = cmd.output().context("running the pipeline benchmark")?;
     if !out.status.success() {
-        bail!("the pipeline benchmark failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "the pipeline benchmark failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let stdout = String::from_utf8_lossy(&out.stdout);
     let p: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
@@ -197,8 +232,13 @@ pub fn bench(layout: &Layout, rounds: usize, duration: Duration, agent_minutes: 
 /// or throttled by a CPU limit. Each run stops maptrace (SIGSTOP) for a while in the middle of a
 /// full-mode trace and counts what the ring buffer could not hold.
 fn stall_bench(target: &Path) -> Result<()> {
-    println!("\nwhere loss starts: maptrace stopped (SIGSTOP) mid-trace, full mode, allocbench with {GOROUTINES} goroutines");
-    println!("{:>8} {:>12} {:>12} {:>10} {:>14}", "stall s", "records", "lost", "lost %", "records/s");
+    println!(
+        "\nwhere loss starts: maptrace stopped (SIGSTOP) mid-trace, full mode, allocbench with {GOROUTINES} goroutines"
+    );
+    println!(
+        "{:>8} {:>12} {:>12} {:>10} {:>14}",
+        "stall s", "records", "lost", "lost %", "records/s"
+    );
     for stall_ms in [250u64, 500, 1000, 2000, 4000] {
         let stall = Duration::from_millis(stall_ms);
         let run = format!("-duration={}ms", stall_ms + 2000);
@@ -232,7 +272,10 @@ const PROMETHEUS: &str = "/usr/bin/prometheus";
 fn attach_bench(layout: &Layout, primary: &go_versions::GoVersion) -> Result<()> {
     let big = bigbin::build(layout, primary)?;
     println!("\nattach time (median of 3): wall = maptrace started -> attached; probes = loading and attaching the eBPF programs alone");
-    println!("{:<34} {:>8} {:>9} {:>8} {:>9} {:>8} {:>10}", "binary", "MB", "Go", "mode", "uprobes", "wall s", "probes s");
+    println!(
+        "{:<34} {:>8} {:>9} {:>8} {:>9} {:>8} {:>10}",
+        "binary", "MB", "Go", "mode", "uprobes", "wall s", "probes s"
+    );
     let scratch = layout.cache().join("bench").join("prometheus");
     let config = scratch.join("prometheus.yml");
     fs::create_dir_all(&scratch)?;
@@ -242,7 +285,8 @@ fn attach_bench(layout: &Layout, primary: &go_versions::GoVersion) -> Result<()>
         format!("--storage.tsdb.path={}", scratch.join("data").display()),
         "--web.listen-address=127.0.0.1:0".to_string(),
     ];
-    let mut binaries: Vec<(String, std::path::PathBuf, Vec<String>)> = vec![("generated (bench/bigbin)".into(), big, Vec::new())];
+    let mut binaries: Vec<(String, std::path::PathBuf, Vec<String>)> =
+        vec![("generated (bench/bigbin)".into(), big, Vec::new())];
     if Path::new(PROMETHEUS).exists() {
         binaries.push((PROMETHEUS.into(), PROMETHEUS.into(), prometheus_args.to_vec()));
     }
@@ -271,7 +315,10 @@ fn attach_bench(layout: &Layout, primary: &go_versions::GoVersion) -> Result<()>
             probes.sort_by(f64::total_cmp);
             println!(
                 "{name:<34} {mb:>8.1} {:>9} {mode:>8} {:>9} {:>8.3} {:>10.3}",
-                report["target"]["go_version"].as_str().unwrap_or("?").trim_start_matches("go"),
+                report["target"]["go_version"]
+                    .as_str()
+                    .unwrap_or("?")
+                    .trim_start_matches("go"),
                 report["probes"]["uprobes"].as_u64().unwrap_or(0),
                 wall[1],
                 probes[1]
@@ -333,8 +380,12 @@ fn run_untraced(target: &Path, args: &[&str]) -> Result<Run> {
 fn run_floor(layout: &Layout, target: &Path, args: &[&str]) -> Result<Run> {
     let mut t = Target::start(target, args);
     let mut cmd = process::cargo(&layout.root);
-    cmd.args(["bench", "-q", "-p", "tracer", "--bench", "floor", "--"]).arg(t.pid.to_string());
-    let mut floor = cmd.stdout(std::process::Stdio::piped()).spawn().context("running the floor benchmark")?;
+    cmd.args(["bench", "-q", "-p", "tracer", "--bench", "floor", "--"])
+        .arg(t.pid.to_string());
+    let mut floor = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("running the floor benchmark")?;
     let attached = e2e::Lines::spawn(floor.stdout.take().context("piped")?);
     attached.until("the empty programs to attach", |l| l.starts_with("attached"));
     t.go();
@@ -352,7 +403,13 @@ fn run_traced(target: &Path, args: &[&str], extra: &[&str], record: Option<&Path
 }
 
 /// [`run_traced`], calling `during` with maptrace's PID once the target runs its measured phase.
-fn run_traced_with(target: &Path, args: &[&str], extra: &[&str], record: Option<&Path>, during: &dyn Fn(u32)) -> Result<Traced> {
+fn run_traced_with(
+    target: &Path,
+    args: &[&str],
+    extra: &[&str],
+    record: Option<&Path>,
+    during: &dyn Fn(u32),
+) -> Result<Traced> {
     let mut t = Target::start(target, args);
     let pid = t.pid.to_string();
     let mut maptrace_args = vec!["--pid", &pid, "--json", "--no-live"];
@@ -396,7 +453,11 @@ fn peak_rss_watcher(pid: u32) -> std::thread::JoinHandle<u64> {
     std::thread::spawn(move || {
         let mut peak = 0;
         while let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
-            if let Some(kib) = status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().trim_end_matches(" kB").parse().ok()) {
+            if let Some(kib) = status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
+            {
                 peak = kib;
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -404,7 +465,6 @@ fn peak_rss_watcher(pid: u32) -> std::thread::JoinHandle<u64> {
         peak
     })
 }
-
 
 /// Copies of the demo server the agent bench traces.
 const AGENT_TARGETS: usize = 10;
@@ -417,7 +477,9 @@ pub fn agent_bench(layout: &Layout, minutes: u64) -> Result<()> {
     let copy = dir.join(&name);
     std::fs::copy(&demo, &copy).with_context(|| format!("copying {}", demo.display()))?;
     let duration = format!("-duration={}s", minutes * 60 + 60);
-    let targets: Vec<Target> = (0..AGENT_TARGETS).map(|_| Target::start(&copy, &[duration.as_str()])).collect();
+    let targets: Vec<Target> = (0..AGENT_TARGETS)
+        .map(|_| Target::start(&copy, &[duration.as_str()]))
+        .collect();
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0")?;
         l.local_addr()?.port()
@@ -427,7 +489,11 @@ pub fn agent_bench(layout: &Layout, minutes: u64) -> Result<()> {
         .args(["agent", "--listen", &format!("127.0.0.1:{port}"), "--include", &name])
         // Sampled mode (the agent's default) at Go's default heap-profile rate, as in a service
         // that serves net/http/pprof; the demo servers never use the profiler, so their rate is 0.
-        .args(["--sample-rate", &GO_DEFAULT_MEMPROFILERATE.to_string(), "--write-memprofilerate"])
+        .args([
+            "--sample-rate",
+            &GO_DEFAULT_MEMPROFILERATE.to_string(),
+            "--write-memprofilerate",
+        ])
         .stdout(std::process::Stdio::null())
         .stderr(std::fs::File::create(&log_path)?)
         .spawn()
@@ -441,7 +507,14 @@ pub fn agent_bench(layout: &Layout, minutes: u64) -> Result<()> {
         Some((fields[11].parse::<f64>().ok()? + fields[12].parse::<f64>().ok()?) / ticks_per_second)
     };
     let rss_kib = |pid: u32| -> Option<u64> {
-        std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().trim_end_matches(" kB").parse().ok()
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()?
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))?
+            .trim()
+            .trim_end_matches(" kB")
+            .parse()
+            .ok()
     };
     let start = std::time::Instant::now();
     let first_cpu = cpu_seconds(agent.id()).unwrap_or(0.0);
@@ -456,7 +529,9 @@ pub fn agent_bench(layout: &Layout, minutes: u64) -> Result<()> {
         if tick % 2 != 0 {
             continue;
         }
-        let (Some(cpu), Some(rss)) = (cpu_seconds(agent.id()), rss_kib(agent.id())) else { bail!("the agent exited") };
+        let (Some(cpu), Some(rss)) = (cpu_seconds(agent.id()), rss_kib(agent.id())) else {
+            bail!("the agent exited")
+        };
         samples.push((start.elapsed().as_secs_f64(), cpu - first_cpu, rss));
     }
     let metrics = scrape(port).unwrap_or_default();
@@ -477,7 +552,12 @@ pub fn agent_bench(layout: &Layout, minutes: u64) -> Result<()> {
     println!("{:>8} {:>12} {:>12}", "minute", "CPU (cores)", "RSS (MiB)");
     let mut prev = (0.0, 0.0);
     for &(t, c, r) in samples.iter().filter(|s| (s.0 as u64) % 60 < 10 && s.0 > 30.0) {
-        println!("{:>8.0} {:>12.3} {:>12.1}", t / 60.0, (c - prev.1) / (t - prev.0), r as f64 / 1024.0);
+        println!(
+            "{:>8.0} {:>12.3} {:>12.1}",
+            t / 60.0,
+            (c - prev.1) / (t - prev.0),
+            r as f64 / 1024.0
+        );
         prev = (t, c);
     }
     println!(

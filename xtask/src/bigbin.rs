@@ -38,7 +38,10 @@ pub fn build(layout: &Layout, go: &GoVersion) -> Result<PathBuf> {
     cmd.args(["build", "-buildvcs=false", "-o"]).arg(&bin).arg(".");
     let out = cmd.output().context("running go build")?;
     if !out.status.success() {
-        bail!("building the large binary failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "building the large binary failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     fs::write(&stamp, key)?;
     Ok(bin)

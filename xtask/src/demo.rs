@@ -48,7 +48,9 @@ fn stop(child: &mut Child) {
 
 pub fn demo(layout: &Layout) -> Result<i32> {
     if !process::is_root() {
-        bail!("the demo attaches eBPF uprobes and needs root (CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE): run `sudo ./x demo`");
+        bail!(
+            "the demo attaches eBPF uprobes and needs root (CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE): run `sudo ./x demo`"
+        );
     }
     let primary = go_versions::find(PRIMARY)?;
     setup::setup(layout)?;

@@ -70,7 +70,6 @@ impl Build {
         flags.push(format!("./{}", self.target));
         flags
     }
-
 }
 
 /// A `go` command run in `dir` with only the Go environment maptrace sets: every inherited
@@ -138,8 +137,7 @@ pub fn discover(src: &Path) -> Result<Vec<String>> {
             let name = f.file_name().to_string_lossy().into_owned();
             name.ends_with(".go")
                 && !name.ends_with("_test.go")
-                && fs::read_to_string(f.path())
-                    .is_ok_and(|text| text.lines().any(|l| l.trim() == "package main"))
+                && fs::read_to_string(f.path()).is_ok_and(|text| text.lines().any(|l| l.trim() == "package main"))
         });
         if is_main {
             targets.push(entry.file_name().to_string_lossy().into_owned());
@@ -202,12 +200,7 @@ fn source_files(src: &Path, target: &str) -> Result<Vec<PathBuf>> {
 fn hash_sources(src: &Path, target: &str) -> Result<u64> {
     let mut h = Fnv::new();
     for file in source_files(src, target)? {
-        h.add(
-            file.strip_prefix(src)
-                .unwrap_or(&file)
-                .to_string_lossy()
-                .as_bytes(),
-        );
+        h.add(file.strip_prefix(src).unwrap_or(&file).to_string_lossy().as_bytes());
         h.add(&fs::read(&file).with_context(|| format!("reading {}", file.display()))?);
     }
     Ok(h.0)
@@ -216,20 +209,14 @@ fn hash_sources(src: &Path, target: &str) -> Result<u64> {
 /// Identity of a toolchain: its path, its VERSION file and the size and mtime of its `go` binary
 /// (a reinstalled toolchain gets a new mtime).
 fn hash_toolchain(go: &Path) -> Result<u64> {
-    let meta = fs::metadata(go)
-        .with_context(|| format!("{} is missing; run `./x setup`", go.display()))?;
+    let meta = fs::metadata(go).with_context(|| format!("{} is missing; run `./x setup`", go.display()))?;
     let mtime = meta
         .modified()?
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_nanos();
-    let version_file = go
-        .parent()
-        .and_then(Path::parent)
-        .map(|root| root.join("VERSION"));
-    let version = version_file
-        .and_then(|f| fs::read(f).ok())
-        .unwrap_or_default();
+    let version_file = go.parent().and_then(Path::parent).map(|root| root.join("VERSION"));
+    let version = version_file.and_then(|f| fs::read(f).ok()).unwrap_or_default();
     let mut h = Fnv::new();
     h.add(go.as_os_str().as_encoded_bytes())
         .add(&version)
@@ -292,11 +279,7 @@ pub fn build_targets(layout: &Layout, versions: &[&'static GoVersion]) -> Result
     println!(
         "build-targets: {} with Go {} ({workers} at a time)",
         targets.join(", "),
-        versions
-            .iter()
-            .map(|v| v.name)
-            .collect::<Vec<_>>()
-            .join(", ")
+        versions.iter().map(|v| v.name).collect::<Vec<_>>().join(", ")
     );
     let queue = Mutex::new(jobs);
     let tally = Mutex::new(Tally::default());
@@ -331,13 +314,7 @@ pub fn build_targets(layout: &Layout, versions: &[&'static GoVersion]) -> Result
 }
 
 /// Builds what is stale for one version, one binary after the other.
-fn build_version(
-    layout: &Layout,
-    src: &Path,
-    sources: &BTreeMap<&str, u64>,
-    job: &VersionJob,
-    tally: &Mutex<Tally>,
-) {
+fn build_version(layout: &Layout, src: &Path, sources: &BTreeMap<&str, u64>, job: &VersionJob, tally: &Mutex<Tally>) {
     let name = job.version.name;
     let go = job.version.go_binary(layout);
     let out_dir = layout.go_targets_out().join(name);
@@ -393,13 +370,8 @@ fn build_version(
 fn go_build(layout: &Layout, go: &Path, src: &Path, build: &Build, output: &Path) -> Result<()> {
     let partial = output.with_file_name(format!(".{}.partial", build.output));
     let mut cmd = go_command(layout, go, src, build.goarch, build.cgo);
-    cmd.arg("build")
-        .arg("-o")
-        .arg(&partial)
-        .args(build.flags());
-    let out = cmd
-        .output()
-        .with_context(|| format!("cannot start {}", go.display()))?;
+    cmd.arg("build").arg("-o").arg(&partial).args(build.flags());
+    let out = cmd.output().with_context(|| format!("cannot start {}", go.display()))?;
     if !out.status.success() {
         let _ = fs::remove_file(&partial);
         bail!(
@@ -411,7 +383,6 @@ fn go_build(layout: &Layout, go: &Path, src: &Path, build: &Build, output: &Path
             String::from_utf8_lossy(&out.stderr).trim_end()
         );
     }
-    fs::rename(&partial, output)
-        .with_context(|| format!("renaming {} to {}", partial.display(), output.display()))?;
+    fs::rename(&partial, output).with_context(|| format!("renaming {} to {}", partial.display(), output.display()))?;
     Ok(())
 }

@@ -78,9 +78,7 @@ pub fn find(wanted: &str) -> Result<&'static GoVersion> {
     let matches: Vec<&GoVersion> = ALL
         .iter()
         .filter(|v| {
-            v.name == wanted
-                || v.name.starts_with(&format!("{wanted}."))
-                || wanted.starts_with(&format!("{}.", v.name))
+            v.name == wanted || v.name.starts_with(&format!("{wanted}.")) || wanted.starts_with(&format!("{}.", v.name))
         })
         .collect();
     match matches.as_slice() {
@@ -100,8 +98,5 @@ pub fn select(named: &[String]) -> Result<Vec<&'static GoVersion>> {
     } else {
         named.iter().map(|n| find(n)).collect::<Result<_>>()?
     };
-    Ok(ALL
-        .iter()
-        .filter(|v| chosen.iter().any(|c| c.name == v.name))
-        .collect())
+    Ok(ALL.iter().filter(|v| chosen.iter().any(|c| c.name == v.name)).collect())
 }

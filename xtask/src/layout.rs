@@ -73,8 +73,7 @@ impl Layout {
 
     /// The eBPF object `build-ebpf` produces and the tracer embeds (via MAPTRACE_EBPF_OBJECT).
     pub fn ebpf_object(&self) -> PathBuf {
-        self.target_dir()
-            .join("bpfel-unknown-none/release/tracer-ebpf")
+        self.target_dir().join("bpfel-unknown-none/release/tracer-ebpf")
     }
 
     /// The userspace tracer binary.

@@ -101,13 +101,19 @@ fn run(cli: Cli) -> Result<i32> {
             go_targets::build_targets(&layout, &versions)?;
         }
         Cmd::Demo => return demo::demo(&layout),
-        Cmd::Bench { rounds, run_ms, agent_minutes } => {
-            return bench::bench(&layout, rounds.max(1), std::time::Duration::from_millis(run_ms), agent_minutes)
+        Cmd::Bench {
+            rounds,
+            run_ms,
+            agent_minutes,
+        } => {
+            return bench::bench(
+                &layout,
+                rounds.max(1),
+                std::time::Duration::from_millis(run_ms),
+                agent_minutes,
+            )
         }
-        Cmd::Test {
-            go,
-            cargo_test_args,
-        } => return test::test(&layout, &go.versions()?, &cargo_test_args),
+        Cmd::Test { go, cargo_test_args } => return test::test(&layout, &go.versions()?, &cargo_test_args),
     }
     Ok(0)
 }

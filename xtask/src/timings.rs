@@ -9,11 +9,7 @@ pub struct Timings {
 
 impl Timings {
     /// Runs `f` as the phase `name`, recording its duration and whether it succeeded.
-    pub fn phase<T>(
-        &mut self,
-        name: &'static str,
-        f: impl FnOnce() -> anyhow::Result<T>,
-    ) -> anyhow::Result<T> {
+    pub fn phase<T>(&mut self, name: &'static str, f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
         let start = Instant::now();
         let result = f();
         self.phases.push((name, start.elapsed(), result.is_ok()));

@@ -29,7 +29,9 @@ pub struct Candidate {
 /// that vanish while read are left out.
 pub fn processes() -> Vec<Candidate> {
     let me = std::process::id();
-    let Ok(dir) = fs::read_dir("/proc") else { return Vec::new() };
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
     dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
         .filter(|&pid| pid != me)
         .filter_map(candidate)
@@ -41,9 +43,25 @@ pub fn candidate(pid: u32) -> Option<Candidate> {
     let start_ticks = start_ticks(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)?;
     let exe = fs::metadata(format!("/proc/{pid}/exe")).ok()?;
     let link = fs::read_link(format!("/proc/{pid}/exe")).ok()?;
-    let binary = link.file_name()?.to_string_lossy().trim_end_matches(" (deleted)").to_string();
-    let (container, pod) = fs::read_to_string(format!("/proc/{pid}/cgroup")).map(|c| container_and_pod(&c)).unwrap_or_default();
-    Some(Candidate { key: ProcessKey { pid, start_ticks, exe_dev: exe.dev(), exe_ino: exe.ino() }, binary, container, pod })
+    let binary = link
+        .file_name()?
+        .to_string_lossy()
+        .trim_end_matches(" (deleted)")
+        .to_string();
+    let (container, pod) = fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .map(|c| container_and_pod(&c))
+        .unwrap_or_default();
+    Some(Candidate {
+        key: ProcessKey {
+            pid,
+            start_ticks,
+            exe_dev: exe.dev(),
+            exe_ino: exe.ino(),
+        },
+        binary,
+        container,
+        pod,
+    })
 }
 
 /// Field 22 of `/proc/PID/stat`, counted after the parenthesised command name (which may hold
@@ -63,8 +81,15 @@ pub fn container_and_pod(cgroup: &str) -> (Option<String>, Option<String>) {
     for line in cgroup.lines() {
         let path = line.splitn(3, ':').nth(2).unwrap_or("");
         for part in path.split('/') {
-            let part = part.strip_suffix(".scope").or_else(|| part.strip_suffix(".slice")).unwrap_or(part);
-            if let Some(uid) = part.rsplit_once("-pod").map(|(_, u)| u).or_else(|| part.strip_prefix("pod")) {
+            let part = part
+                .strip_suffix(".scope")
+                .or_else(|| part.strip_suffix(".slice"))
+                .unwrap_or(part);
+            if let Some(uid) = part
+                .rsplit_once("-pod")
+                .map(|(_, u)| u)
+                .or_else(|| part.strip_prefix("pod"))
+            {
                 if uid.len() == 36 && uid.chars().all(|c| c.is_ascii_hexdigit() || c == '-' || c == '_') {
                     pod = Some(uid.replace('_', "-"));
                 }
@@ -94,14 +119,23 @@ mod tests {
     #[test]
     fn containers_and_pods_by_runtime_and_driver() {
         let systemd = format!("0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1a2b3c4d_5e6f_7a8b_9c0d_1e2f3a4b5c6d.slice/cri-containerd-{ID}.scope\n");
-        assert_eq!(container_and_pod(&systemd), (Some(ID.into()), Some("1a2b3c4d-5e6f-7a8b-9c0d-1e2f3a4b5c6d".into())));
+        assert_eq!(
+            container_and_pod(&systemd),
+            (Some(ID.into()), Some("1a2b3c4d-5e6f-7a8b-9c0d-1e2f3a4b5c6d".into()))
+        );
         let cgroupfs = format!("12:memory:/kubepods/besteffort/pod1a2b3c4d-5e6f-7a8b-9c0d-1e2f3a4b5c6d/{ID}\n");
-        assert_eq!(container_and_pod(&cgroupfs), (Some(ID.into()), Some("1a2b3c4d-5e6f-7a8b-9c0d-1e2f3a4b5c6d".into())));
+        assert_eq!(
+            container_and_pod(&cgroupfs),
+            (Some(ID.into()), Some("1a2b3c4d-5e6f-7a8b-9c0d-1e2f3a4b5c6d".into()))
+        );
         let docker = format!("0::/system.slice/docker-{ID}.scope\n");
         assert_eq!(container_and_pod(&docker), (Some(ID.into()), None));
         let crio = format!("0::/machine.slice/crio-{ID}.scope\n");
         assert_eq!(container_and_pod(&crio).0, Some(ID.into()));
-        assert_eq!(container_and_pod("0::/user.slice/user-1000.slice/session-3.scope\n"), (None, None));
+        assert_eq!(
+            container_and_pod("0::/user.slice/user-1000.slice/session-3.scope\n"),
+            (None, None)
+        );
         assert_eq!(container_and_pod(""), (None, None));
     }
 
@@ -110,6 +144,9 @@ mod tests {
         let me = candidate(std::process::id()).expect("this process");
         assert!(!me.binary.is_empty());
         assert!(me.key.start_ticks > 0);
-        assert!(!processes().iter().any(|c| c.key.pid == std::process::id()), "the agent leaves itself out");
+        assert!(
+            !processes().iter().any(|c| c.key.pid == std::process::id()),
+            "the agent leaves itself out"
+        );
     }
 }

@@ -116,11 +116,15 @@ impl Collector for Exported {
         let mut shared = self.0.lock().unwrap_or_else(|p| p.into_inner());
         shared.scrapes += 1;
         let mut f = Family { encoder: &mut encoder };
-        let targets: Vec<(Vec<(String, String)>, &Report)> =
-            shared.targets.values().map(|t| (t.labels.pairs(t.report.mode), &t.report)).collect();
+        let targets: Vec<(Vec<(String, String)>, &Report)> = shared
+            .targets
+            .values()
+            .map(|t| (t.labels.pairs(t.report.mode), &t.report))
+            .collect();
         let counter = |v: u64| ConstCounter::new(v);
         let gauge = |v: i64| ConstGauge::new(v);
-        let per_target = |get: &dyn Fn(&Report) -> u64| targets.iter().map(|(l, r)| (l.clone(), get(r))).collect::<Vec<_>>();
+        let per_target =
+            |get: &dyn Fn(&Report) -> u64| targets.iter().map(|(l, r)| (l.clone(), get(r))).collect::<Vec<_>>();
 
         // Allocations by kind, from the site rows (every site: JSON-like top = all).
         let mut allocs = Vec::new();
@@ -134,16 +138,66 @@ impl Collector for Exported {
             }
         }
         f.write("maptrace_allocations", "Maps, slices, strings and objects allocated while traced, by kind (mode=\"sampled\": estimates, scaled like go tool pprof).", allocs, MetricType::Counter)?;
-        f.write("maptrace_allocated_bytes", "Bytes allocated while traced, by kind.", bytes, MetricType::Counter)?;
-        let c = |get: &dyn Fn(&Report) -> u64| per_target(get).into_iter().map(|(l, v)| (l, counter(v))).collect::<Vec<_>>();
-        let g = |get: &dyn Fn(&Report) -> u64| per_target(get).into_iter().map(|(l, v)| (l, gauge(v as i64))).collect::<Vec<_>>();
-        f.write("maptrace_gc_cycles", "GC cycles completed while traced.", c(&|r| r.gc.cycles_seen), MetricType::Counter)?;
-        f.write("maptrace_live_objects", "Tracked objects alive as of the last sweeps.", g(&|r| r.gc.objects_tracked as u64), MetricType::Gauge)?;
-        f.write("maptrace_live_bytes", "Bytes of tracked objects alive as of the last sweeps.", g(&|r| r.gc.tracked_bytes), MetricType::Gauge)?;
-        f.write("maptrace_retained_objects", "Objects alive after K GC cycles and after their creating frame returned.", g(&|r| r.retained.iter().map(|x| x.retained_count).sum()), MetricType::Gauge)?;
-        f.write("maptrace_retained_bytes", "Bytes of retained objects.", g(&|r| r.retained.iter().map(|x| x.retained_bytes).sum()), MetricType::Gauge)?;
-        f.write("maptrace_lost_records", "Records the kernel dropped because the ring buffer was full.", c(&|r| r.lost_records), MetricType::Counter)?;
-        f.write("maptrace_probes_attached", "Uprobes attached to the target.", g(&|r| r.probes.uprobes as u64), MetricType::Gauge)?;
+        f.write(
+            "maptrace_allocated_bytes",
+            "Bytes allocated while traced, by kind.",
+            bytes,
+            MetricType::Counter,
+        )?;
+        let c = |get: &dyn Fn(&Report) -> u64| {
+            per_target(get)
+                .into_iter()
+                .map(|(l, v)| (l, counter(v)))
+                .collect::<Vec<_>>()
+        };
+        let g = |get: &dyn Fn(&Report) -> u64| {
+            per_target(get)
+                .into_iter()
+                .map(|(l, v)| (l, gauge(v as i64)))
+                .collect::<Vec<_>>()
+        };
+        f.write(
+            "maptrace_gc_cycles",
+            "GC cycles completed while traced.",
+            c(&|r| r.gc.cycles_seen),
+            MetricType::Counter,
+        )?;
+        f.write(
+            "maptrace_live_objects",
+            "Tracked objects alive as of the last sweeps.",
+            g(&|r| r.gc.objects_tracked as u64),
+            MetricType::Gauge,
+        )?;
+        f.write(
+            "maptrace_live_bytes",
+            "Bytes of tracked objects alive as of the last sweeps.",
+            g(&|r| r.gc.tracked_bytes),
+            MetricType::Gauge,
+        )?;
+        f.write(
+            "maptrace_retained_objects",
+            "Objects alive after K GC cycles and after their creating frame returned.",
+            g(&|r| r.retained.iter().map(|x| x.retained_count).sum()),
+            MetricType::Gauge,
+        )?;
+        f.write(
+            "maptrace_retained_bytes",
+            "Bytes of retained objects.",
+            g(&|r| r.retained.iter().map(|x| x.retained_bytes).sum()),
+            MetricType::Gauge,
+        )?;
+        f.write(
+            "maptrace_lost_records",
+            "Records the kernel dropped because the ring buffer was full.",
+            c(&|r| r.lost_records),
+            MetricType::Counter,
+        )?;
+        f.write(
+            "maptrace_probes_attached",
+            "Uprobes attached to the target.",
+            g(&|r| r.probes.uprobes as u64),
+            MetricType::Gauge,
+        )?;
         let rates = targets
             .iter()
             .filter_map(|(l, r)| Some((l.clone(), gauge(r.sampling.as_ref()?.rate.memprofilerate? as i64))))
@@ -159,7 +213,10 @@ impl Collector for Exported {
             let fc = &r.finalizers.counts;
             for (m, (reg, queued, started)) in [
                 (Mechanism::Finalizer, (fc.registered, fc.queued, fc.started)),
-                (Mechanism::Cleanup, (fc.cleanups_registered, fc.cleanups_queued, fc.cleanups_started)),
+                (
+                    Mechanism::Cleanup,
+                    (fc.cleanups_registered, fc.cleanups_queued, fc.cleanups_started),
+                ),
             ] {
                 let labels = with(l, &[("kind", m.as_str().into())]);
                 by_kind[0].push((labels.clone(), counter(reg)));
@@ -168,25 +225,81 @@ impl Collector for Exported {
             }
             pending.push((l.clone(), gauge(r.finalizers.pending as i64)));
             for row in &r.finalizers.never_ran {
-                let reason = serde_json::to_value(row.reason).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
-                never.push((with(l, &[("kind", row.kind.as_str().into()), ("reason", reason), ("function", row.function.clone())]), gauge(row.count as i64)));
+                let reason = serde_json::to_value(row.reason)
+                    .ok()
+                    .and_then(|v| v.as_str().map(String::from))
+                    .unwrap_or_default();
+                never.push((
+                    with(
+                        l,
+                        &[
+                            ("kind", row.kind.as_str().into()),
+                            ("reason", reason),
+                            ("function", row.function.clone()),
+                        ],
+                    ),
+                    gauge(row.count as i64),
+                ));
             }
             for run in &r.finalizers.runners {
                 let seconds = run.blocked.as_ref().map_or(0.0, |b| b.blocked_seconds);
-                blocked.push((with(l, &[("runs", run.runs.into()), ("goid", run.goid.to_string())]), ConstGauge::new(seconds)));
+                blocked.push((
+                    with(l, &[("runs", run.runs.into()), ("goid", run.goid.to_string())]),
+                    ConstGauge::new(seconds),
+                ));
             }
         }
         let [registered, queued, started] = by_kind;
-        f.write("maptrace_finalizers_registered", "Finalizers (kind=finalizer) and cleanups (kind=cleanup) registered while traced.", registered, MetricType::Counter)?;
-        f.write("maptrace_finalizers_queued", "Finalizers and cleanups queued by a sweep.", queued, MetricType::Counter)?;
-        f.write("maptrace_finalizers_started", "Finalizers and cleanups started.", started, MetricType::Counter)?;
-        f.write("maptrace_finalizers_pending", "Finalizers and cleanups registered or queued and not started.", pending, MetricType::Gauge)?;
-        f.write("maptrace_finalizers_never_ran", "Finalizers and cleanups that did not run after K cycles, by kind, reason and function.", never, MetricType::Gauge)?;
+        f.write(
+            "maptrace_finalizers_registered",
+            "Finalizers (kind=finalizer) and cleanups (kind=cleanup) registered while traced.",
+            registered,
+            MetricType::Counter,
+        )?;
+        f.write(
+            "maptrace_finalizers_queued",
+            "Finalizers and cleanups queued by a sweep.",
+            queued,
+            MetricType::Counter,
+        )?;
+        f.write(
+            "maptrace_finalizers_started",
+            "Finalizers and cleanups started.",
+            started,
+            MetricType::Counter,
+        )?;
+        f.write(
+            "maptrace_finalizers_pending",
+            "Finalizers and cleanups registered or queued and not started.",
+            pending,
+            MetricType::Gauge,
+        )?;
+        f.write(
+            "maptrace_finalizers_never_ran",
+            "Finalizers and cleanups that did not run after K cycles, by kind, reason and function.",
+            never,
+            MetricType::Gauge,
+        )?;
         f.write("maptrace_finalizer_goroutine_blocked_seconds", "How long a goroutine running finalizers or cleanups has been stuck with others queued behind it (0: not stuck).", blocked, MetricType::Gauge)?;
 
-        let hist = |get: &dyn Fn(&Report) -> &crate::lifecycle::Buckets| targets.iter().map(|(l, r)| (l.clone(), ConstHistogram(get(r)))).collect::<Vec<_>>();
-        f.write("maptrace_object_lifetime_seconds", "Lifetimes of the objects seen dying (sweep, address reuse or exact free).", hist(&|r| &r.distributions.lifetime_seconds), MetricType::Histogram)?;
-        f.write("maptrace_allocation_size_bytes", "Requested sizes of the heap allocations traced.", hist(&|r| &r.distributions.size_bytes), MetricType::Histogram)?;
+        let hist = |get: &dyn Fn(&Report) -> &crate::lifecycle::Buckets| {
+            targets
+                .iter()
+                .map(|(l, r)| (l.clone(), ConstHistogram(get(r))))
+                .collect::<Vec<_>>()
+        };
+        f.write(
+            "maptrace_object_lifetime_seconds",
+            "Lifetimes of the objects seen dying (sweep, address reuse or exact free).",
+            hist(&|r| &r.distributions.lifetime_seconds),
+            MetricType::Histogram,
+        )?;
+        f.write(
+            "maptrace_allocation_size_bytes",
+            "Requested sizes of the heap allocations traced.",
+            hist(&|r| &r.distributions.size_bytes),
+            MetricType::Histogram,
+        )?;
 
         // Top sites by allocated bytes; the rest summed.
         let mut site_bytes = Vec::new();
@@ -196,31 +309,101 @@ impl Collector for Exported {
             rows.sort_by_key(|s| std::cmp::Reverse(s.bytes));
             let (top, rest) = rows.split_at(rows.len().min(shared.top_sites));
             for s in top {
-                let site = s.stack.first().map_or_else(|| "(runtime)".to_string(), |fr| fr.function.clone());
-                site_bytes.push((with(l, &[("site", site), ("kind", s.kind.as_str().into()), ("type", s.type_name.clone())]), counter(s.bytes)));
+                let site = s
+                    .stack
+                    .first()
+                    .map_or_else(|| "(runtime)".to_string(), |fr| fr.function.clone());
+                site_bytes.push((
+                    with(
+                        l,
+                        &[
+                            ("site", site),
+                            ("kind", s.kind.as_str().into()),
+                            ("type", s.type_name.clone()),
+                        ],
+                    ),
+                    counter(s.bytes),
+                ));
             }
             if !rest.is_empty() {
                 let other = rest.iter().map(|s| s.bytes).sum();
-                site_bytes.push((with(l, &[("site", "other".into()), ("kind", String::new()), ("type", String::new())]), counter(other)));
+                site_bytes.push((
+                    with(
+                        l,
+                        &[
+                            ("site", "other".into()),
+                            ("kind", String::new()),
+                            ("type", String::new()),
+                        ],
+                    ),
+                    counter(other),
+                ));
             }
             let mut ret: Vec<_> = r.retained.iter().collect();
             ret.sort_by_key(|x| std::cmp::Reverse(x.retained_bytes));
             for x in ret.iter().take(shared.top_sites) {
-                let site = x.stack.first().map_or_else(|| "(runtime)".to_string(), |fr| fr.function.clone());
-                site_retained.push((with(l, &[("site", site), ("kind", x.kind.as_str().into()), ("type", x.type_name.clone())]), gauge(x.retained_bytes as i64)));
+                let site = x
+                    .stack
+                    .first()
+                    .map_or_else(|| "(runtime)".to_string(), |fr| fr.function.clone());
+                site_retained.push((
+                    with(
+                        l,
+                        &[
+                            ("site", site),
+                            ("kind", x.kind.as_str().into()),
+                            ("type", x.type_name.clone()),
+                        ],
+                    ),
+                    gauge(x.retained_bytes as i64),
+                ));
             }
         }
-        f.write("maptrace_site_allocated_bytes", "Bytes allocated at the top sites by bytes (site=\"other\": the rest).", site_bytes, MetricType::Counter)?;
-        f.write("maptrace_site_retained_bytes", "Retained bytes at the top retained sites.", site_retained, MetricType::Gauge)?;
+        f.write(
+            "maptrace_site_allocated_bytes",
+            "Bytes allocated at the top sites by bytes (site=\"other\": the rest).",
+            site_bytes,
+            MetricType::Counter,
+        )?;
+        f.write(
+            "maptrace_site_retained_bytes",
+            "Retained bytes at the top retained sites.",
+            site_retained,
+            MetricType::Gauge,
+        )?;
 
         // The agent itself.
         let none: Vec<(String, String)> = Vec::new();
-        f.write("maptrace_agent_targets", "Go processes traced now.", vec![(none.clone(), gauge(shared.targets.len() as i64))], MetricType::Gauge)?;
-        let failures = shared.attach_failures.iter().map(|(why, n)| (vec![("reason".to_string(), why.to_string())], counter(*n))).collect();
-        f.write("maptrace_agent_attach_failures", "Go processes the agent could not attach to, by reason.", failures, MetricType::Counter)?;
+        f.write(
+            "maptrace_agent_targets",
+            "Go processes traced now.",
+            vec![(none.clone(), gauge(shared.targets.len() as i64))],
+            MetricType::Gauge,
+        )?;
+        let failures = shared
+            .attach_failures
+            .iter()
+            .map(|(why, n)| (vec![("reason".to_string(), why.to_string())], counter(*n)))
+            .collect();
+        f.write(
+            "maptrace_agent_attach_failures",
+            "Go processes the agent could not attach to, by reason.",
+            failures,
+            MetricType::Counter,
+        )?;
         let (cpu, rss) = own_usage();
-        f.write("maptrace_agent_cpu_seconds", "CPU time the agent used (user + system).", vec![(none.clone(), ConstCounter::new(cpu))], MetricType::Counter)?;
-        f.write("maptrace_agent_resident_bytes", "The agent's resident memory.", vec![(none, gauge(rss as i64))], MetricType::Gauge)?;
+        f.write(
+            "maptrace_agent_cpu_seconds",
+            "CPU time the agent used (user + system).",
+            vec![(none.clone(), ConstCounter::new(cpu))],
+            MetricType::Counter,
+        )?;
+        f.write(
+            "maptrace_agent_resident_bytes",
+            "The agent's resident memory.",
+            vec![(none, gauge(rss as i64))],
+            MetricType::Gauge,
+        )?;
         Ok(())
     }
 }
@@ -231,8 +414,13 @@ struct ConstHistogram<'a>(&'a crate::lifecycle::Buckets);
 impl EncodeMetric for ConstHistogram<'_> {
     fn encode(&self, mut encoder: MetricEncoder) -> fmt::Result {
         // The encoder writes f64::MAX as +Inf.
-        let buckets: Vec<(f64, u64)> =
-            self.0.upper_bounds.iter().zip(&self.0.counts).map(|(&b, &n)| (if b.is_finite() { b } else { f64::MAX }, n)).collect();
+        let buckets: Vec<(f64, u64)> = self
+            .0
+            .upper_bounds
+            .iter()
+            .zip(&self.0.counts)
+            .map(|(&b, &n)| (if b.is_finite() { b } else { f64::MAX }, n))
+            .collect();
         encoder.encode_histogram::<NoLabelSet>(self.0.sum, self.0.count, &buckets, None)
     }
 

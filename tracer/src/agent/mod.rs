@@ -56,16 +56,27 @@ pub async fn run(opts: AgentOptions) -> Result<(), Failure> {
     if !missing.is_empty() {
         return Err(Failure::Privileges { missing });
     }
-    let shared: SharedMetrics = Arc::new(Mutex::new(metrics::Shared { top_sites: opts.top_sites, ..Default::default() }));
+    let shared: SharedMetrics = Arc::new(Mutex::new(metrics::Shared {
+        top_sites: opts.top_sites,
+        ..Default::default()
+    }));
     let listener = tokio::net::TcpListener::bind(opts.listen)
         .await
         .map_err(|e| Failure::Other(anyhow::anyhow!("listening on {}: {e}", opts.listen)))?;
     let log = Log { json: opts.log_json };
-    log.event("listening", &[("address", listener.local_addr().map(|a| a.to_string()).unwrap_or_default())]);
+    log.event(
+        "listening",
+        &[(
+            "address",
+            listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        )],
+    );
     tokio::spawn(serve(listener, Arc::new(metrics::registry(shared.clone()))));
 
-    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).map_err(|e| Failure::Other(e.into()))?;
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(|e| Failure::Other(e.into()))?;
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .map_err(|e| Failure::Other(e.into()))?;
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| Failure::Other(e.into()))?;
     let mut scan = tokio::time::interval(opts.scan_every);
     // Sessions by process; dropping a sender tells its task to stop.
     let mut running: HashMap<ProcessKey, watch::Sender<bool>> = HashMap::new();
@@ -105,7 +116,9 @@ impl AgentOptions {
     fn wanted(&self, c: &Candidate) -> bool {
         let matches = |p: &String| {
             c.binary == *p
-                || c.container.as_deref().is_some_and(|id| !p.is_empty() && id.starts_with(p.as_str()))
+                || c.container
+                    .as_deref()
+                    .is_some_and(|id| !p.is_empty() && id.starts_with(p.as_str()))
                 || c.pod.as_deref() == Some(p.as_str())
         };
         (self.include.is_empty() || self.include.iter().any(matches)) && !self.exclude.iter().any(matches)
@@ -156,7 +169,12 @@ async fn trace(
                 _ => "other",
             };
             if reason != "not_go" && reason != "exited" {
-                *shared.lock().unwrap_or_else(|p| p.into_inner()).attach_failures.entry(reason).or_default() += 1;
+                *shared
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .attach_failures
+                    .entry(reason)
+                    .or_default() += 1;
                 log.event("error", &fields(&[("error", e.to_string())]));
             }
             let _ = ended.send(c.key);
@@ -165,7 +183,10 @@ async fn trace(
     };
     log.event(
         "attach",
-        &fields(&[("go", session.binary.version().to_string()), ("uprobes", session.uprobes().to_string())]),
+        &fields(&[
+            ("go", session.binary.version().to_string()),
+            ("uprobes", session.uprobes().to_string()),
+        ]),
     );
     let mut publish = tokio::time::interval(PUBLISH_EVERY);
     // Scrapes seen at the last publication (None: publish at once).
@@ -211,7 +232,11 @@ impl Log {
             }
             eprintln!("{}", serde_json::Value::Object(m));
         } else {
-            let kv: Vec<String> = fields.iter().filter(|(_, v)| !v.is_empty()).map(|(k, v)| format!("{k}={v:?}")).collect();
+            let kv: Vec<String> = fields
+                .iter()
+                .filter(|(_, v)| !v.is_empty())
+                .map(|(k, v)| format!("{k}={v:?}"))
+                .collect();
             eprintln!("maptrace agent: {event} {}", kv.join(" "));
         }
     }
@@ -223,7 +248,9 @@ async fn serve(listener: tokio::net::TcpListener, registry: Arc<prometheus_clien
     use hyper::{body::Bytes, service::service_fn, Request, Response, StatusCode};
 
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         let registry = registry.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req: Request<hyper::body::Incoming>| {
@@ -240,22 +267,33 @@ async fn serve(listener: tokio::net::TcpListener, registry: Arc<prometheus_clien
                             let mut body = String::new();
                             match prometheus_client::encoding::text::encode(&mut body, &registry) {
                                 Ok(()) if openmetrics => Response::builder()
-                                    .header("Content-Type", "application/openmetrics-text; version=1.0.0; charset=utf-8")
+                                    .header(
+                                        "Content-Type",
+                                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                                    )
                                     .body(Full::new(Bytes::from(body))),
                                 Ok(()) => Response::builder()
                                     .header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
                                     .body(Full::new(Bytes::from(metrics::to_prometheus_text(&body)))),
-                                Err(_) => Response::builder().status(StatusCode::INTERNAL_SERVER_ERROR).body(Full::new(Bytes::from("encoding failed\n"))),
+                                Err(_) => Response::builder()
+                                    .status(StatusCode::INTERNAL_SERVER_ERROR)
+                                    .body(Full::new(Bytes::from("encoding failed\n"))),
                             }
                         }
-                        "/" => Response::builder().body(Full::new(Bytes::from("maptrace agent: metrics at /metrics\n"))),
-                        _ => Response::builder().status(StatusCode::NOT_FOUND).body(Full::new(Bytes::from("not found\n"))),
+                        "/" => {
+                            Response::builder().body(Full::new(Bytes::from("maptrace agent: metrics at /metrics\n")))
+                        }
+                        _ => Response::builder()
+                            .status(StatusCode::NOT_FOUND)
+                            .body(Full::new(Bytes::from("not found\n"))),
                     };
                     response
                 }
             });
             let io = hyper_util::rt::TokioIo::new(stream);
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(io, service)
+                .await;
         });
     }
 }

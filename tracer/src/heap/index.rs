@@ -81,7 +81,15 @@ pub struct HeapIndex<'m> {
 
 impl<'m> HeapIndex<'m> {
     pub fn new(memory: &'m dyn Memory, layout: &'m HeapLayout, load_bias: u64) -> Self {
-        HeapIndex { memory, layout, load_bias, l2: None, arenas: HashMap::new(), pages: HashMap::new(), spans: HashMap::new() }
+        HeapIndex {
+            memory,
+            layout,
+            load_bias,
+            l2: None,
+            arenas: HashMap::new(),
+            pages: HashMap::new(),
+            spans: HashMap::new(),
+        }
     }
 
     fn word(&self, addr: u64) -> Option<u64> {
@@ -114,7 +122,9 @@ impl<'m> HeapIndex<'m> {
         let span_ptr = match self.pages.get(&page) {
             Some(&s) => s,
             None => {
-                let s = self.word(arena + self.layout.arena_spans + 8 * (page % PAGES_PER_ARENA)).unwrap_or(0);
+                let s = self
+                    .word(arena + self.layout.arena_spans + 8 * (page % PAGES_PER_ARENA))
+                    .unwrap_or(0);
                 self.pages.insert(page, s);
                 s
             }
@@ -152,7 +162,10 @@ impl<'m> HeapIndex<'m> {
                 return None;
             }
         }
-        Some(HeapObject { base: span.start + idx * span.elemsize, size: span.elemsize })
+        Some(HeapObject {
+            base: span.start + idx * span.elemsize,
+            size: span.elemsize,
+        })
     }
 
     /// Which words of `obj` (an object [`Self::object_containing`] returned) hold pointers, read where the
@@ -160,11 +173,19 @@ impl<'m> HeapIndex<'m> {
     pub fn pointer_words(&mut self, obj: HeapObject) -> PointerWords {
         let bits = self.layout.pointer_bits;
         let inline_marks = self.layout.inline_mark_sizes;
-        let Some(span) = self.span_of(obj.base) else { return PointerWords::Unknown };
+        let Some(span) = self.span_of(obj.base) else {
+            return PointerWords::Unknown;
+        };
         if span.class & 1 == 1 {
             return PointerWords::None;
         }
-        let (arena, start, limit, small, large_type) = (span.arena, span.start, span.limit, span.class >> 1 != 0, span.large_type);
+        let (arena, start, limit, small, large_type) = (
+            span.arena,
+            span.start,
+            span.limit,
+            span.class >> 1 != 0,
+            span.large_type,
+        );
         let words = obj.size / 8;
         let read = |addr: u64, len: u64| -> Option<Vec<u8>> {
             let mut b = vec![0u8; usize::try_from(len).ok()?];
@@ -182,12 +203,21 @@ impl<'m> HeapIndex<'m> {
             }
             PointerBits::InSpan { .. } if obj.size <= MAX_SIZE_BITS_IN_SPAN => {
                 let len = (limit - start) / 64;
-                let marks = if (inline_marks.0..=inline_marks.1).contains(&obj.size) { INLINE_MARKS } else { 0 };
+                let marks = if (inline_marks.0..=inline_marks.1).contains(&obj.size) {
+                    INLINE_MARKS
+                } else {
+                    0
+                };
                 let first = (obj.base - start) / 8;
-                read(limit - len - marks + first / 8, (first % 8 + words).div_ceil(8)).map(|b| bit_range(&b, first % 8, words))
+                read(limit - len - marks + first / 8, (first % 8 + words).div_ceil(8))
+                    .map(|b| bit_range(&b, first % 8, words))
             }
             PointerBits::InSpan { mask_on_demand, .. } => {
-                let (typ, data) = if small { (self.word(obj.base), obj.base + MALLOC_HEADER) } else { (Some(large_type), obj.base) };
+                let (typ, data) = if small {
+                    (self.word(obj.base), obj.base + MALLOC_HEADER)
+                } else {
+                    (Some(large_type), obj.base)
+                };
                 match typ {
                     Some(0) if !small => return PointerWords::None,
                     Some(t) => self.type_bits(t, mask_on_demand, (data - obj.base) / 8, words),
@@ -202,7 +232,9 @@ impl<'m> HeapIndex<'m> {
     /// larger than 512 bytes has it in its malloc header (values after it), or its span's `largeType` if it is a
     /// large object; None for the others.
     pub fn runtime_type(&mut self, obj: HeapObject) -> Option<(u64, u64)> {
-        let PointerBits::InSpan { .. } = self.layout.pointer_bits else { return None };
+        let PointerBits::InSpan { .. } = self.layout.pointer_bits else {
+            return None;
+        };
         let span = self.span_of(obj.base)?;
         if span.class & 1 == 1 || obj.size <= MAX_SIZE_BITS_IN_SPAN {
             return None;
@@ -288,7 +320,9 @@ fn two_bit_range(bytes: &[u8], skip: u64, words: u64) -> Vec<u8> {
     let mut out = vec![0u8; words.div_ceil(8) as usize];
     for w in 0..words {
         let i = skip + w;
-        let Some(b) = bytes.get((i / 4) as usize).map(|b| b >> (i % 4)) else { break };
+        let Some(b) = bytes.get((i / 4) as usize).map(|b| b >> (i % 4)) else {
+            break;
+        };
         if b & 0x10 == 0 {
             break;
         }
@@ -338,7 +372,14 @@ mod tests {
         HeapLayout {
             arenas: 0x1000,
             arena_spans,
-            span: SpanLayout { start_addr: 24, npages: 32, nelems: 50, nelems_size: 2, elemsize: 104, gcmark_bits: 72 },
+            span: SpanLayout {
+                start_addr: 24,
+                npages: 32,
+                nelems: 50,
+                nelems_size: 2,
+                elemsize: 104,
+                gcmark_bits: 72,
+            },
             span_state: 99,
             span_alloc_bits: 64,
             span_freeindex: (48, 2),
@@ -352,7 +393,10 @@ mod tests {
     const HEAP: u64 = 0x4000_0000;
     const ARENA: u64 = 0x10_0000;
     const SPAN: u64 = 0x2000;
-    const IN_SPAN: PointerBits = PointerBits::InSpan { large_type: 152, mask_on_demand: true };
+    const IN_SPAN: PointerBits = PointerBits::InSpan {
+        large_type: 152,
+        mask_on_demand: true,
+    };
 
     /// One in-use span of `npages` at HEAP, every slot allocated, of `elemsize` and size class `class`.
     fn heap(l: &HeapLayout, npages: u64, elemsize: u64, class: u8) -> Fake {
@@ -360,7 +404,10 @@ mod tests {
         m.word(0x1000, 0x8000); // the L2 arena map
         m.word(0x8000 + 8 * (HEAP >> ARENA_SHIFT), ARENA);
         for p in 0..npages {
-            m.word(ARENA + l.arena_spans + 8 * ((HEAP >> PAGE_SHIFT) % PAGES_PER_ARENA + p), SPAN);
+            m.word(
+                ARENA + l.arena_spans + 8 * ((HEAP >> PAGE_SHIFT) % PAGES_PER_ARENA + p),
+                SPAN,
+            );
         }
         let nelems = npages * 8192 / elemsize;
         m.word(SPAN + 24, HEAP);
@@ -412,14 +459,26 @@ mod tests {
         m.word(HEAP + 1024, 0x3000); // the second object's header
         type_at(&m, 16, 8, 0, 0x3100); // {*T; int}
         m.put(0x3100, &[1]);
-        let PointerWords::Bits(bits) = words(&l, &m, HEAP + 1024) else { panic!() };
+        let PointerWords::Bits(bits) = words(&l, &m, HEAP + 1024) else {
+            panic!()
+        };
         // Word 0 is the header; the values start at word 1, one pointer every two words.
         assert_eq!((bits.len(), bits[0], bits[15]), (16, 0b1010_1010, 0b1010_1010));
         // The header also names the object's type, for a chain: values after the header.
         let mut index = HeapIndex::new(&m, &l, 0);
-        assert_eq!(index.runtime_type(HeapObject { base: HEAP + 1024, size: 1024 }), Some((0x3000, 8)));
+        assert_eq!(
+            index.runtime_type(HeapObject {
+                base: HEAP + 1024,
+                size: 1024
+            }),
+            Some((0x3000, 8))
+        );
         let small = heap(&l, 1, 48, 5 << 1);
-        assert_eq!(HeapIndex::new(&small, &l, 0).runtime_type(HeapObject { base: HEAP, size: 48 }), None, "no header at 512 B or less");
+        assert_eq!(
+            HeapIndex::new(&small, &l, 0).runtime_type(HeapObject { base: HEAP, size: 48 }),
+            None,
+            "no header at 512 B or less"
+        );
     }
 
     #[test]
@@ -431,13 +490,34 @@ mod tests {
         assert_eq!(words(&l, &m, HEAP), PointerWords::Unknown, "a mask not built yet");
         m.word(0x3200, 0x3300);
         m.put(0x3300, &[0b110]);
-        let PointerWords::Bits(bits) = words(&l, &m, HEAP) else { panic!() };
-        assert_eq!((bits.len(), bits[0], bits[1], bits[2]), (256, 0b1011_0110, 0b0110_1101, 0b1101_1011));
-        assert_eq!(HeapIndex::new(&m, &l, 0).runtime_type(HeapObject { base: HEAP, size: 16384 }), Some((0x3000, 0)), "no header");
+        let PointerWords::Bits(bits) = words(&l, &m, HEAP) else {
+            panic!()
+        };
+        assert_eq!(
+            (bits.len(), bits[0], bits[1], bits[2]),
+            (256, 0b1011_0110, 0b0110_1101, 0b1101_1011)
+        );
+        assert_eq!(
+            HeapIndex::new(&m, &l, 0).runtime_type(HeapObject {
+                base: HEAP,
+                size: 16384
+            }),
+            Some((0x3000, 0)),
+            "no header"
+        );
         // 1.22–1.23: the same flag bit means the mask is GCData itself.
-        let l = layout(PointerBits::InSpan { large_type: 152, mask_on_demand: false }, 0, (0, 0));
+        let l = layout(
+            PointerBits::InSpan {
+                large_type: 152,
+                mask_on_demand: false,
+            },
+            0,
+            (0, 0),
+        );
         m.put(0x3200, &[0b10]);
-        let PointerWords::Bits(bits) = words(&l, &m, HEAP) else { panic!() };
+        let PointerWords::Bits(bits) = words(&l, &m, HEAP) else {
+            panic!()
+        };
         assert_eq!(bits[0], 0b1001_0010);
         // No type yet (a large object being zeroed): nothing to scan, as for the GC.
         m.word(SPAN + 152, 0);

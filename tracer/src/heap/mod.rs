@@ -24,10 +24,12 @@ use serde::Serialize;
 use crate::gotype::{Memory, TypeNames};
 use crate::target::{HeapModel, TypeGraph, TypeId, KINDS_SIGNED, KINDS_UNSIGNED, KIND_STRING};
 use index::{bit, HeapIndex, HeapObject, PointerWords};
-use typed::Slots;
-pub use typed::EntryPart;
 pub use pause::Pause;
-pub use roots::{closure_roots, data_roots, global_roots, goroutine_roots, Goroutine, NamedWord, RootRegion, RootWords};
+pub use roots::{
+    closure_roots, data_roots, global_roots, goroutine_roots, Goroutine, NamedWord, RootRegion, RootWords,
+};
+pub use typed::EntryPart;
+use typed::Slots;
 
 /// How far one walk may go. Past `max_bytes` or `max_time` the walk stops and says it was cut short; objects
 /// `max_depth` steps from a root are not scanned (counted in [`WalkStats::depth_limited`]).
@@ -41,7 +43,11 @@ pub struct WalkLimits {
 impl WalkLimits {
     /// The default bounds on bytes and time, with `max_depth`.
     pub fn with_depth(max_depth: u32) -> Self {
-        WalkLimits { max_bytes: 1 << 30, max_time: Duration::from_secs(10), max_depth }
+        WalkLimits {
+            max_bytes: 1 << 30,
+            max_time: Duration::from_secs(10),
+            max_depth,
+        }
     }
 }
 
@@ -229,21 +235,52 @@ impl Walk<'_, '_, '_> {
     /// Records that the word at `offset` of `parent` points to `word`, if that is a heap object not reached yet.
     /// `to`: the pointee type the parent's type gives the word; `known`: the word is a pointer (else it only
     /// looks like one).
-    fn reach(&mut self, parent: Parent, offset: u64, word: u64, slot: Option<SlotRef>, to: Option<TypeId>, known: bool) {
-        let Some(obj) = self.heap.object_containing(word) else { return };
+    fn reach(
+        &mut self,
+        parent: Parent,
+        offset: u64,
+        word: u64,
+        slot: Option<SlotRef>,
+        to: Option<TypeId>,
+        known: bool,
+    ) {
+        let Some(obj) = self.heap.object_containing(word) else {
+            return;
+        };
         if self.reached.contains_key(&obj.base) {
             return;
         }
         let graph = self.slots.graph();
         let typing = to
             .map(|t| graph.resolve(t))
-            .and_then(|elem| Some(Typing { elem, phase: (word - obj.base) % graph.get(elem).map(|t| t.size).filter(|&s| s > 0)? }))
-            .or_else(|| (self.hint)(obj.base, obj.size).map(|(elem, phase)| Typing { elem: graph.resolve(elem), phase }));
+            .and_then(|elem| {
+                Some(Typing {
+                    elem,
+                    phase: (word - obj.base) % graph.get(elem).map(|t| t.size).filter(|&s| s > 0)?,
+                })
+            })
+            .or_else(|| {
+                (self.hint)(obj.base, obj.size).map(|(elem, phase)| Typing {
+                    elem: graph.resolve(elem),
+                    phase,
+                })
+            });
         let depth = match parent {
             Parent::Root(_) => 1,
             Parent::Object(p) => self.reached.get(&p).map_or(1, |p| p.depth + 1),
         };
-        self.reached.insert(obj.base, Reached { parent, offset, known, depth, size: obj.size, typing, slot });
+        self.reached.insert(
+            obj.base,
+            Reached {
+                parent,
+                offset,
+                known,
+                depth,
+                size: obj.size,
+                typing,
+                slot,
+            },
+        );
         self.remaining.remove(&obj.base);
         self.queue.push_back(obj.base);
     }
@@ -279,7 +316,11 @@ impl Walk<'_, '_, '_> {
                     _ => s.to,
                 };
                 let at = start + s.offset;
-                let slice = if s.slice_data { word(at + 8).zip(word(at + 16)) } else { None };
+                let slice = if s.slice_data {
+                    word(at + 8).zip(word(at + 16))
+                } else {
+                    None
+                };
                 self.reach(parent, at, w, Some(SlotRef { index: i, elem, slice }), to, true);
             }
             start += value.size;
@@ -289,7 +330,14 @@ impl Walk<'_, '_, '_> {
 
     /// Scans the queued objects, breadth first, until every target is reached, the heap is exhausted or the
     /// limits stop it.
-    fn drain(&mut self, buf: &mut Vec<u8>, stats: &mut WalkStats, limits: &WalkLimits, pause: &mut Pause, started: Instant) {
+    fn drain(
+        &mut self,
+        buf: &mut Vec<u8>,
+        stats: &mut WalkStats,
+        limits: &WalkLimits,
+        pause: &mut Pause,
+        started: Instant,
+    ) {
         let memory = self.memory;
         while let Some(base) = self.queue.pop_front() {
             if self.remaining.is_empty() {
@@ -351,7 +399,11 @@ impl Walk<'_, '_, '_> {
         let value = self.slots.of(t.elem)?;
         let s = value.slots.get(slot.index)?;
         let many = parent_size.saturating_sub(t.phase) >= 2 * value.size;
-        Some(if many { format!("[{}]{}", slot.elem, s.path) } else { s.path.clone() })
+        Some(if many {
+            format!("[{}]{}", slot.elem, s.path)
+        } else {
+            s.path.clone()
+        })
     }
 
     /// The number of entries of a typed map header (`used` of a Swiss `map<K,V>`, `count` of a `hash<K,V>`).
@@ -402,7 +454,11 @@ impl Walk<'_, '_, '_> {
         let (typ, start) = self.heap.runtime_type(obj)?;
         let t = self.type_names.resolve(self.memory, typ)?;
         let n = obj.size.saturating_sub(start) / t.size.max(1);
-        Some(if n >= 2 { format!("[{n}]{}", t.name) } else { t.name.clone() })
+        Some(if n >= 2 {
+            format!("[{n}]{}", t.name)
+        } else {
+            t.name.clone()
+        })
     }
 
     /// The type name of a typed object: its type, or `[N]T` when it holds N values of T (without the `noalg.`
@@ -411,7 +467,11 @@ impl Walk<'_, '_, '_> {
         let t = self.slots.graph().get(typing?.elem)?;
         let name = t.name.strip_prefix("noalg.").unwrap_or(&t.name);
         let n = size.saturating_sub(typing?.phase) / t.size.max(1);
-        Some(if n >= 2 { format!("[{n}]{name}") } else { name.to_string() })
+        Some(if n >= 2 {
+            format!("[{n}]{name}")
+        } else {
+            name.to_string()
+        })
     }
 
     /// The hops from a root to `base`, and the root's index. `roots` types the first hop's parent.
@@ -421,24 +481,49 @@ impl Walk<'_, '_, '_> {
         loop {
             let r = self.reached.get(&at)?;
             let (parent_typing, parent_size) = match r.parent {
-                Parent::Root(i) => (roots[i].type_id.map(|t| Typing { elem: self.slots.graph().resolve(t), phase: 0 }), roots[i].len),
+                Parent::Root(i) => (
+                    roots[i].type_id.map(|t| Typing {
+                        elem: self.slots.graph().resolve(t),
+                        phase: 0,
+                    }),
+                    roots[i].len,
+                ),
                 Parent::Object(p) => self.reached.get(&p).map_or((None, 0), |p| (p.typing, p.size)),
             };
             let (parent, offset, size, typing, slot, known) = (r.parent, r.offset, r.size, r.typing, r.slot, r.known);
             let via = match (parent, slot) {
                 // An untyped root's slots are its named words.
-                (Parent::Root(i), Some(s)) if roots[i].type_id.is_none() => roots[i].named.get(s.index).map(|w| w.name.clone()),
+                (Parent::Root(i), Some(s)) if roots[i].type_id.is_none() => {
+                    roots[i].named.get(s.index).map(|w| w.name.clone())
+                }
                 _ => self.path(slot, parent_typing, parent_size),
             };
-            let type_name = self.typed_name(typing, size).or_else(|| self.runtime_type_name(HeapObject { base: at, size }));
-            let elem_size = typing.and_then(|t| self.slots.graph().get(t.elem)).map_or(1, |t| t.size);
-            let slice = slot.and_then(|s| s.slice).map(|(len, cap)| SliceView { len_bytes: len.saturating_mul(elem_size), cap_bytes: cap.saturating_mul(elem_size) });
+            let type_name = self
+                .typed_name(typing, size)
+                .or_else(|| self.runtime_type_name(HeapObject { base: at, size }));
+            let elem_size = typing
+                .and_then(|t| self.slots.graph().get(t.elem))
+                .map_or(1, |t| t.size);
+            let slice = slot.and_then(|s| s.slice).map(|(len, cap)| SliceView {
+                len_bytes: len.saturating_mul(elem_size),
+                cap_bytes: cap.saturating_mul(elem_size),
+            });
             let map_len = self.map_len(at, typing);
             let key = match (parent, slot, parent_typing) {
                 (Parent::Object(p), Some(s), Some(t)) => self.map_key(p, t, s),
                 _ => None,
             };
-            hops.push(Hop { offset, size, base: at, via, type_name, slice, map_len, known, key });
+            hops.push(Hop {
+                offset,
+                size,
+                base: at,
+                via,
+                type_name,
+                slice,
+                map_len,
+                known,
+                key,
+            });
             match parent {
                 Parent::Root(i) => {
                     hops.reverse();
@@ -510,10 +595,17 @@ pub fn find_chains(
     pause: &mut Pause,
 ) -> (HashMap<u64, Chain>, WalkStats) {
     let started = Instant::now();
-    let HeapAccess { memory, model, load_bias } = heap;
+    let HeapAccess {
+        memory,
+        model,
+        load_bias,
+    } = heap;
     let types = &model.types;
     let mut heap = HeapIndex::new(memory, &model.layout, load_bias);
-    let bases: HashMap<u64, u64> = targets.iter().filter_map(|&t| Some((t, heap.object_containing(t)?.base))).collect();
+    let bases: HashMap<u64, u64> = targets
+        .iter()
+        .filter_map(|&t| Some((t, heap.object_containing(t)?.base)))
+        .collect();
     let mut walk = Walk {
         memory,
         heap,
@@ -524,7 +616,10 @@ pub fn find_chains(
         remaining: bases.values().copied().collect(),
         type_names: TypeNames::new(model.types_base.map(|b| b.wrapping_add(load_bias))),
     };
-    let mut stats = WalkStats { roots_searched: roots.len(), ..WalkStats::default() };
+    let mut stats = WalkStats {
+        roots_searched: roots.len(),
+        ..WalkStats::default()
+    };
     let mut buf = Vec::new();
     // Roots of one kind at a time, each kind's reach walked out before the next kind starts: an object a global
     // reaches is reported held by the global, however short a path from some stack slot (conservatively scanned
@@ -532,7 +627,10 @@ pub fn find_chains(
     let mut from = 0;
     while from < roots.len() && !walk.remaining.is_empty() && !stats.cut_short {
         let kind = roots[from].root.kind;
-        let to = roots[from..].iter().position(|r| r.root.kind != kind).map_or(roots.len(), |n| from + n);
+        let to = roots[from..]
+            .iter()
+            .position(|r| r.root.kind != kind)
+            .map_or(roots.len(), |n| from + n);
         let mut window = RootWindow::default();
         for (i, r) in roots.iter().enumerate().take(to).skip(from) {
             pause.check();
@@ -546,7 +644,13 @@ pub fn find_chains(
                         PointerWords::None => (0, None),
                         PointerWords::Bits(bits) => {
                             owned = bits;
-                            (o.size, Some(Mask { follow: &owned, known: &owned }))
+                            (
+                                o.size,
+                                Some(Mask {
+                                    follow: &owned,
+                                    known: &owned,
+                                }),
+                            )
                         }
                         PointerWords::Unknown => (o.size, None),
                     },
@@ -555,7 +659,13 @@ pub fn find_chains(
                 },
                 (len, RootWords::Pointers) => {
                     owned = vec![0xff; len.div_ceil(64) as usize];
-                    (len, Some(Mask { follow: &owned, known: &owned }))
+                    (
+                        len,
+                        Some(Mask {
+                            follow: &owned,
+                            known: &owned,
+                        }),
+                    )
                 }
                 (len, RootWords::Map { follow, known }) => (len, Some(Mask { follow, known })),
                 (len, RootWords::Conservative) => (len, None),
@@ -566,15 +676,31 @@ pub fn find_chains(
                 // where a variable lives, not whether it is live there (a register argument's spill slot may never
                 // have been written): the stack maps say, where the binary has them.
                 for (k, w) in r.named.iter().enumerate() {
-                    let Some(at) = w.addr.checked_sub(r.addr).filter(|&a| a + 8 <= len) else { continue };
+                    let Some(at) = w.addr.checked_sub(r.addr).filter(|&a| a + 8 <= len) else {
+                        continue;
+                    };
                     if mask.is_some_and(|m| !bit(m.follow, at / 8)) {
                         continue;
                     }
                     let word = u64::from_le_bytes(bytes[at as usize..at as usize + 8].try_into().unwrap_or_default());
                     let known = mask.is_some_and(|m| bit(m.known, at / 8));
-                    walk.reach(Parent::Root(i), at, word, Some(SlotRef { index: k, elem: 0, slice: None }), w.to, known);
+                    walk.reach(
+                        Parent::Root(i),
+                        at,
+                        word,
+                        Some(SlotRef {
+                            index: k,
+                            elem: 0,
+                            slice: None,
+                        }),
+                        w.to,
+                        known,
+                    );
                 }
-                let typing = r.type_id.map(|t| Typing { elem: types.resolve(t), phase: 0 });
+                let typing = r.type_id.map(|t| Typing {
+                    elem: types.resolve(t),
+                    phase: 0,
+                });
                 walk.scan(Parent::Root(i), &bytes, 0, typing, mask);
             }
         }
@@ -586,7 +712,14 @@ pub fn find_chains(
         .filter_map(|(target, base)| {
             let (i, hops) = walk.chain_to(base, roots)?;
             let precise = hops.iter().all(|h| h.known);
-            Some((target, Chain { root: roots[i].root.clone(), hops, precise }))
+            Some((
+                target,
+                Chain {
+                    root: roots[i].root.clone(),
+                    hops,
+                    precise,
+                },
+            ))
         })
         .collect();
     stats.seconds = started.elapsed().as_secs_f64();
@@ -682,7 +815,12 @@ impl HeldBy {
         let kb = crate::report::human_bytes;
         let sub_slice = self.hops.last().and_then(|h| Some((h.size, h.slice?)));
         let map_len = self.hops.iter().find_map(|h| h.map_len).filter(|_| map_storage);
-        let parked = self.root.goroutine.as_ref().map(|(_, state)| state.as_str()).filter(|s| !["running", "runnable"].contains(s));
+        let parked = self
+            .root
+            .goroutine
+            .as_ref()
+            .map(|(_, state)| state.as_str())
+            .filter(|s| !["running", "runnable"].contains(s));
         let diagnosis = match (sub_slice, map_len, parked) {
             (Some((size, v)), _, _) if size >= DIAGNOSE_FROM_BYTES && v.len_bytes * 16 <= size => Diagnosis {
                 kind: "sub_slice",
@@ -719,26 +857,46 @@ pub const MAX_SHAPES: usize = 4;
 /// Groups the chains of one site's objects by shape (the same root variable, or the same function's frame on any
 /// goroutine; then objects of the same sizes), most common first, at most [`MAX_SHAPES`]; `type_of` names hop
 /// objects. Empty when no object has a chain.
-pub fn held_by(objects: &[u64], chains: &HashMap<u64, Chain>, mut type_of: impl FnMut(u64, u64) -> Option<String>) -> Vec<HeldBy> {
+pub fn held_by(
+    objects: &[u64],
+    chains: &HashMap<u64, Chain>,
+    mut type_of: impl FnMut(u64, u64) -> Option<String>,
+) -> Vec<HeldBy> {
     type Shape<'c> = (&'static str, &'c str, Option<&'c str>, Vec<u64>);
     let mut shapes: HashMap<Shape, Vec<&Chain>> = HashMap::new();
     for chain in objects.iter().filter_map(|o| chains.get(o)) {
         let r = &chain.root;
-        let shape = (r.kind, r.name.as_str(), r.type_name.as_deref(), chain.hops.iter().map(|h| h.size).collect());
+        let shape = (
+            r.kind,
+            r.name.as_str(),
+            r.type_name.as_deref(),
+            chain.hops.iter().map(|h| h.size).collect(),
+        );
         shapes.entry(shape).or_default().push(chain);
     }
     let found: usize = shapes.values().map(Vec::len).sum();
     let mut groups: Vec<Vec<&Chain>> = shapes.into_values().collect();
     // Most objects first; among equals, the shorter chain, then the root name, so the order is stable.
     groups.sort_by(|a, b| {
-        b.len().cmp(&a.len()).then(a[0].hops.len().cmp(&b[0].hops.len())).then(a[0].root.name.cmp(&b[0].root.name))
+        b.len()
+            .cmp(&a.len())
+            .then(a[0].hops.len().cmp(&b[0].hops.len()))
+            .then(a[0].root.name.cmp(&b[0].root.name))
     });
     groups.truncate(MAX_SHAPES);
-    groups.iter().map(|group| shape_row(group, objects.len(), found, &mut type_of)).collect()
+    groups
+        .iter()
+        .map(|group| shape_row(group, objects.len(), found, &mut type_of))
+        .collect()
 }
 
 /// One shape's row: its first chain, with what varies among the group generalized.
-fn shape_row(group: &[&Chain], searched: usize, found: usize, type_of: &mut impl FnMut(u64, u64) -> Option<String>) -> HeldBy {
+fn shape_row(
+    group: &[&Chain],
+    searched: usize,
+    found: usize,
+    type_of: &mut impl FnMut(u64, u64) -> Option<String>,
+) -> HeldBy {
     let first = group[0];
     let hops = first
         .hops
@@ -747,7 +905,13 @@ fn shape_row(group: &[&Chain], searched: usize, found: usize, type_of: &mut impl
         .map(|(i, h)| HopRow {
             offset: h.offset,
             offset_varies: group.iter().any(|c| c.hops[i].offset != h.offset),
-            via: h.via.as_ref().map(|v| if group.iter().all(|c| c.hops[i].via.as_ref() == Some(v)) { v.clone() } else { any_index(v) }),
+            via: h.via.as_ref().map(|v| {
+                if group.iter().all(|c| c.hops[i].via.as_ref() == Some(v)) {
+                    v.clone()
+                } else {
+                    any_index(v)
+                }
+            }),
             size: h.size,
             type_name: type_of(h.base, h.size).or_else(|| h.type_name.clone()),
             slice: h.slice,
@@ -755,7 +919,11 @@ fn shape_row(group: &[&Chain], searched: usize, found: usize, type_of: &mut impl
             map_entry: h.key.clone().map(|(key, part)| MapEntry {
                 key,
                 part,
-                keys: group.iter().filter_map(|c| c.hops[i].key.as_ref()).collect::<HashSet<_>>().len() as u64,
+                keys: group
+                    .iter()
+                    .filter_map(|c| c.hops[i].key.as_ref())
+                    .collect::<HashSet<_>>()
+                    .len() as u64,
             }),
         })
         .collect();
@@ -767,7 +935,11 @@ fn shape_row(group: &[&Chain], searched: usize, found: usize, type_of: &mut impl
         searched: searched as u64,
         unreached: (searched - found) as u64,
         precise: group.iter().all(|c| c.precise),
-        goroutines: group.iter().filter_map(|c| c.root.goroutine.as_ref().map(|g| g.0)).collect::<HashSet<_>>().len() as u64,
+        goroutines: group
+            .iter()
+            .filter_map(|c| c.root.goroutine.as_ref().map(|g| g.0))
+            .collect::<HashSet<_>>()
+            .len() as u64,
         diagnosis: None,
     }
 }
@@ -799,10 +971,26 @@ mod tests {
 
     fn chain(root: &str, hops: &[(u64, u64, u64)]) -> Chain {
         Chain {
-            root: Root { kind: "global", name: root.into(), type_name: None, goroutine: None, blocked_ms: None },
+            root: Root {
+                kind: "global",
+                name: root.into(),
+                type_name: None,
+                goroutine: None,
+                blocked_ms: None,
+            },
             hops: hops
                 .iter()
-                .map(|&(offset, size, base)| Hop { offset, size, base, via: Some(format!("[{}]", offset / 8)), type_name: None, slice: None, map_len: None, known: true, key: None })
+                .map(|&(offset, size, base)| Hop {
+                    offset,
+                    size,
+                    base,
+                    via: Some(format!("[{}]", offset / 8)),
+                    type_name: None,
+                    slice: None,
+                    map_len: None,
+                    known: true,
+                    key: None,
+                })
                 .collect(),
             precise: true,
         }
@@ -816,14 +1004,37 @@ mod tests {
             chains.insert(obj, chain("main.cache", &[(0, 4096, 0x9000), (8 * i as u64, 48, obj)]));
         }
         chains.insert(0x400, chain("main.other", &[(0, 48, 0x400)]));
-        let shapes = held_by(&[0x100, 0x200, 0x300, 0x400, 0x500], &chains, |b, _| (b == 0x9000).then(|| "[]map[string]int".into()));
+        let shapes = held_by(&[0x100, 0x200, 0x300, 0x400, 0x500], &chains, |b, _| {
+            (b == 0x9000).then(|| "[]map[string]int".into())
+        });
         let held = &shapes[0];
-        assert_eq!((held.root.name.as_str(), held.objects, held.bytes, held.searched, held.unreached), ("main.cache", 3, 3 * 48, 5, 1));
+        assert_eq!(
+            (
+                held.root.name.as_str(),
+                held.objects,
+                held.bytes,
+                held.searched,
+                held.unreached
+            ),
+            ("main.cache", 3, 3 * 48, 5, 1)
+        );
         // The other shape comes next, with its own count.
-        assert_eq!((shapes.len(), shapes[1].root.name.as_str(), shapes[1].objects, shapes[1].hops.len()), (2, "main.other", 1, 1));
+        assert_eq!(
+            (
+                shapes.len(),
+                shapes[1].root.name.as_str(),
+                shapes[1].objects,
+                shapes[1].hops.len()
+            ),
+            (2, "main.other", 1, 1)
+        );
         assert_eq!(held.hops[0].type_name.as_deref(), Some("[]map[string]int"));
         assert_eq!((held.hops[0].offset_varies, held.hops[1].offset_varies), (false, true));
-        assert_eq!((held.hops[0].via.as_deref(), held.hops[1].via.as_deref()), (Some("[0]"), Some("[…]")), "an index that varies is generalized");
+        assert_eq!(
+            (held.hops[0].via.as_deref(), held.hops[1].via.as_deref()),
+            (Some("[0]"), Some("[…]")),
+            "an index that varies is generalized"
+        );
         assert!(held.precise);
         assert_eq!(any_index("[3].slots[15].elem"), "[…].slots[…].elem");
         assert_eq!(held.hops.iter().map(|h| h.size).collect::<Vec<_>>(), [4096, 48]);
@@ -833,7 +1044,13 @@ mod tests {
     fn held(hops: Vec<HopRow>, goroutine: Option<(u64, String)>, goroutines: u64) -> HeldBy {
         let kind = if goroutine.is_some() { "goroutine" } else { "global" };
         HeldBy {
-            root: Root { kind, name: "main.x".into(), type_name: None, goroutine, blocked_ms: None },
+            root: Root {
+                kind,
+                name: "main.x".into(),
+                type_name: None,
+                goroutine,
+                blocked_ms: None,
+            },
             hops,
             objects: 1,
             bytes: 0,
@@ -847,7 +1064,16 @@ mod tests {
 
     fn hop(size: u64, slice: Option<(u64, u64)>, map_len: Option<u64>) -> HopRow {
         let slice = slice.map(|(len_bytes, cap_bytes)| SliceView { len_bytes, cap_bytes });
-        HopRow { offset: 0, offset_varies: false, via: Some(String::new()), size, type_name: None, slice, map_len, map_entry: None }
+        HopRow {
+            offset: 0,
+            offset_varies: false,
+            via: Some(String::new()),
+            size,
+            type_name: None,
+            slice,
+            map_len,
+            map_entry: None,
+        }
     }
 
     fn diagnosis(mut h: HeldBy, bytes: u64, map_storage: bool) -> Option<&'static str> {
@@ -865,12 +1091,23 @@ mod tests {
 
         let map = || held(vec![hop(48, None, Some(10)), hop(18 << 10, None, None)], None, 0);
         assert_eq!(diagnosis(map(), 272 << 10, true), Some("map_kept_storage"));
-        assert_eq!(diagnosis(map(), 272 << 10, false), None, "the values a map holds are not its storage");
+        assert_eq!(
+            diagnosis(map(), 272 << 10, false),
+            None,
+            "the values a map holds are not its storage"
+        );
         assert_eq!(diagnosis(map(), 8 << 10, true), None);
 
         let parked = |state: &str, n| held(vec![hop(1024, None, None)], Some((7, state.into())), n);
-        assert_eq!(diagnosis(parked("chan receive", 5), 5 << 10, false), Some("goroutine_leak"));
-        assert_eq!(diagnosis(parked("chan receive", 1), 1 << 10, false), None, "one goroutine is not a pattern");
+        assert_eq!(
+            diagnosis(parked("chan receive", 5), 5 << 10, false),
+            Some("goroutine_leak")
+        );
+        assert_eq!(
+            diagnosis(parked("chan receive", 1), 1 << 10, false),
+            None,
+            "one goroutine is not a pattern"
+        );
         assert_eq!(diagnosis(parked("running", 5), 5 << 10, false), None);
     }
 }

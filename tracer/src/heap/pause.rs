@@ -27,7 +27,14 @@ const MAX_ROUNDS: usize = 8;
 impl Pause {
     /// A budget of zero never stops the target.
     pub fn new(pid: u32, budget: Duration) -> Self {
-        Pause { pid, budget, stopped: Vec::new(), since: None, paused: Duration::ZERO, failed: None }
+        Pause {
+            pid,
+            budget,
+            stopped: Vec::new(),
+            since: None,
+            paused: Duration::ZERO,
+            failed: None,
+        }
     }
 
     /// Stops every thread of the target, unless the budget is zero. On failure the target runs on (whatever
@@ -39,7 +46,9 @@ impl Pause {
         self.since = Some(Instant::now());
         if let Err(e) = self.seize_all() {
             // The walk goes on with the target running: say why, and how to avoid trying.
-            self.failed = Some(format!("{e} (a debugger or another tracer attached? --max-pause 0 does not try)"));
+            self.failed = Some(format!(
+                "{e} (a debugger or another tracer attached? --max-pause 0 does not try)"
+            ));
             self.resume();
         }
     }
@@ -125,7 +134,14 @@ mod tests {
 
     /// `State:` and `TracerPid:` of every thread of `pid`.
     fn threads(pid: u32) -> Vec<(String, String)> {
-        let field = |status: &str, name: &str| status.lines().find_map(|l| l.strip_prefix(name)).unwrap_or_default().trim().to_string();
+        let field = |status: &str, name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .unwrap_or_default()
+                .trim()
+                .to_string()
+        };
         tasks(pid)
             .unwrap()
             .into_iter()
@@ -145,17 +161,32 @@ mod tests {
 
         let mut never = Pause::new(pid, Duration::ZERO);
         never.stop();
-        assert!(!never.is_stopped() && threads(pid).iter().all(|(_, tracer)| tracer == "0"), "a zero budget never stops");
+        assert!(
+            !never.is_stopped() && threads(pid).iter().all(|(_, tracer)| tracer == "0"),
+            "a zero budget never stops"
+        );
 
         let mut pause = Pause::new(pid, Duration::from_secs(60));
         pause.stop();
         assert!(pause.is_stopped() && pause.failed.is_none(), "{:?}", pause.failed);
-        assert!(threads(pid).iter().all(|(state, tracer)| state.starts_with('t') && *tracer == me), "{:?}", threads(pid));
+        assert!(
+            threads(pid)
+                .iter()
+                .all(|(state, tracer)| state.starts_with('t') && *tracer == me),
+            "{:?}",
+            threads(pid)
+        );
         pause.check();
         assert!(pause.is_stopped(), "within the budget");
         pause.resume();
         assert!(!pause.is_stopped() && pause.paused > Duration::ZERO);
-        assert!(threads(pid).iter().all(|(state, tracer)| !state.starts_with('t') && tracer == "0"), "{:?}", threads(pid));
+        assert!(
+            threads(pid)
+                .iter()
+                .all(|(state, tracer)| !state.starts_with('t') && tracer == "0"),
+            "{:?}",
+            threads(pid)
+        );
 
         let mut spent = Pause::new(pid, Duration::from_nanos(1));
         spent.stop();

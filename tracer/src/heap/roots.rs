@@ -54,7 +54,13 @@ pub fn global_roots(globals: &[GlobalVar], load_bias: u64) -> Vec<RootRegion> {
     globals
         .iter()
         .map(|g| RootRegion {
-            root: Root { kind: "global", name: g.name.clone(), type_name: g.type_name.clone(), goroutine: None, blocked_ms: None },
+            root: Root {
+                kind: "global",
+                name: g.name.clone(),
+                type_name: g.type_name.clone(),
+                goroutine: None,
+                blocked_ms: None,
+            },
             addr: g.addr + load_bias,
             len: g.size,
             type_id: g.type_id,
@@ -71,8 +77,21 @@ pub fn data_roots(regions: &[DataRegion], load_bias: u64) -> Vec<RootRegion> {
     let mut out = Vec::new();
     for r in regions {
         for word in (0..r.len / 8).map(|i| r.addr + 8 * i).filter(|&a| r.is_pointer(a)) {
-            let root = Root { kind: "global", name: format!("{} {word:#x}", r.name), type_name: None, goroutine: None, blocked_ms: None };
-            out.push(RootRegion { root, addr: word + load_bias, len: 8, type_id: None, named: Vec::new(), words: RootWords::Pointers });
+            let root = Root {
+                kind: "global",
+                name: format!("{} {word:#x}", r.name),
+                type_name: None,
+                goroutine: None,
+                blocked_ms: None,
+            };
+            out.push(RootRegion {
+                root,
+                addr: word + load_bias,
+                len: 8,
+                type_id: None,
+                named: Vec::new(),
+                words: RootWords::Pointers,
+            });
         }
     }
     out
@@ -85,8 +104,21 @@ pub fn closure_roots(closures: impl IntoIterator<Item = (&'static str, String, u
     closures
         .into_iter()
         .map(|(kind, name, funcval)| {
-            let root = Root { kind, name, type_name: None, goroutine: None, blocked_ms: None };
-            RootRegion { root, addr: funcval, len: 0, type_id: None, named: Vec::new(), words: RootWords::Conservative }
+            let root = Root {
+                kind,
+                name,
+                type_name: None,
+                goroutine: None,
+                blocked_ms: None,
+            };
+            RootRegion {
+                root,
+                addr: funcval,
+                len: 0,
+                type_id: None,
+                named: Vec::new(),
+                words: RootWords::Conservative,
+            }
         })
         .collect()
 }
@@ -104,9 +136,18 @@ fn frame_words(model: &HeapModel, slots: &mut Slots, pc: u64, cfa: u64) -> Vec<N
     for (var, pieces) in model.locals.at(pc.wrapping_sub(1)) {
         let Some(value) = slots.of(var.ty) else { continue };
         for s in &value.slots {
-            let Some(p) = pieces.iter().find(|p| s.offset >= p.start && s.offset - p.start < p.len) else { continue };
+            let Some(p) = pieces
+                .iter()
+                .find(|p| s.offset >= p.start && s.offset - p.start < p.len)
+            else {
+                continue;
+            };
             let addr = cfa.wrapping_add_signed(p.cfa_offset).wrapping_add(s.offset - p.start);
-            out.push(NamedWord { addr, name: format!("{}{}", var.name, s.path), to: s.to });
+            out.push(NamedWord {
+                addr,
+                name: format!("{}{}", var.name, s.path),
+                to: s.to,
+            });
         }
     }
     // Go 1.25+ also describes a split variable's parts as variables of their own (`batch.ptr` beside `batch`):
@@ -143,17 +184,33 @@ pub fn goroutine_roots(
     let layout = &model.goroutines;
     let mut slots = Slots::new(&model.types);
     let mut out = Vec::new();
-    let (Some(ptr), Some(len)) = (word(memory, layout.allgs + load_bias), word(memory, layout.allgs + load_bias + 8)) else {
+    let (Some(ptr), Some(len)) = (
+        word(memory, layout.allgs + load_bias),
+        word(memory, layout.allgs + load_bias + 8),
+    ) else {
         return out;
     };
     let mut gs = vec![0u8; 8 * len.min(1 << 20) as usize];
     if memory.read(ptr, &mut gs).is_err() {
         return out;
     }
-    for g in gs.chunks_exact(8).map(|w| u64::from_le_bytes(w.try_into().unwrap_or_default())) {
-        let Some(Goroutine { id, state, running, blocked_ms }) = describe(g) else { continue };
+    for g in gs
+        .chunks_exact(8)
+        .map(|w| u64::from_le_bytes(w.try_into().unwrap_or_default()))
+    {
+        let Some(Goroutine {
+            id,
+            state,
+            running,
+            blocked_ms,
+        }) = describe(g)
+        else {
+            continue;
+        };
         let field = |off: u64| word(memory, g + off);
-        let (Some(lo), Some(hi)) = (field(layout.stack_lo), field(layout.stack_lo + 8)) else { continue };
+        let (Some(lo), Some(hi)) = (field(layout.stack_lo), field(layout.stack_lo + 8)) else {
+            continue;
+        };
         if hi <= lo || hi - lo > MAX_STACK {
             continue;
         }
@@ -167,7 +224,14 @@ pub fn goroutine_roots(
         let sp = field(layout.sched_sp).filter(|sp| (lo..hi).contains(sp) && !running);
         let Some(mut start) = sp else {
             // Running: its saved registers are stale, so its whole stack is one region.
-            out.push(RootRegion { root: root(None), addr: lo, len: hi - lo, type_id: None, named: Vec::new(), words: RootWords::Conservative });
+            out.push(RootRegion {
+                root: root(None),
+                addr: lo,
+                len: hi - lo,
+                type_id: None,
+                named: Vec::new(),
+                words: RootWords::Conservative,
+            });
             continue;
         };
         let mut frames = Vec::new();
@@ -180,16 +244,39 @@ pub fn goroutine_roots(
             }
             // With frame pointers (amd64), the CFA (the runtime's `fp`) is just above the saved BP and the return
             // address, so `varp` is the saved BP's address.
-            frames.push(Frame { start, fp: bp + 16, pc, maps: frame_pointers(pc.wrapping_sub(load_bias)) });
-            (start, pc, bp) = (bp + 16, word(memory, bp + 8).unwrap_or(0), word(memory, bp).unwrap_or(0));
+            frames.push(Frame {
+                start,
+                fp: bp + 16,
+                pc,
+                maps: frame_pointers(pc.wrapping_sub(load_bias)),
+            });
+            (start, pc, bp) = (
+                bp + 16,
+                word(memory, bp + 8).unwrap_or(0),
+                word(memory, bp).unwrap_or(0),
+            );
         }
         let stack = StackWords::new(lo, hi, &frames);
         for f in &frames {
             let named = frame_words(model, &mut slots, f.pc.wrapping_sub(load_bias), f.fp);
-            out.push(RootRegion { root: root(function_at(f.pc)), addr: f.start, len: f.fp - f.start, type_id: None, named, words: stack.words(f.start, f.fp) });
+            out.push(RootRegion {
+                root: root(function_at(f.pc)),
+                addr: f.start,
+                len: f.fp - f.start,
+                type_id: None,
+                named,
+                words: stack.words(f.start, f.fp),
+            });
         }
         if start < hi {
-            out.push(RootRegion { root: root(function_at(pc)), addr: start, len: hi - start, type_id: None, named: Vec::new(), words: stack.words(start, hi) });
+            out.push(RootRegion {
+                root: root(function_at(pc)),
+                addr: start,
+                len: hi - start,
+                type_id: None,
+                named: Vec::new(),
+                words: stack.words(start, hi),
+            });
         }
     }
     out
@@ -216,7 +303,11 @@ impl StackWords {
     /// its maps (or a callee's argument map: arguments live in the caller's frame) say.
     fn new(lo: u64, hi: u64, frames: &[Frame]) -> Self {
         let n = ((hi - lo) / 8).div_ceil(8) as usize;
-        let mut s = StackWords { lo, follow: vec![0xff; n], known: vec![0; n] };
+        let mut s = StackWords {
+            lo,
+            follow: vec![0xff; n],
+            known: vec![0; n],
+        };
         for f in frames.iter().filter(|f| f.maps.is_some()) {
             (f.start..f.fp).step_by(8).for_each(|a| s.set(a, false, false));
         }
@@ -230,7 +321,9 @@ impl StackWords {
                 let at = if o.offset < 0 { varp } else { argp }.wrapping_add_signed(o.offset);
                 match &o.pointers {
                     Some(p) => s.mark(at, p),
-                    None => (at..at.saturating_add(o.size)).step_by(8).for_each(|a| s.set(a, true, false)),
+                    None => (at..at.saturating_add(o.size))
+                        .step_by(8)
+                        .for_each(|a| s.set(a, true, false)),
                 }
             }
         }
@@ -245,7 +338,13 @@ impl StackWords {
     }
 
     fn set(&mut self, addr: u64, follow: bool, known: bool) {
-        let Some(w) = addr.checked_sub(self.lo).map(|o| o / 8).filter(|&w| w / 8 < self.follow.len() as u64) else { return };
+        let Some(w) = addr
+            .checked_sub(self.lo)
+            .map(|o| o / 8)
+            .filter(|&w| w / 8 < self.follow.len() as u64)
+        else {
+            return;
+        };
         let (byte, bit) = ((w / 8) as usize, 1u8 << (w % 8));
         for (v, on) in [(&mut self.follow[byte], follow), (&mut self.known[byte], known)] {
             *v = if on { *v | bit } else { *v & !bit };
@@ -255,6 +354,9 @@ impl StackWords {
     /// The words of `[from, to)`.
     fn words(&self, from: u64, to: u64) -> RootWords {
         let (skip, n) = ((from - self.lo) / 8, (to - from) / 8);
-        RootWords::Map { follow: bit_range(&self.follow, skip, n), known: bit_range(&self.known, skip, n) }
+        RootWords::Map {
+            follow: bit_range(&self.follow, skip, n),
+            known: bit_range(&self.known, skip, n),
+        }
     }
 }

@@ -40,7 +40,10 @@ pub struct Slots<'g> {
 
 impl<'g> Slots<'g> {
     pub fn new(graph: &'g TypeGraph) -> Self {
-        Slots { graph, cache: HashMap::new() }
+        Slots {
+            graph,
+            cache: HashMap::new(),
+        }
     }
 
     pub fn graph(&self) -> &'g TypeGraph {
@@ -55,7 +58,8 @@ impl<'g> Slots<'g> {
             .or_insert_with(|| {
                 let size = graph.get(id)?.size;
                 let mut slots = Vec::new();
-                (size > 0 && flatten(graph, id, 0, &mut String::new(), &mut slots)).then(|| Rc::new(ValueSlots { size, slots }))
+                (size > 0 && flatten(graph, id, 0, &mut String::new(), &mut slots))
+                    .then(|| Rc::new(ValueSlots { size, slots }))
             })
             .clone()
     }
@@ -66,12 +70,25 @@ fn flatten(graph: &TypeGraph, id: TypeId, at: u64, path: &mut String, out: &mut 
     let resolved = graph.resolve(id);
     match graph.shape(resolved) {
         Shape::Plain | Shape::Typedef(_) => {}
-        Shape::Pointer { to } => out.push(PointerSlot { offset: at, to: *to, path: path.clone(), small_map: None, slice_data: false }),
-        Shape::Func => out.push(PointerSlot { offset: at, to: None, path: path.clone(), small_map: None, slice_data: false }),
+        Shape::Pointer { to } => out.push(PointerSlot {
+            offset: at,
+            to: *to,
+            path: path.clone(),
+            small_map: None,
+            slice_data: false,
+        }),
+        Shape::Func => out.push(PointerSlot {
+            offset: at,
+            to: None,
+            path: path.clone(),
+            small_map: None,
+            slice_data: false,
+        }),
         Shape::Struct { fields } => {
             let Some(t) = graph.get(resolved) else { return true };
             // A slice's or string's data pointer, an interface's words: named by the field that holds them.
-            let anonymous = t.kind == KIND_SLICE || t.kind == KIND_STRING || t.name == "runtime.iface" || t.name == "runtime.eface";
+            let anonymous =
+                t.kind == KIND_SLICE || t.kind == KIND_STRING || t.name == "runtime.iface" || t.name == "runtime.eface";
             let small_map = small_map_group(graph, resolved);
             for f in fields {
                 let len = path.len();
@@ -124,13 +141,20 @@ pub fn map_key(graph: &TypeGraph, value: TypeId, path: &str) -> Option<(u64, Typ
         Some((i, i + path[i..].find(']')? + 1))
     };
     let (key_path, part) = if let Some((_, end)) = entry(".slots[") {
-        let part = if path[end..].starts_with(".key") { EntryPart::Key } else { EntryPart::Value };
+        let part = if path[end..].starts_with(".key") {
+            EntryPart::Key
+        } else {
+            EntryPart::Value
+        };
         (format!("{}.key", &path[..end]), part)
     } else if let Some((_, end)) = entry(".keys[") {
         (path[..end].to_string(), EntryPart::Key)
     } else {
         let (i, end) = entry(".values[")?;
-        (format!("{}.keys{}", &path[..i], &path[i + ".values".len()..end]), EntryPart::Value)
+        (
+            format!("{}.keys{}", &path[..i], &path[i + ".values".len()..end]),
+            EntryPart::Value,
+        )
     };
     let (offset, ty) = resolve_path(graph, value, &key_path)?;
     Some((offset, ty, part))
@@ -157,9 +181,15 @@ fn resolve_path(graph: &TypeGraph, mut ty: TypeId, mut path: &str) -> Option<(u6
             let rest = path.strip_prefix('[')?;
             let end = rest.find(']')?;
             let i: u64 = rest[..end].parse().ok()?;
-            let Shape::Array { elem, count } = graph.shape(resolved) else { return None };
+            let Shape::Array { elem, count } = graph.shape(resolved) else {
+                return None;
+            };
             let size = graph.get(graph.resolve(*elem))?.size;
-            (at, ty, path) = (at + i.checked_mul(size).filter(|_| i < *count)?, *elem, &rest[end + 1..]);
+            (at, ty, path) = (
+                at + i.checked_mul(size).filter(|_| i < *count)?,
+                *elem,
+                &rest[end + 1..],
+            );
         }
     }
     Some((at, ty))
@@ -180,11 +210,20 @@ pub(crate) mod tests {
     use crate::target::{Field, GoTypeDef};
 
     fn def(name: &str, size: u64, kind: u8, shape: Shape) -> GoTypeDef {
-        GoTypeDef { name: name.into(), size, kind, shape }
+        GoTypeDef {
+            name: name.into(),
+            size,
+            kind,
+            shape,
+        }
     }
 
     fn field(name: &str, offset: u64, ty: TypeId) -> Field {
-        Field { name: name.into(), offset, ty }
+        Field {
+            name: name.into(),
+            offset,
+            ty,
+        }
     }
 
     /// `main.Tenant{Name string; Account *Account}`, `Account{ID int; Profile *Profile}`,
@@ -194,28 +233,127 @@ pub(crate) mod tests {
             /* 0 */ def("int", 8, 2, Shape::Plain),
             /* 1 */ def("uint8", 1, 8, Shape::Plain),
             /* 2 */ def("*uint8", 8, 22, Shape::Pointer { to: Some(1) }),
-            /* 3 */ def("string", 16, KIND_STRING, Shape::Struct { fields: vec![field("str", 0, 2), field("len", 8, 0)] }),
-            /* 4 */ def("[]uint8", 24, KIND_SLICE, Shape::Struct { fields: vec![field("array", 0, 2), field("len", 8, 0), field("cap", 16, 0)] }),
-            /* 5 */ def("main.Profile", 32, 25, Shape::Struct { fields: vec![field("Score", 0, 0), field("Avatar", 8, 4)] }),
+            /* 3 */
+            def(
+                "string",
+                16,
+                KIND_STRING,
+                Shape::Struct {
+                    fields: vec![field("str", 0, 2), field("len", 8, 0)],
+                },
+            ),
+            /* 4 */
+            def(
+                "[]uint8",
+                24,
+                KIND_SLICE,
+                Shape::Struct {
+                    fields: vec![field("array", 0, 2), field("len", 8, 0), field("cap", 16, 0)],
+                },
+            ),
+            /* 5 */
+            def(
+                "main.Profile",
+                32,
+                25,
+                Shape::Struct {
+                    fields: vec![field("Score", 0, 0), field("Avatar", 8, 4)],
+                },
+            ),
             /* 6 */ def("*main.Profile", 8, 22, Shape::Pointer { to: Some(5) }),
-            /* 7 */ def("main.Account", 16, 25, Shape::Struct { fields: vec![field("ID", 0, 0), field("Profile", 8, 6)] }),
+            /* 7 */
+            def(
+                "main.Account",
+                16,
+                25,
+                Shape::Struct {
+                    fields: vec![field("ID", 0, 0), field("Profile", 8, 6)],
+                },
+            ),
             /* 8 */ def("*main.Account", 8, 22, Shape::Pointer { to: Some(7) }),
-            /* 9 */ def("main.Tenant", 24, 25, Shape::Struct { fields: vec![field("Name", 0, 3), field("Account", 16, 8)] }),
+            /* 9 */
+            def(
+                "main.Tenant",
+                24,
+                25,
+                Shape::Struct {
+                    fields: vec![field("Name", 0, 3), field("Account", 16, 8)],
+                },
+            ),
             /* 10 */ def("*main.Tenant", 8, 22, Shape::Pointer { to: Some(17) }),
             /* 11 */ def("[4]*main.Tenant", 32, 17, Shape::Array { elem: 10, count: 4 }),
-            /* 12 */ def("noalg.map.group[int]*main.Tenant", 136, 25, Shape::Struct { fields: vec![field("ctrl", 0, 0), field("slots", 8, 18)] }),
+            /* 12 */
+            def(
+                "noalg.map.group[int]*main.Tenant",
+                136,
+                25,
+                Shape::Struct {
+                    fields: vec![field("ctrl", 0, 0), field("slots", 8, 18)],
+                },
+            ),
             /* 13 */ def("*group", 8, 0, Shape::Pointer { to: Some(12) }),
-            /* 14 */ def("groupReference<int,*main.Tenant>", 16, 25, Shape::Struct { fields: vec![field("data", 0, 13), field("lengthMask", 8, 0)] }),
-            /* 15 */ def("table<int,*main.Tenant>", 32, 25, Shape::Struct { fields: vec![field("used", 0, 0), field("groups", 16, 14)] }),
-            /* 16 */ def("map<int,*main.Tenant>", 48, 25, Shape::Struct { fields: vec![field("used", 0, 0), field("dirPtr", 16, 20), field("dirLen", 24, 0)] }),
+            /* 14 */
+            def(
+                "groupReference<int,*main.Tenant>",
+                16,
+                25,
+                Shape::Struct {
+                    fields: vec![field("data", 0, 13), field("lengthMask", 8, 0)],
+                },
+            ),
+            /* 15 */
+            def(
+                "table<int,*main.Tenant>",
+                32,
+                25,
+                Shape::Struct {
+                    fields: vec![field("used", 0, 0), field("groups", 16, 14)],
+                },
+            ),
+            /* 16 */
+            def(
+                "map<int,*main.Tenant>",
+                48,
+                25,
+                Shape::Struct {
+                    fields: vec![field("used", 0, 0), field("dirPtr", 16, 20), field("dirLen", 24, 0)],
+                },
+            ),
             /* 17 */ def("main.Tenant", 0, 0, Shape::Typedef(9)),
-            /* 18 */ def("[8]struct { key int; elem *main.Tenant }", 128, 17, Shape::Array { elem: 21, count: 8 }),
+            /* 18 */
+            def(
+                "[8]struct { key int; elem *main.Tenant }",
+                128,
+                17,
+                Shape::Array { elem: 21, count: 8 },
+            ),
             /* 19 */ def("*table<int,*main.Tenant>", 8, 0, Shape::Pointer { to: Some(15) }),
             /* 20 */ def("**table<int,*main.Tenant>", 8, 0, Shape::Pointer { to: Some(19) }),
-            /* 21 */ def("struct { key int; elem *main.Tenant }", 16, 25, Shape::Struct { fields: vec![field("key", 0, 0), field("elem", 8, 10)] }),
+            /* 21 */
+            def(
+                "struct { key int; elem *main.Tenant }",
+                16,
+                25,
+                Shape::Struct {
+                    fields: vec![field("key", 0, 0), field("elem", 8, 10)],
+                },
+            ),
             /* 22 */ def("[8]int", 64, 17, Shape::Array { elem: 0, count: 8 }),
             /* 23 */ def("[8]*main.Tenant", 64, 17, Shape::Array { elem: 10, count: 8 }),
-            /* 24 */ def("noalg.map.bucket[int]*main.Tenant", 144, 25, Shape::Struct { fields: vec![field("tophash", 0, 0), field("keys", 8, 22), field("values", 72, 23), field("overflow", 136, 2)] }),
+            /* 24 */
+            def(
+                "noalg.map.bucket[int]*main.Tenant",
+                144,
+                25,
+                Shape::Struct {
+                    fields: vec![
+                        field("tophash", 0, 0),
+                        field("keys", 8, 22),
+                        field("values", 72, 23),
+                        field("overflow", 136, 2),
+                    ],
+                },
+            ),
         ])
     }
 
@@ -225,24 +363,47 @@ pub(crate) mod tests {
         let mut slots = Slots::new(&g);
         let tenant = slots.of(17).unwrap();
         assert_eq!(tenant.size, 24, "a typedef has its underlying size");
-        let names: Vec<(u64, &str, Option<TypeId>)> = tenant.slots.iter().map(|s| (s.offset, s.path.as_str(), s.to)).collect();
-        assert_eq!(names, [(0, ".Name", Some(1)), (16, ".Account", Some(7))], "a string's data pointer is named by its field");
+        let names: Vec<(u64, &str, Option<TypeId>)> =
+            tenant.slots.iter().map(|s| (s.offset, s.path.as_str(), s.to)).collect();
+        assert_eq!(
+            names,
+            [(0, ".Name", Some(1)), (16, ".Account", Some(7))],
+            "a string's data pointer is named by its field"
+        );
         let profile = slots.of(5).unwrap();
-        assert_eq!((profile.slots[0].offset, profile.slots[0].path.as_str(), profile.slots[0].slice_data), (8, ".Avatar", true));
+        assert_eq!(
+            (
+                profile.slots[0].offset,
+                profile.slots[0].path.as_str(),
+                profile.slots[0].slice_data
+            ),
+            (8, ".Avatar", true)
+        );
         assert!(!tenant.slots[0].slice_data, "a string's length is not a slice's");
         let array = slots.of(11).unwrap();
-        assert_eq!(array.slots.iter().map(|s| s.path.as_str()).collect::<Vec<_>>(), ["[0]", "[1]", "[2]", "[3]"]);
+        assert_eq!(
+            array.slots.iter().map(|s| s.path.as_str()).collect::<Vec<_>>(),
+            ["[0]", "[1]", "[2]", "[3]"]
+        );
         assert!(slots.of(0).unwrap().slots.is_empty(), "an int has no pointers");
     }
 
     #[test]
     fn a_map_entry_slot_finds_its_key() {
         let g = graph();
-        assert_eq!(map_key(&g, 12, ".slots[5].elem"), Some((8 + 5 * 16, 0, EntryPart::Value)), "the Swiss slot's key field");
+        assert_eq!(
+            map_key(&g, 12, ".slots[5].elem"),
+            Some((8 + 5 * 16, 0, EntryPart::Value)),
+            "the Swiss slot's key field"
+        );
         assert_eq!(map_key(&g, 12, ".slots[5].key"), Some((8 + 5 * 16, 0, EntryPart::Key)));
         assert_eq!(map_key(&g, 9, ".Account"), None);
         assert_eq!(map_key(&g, 12, ".slots[9].elem"), None, "past the array");
-        assert_eq!(map_key(&g, 24, ".values[3]"), Some((8 + 3 * 8, 0, EntryPart::Value)), "a classic bucket's keys array");
+        assert_eq!(
+            map_key(&g, 24, ".values[3]"),
+            Some((8 + 3 * 8, 0, EntryPart::Value)),
+            "a classic bucket's keys array"
+        );
         assert_eq!(map_key(&g, 24, ".keys[3]"), Some((8 + 3 * 8, 0, EntryPart::Key)));
     }
 
@@ -253,9 +414,15 @@ pub(crate) mod tests {
         let header = slots.of(16).unwrap();
         assert_eq!(header.slots.len(), 1);
         let dir = &header.slots[0];
-        assert_eq!((dir.offset, dir.path.as_str(), dir.to, dir.small_map), (16, ".dirPtr", Some(19), Some((24, 12))));
+        assert_eq!(
+            (dir.offset, dir.path.as_str(), dir.to, dir.small_map),
+            (16, ".dirPtr", Some(19), Some((24, 12)))
+        );
         let group = slots.of(12).unwrap();
         assert_eq!(group.slots.len(), 8);
-        assert_eq!((group.slots[5].offset, group.slots[5].path.as_str()), (8 + 5 * 16 + 8, ".slots[5].elem"));
+        assert_eq!(
+            (group.slots[5].offset, group.slots[5].path.as_str()),
+            (8 + 5 * 16 + 8, ".slots[5].elem")
+        );
     }
 }

@@ -65,7 +65,10 @@ pub struct LifecycleConfig {
 
 impl Default for LifecycleConfig {
     fn default() -> Self {
-        LifecycleConfig { retain_cycles: 2, max_tracked: 1_000_000 }
+        LifecycleConfig {
+            retain_cycles: 2,
+            max_tracked: 1_000_000,
+        }
     }
 }
 
@@ -183,7 +186,10 @@ fn survived(e: &Entry, last: Option<u64>) -> u64 {
 
 impl Lifecycle {
     pub fn new(cfg: LifecycleConfig) -> Self {
-        let cfg = LifecycleConfig { max_tracked: cfg.max_tracked.max(1), ..cfg };
+        let cfg = LifecycleConfig {
+            max_tracked: cfg.max_tracked.max(1),
+            ..cfg
+        };
         Lifecycle {
             cfg,
             table: Table::default(),
@@ -271,7 +277,11 @@ impl Lifecycle {
 
     /// Tracked objects starting in `range`, by address.
     pub fn objects_in(&self, range: Range<u64>) -> impl Iterator<Item = TrackedObject> + '_ {
-        let range = if range.start <= range.end { range } else { range.start..range.start };
+        let range = if range.start <= range.end {
+            range
+        } else {
+            range.start..range.start
+        };
         self.table.objects.range(range).map(|(&a, e)| self.object_of(a, e))
     }
 
@@ -476,7 +486,11 @@ impl Lifecycle {
             return;
         }
         self.max_born = Some(self.max_born.map_or(cycle, |m| m.max(cycle)));
-        let end = s.nelems.checked_mul(s.elemsize).and_then(|len| s.base.checked_add(len)).unwrap_or(u64::MAX);
+        let end = s
+            .nelems
+            .checked_mul(s.elemsize)
+            .and_then(|len| s.base.checked_add(len))
+            .unwrap_or(u64::MAX);
         let last = self.last_cycle;
         // Marks of `cycle` prove survival of the last completed cycle only if they are that recent.
         let confirms = last.is_some_and(|l| cycle >= l);
@@ -533,7 +547,10 @@ impl Lifecycle {
                 size.add(v.value_iterated_to() as f64, v.count_at_value());
             }
         }
-        Distributions { lifetime_seconds: lifetime, size_bytes: size }
+        Distributions {
+            lifetime_seconds: lifetime,
+            size_bytes: size,
+        }
     }
 
     /// `SetFinalizer` gave the object at `addr` a finalizer (`on`), or removed it.
@@ -574,11 +591,20 @@ impl Buckets {
     fn new(bounds: &[f64]) -> Self {
         let mut upper_bounds = bounds.to_vec();
         upper_bounds.push(f64::INFINITY);
-        Buckets { counts: vec![0; upper_bounds.len()], upper_bounds, sum: 0.0, count: 0 }
+        Buckets {
+            counts: vec![0; upper_bounds.len()],
+            upper_bounds,
+            sum: 0.0,
+            count: 0,
+        }
     }
 
     fn add(&mut self, value: f64, n: u64) {
-        let i = self.upper_bounds.iter().position(|&b| value <= b).unwrap_or(self.upper_bounds.len() - 1);
+        let i = self
+            .upper_bounds
+            .iter()
+            .position(|&b| value <= b)
+            .unwrap_or(self.upper_bounds.len() - 1);
         self.counts[i] += n;
         self.sum += value * n as f64;
         self.count += n;

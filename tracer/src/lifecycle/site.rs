@@ -115,7 +115,14 @@ impl SiteLifecycle {
     /// - **Shrinking**: the mirror image (`last <= first * 0.9`, `downs > steps / 2`, `ups <= steps / 4`).
     /// - **Stable**: anything else (flat, churning, or a single step followed by a plateau).
     pub fn trend(&self) -> Trend {
-        let counts: Vec<u64> = self.live_by_cycle.iter().rev().take(TREND_WINDOW).rev().map(|s| s.1).collect();
+        let counts: Vec<u64> = self
+            .live_by_cycle
+            .iter()
+            .rev()
+            .take(TREND_WINDOW)
+            .rev()
+            .map(|s| s.1)
+            .collect();
         trend_of(&counts)
     }
 }

@@ -27,7 +27,12 @@ pub(super) const MAX_SITES: usize = FINALIZER as usize;
 impl Entry {
     pub fn new(size: u64, time_ns: u64, site: u32, born: u32) -> Self {
         debug_assert!((site as usize) < MAX_SITES);
-        Entry { size, time_ns, meta: site & !FLAGS, born }
+        Entry {
+            size,
+            time_ns,
+            meta: site & !FLAGS,
+            born,
+        }
     }
 
     pub fn site(&self) -> usize {
@@ -132,7 +137,12 @@ impl Table {
         let (time_cut, mut ties) = if in_boundary == boundary_count {
             (u64::MAX, u64::MAX)
         } else {
-            let mut times: Vec<u64> = self.objects.values().filter(|e| e.born == boundary).map(|e| e.time_ns).collect();
+            let mut times: Vec<u64> = self
+                .objects
+                .values()
+                .filter(|e| e.born == boundary)
+                .map(|e| e.time_ns)
+                .collect();
             let k = (in_boundary - 1) as usize;
             let (_, &mut nth, _) = times.select_nth_unstable(k);
             let below = times.iter().filter(|&&t| t < nth).count() as u64;

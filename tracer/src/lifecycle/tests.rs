@@ -9,7 +9,10 @@ const C: u64 = 0xc;
 const D: u64 = 0xd;
 
 fn cfg(k: u32, max: usize) -> LifecycleConfig {
-    LifecycleConfig { retain_cycles: k, max_tracked: max }
+    LifecycleConfig {
+        retain_cycles: k,
+        max_tracked: max,
+    }
 }
 
 fn engine() -> Lifecycle {
@@ -17,7 +20,13 @@ fn engine() -> Lifecycle {
 }
 
 fn alloc(lc: &mut Lifecycle, addr: u64, size: u64, site: u64, born: u64, t: u64) {
-    lc.on_alloc(Alloc { addr, size, site, born_cycle: born, time_ns: t });
+    lc.on_alloc(Alloc {
+        addr,
+        size,
+        site,
+        born_cycle: born,
+        time_ns: t,
+    });
     check(lc);
 }
 
@@ -32,7 +41,15 @@ fn marks(nelems: u64, live: &[u64]) -> Vec<u8> {
 
 fn sweep(lc: &mut Lifecycle, base: u64, elemsize: u64, nelems: u64, live: &[u64], t: u64) {
     let m = marks(nelems, live);
-    lc.on_span_swept(&SweptSpan { base, elemsize, nelems, marks: &m }, t);
+    lc.on_span_swept(
+        &SweptSpan {
+            base,
+            elemsize,
+            nelems,
+            marks: &m,
+        },
+        t,
+    );
     check(lc);
 }
 
@@ -51,7 +68,9 @@ fn site(lc: &Lifecycle, id: u64) -> &SiteLifecycle {
 }
 
 fn survived(lc: &Lifecycle, addr: u64) -> u64 {
-    lc.object(addr).unwrap_or_else(|| panic!("{addr:#x} is not tracked")).cycles_survived
+    lc.object(addr)
+        .unwrap_or_else(|| panic!("{addr:#x} is not tracked"))
+        .cycles_survived
 }
 
 fn alive(lc: &Lifecycle, addr: u64) -> bool {
@@ -74,9 +93,21 @@ fn check(lc: &Lifecycle) {
     for (id, s) in lc.sites() {
         let (l, r) = live.get(&id).copied().unwrap_or_default();
         assert_eq!((s.live_count, s.live_bytes), (l.count, l.bytes), "site {id:#x} live");
-        assert_eq!((s.retained_count, s.retained_bytes), (r.count, r.bytes), "site {id:#x} retained");
-        assert_eq!(s.allocated_count, s.live_count + s.freed_count + s.evicted_count, "site {id:#x} counts");
-        assert_eq!(s.allocated_bytes, s.live_bytes + s.freed_bytes + s.evicted_bytes, "site {id:#x} bytes");
+        assert_eq!(
+            (s.retained_count, s.retained_bytes),
+            (r.count, r.bytes),
+            "site {id:#x} retained"
+        );
+        assert_eq!(
+            s.allocated_count,
+            s.live_count + s.freed_count + s.evicted_count,
+            "site {id:#x} counts"
+        );
+        assert_eq!(
+            s.allocated_bytes,
+            s.live_bytes + s.freed_bytes + s.evicted_bytes,
+            "site {id:#x} bytes"
+        );
         assert_eq!(s.freed_count, s.freed_by_sweep + s.freed_by_reuse + s.freed_exact);
         assert_eq!(s.survival_cycles.len(), s.freed_count);
         assert_eq!(s.lifetime_ns.len(), s.freed_count);
@@ -104,11 +135,18 @@ fn objects_that_die_at_their_first_sweep() {
     assert_eq!(site(&lc, A).live_count, 3, "nothing dies before its span is swept");
     sweep(&mut lc, 0x1000, 32, 8, &[0], 2_500);
     let s = site(&lc, A);
-    assert_eq!((s.live_count, s.freed_count, s.freed_by_sweep, s.freed_bytes), (1, 2, 2, 64));
+    assert_eq!(
+        (s.live_count, s.freed_count, s.freed_by_sweep, s.freed_bytes),
+        (1, 2, 2, 64)
+    );
     assert_eq!(s.survival_cycles.max(), 0);
     assert_eq!(s.survival_cycles.count_at(0), 2);
     // 2_500 - 1_200 and 2_500 - 1_300, within the histogram's precision.
-    assert!(s.lifetime_ns.equivalent(s.lifetime_ns.max(), 1_300), "{}", s.lifetime_ns.max());
+    assert!(
+        s.lifetime_ns.equivalent(s.lifetime_ns.max(), 1_300),
+        "{}",
+        s.lifetime_ns.max()
+    );
     assert!(alive(&lc, 0x1000) && !alive(&lc, 0x1020) && !alive(&lc, 0x1040));
     assert_eq!(survived(&lc, 0x1000), 1, "the sweep confirmed cycle 2");
 }
@@ -133,7 +171,11 @@ fn survivors_count_cycles_and_become_retained_after_k() {
     assert_eq!(site(&lc, A).retained_count, 0);
     sweep(&mut lc, 0x2000, 64, 128, &[0, 1], 350);
     assert_eq!(survived(&lc, 0x2000), 2);
-    assert_eq!((site(&lc, A).retained_count, site(&lc, A).retained_bytes), (2, 128), "retained at the sweep");
+    assert_eq!(
+        (site(&lc, A).retained_count, site(&lc, A).retained_bytes),
+        (2, 128),
+        "retained at the sweep"
+    );
     step(&mut lc, 4, &[0]); // the second one dies after 2 cycles
     let s = site(&lc, A);
     assert_eq!((s.retained_count, s.live_count, s.freed_count), (1, 1, 1));
@@ -253,7 +295,11 @@ fn sweeps_interleave_with_allocation_in_other_and_same_spans() {
     sweep(&mut lc, x, 64, 64, &[0, 2], 310);
     let c = site(&lc, C);
     assert_eq!((c.live_count, c.freed_count), (1, 2));
-    assert_eq!(c.survival_cycles.count_at(1), 1, "x+64 survived cycle 5, died at 6's sweep");
+    assert_eq!(
+        c.survival_cycles.count_at(1),
+        1,
+        "x+64 survived cycle 5, died at 6's sweep"
+    );
     assert_eq!(survived(&lc, x + 128), 1);
     assert_eq!(survived(&lc, x), 3);
 }
@@ -284,7 +330,10 @@ fn zero_size_allocations_are_not_objects() {
     cycle(&mut lc, 1, 0);
     alloc(&mut lc, 0x55_0000, 0, A, 1, 1); // runtime.zerobase
     alloc(&mut lc, 0x55_0000, 0, A, 1, 2);
-    assert_eq!((lc.tracked(), lc.stats().zero_size_allocs, lc.stats().freed_by_reuse), (0, 2, 0));
+    assert_eq!(
+        (lc.tracked(), lc.stats().zero_size_allocs, lc.stats().freed_by_reuse),
+        (0, 2, 0)
+    );
     assert!(lc.site(A).is_none());
 }
 
@@ -319,7 +368,15 @@ fn truncated_mark_bitmaps_leave_unknown_objects_alone() {
     cycle(&mut lc, 2, 200);
     // 64 objects but only two bytes of marks: objects 0..16 are known (9 survived), the rest not.
     let m = marks(16, &[9]);
-    lc.on_span_swept(&SweptSpan { base, elemsize: 16, nelems: 64, marks: &m }, 210);
+    lc.on_span_swept(
+        &SweptSpan {
+            base,
+            elemsize: 16,
+            nelems: 64,
+            marks: &m,
+        },
+        210,
+    );
     check(&lc);
     assert!(!alive(&lc, base + 48) && alive(&lc, base + 144) && alive(&lc, base + 320) && alive(&lc, base + 1008));
     assert_eq!(lc.stats().unknown_mark_bits, 2);
@@ -327,11 +384,35 @@ fn truncated_mark_bitmaps_leave_unknown_objects_alone() {
     assert_eq!(survived(&lc, base + 320), 0, "unknown: not confirmed either");
     assert_eq!(site(&lc, B).live_count, 2);
     // No marks at all (the kernel could not read them): nothing changes.
-    lc.on_span_swept(&SweptSpan { base, elemsize: 16, nelems: 64, marks: &[] }, 220);
+    lc.on_span_swept(
+        &SweptSpan {
+            base,
+            elemsize: 16,
+            nelems: 64,
+            marks: &[],
+        },
+        220,
+    );
     assert_eq!(lc.tracked(), 5);
     // Degenerate spans are ignored, and a span reaching the top of the address space does not overflow.
-    lc.on_span_swept(&SweptSpan { base, elemsize: 0, nelems: 64, marks: &m }, 230);
-    lc.on_span_swept(&SweptSpan { base: u64::MAX - 100, elemsize: 64, nelems: 64, marks: &m }, 231);
+    lc.on_span_swept(
+        &SweptSpan {
+            base,
+            elemsize: 0,
+            nelems: 64,
+            marks: &m,
+        },
+        230,
+    );
+    lc.on_span_swept(
+        &SweptSpan {
+            base: u64::MAX - 100,
+            elemsize: 64,
+            nelems: 64,
+            marks: &m,
+        },
+        231,
+    );
     assert_eq!(lc.stats().ignored_sweeps, 1);
     check(&lc);
 }
@@ -351,12 +432,23 @@ fn eviction_drops_the_oldest_born_first() {
     assert_eq!((lc.tracked(), lc.evicted()), (4, 1));
     assert!(!alive(&lc, 0x200) && alive(&lc, 0x100), "born 1 at time 10 goes first");
     let a = site(&lc, A);
-    assert_eq!((a.evicted_count, a.evicted_bytes, a.evicted_retained_count, a.retained_count), (1, 8, 1, 1));
+    assert_eq!(
+        (
+            a.evicted_count,
+            a.evicted_bytes,
+            a.evicted_retained_count,
+            a.retained_count
+        ),
+        (1, 8, 1, 1)
+    );
     alloc(&mut lc, 0x600, 8, C, 2, 150);
     assert!(!alive(&lc, 0x100));
     alloc(&mut lc, 0x700, 8, C, 2, 160);
     assert!(!alive(&lc, 0x300), "then born 2 by allocation time");
-    assert_eq!((site(&lc, A).live_count, site(&lc, B).evicted_count, lc.evicted()), (0, 1, 3));
+    assert_eq!(
+        (site(&lc, A).live_count, site(&lc, B).evicted_count, lc.evicted()),
+        (0, 1, 3)
+    );
     // An evicted object's later death is not seen and changes nothing.
     cycle(&mut lc, 3, 200);
     sweep(&mut lc, 0x100, 8, 512, &[], 210);
@@ -399,9 +491,21 @@ fn trend_rule() {
     assert_eq!(trend_of(&[100, 105, 110]), Growing);
     assert_eq!(trend_of(&[100, 104, 109]), Stable, "under 10%");
     assert_eq!(trend_of(&[100, 100, 120]), Stable, "one step of two");
-    assert_eq!(trend_of(&[100, 130, 125, 160, 190, 185, 220, 250]), Stable, "two dips in 7 steps");
-    assert_eq!(trend_of(&[100, 130, 125, 160, 190, 200, 220, 250]), Growing, "one dip in 7 steps");
-    assert_eq!(trend_of(&[100, 100, 100, 100, 100, 100, 100, 150]), Stable, "a single jump");
+    assert_eq!(
+        trend_of(&[100, 130, 125, 160, 190, 185, 220, 250]),
+        Stable,
+        "two dips in 7 steps"
+    );
+    assert_eq!(
+        trend_of(&[100, 130, 125, 160, 190, 200, 220, 250]),
+        Growing,
+        "one dip in 7 steps"
+    );
+    assert_eq!(
+        trend_of(&[100, 100, 100, 100, 100, 100, 100, 150]),
+        Stable,
+        "a single jump"
+    );
     assert_eq!(trend_of(&[100, 90, 80]), Shrinking);
     assert_eq!(trend_of(&[0, 0, 0]), Stable);
     assert_eq!(trend_of(&[0, 1, 2]), Growing);
@@ -461,10 +565,17 @@ fn trends_of_a_growing_cache_churn_a_stable_table_and_a_draining_queue() {
     assert!(b.live_by_cycle.iter().all(|s| s.1 == 50));
     // Cache: entries older than 2 cycles are retained; the table entirely so.
     assert_eq!(site(&lc, C).retained_count, 100);
-    assert_eq!(site(&lc, A).retained_count, 110, "all but the 10 entries born in 21 (survived 1)");
+    assert_eq!(
+        site(&lc, A).retained_count,
+        110,
+        "all but the 10 entries born in 21 (survived 1)"
+    );
     let snapshot = lc.live_survival();
     assert_eq!((snapshot[&C].min(), snapshot[&C].max()), (12, 12));
-    assert_eq!((snapshot[&A].min(), snapshot[&A].max(), snapshot[&A].len()), (1, 12, 120));
+    assert_eq!(
+        (snapshot[&A].min(), snapshot[&A].max(), snapshot[&A].len()),
+        (1, 12, 120)
+    );
     // History is bounded.
     for n in 23..=40 {
         cycle(&mut lc, n, n * 10_000);
@@ -484,7 +595,11 @@ fn cycle_gaps_and_stale_cycle_ends() {
     assert_eq!((lc.stats().stale_cycle_ends, lc.last_cycle()), (2, Some(5)));
     cycle(&mut lc, 9, 10); // 6, 7 and 8 were lost
     assert_eq!(lc.stats().missed_cycles, 3);
-    assert_eq!(survived(&lc, 0x100), 3, "cycles 6, 7, 8 are settled; 9 awaits its sweep");
+    assert_eq!(
+        survived(&lc, 0x100),
+        3,
+        "cycles 6, 7, 8 are settled; 9 awaits its sweep"
+    );
     assert_eq!(site(&lc, A).retained_count, 1);
 }
 
@@ -493,7 +608,15 @@ fn cycle_of_a_sweep_without_a_cycle_end() {
     // Attached mid-cycle: no cycle end yet, allocations say work.cycles = 12.
     let mut lc = engine();
     let m = marks(8, &[]);
-    lc.on_span_swept(&SweptSpan { base: 0x100, elemsize: 16, nelems: 8, marks: &m }, 0);
+    lc.on_span_swept(
+        &SweptSpan {
+            base: 0x100,
+            elemsize: 16,
+            nelems: 8,
+            marks: &m,
+        },
+        0,
+    );
     assert_eq!(lc.stats().ignored_sweeps, 1, "no cycle number known yet");
     alloc(&mut lc, 0x100, 16, A, 12, 1);
     assert_eq!(lc.sweep_cycle(), Some(12));
@@ -505,7 +628,16 @@ fn cycle_of_a_sweep_without_a_cycle_end() {
     assert!(!alive(&lc, 0x100));
     // The probe may also supply the cycle itself.
     let m = marks(8, &[]);
-    lc.on_span_swept_in(&SweptSpan { base: 0x200, elemsize: 16, nelems: 8, marks: &m }, 14, 5);
+    lc.on_span_swept_in(
+        &SweptSpan {
+            base: 0x200,
+            elemsize: 16,
+            nelems: 8,
+            marks: &m,
+        },
+        14,
+        5,
+    );
     assert!(!alive(&lc, 0x200));
     assert_eq!(site(&lc, A).freed_by_sweep, 2);
 }
@@ -615,10 +747,24 @@ fn recorded_stream() {
         let t = 1_000_000 * (i as u64 + 1);
         match ev {
             Cycle(n) => lc.on_cycle_end(n, t),
-            New(addr, size, site, born) => lc.on_alloc(Alloc { addr, size, site, born_cycle: born, time_ns: t }),
+            New(addr, size, site, born) => lc.on_alloc(Alloc {
+                addr,
+                size,
+                site,
+                born_cycle: born,
+                time_ns: t,
+            }),
             Sweep(base, elemsize, nelems, live) => {
                 let m = marks(nelems, &live);
-                lc.on_span_swept(&SweptSpan { base, elemsize, nelems, marks: &m }, t);
+                lc.on_span_swept(
+                    &SweptSpan {
+                        base,
+                        elemsize,
+                        nelems,
+                        marks: &m,
+                    },
+                    t,
+                );
             }
             Free(addr) => lc.on_free(addr, t),
         }
@@ -627,21 +773,41 @@ fn recorded_stream() {
     // Sessions 0 (born 41), 3, 4 (42), 5 (44), 6 (47) are cached; 1 was swept at 43, 2 freed exactly at 44.
     // Cycle 49's sweep of their span is still to come: they count cycles through 48.
     let a = site(&lc, A);
-    assert_eq!((a.allocated_count, a.live_count, a.freed_by_sweep, a.freed_exact), (7, 5, 1, 1));
-    let live_a: Vec<(u64, u64)> = lc.objects_in(sa..sa + 48 * 170).map(|o| (o.addr - sa, o.cycles_survived)).collect();
+    assert_eq!(
+        (a.allocated_count, a.live_count, a.freed_by_sweep, a.freed_exact),
+        (7, 5, 1, 1)
+    );
+    let live_a: Vec<(u64, u64)> = lc
+        .objects_in(sa..sa + 48 * 170)
+        .map(|o| (o.addr - sa, o.cycles_survived))
+        .collect();
     assert_eq!(live_a, vec![(0, 7), (144, 6), (192, 6), (240, 4), (288, 1)]);
     assert_eq!((a.retained_count, a.retained_bytes), (4, 160));
     assert_eq!(a.survival_cycles.count_at(1), 1, "session 1 survived 42 only");
-    assert_eq!(a.survival_cycles.count_at(2), 1, "session 2 (born 42) survived 43 and 44");
+    assert_eq!(
+        a.survival_cycles.count_at(2),
+        1,
+        "session 2 (born 42) survived 43 and 44"
+    );
     // Keys: the block-0 key re-allocated in 42 and the one born in 46 live on; seven died at sweeps.
     let b = site(&lc, B);
     assert_eq!((b.allocated_count, b.freed_by_sweep, b.freed_by_reuse), (9, 7, 0));
-    assert_eq!(lc.objects_in(sb..sb + 4096).map(|o| o.addr - sb).collect::<Vec<_>>(), vec![0, 8]);
+    assert_eq!(
+        lc.objects_in(sb..sb + 4096).map(|o| o.addr - sb).collect::<Vec<_>>(),
+        vec![0, 8]
+    );
     let b_survival: Vec<u64> = (0..4).map(|n| b.survival_cycles.count_at(n)).collect();
-    assert_eq!(b_survival, vec![4, 2, 0, 1], "block 2's key lived from 42 to 46's sweep");
+    assert_eq!(
+        b_survival,
+        vec![4, 2, 0, 1],
+        "block 2's key lived from 42 to 46's sweep"
+    );
     // Buffers: slot 0 was reused three times, twice after a seen sweep, once after a lost one.
     let c = site(&lc, C);
-    assert_eq!((c.allocated_count, c.live_count, c.freed_by_sweep, c.freed_by_reuse), (7, 1, 5, 1));
+    assert_eq!(
+        (c.allocated_count, c.live_count, c.freed_by_sweep, c.freed_by_reuse),
+        (7, 1, 5, 1)
+    );
     // Three died at their first sweep, two at 46's after 3 and 2 cycles; the unseen death counts what was
     // known when its address was reused (47 and 48).
     let c_survival: Vec<u64> = (0..4).map(|n| c.survival_cycles.count_at(n)).collect();
@@ -652,7 +818,6 @@ fn recorded_stream() {
     assert_eq!(lc.stats().freed_by_sweep, 13);
     assert_eq!(lc.last_cycle(), Some(49));
 }
-
 
 #[test]
 fn a_finalizer_resurrects_its_object_for_one_sweep() {

@@ -10,7 +10,10 @@ use super::{chain_shares, hop_object, hop_offset, human_bytes, Report};
 
 /// A double-quoted DOT string of these lines.
 fn quoted(lines: &[&str]) -> String {
-    let escaped: Vec<String> = lines.iter().map(|l| l.replace('\\', "\\\\").replace('"', "\\\"")).collect();
+    let escaped: Vec<String> = lines
+        .iter()
+        .map(|l| l.replace('\\', "\\\\").replace('"', "\\\""))
+        .collect();
     format!("\"{}\"", escaped.join("\\n"))
 }
 
@@ -18,7 +21,14 @@ impl Report {
     pub fn write_dot(&self, w: &mut dyn Write) -> io::Result<()> {
         writeln!(w, "digraph maptrace {{")?;
         writeln!(w, "  rankdir=LR;")?;
-        writeln!(w, "  label={};", quoted(&[&format!("what holds the retained memory of PID {} ({})", self.target.pid, self.target.binary)]))?;
+        writeln!(
+            w,
+            "  label={};",
+            quoted(&[&format!(
+                "what holds the retained memory of PID {} ({})",
+                self.target.pid, self.target.binary
+            )])
+        )?;
         writeln!(w, "  node [shape=box, fontname=\"monospace\"];")?;
         // A node per distinct path prefix: the root's description, then each hop's offset, size and type.
         let mut nodes: HashMap<String, usize> = HashMap::new();
@@ -44,7 +54,12 @@ impl Report {
                     let to = if last {
                         let site = r.stack.first().map_or("(runtime)", |f| f.function.as_str());
                         let row = format!("{count} retained, {} ({site})", human_bytes(bytes));
-                        node(w, format!("{key} ← {}", r.kind.as_str()), &[&what, &row], ", shape=ellipse")?
+                        node(
+                            w,
+                            format!("{key} ← {}", r.kind.as_str()),
+                            &[&what, &row],
+                            ", shape=ellipse",
+                        )?
                     } else {
                         node(w, key.clone(), &[&what], "")?
                     };
@@ -70,12 +85,27 @@ mod tests {
         crate::report::tests::held_report().write_dot(&mut out).unwrap();
         let s = String::from_utf8(out).unwrap();
         assert!(s.starts_with("digraph maptrace {"), "{s}");
-        assert!(s.contains("n0 [label=\"main.cache (map[string]*main.Session)\", style=bold];"), "{s}");
+        assert!(
+            s.contains("n0 [label=\"main.cache (map[string]*main.Session)\", style=bold];"),
+            "{s}"
+        );
         assert!(s.contains("n1 [label=\"48 B ?\"];"), "{s}");
         // Each chain shape ends at the row, with its share of it.
-        assert!(s.contains("n2 [label=\"2.0 KiB map[string]*main.Session\\n1 retained, 2.6 KiB (main.put)\", shape=ellipse];"), "{s}");
-        assert!(s.contains("n0 -> n1 [label=\"+0x0\"];") && s.contains("n1 -> n2 [label=\"[…].elem\"];"), "{s}");
-        assert!(s.contains("n4 [label=\"48 B ?\\n1 retained, 1.3 KiB (main.put)\", shape=ellipse];") && s.contains("n3 -> n4"), "{s}");
+        assert!(
+            s.contains(
+                "n2 [label=\"2.0 KiB map[string]*main.Session\\n1 retained, 2.6 KiB (main.put)\", shape=ellipse];"
+            ),
+            "{s}"
+        );
+        assert!(
+            s.contains("n0 -> n1 [label=\"+0x0\"];") && s.contains("n1 -> n2 [label=\"[…].elem\"];"),
+            "{s}"
+        );
+        assert!(
+            s.contains("n4 [label=\"48 B ?\\n1 retained, 1.3 KiB (main.put)\", shape=ellipse];")
+                && s.contains("n3 -> n4"),
+            "{s}"
+        );
         assert!(s.trim_end().ends_with('}'), "{s}");
     }
 }

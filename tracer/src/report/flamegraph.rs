@@ -24,12 +24,18 @@ impl Report {
             })
             .collect();
         let mut options = Options::default();
-        options.title = format!("maptrace: retained bytes by holder, PID {} {}", self.target.pid, self.target.binary);
+        options.title = format!(
+            "maptrace: retained bytes by holder, PID {} {}",
+            self.target.pid, self.target.binary
+        );
         options.count_name = "bytes".into();
         options.name_type = "".into();
         if lines.is_empty() {
             // inferno refuses an empty profile; an empty graph says the same without failing.
-            return writeln!(w, r#"<svg xmlns="http://www.w3.org/2000/svg" width="400" height="30"><text x="10" y="20">maptrace: nothing retained</text></svg>"#);
+            return writeln!(
+                w,
+                r#"<svg xmlns="http://www.w3.org/2000/svg" width="400" height="30"><text x="10" y="20">maptrace: nothing retained</text></svg>"#
+            );
         }
         flamegraph::from_lines(&mut options, lines.iter().map(String::as_str), w).map_err(io::Error::other)
     }
@@ -43,7 +49,11 @@ mod tests {
         super::super::tests::held_report().write_flamegraph(&mut out).unwrap();
         let svg = String::from_utf8(out).unwrap();
         assert!(svg.starts_with("<?xml") && svg.contains("<svg"), "{svg}");
-        for want in ["main.cache (map[string]*main.Session)", "48 B ? (at +0x0)", "2.0 KiB map[string]*main.Session (at […].elem)"] {
+        for want in [
+            "main.cache (map[string]*main.Session)",
+            "48 B ? (at +0x0)",
+            "2.0 KiB map[string]*main.Session (at […].elem)",
+        ] {
             assert!(svg.contains(want), "{want:?} in\n{svg}");
         }
     }

@@ -114,7 +114,10 @@ impl Builder {
         let id = self.profile.location.len() as u64 + 1;
         let (name, filename) = (self.string(name), self.string(file));
         self.profile.function.push(Function { id, name, filename });
-        self.profile.location.push(Location { id, line: vec![Line { function_id: id, line }] });
+        self.profile.location.push(Location {
+            id,
+            line: vec![Line { function_id: id, line }],
+        });
         self.locations.insert(key, id);
         id
     }
@@ -125,24 +128,44 @@ impl Report {
     pub fn write_pprof(&self, w: &mut dyn Write) -> io::Result<()> {
         let mut b = Builder::default();
         b.string("");
-        let sample_type = [("retained_objects", "count"), ("retained_space", "bytes")]
-            .map(|(t, u)| ValueType { r#type: b.string(t), unit: b.string(u) });
+        let sample_type = [("retained_objects", "count"), ("retained_space", "bytes")].map(|(t, u)| ValueType {
+            r#type: b.string(t),
+            unit: b.string(u),
+        });
         b.profile.sample_type = sample_type.to_vec();
         b.profile.default_sample_type = sample_type[1].r#type;
         b.profile.duration_nanos = (self.duration_seconds * 1e9) as i64;
-        let comment = format!("maptrace {}: PID {} {} ({})", self.maptrace_version, self.target.pid, self.target.binary, self.target.go_version);
+        let comment = format!(
+            "maptrace {}: PID {} {} ({})",
+            self.maptrace_version, self.target.pid, self.target.binary, self.target.go_version
+        );
         b.profile.comment = vec![b.string(&comment)];
         let (site_key, kind_key) = (b.string("site"), b.string("kind"));
         for r in &self.retained {
             let site = r.stack.first().map_or("(runtime)", |f| f.function.as_str()).to_string();
             for tower in super::holder_towers(r) {
                 // Leaf first: the retained object, the hops back up, then the root.
-                let stack = tower.frames.iter().rev().map(|f| b.location(&f.name, f.file, i64::from(f.line))).collect();
+                let stack = tower
+                    .frames
+                    .iter()
+                    .rev()
+                    .map(|f| b.location(&f.name, f.file, i64::from(f.line)))
+                    .collect();
                 let label = vec![
-                    Label { key: site_key, str: b.string(&site) },
-                    Label { key: kind_key, str: b.string(r.kind.as_str()) },
+                    Label {
+                        key: site_key,
+                        str: b.string(&site),
+                    },
+                    Label {
+                        key: kind_key,
+                        str: b.string(r.kind.as_str()),
+                    },
                 ];
-                b.profile.sample.push(Sample { location_id: stack, value: vec![tower.count as i64, tower.bytes as i64], label });
+                b.profile.sample.push(Sample {
+                    location_id: stack,
+                    value: vec![tower.count as i64, tower.bytes as i64],
+                    label,
+                });
             }
         }
         let mut gz = flate2::write::GzEncoder::new(w, flate2::Compression::default());
@@ -166,13 +189,29 @@ mod tests {
         flate2::read::GzDecoder::new(&gz[..]).read_to_end(&mut raw).unwrap();
         let p = Profile::decode(&raw[..]).unwrap();
         let s = |i: i64| p.string_table[i as usize].as_str();
-        assert_eq!(p.sample_type.iter().map(|t| (s(t.r#type), s(t.unit))).collect::<Vec<_>>(), [("retained_objects", "count"), ("retained_space", "bytes")]);
+        assert_eq!(
+            p.sample_type
+                .iter()
+                .map(|t| (s(t.r#type), s(t.unit)))
+                .collect::<Vec<_>>(),
+            [("retained_objects", "count"), ("retained_space", "bytes")]
+        );
         assert_eq!(s(p.default_sample_type), "retained_space");
         // A sample per chain shape, with its share of the row (2 objects and 1 of the 3 the walk found).
-        assert_eq!(p.sample.iter().map(|s| s.value.clone()).collect::<Vec<_>>(), [[1, 2666], [1, 1334]]);
+        assert_eq!(
+            p.sample.iter().map(|s| s.value.clone()).collect::<Vec<_>>(),
+            [[1, 2666], [1, 1334]]
+        );
         let frame = |id: u64| s(p.function[p.location[id as usize - 1].line[0].function_id as usize - 1].name);
         let stack: Vec<&str> = p.sample[0].location_id.iter().map(|&id| frame(id)).collect();
-        assert_eq!(stack, ["2.0 KiB map[string]*main.Session (at […].elem)", "48 B ? (at +0x0)", "main.cache (map[string]*main.Session)"]);
+        assert_eq!(
+            stack,
+            [
+                "2.0 KiB map[string]*main.Session (at […].elem)",
+                "48 B ? (at +0x0)",
+                "main.cache (map[string]*main.Session)"
+            ]
+        );
         let labels: Vec<(&str, &str)> = p.sample[0].label.iter().map(|l| (s(l.key), s(l.str))).collect();
         assert_eq!(labels, [("site", "main.put"), ("kind", "map")]);
     }

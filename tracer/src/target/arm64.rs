@@ -6,10 +6,12 @@ use super::gc::Code;
 /// The instruction words of a function, with their addresses.
 pub(crate) fn words<'a>(code: &Code<'a>) -> impl Iterator<Item = (u64, u32)> + 'a {
     let entry = code.entry;
-    code.bytes
-        .chunks_exact(4)
-        .enumerate()
-        .map(move |(i, w)| (entry.wrapping_add(4 * i as u64), u32::from_le_bytes([w[0], w[1], w[2], w[3]])))
+    code.bytes.chunks_exact(4).enumerate().map(move |(i, w)| {
+        (
+            entry.wrapping_add(4 * i as u64),
+            u32::from_le_bytes([w[0], w[1], w[2], w[3]]),
+        )
+    })
 }
 
 /// The destination register field.

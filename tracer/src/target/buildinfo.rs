@@ -26,10 +26,7 @@ impl GoVersion {
     /// Parses `go1.N[.P]` with any suffix (`rc2`, `-X:…`, ` X:…`); a `devel ` prefix is ignored. A release
     /// candidate counts as patch 0.
     pub fn parse(raw: &str) -> Option<GoVersion> {
-        let s = raw
-            .strip_prefix("devel ")
-            .unwrap_or(raw)
-            .strip_prefix("go")?;
+        let s = raw.strip_prefix("devel ").unwrap_or(raw).strip_prefix("go")?;
         let mut nums = [0u32; 3];
         let mut count = 0;
         let mut rest = s;
@@ -74,9 +71,7 @@ impl BuildInfo {
         if let Some(s) = image.section(".go.buildinfo") {
             let data = s
                 .offset
-                .and_then(|off| {
-                    bytes.get(usize::try_from(off).ok()?..usize::try_from(off + s.size).ok()?)
-                })
+                .and_then(|off| bytes.get(usize::try_from(off).ok()?..usize::try_from(off + s.size).ok()?))
                 .ok_or_else(|| TargetError::corrupt(".go.buildinfo has no contents"))?;
             return BuildInfo::parse(data);
         }
@@ -105,27 +100,20 @@ impl BuildInfo {
         if header[15] & FLAG_VERSION_INLINE == 0 {
             return Err(TargetError::UnsupportedVersion {
                 version: "older than go1.18".into(),
-                reason:
-                    "build info in the pre-1.18 pointer format; maptrace supports go1.19 and later"
-                        .into(),
+                reason: "build info in the pre-1.18 pointer format; maptrace supports go1.19 and later".into(),
             });
         }
         let mut pos = HEADER_LEN;
-        let version = read_string(data, &mut pos)
-            .ok_or_else(|| TargetError::corrupt("buildinfo version string"))?;
+        let version = read_string(data, &mut pos).ok_or_else(|| TargetError::corrupt("buildinfo version string"))?;
         // Module info may legitimately be absent (e.g. Bazel builds); the version is what we cannot do without.
         let modinfo = read_string(data, &mut pos).unwrap_or_default();
         let version = String::from_utf8_lossy(version).into_owned();
         let experiments = experiments(&String::from_utf8_lossy(modinfo), &version);
-        let version =
-            GoVersion::parse(&version).ok_or_else(|| TargetError::UnsupportedVersion {
-                version: version.clone(),
-                reason: "not a go1.N version string".into(),
-            })?;
-        Ok(BuildInfo {
-            version,
-            experiments,
-        })
+        let version = GoVersion::parse(&version).ok_or_else(|| TargetError::UnsupportedVersion {
+            version: version.clone(),
+            reason: "not a go1.N version string".into(),
+        })?;
+        Ok(BuildInfo { version, experiments })
     }
 }
 
@@ -147,8 +135,5 @@ fn experiments(modinfo: &str, version: &str) -> Vec<String> {
                 .map(|(_, x)| x.split_whitespace().next().unwrap_or(""))
         })
         .unwrap_or("");
-    list.split(',')
-        .filter(|e| !e.is_empty())
-        .map(str::to_string)
-        .collect()
+    list.split(',').filter(|e| !e.is_empty()).map(str::to_string).collect()
 }

@@ -2,21 +2,15 @@
 //! `None` instead of a panic.
 
 pub(crate) fn u16_at(data: &[u8], off: usize) -> Option<u16> {
-    Some(u16::from_le_bytes(
-        data.get(off..off.checked_add(2)?)?.try_into().ok()?,
-    ))
+    Some(u16::from_le_bytes(data.get(off..off.checked_add(2)?)?.try_into().ok()?))
 }
 
 pub(crate) fn u32_at(data: &[u8], off: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(
-        data.get(off..off.checked_add(4)?)?.try_into().ok()?,
-    ))
+    Some(u32::from_le_bytes(data.get(off..off.checked_add(4)?)?.try_into().ok()?))
 }
 
 pub(crate) fn u64_at(data: &[u8], off: usize) -> Option<u64> {
-    Some(u64::from_le_bytes(
-        data.get(off..off.checked_add(8)?)?.try_into().ok()?,
-    ))
+    Some(u64::from_le_bytes(data.get(off..off.checked_add(8)?)?.try_into().ok()?))
 }
 
 /// The NUL-terminated string at `off` (without the NUL).

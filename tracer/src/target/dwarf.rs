@@ -53,29 +53,21 @@ fn load<'a>(file: &File<'a>, id: gimli::SectionId) -> Result<Cow<'a, [u8]>, Stri
 }
 
 fn load_from<'a>(file: &File<'a>, id: gimli::SectionId, needed: &[gimli::SectionId]) -> Result<Cow<'a, [u8]>, String> {
-    let section = needed
-        .contains(&id)
-        .then(|| file.section_by_name(id.name()))
-        .flatten();
+    let section = needed.contains(&id).then(|| file.section_by_name(id.name())).flatten();
     let Some(section) = section else {
         return Ok(Cow::Borrowed(&[]));
     };
     let error = |e: object::Error| format!("{}: {e}", id.name());
     let compressed = section.compressed_data().map_err(error)?;
     if compressed.uncompressed_size > MAX_SECTION {
-        return Err(format!(
-            "{}: claims {} bytes",
-            id.name(),
-            compressed.uncompressed_size
-        ));
+        return Err(format!("{}: claims {} bytes", id.name(), compressed.uncompressed_size));
     }
     compressed.decompress().map_err(error)
 }
 
 fn find_structs(dwarf: &Dwarf<'_>, wanted: &[&str]) -> gimli::Result<StructMembers> {
     // Member offsets, with the .debug_info offset of each member's type, whose size is looked up afterwards.
-    let mut found: HashMap<String, HashMap<String, (u64, Option<DebugInfoOffset>)>> =
-        HashMap::new();
+    let mut found: HashMap<String, HashMap<String, (u64, Option<DebugInfoOffset>)>> = HashMap::new();
     let mut units = dwarf.units();
     while let Some(header) = units.next()? {
         // Not `dwarf.unit()`: that also parses the line program, which is neither needed nor loaded.
@@ -91,9 +83,7 @@ fn find_structs(dwarf: &Dwarf<'_>, wanted: &[&str]) -> gimli::Result<StructMembe
             }
             let name = || -> gimli::Result<Option<String>> {
                 Ok(match entry.attr_value(gimli::DW_AT_name)? {
-                    Some(gimli::AttributeValue::String(s)) => {
-                        Some(String::from_utf8_lossy(s.slice()).into_owned())
-                    }
+                    Some(gimli::AttributeValue::String(s)) => Some(String::from_utf8_lossy(s.slice()).into_owned()),
                     _ => None,
                 })
             };
@@ -202,10 +192,7 @@ impl<'d, 'a> TypeSizes<'d, 'a> {
 
     /// The byte size of the type DIE at `off`, or else (for a typedef) the type it names.
     fn lookup(&mut self, off: DebugInfoOffset) -> Option<(Option<u64>, Option<DebugInfoOffset>)> {
-        let header = *self
-            .headers
-            .iter()
-            .find(|h| off.to_unit_offset(*h).is_some())?;
+        let header = *self.headers.iter().find(|h| off.to_unit_offset(*h).is_some())?;
         let unit_off = off.to_unit_offset(&header)?;
         let abbrev_off = header.debug_abbrev_offset();
         let abbrevs = match self.abbrevs.get(&abbrev_off) {
@@ -224,9 +211,7 @@ impl<'d, 'a> TypeSizes<'d, 'a> {
             .and_then(|a| a.udata_value());
         Some(match entry.tag() {
             // Go gives pointers no byte size: they are address-sized.
-            gimli::DW_TAG_pointer_type if size.is_none() => {
-                (Some(u64::from(header.address_size())), None)
-            }
+            gimli::DW_TAG_pointer_type if size.is_none() => (Some(u64::from(header.address_size())), None),
             gimli::DW_TAG_typedef => (
                 size,
                 type_ref(&header, entry.attr_value(gimli::DW_AT_type).ok().flatten()),
@@ -310,7 +295,9 @@ pub(crate) fn program(file: &File<'_>, keep: impl Fn(&str) -> bool) -> Result<Pr
                 // An address, inline (DWARF 4) or an index into .debug_addr (DWARF 5, Go 1.25+).
                 let address = |v: Option<gimli::AttributeValue<_>>, addr_base| match v {
                     Some(gimli::AttributeValue::Addr(a)) => Some(a),
-                    Some(gimli::AttributeValue::DebugAddrIndex(i)) => dwarf.debug_addr.get_address(header.address_size(), addr_base, i).ok(),
+                    Some(gimli::AttributeValue::DebugAddrIndex(i)) => {
+                        dwarf.debug_addr.get_address(header.address_size(), addr_base, i).ok()
+                    }
                     _ => None,
                 };
                 if depth == 0 {
@@ -335,7 +322,13 @@ pub(crate) fn program(file: &File<'_>, keep: impl Fn(&str) -> bool) -> Result<Pr
                             let locations = match entry.attr_value(gimli::DW_AT_location)? {
                                 Some(gimli::AttributeValue::Exprloc(e)) => vec![(0, u64::MAX, e.0.slice().to_vec())],
                                 Some(gimli::AttributeValue::LocationListsRef(off)) => {
-                                    let mut list = dwarf.locations.locations(off, header.encoding(), base, &dwarf.debug_addr, addr_base)?;
+                                    let mut list = dwarf.locations.locations(
+                                        off,
+                                        header.encoding(),
+                                        base,
+                                        &dwarf.debug_addr,
+                                        addr_base,
+                                    )?;
                                     let mut v = Vec::new();
                                     while let Some(l) = list.next()? {
                                         v.push((l.range.begin, l.range.end, l.data.0.slice().to_vec()));
@@ -357,9 +350,12 @@ pub(crate) fn program(file: &File<'_>, keep: impl Fn(&str) -> bool) -> Result<Pr
                     let t = raw.last_mut().expect("in_type follows a push");
                     match entry.tag() {
                         gimli::DW_TAG_member => {
-                            let off = entry.attr(gimli::DW_AT_data_member_location)?.and_then(|a| a.udata_value());
+                            let off = entry
+                                .attr(gimli::DW_AT_data_member_location)?
+                                .and_then(|a| a.udata_value());
                             if let (Some(n), Some(off)) = (name, off) {
-                                t.members.push((n, off, type_ref(&header, entry.attr_value(gimli::DW_AT_type)?)));
+                                t.members
+                                    .push((n, off, type_ref(&header, entry.attr_value(gimli::DW_AT_type)?)));
                             }
                         }
                         gimli::DW_TAG_subrange_type => {
@@ -375,7 +371,9 @@ pub(crate) fn program(file: &File<'_>, keep: impl Fn(&str) -> bool) -> Result<Pr
                 in_type = false;
                 let tag = entry.tag();
                 if tag == gimli::DW_TAG_subprogram {
-                    let Some(low) = address(entry.attr_value(gimli::DW_AT_low_pc)?, addr_base) else { continue };
+                    let Some(low) = address(entry.attr_value(gimli::DW_AT_low_pc)?, addr_base) else {
+                        continue;
+                    };
                     let high = match entry.attr_value(gimli::DW_AT_high_pc)? {
                         Some(v @ (gimli::AttributeValue::Addr(_) | gimli::AttributeValue::DebugAddrIndex(_))) => {
                             address(Some(v), addr_base).unwrap_or(low)
@@ -390,7 +388,9 @@ pub(crate) fn program(file: &File<'_>, keep: impl Fn(&str) -> bool) -> Result<Pr
                 }
                 if tag == gimli::DW_TAG_variable {
                     let Some(name) = name.filter(|n| keep(n)) else { continue };
-                    let Some(gimli::AttributeValue::Exprloc(expr)) = entry.attr_value(gimli::DW_AT_location)? else { continue };
+                    let Some(gimli::AttributeValue::Exprloc(expr)) = entry.attr_value(gimli::DW_AT_location)? else {
+                        continue;
+                    };
                     let addr = match expr.0.slice() {
                         [DW_OP_ADDR, a @ ..] if a.len() == 8 => u64::from_le_bytes(a.try_into().unwrap_or_default()),
                         _ => continue,
@@ -408,13 +408,18 @@ pub(crate) fn program(file: &File<'_>, keep: impl Fn(&str) -> bool) -> Result<Pr
                     gimli::DW_TAG_typedef,
                 ]
                 .contains(&tag);
-                let Some(off) = is_type.then(|| entry.offset().to_debug_info_offset(&header)).flatten() else { continue };
+                let Some(off) = is_type.then(|| entry.offset().to_debug_info_offset(&header)).flatten() else {
+                    continue;
+                };
                 ids.insert(off, raw.len());
                 raw.push(RawType {
                     tag,
                     name: name.unwrap_or_default(),
                     size: entry.attr(gimli::DW_AT_byte_size)?.and_then(|a| a.udata_value()),
-                    kind: entry.attr(DW_AT_GO_KIND)?.and_then(|a| a.udata_value()).map_or(0, |k| k as u8),
+                    kind: entry
+                        .attr(DW_AT_GO_KIND)?
+                        .and_then(|a| a.udata_value())
+                        .map_or(0, |k| k as u8),
                     target: type_ref(&header, entry.attr_value(gimli::DW_AT_type)?),
                     members: Vec::new(),
                     count: None,
@@ -431,17 +436,36 @@ pub(crate) fn program(file: &File<'_>, keep: impl Fn(&str) -> bool) -> Result<Pr
         .filter_map(|(name, addr, ty)| {
             let id = ids.get(&ty?).copied()?;
             let t = graph.get(id)?;
-            Some(GlobalVar { name, addr, size: t.size, type_name: Some(t.name.clone()), type_id: Some(id) })
+            Some(GlobalVar {
+                name,
+                addr,
+                size: t.size,
+                type_name: Some(t.name.clone()),
+                type_id: Some(id),
+            })
         })
         .collect();
     let locals = functions
         .into_iter()
         .map(|(entry, (high_pc, vars))| {
-            let vars = vars.into_iter().filter_map(|(name, ty, locations)| Some(LocalVar { name, ty: *ids.get(&ty?)?, locations })).collect();
+            let vars = vars
+                .into_iter()
+                .filter_map(|(name, ty, locations)| {
+                    Some(LocalVar {
+                        name,
+                        ty: *ids.get(&ty?)?,
+                        locations,
+                    })
+                })
+                .collect();
             (entry, FunctionLocals { high_pc, vars })
         })
         .collect();
-    Ok(Program { globals, types: graph, locals: FrameLocals::new(locals) })
+    Ok(Program {
+        globals,
+        types: graph,
+        locals: FrameLocals::new(locals),
+    })
 }
 
 /// Turns the DIEs' references into ids. A reference to a DIE that is not a type makes the referrer Plain (or an
@@ -460,7 +484,13 @@ fn type_graph(raw: Vec<RawType>, ids: &HashMap<DebugInfoOffset, TypeId>) -> Type
                     fields: t
                         .members
                         .iter()
-                        .filter_map(|(name, offset, ty)| Some(Field { name: name.clone(), offset: *offset, ty: id(*ty)? }))
+                        .filter_map(|(name, offset, ty)| {
+                            Some(Field {
+                                name: name.clone(),
+                                offset: *offset,
+                                ty: id(*ty)?,
+                            })
+                        })
                         .collect(),
                 },
                 gimli::DW_TAG_array_type => match id(t.target) {
@@ -477,7 +507,12 @@ fn type_graph(raw: Vec<RawType>, ids: &HashMap<DebugInfoOffset, TypeId>) -> Type
                 Shape::Pointer { .. } | Shape::Func => t.size.unwrap_or(8),
                 _ => t.size.unwrap_or(0),
             };
-            GoTypeDef { name: t.name.clone(), size, kind: t.kind, shape }
+            GoTypeDef {
+                name: t.name.clone(),
+                size,
+                kind: t.kind,
+                shape,
+            }
         })
         .collect();
     TypeGraph::new(types)
@@ -499,9 +534,7 @@ pub(crate) fn constants(file: &File<'_>, prefix: &str) -> Result<HashMap<String,
                 if entry.tag() != gimli::DW_TAG_constant {
                     continue;
                 }
-                let Some(gimli::AttributeValue::String(name)) =
-                    entry.attr_value(gimli::DW_AT_name)?
-                else {
+                let Some(gimli::AttributeValue::String(name)) = entry.attr_value(gimli::DW_AT_name)? else {
                     continue;
                 };
                 let name = String::from_utf8_lossy(name.slice());
@@ -528,12 +561,13 @@ pub(crate) fn constants(file: &File<'_>, prefix: &str) -> Result<HashMap<String,
 pub(crate) fn parameters(file: &File<'_>, function: &str) -> Result<Vec<String>, String> {
     let sections = gimli::DwarfSections::load(|id| load(file, id))?;
     let dwarf = sections.borrow(|s| EndianSlice::new(s, LittleEndian));
-    let name_of = |entry: &gimli::DebuggingInformationEntry<EndianSlice<LittleEndian>>| -> gimli::Result<Option<String>> {
-        Ok(match entry.attr_value(gimli::DW_AT_name)? {
-            Some(gimli::AttributeValue::String(n)) => Some(String::from_utf8_lossy(n.slice()).into_owned()),
-            _ => None,
-        })
-    };
+    let name_of =
+        |entry: &gimli::DebuggingInformationEntry<EndianSlice<LittleEndian>>| -> gimli::Result<Option<String>> {
+            Ok(match entry.attr_value(gimli::DW_AT_name)? {
+                Some(gimli::AttributeValue::String(n)) => Some(String::from_utf8_lossy(n.slice()).into_owned()),
+                _ => None,
+            })
+        };
     let find = || -> gimli::Result<Option<Vec<String>>> {
         let mut units = dwarf.units();
         while let Some(header) = units.next()? {
@@ -548,7 +582,10 @@ pub(crate) fn parameters(file: &File<'_>, function: &str) -> Result<Vec<String>,
                     if *depth <= 0 {
                         return Ok(Some(params));
                     }
-                    let result = matches!(entry.attr_value(gimli::DW_AT_variable_parameter)?, Some(gimli::AttributeValue::Flag(true)));
+                    let result = matches!(
+                        entry.attr_value(gimli::DW_AT_variable_parameter)?,
+                        Some(gimli::AttributeValue::Flag(true))
+                    );
                     if *depth == 1 && entry.tag() == gimli::DW_TAG_formal_parameter && !result {
                         params.extend(name_of(entry)?);
                     }
@@ -562,5 +599,7 @@ pub(crate) fn parameters(file: &File<'_>, function: &str) -> Result<Vec<String>,
         }
         Ok(None)
     };
-    find().map_err(|e| format!("DWARF: {e}"))?.ok_or_else(|| format!("no DWARF subprogram {function}"))
+    find()
+        .map_err(|e| format!("DWARF: {e}"))?
+        .ok_or_else(|| format!("no DWARF subprogram {function}"))
 }

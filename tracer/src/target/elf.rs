@@ -3,9 +3,7 @@
 //! every executable, rather than section headers, which a hostile or `sstrip`ped file may lack.
 
 use object::elf::FileHeader64;
-use object::elf::{
-    ELFCLASS64, ELFDATA2LSB, EM_AARCH64, EM_X86_64, PF_W, PF_X, PT_LOAD, SHT_NOBITS, SHT_SYMTAB,
-};
+use object::elf::{ELFCLASS64, ELFDATA2LSB, EM_AARCH64, EM_X86_64, PF_W, PF_X, PT_LOAD, SHT_NOBITS, SHT_SYMTAB};
 use object::read::elf::{ElfFile64, FileHeader, ProgramHeader, SectionHeader};
 use object::{Endianness, Object, ObjectSection, ObjectSymbol};
 
@@ -94,9 +92,7 @@ pub(crate) fn open(bytes: &[u8]) -> Result<File<'_>, TargetError> {
         .iter()
         .enumerate()
     {
-        if sh.sh_type(endian) != SHT_NOBITS
-            && u128::from(sh.sh_offset(endian)) + u128::from(sh.sh_size(endian)) > len
-        {
+        if sh.sh_type(endian) != SHT_NOBITS && u128::from(sh.sh_offset(endian)) + u128::from(sh.sh_size(endian)) > len {
             return Err(truncated(format!("contents of section {i}")));
         }
     }
@@ -126,9 +122,7 @@ impl Image {
             });
         }
         if segments.is_empty() {
-            return Err(TargetError::NotElf(
-                "no loadable segment (not an executable)".into(),
-            ));
+            return Err(TargetError::NotElf("no loadable segment (not an executable)".into()));
         }
         let mut sections = Vec::new();
         let (mut has_symtab, mut has_dwarf) = (false, false);
@@ -186,11 +180,7 @@ impl Image {
     /// True if `[vaddr, vaddr + len)` lies in the memory image of one writable segment (data or bss).
     pub fn is_writable_memory(&self, vaddr: u64, len: u64) -> bool {
         self.segments.iter().any(|s| {
-            s.writable()
-                && vaddr >= s.vaddr
-                && (vaddr - s.vaddr)
-                    .checked_add(len)
-                    .is_some_and(|end| end <= s.memsz)
+            s.writable() && vaddr >= s.vaddr && (vaddr - s.vaddr).checked_add(len).is_some_and(|end| end <= s.memsz)
         })
     }
 

@@ -44,10 +44,7 @@ pub(crate) struct Code<'a> {
 
 /// Where `runtime.work.cycles` is, found from the code of [`READER`] and checked against [`WRITER`] and the
 /// segments. `code` gives a function's code by name.
-pub(crate) fn cycles_from_code<'a>(
-    image: &Image,
-    code: impl Fn(&str) -> Option<Code<'a>>,
-) -> Result<u64, String> {
+pub(crate) fn cycles_from_code<'a>(image: &Image, code: impl Fn(&str) -> Option<Code<'a>>) -> Result<u64, String> {
     let reader = code(READER).ok_or_else(|| format!("no function {READER}"))?;
     let mut found = match image.arch {
         Arch::Amd64 => amd64::subtracted_globals(&reader),
@@ -117,31 +114,19 @@ pub(crate) const MOVE_INLINE_MARKS: &str = "runtime.(*mspan).moveInlineMarks";
 /// Classifies the binary by [`MOVE_INLINE_MARKS`]: `file` is the source file of its out-of-line copy, if there
 /// is one, and `name_listed` tells whether the pclntab's function-name table holds its name (true also when it
 /// was only inlined).
-pub(crate) fn green_tea_code(
-    version: &GoVersion,
-    file: Option<&str>,
-    name_listed: bool,
-) -> GreenTeaCode {
+pub(crate) fn green_tea_code(version: &GoVersion, file: Option<&str>, name_listed: bool) -> GreenTeaCode {
     match file {
-        Some(f) if f.ends_with("/mgcmark_greenteagc.go") || f == "mgcmark_greenteagc.go" => {
-            GreenTeaCode::Compiled
-        }
+        Some(f) if f.ends_with("/mgcmark_greenteagc.go") || f == "mgcmark_greenteagc.go" => GreenTeaCode::Compiled,
         Some(f) if f.ends_with("mgcmark_nogreenteagc.go") => GreenTeaCode::Absent,
         Some(_) => GreenTeaCode::Unknown,
         None if name_listed => GreenTeaCode::Compiled,
-        None if version.major == 1 && version.minor <= layout::LAST_CHECKED_MINOR => {
-            GreenTeaCode::Absent
-        }
+        None if version.major == 1 && version.minor <= layout::LAST_CHECKED_MINOR => GreenTeaCode::Absent,
         None => GreenTeaCode::Unknown,
     }
 }
 
 /// Green Tea on or off: the version and experiments decide, the code must agree.
-pub(crate) fn green_tea(
-    version: &GoVersion,
-    experiments: &[String],
-    code: GreenTeaCode,
-) -> Result<bool, TargetError> {
+pub(crate) fn green_tea(version: &GoVersion, experiments: &[String], code: GreenTeaCode) -> Result<bool, TargetError> {
     let decided = layout::green_tea_by_version(version, experiments);
     let contradiction = match code {
         GreenTeaCode::Compiled => !decided,
@@ -190,9 +175,7 @@ mod amd64 {
                 && insn.op0_register() == Register::ECX
             {
                 match insn.op1_kind() {
-                    OpKind::Memory if insn.is_ip_rel_memory_operand() => {
-                        found.push(insn.ip_rel_memory_address())
-                    }
+                    OpKind::Memory if insn.is_ip_rel_memory_operand() => found.push(insn.ip_rel_memory_address()),
                     OpKind::Register => {
                         if let Some((r, a)) = loaded {
                             if insn.op1_register() == r {
@@ -287,16 +270,11 @@ mod arm64 {
             let load = match w.get(i + 1).and_then(|&(_, x)| low(page, a, x)) {
                 Some(Low::Access(b, addr, 4, true)) => Some((b, addr, i + 2)),
                 Some(Low::Address(d, addr)) => w.get(i + 2).and_then(|&(_, x)| {
-                    let b = ldar_w(x)
-                        .filter(|&(_, n)| n == d)
-                        .map(|(b, _)| b)
-                        .or_else(|| {
-                            ldst_uimm(x)
-                                .filter(|&(_, n, off, size, load)| {
-                                    n == d && off == 0 && size == 4 && load
-                                })
-                                .map(|(b, ..)| b)
-                        })?;
+                    let b = ldar_w(x).filter(|&(_, n)| n == d).map(|(b, _)| b).or_else(|| {
+                        ldst_uimm(x)
+                            .filter(|&(_, n, off, size, load)| n == d && off == 0 && size == 4 && load)
+                            .map(|(b, ..)| b)
+                    })?;
                     Some((b, addr, i + 3))
                 }),
                 _ => None,
@@ -410,35 +388,23 @@ mod tests {
         // ADRP 1265664(PC), R1; ADD $496, R1, R1; LDARW (R1), R1; SUB R1, R2, R1
         let entry = 0x25bc0;
         let bytes = code(&[0xb00009a1, 0x9107c021, 0x88dffc21, 0xcb010041]);
-        let c = Code {
-            entry,
-            bytes: &bytes,
-        };
+        let c = Code { entry, bytes: &bytes };
         let want = (entry & !0xfff) + 1265664 + 496;
         assert_eq!(arm64::subtracted_globals(&c), [want]);
         assert_eq!(arm64::referenced_globals(&c), [want]);
         // The load folded into LDR [Xa, #lo] (go1.21.13 `MOVWU 1956(R27), R3` shape), then SUB from R2.
         let bytes = code(&[0x90000b5b, 0xb947a763, 0xcb030041]);
-        let c = Code {
-            entry,
-            bytes: &bytes,
-        };
+        let c = Code { entry, bytes: &bytes };
         let want = (entry & !0xfff) + 1474560 + 1956;
         assert_eq!(arm64::subtracted_globals(&c), [want]);
         // Subtracting from another register than R2 is not the pattern.
         let bytes = code(&[0xb00009a1, 0x9107c021, 0x88dffc21, 0xcb010061]);
-        let c = Code {
-            entry,
-            bytes: &bytes,
-        };
+        let c = Code { entry, bytes: &bytes };
         assert!(arm64::subtracted_globals(&c).is_empty());
         // Truncated or empty code.
         for n in 0..4 {
             let bytes = code(&[0xb00009a1, 0x9107c021, 0x88dffc21, 0xcb010041][..n]);
-            let c = Code {
-                entry,
-                bytes: &bytes,
-            };
+            let c = Code { entry, bytes: &bytes };
             assert!(arm64::subtracted_globals(&c).is_empty());
         }
     }

@@ -70,10 +70,16 @@ pub struct DataRegion {
 impl DataRegion {
     /// True if the word at `addr` (link-time, 8-byte aligned, in this region) holds a pointer.
     pub fn is_pointer(&self, addr: u64) -> bool {
-        let Some(word) = addr.checked_sub(self.addr).filter(|&o| o < self.len && o % 8 == 0).map(|o| o / 8) else {
+        let Some(word) = addr
+            .checked_sub(self.addr)
+            .filter(|&o| o < self.len && o % 8 == 0)
+            .map(|o| o / 8)
+        else {
             return false;
         };
-        self.pointers.get((word / 8) as usize).is_some_and(|b| b >> (word % 8) & 1 == 1)
+        self.pointers
+            .get((word / 8) as usize)
+            .is_some_and(|b| b >> (word % 8) & 1 == 1)
     }
 }
 
@@ -97,7 +103,9 @@ pub struct HeapModel {
 /// Packages whose variables are roots worth naming: not the runtime's own bookkeeping (`runtime.mheap_`,
 /// `runtime.allgs` reach everything, and say nothing about who holds the program's data).
 fn is_program_variable(name: &str) -> bool {
-    !["runtime.", "internal/", "runtime/", "sync.", "sync/", "go:", "type:"].iter().any(|p| name.starts_with(p))
+    !["runtime.", "internal/", "runtime/", "sync.", "sync/", "go:", "type:"]
+        .iter()
+        .any(|p| name.starts_with(p))
 }
 
 impl GoBinary {

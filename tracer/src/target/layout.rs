@@ -184,13 +184,19 @@ fn cleanup_layout(version: &GoVersion) -> Option<CleanupLayout> {
     (minor >= 24).then_some(CleanupLayout {
         handle_at_register: if wrapped { 1 } else { 3 },
         function: if wrapped {
-            CleanupFunction::CapturedByHandle { by_reference: minor == 25 }
+            CleanupFunction::CapturedByHandle {
+                by_reference: minor == 25,
+            }
         } else {
             CleanupFunction::Register(2)
         },
         special_kind: if minor == 24 { 6 } else { 7 },
         special_handle_offset: if wrapped { 24 } else { 24 + 16 },
-        runner: if minor == 24 { "runtime.runfinq" } else { "runtime.runCleanups" },
+        runner: if minor == 24 {
+            "runtime.runfinq"
+        } else {
+            "runtime.runCleanups"
+        },
         handle_at_call: if wrapped { tracer_common::CLOSURE_CONTEXT } else { 1 },
         runner_idle: if minor == 24 { "finalizer wait" } else { "cleanup wait" },
     })
@@ -274,12 +280,7 @@ pub(crate) struct Resolved {
 }
 
 /// The DWARF structs that [`resolve`] reads.
-pub(crate) const DWARF_STRUCTS: &[&str] = &[
-    "runtime.g",
-    "runtime.moduledata",
-    "runtime.mspan",
-    "runtime.workType",
-];
+pub(crate) const DWARF_STRUCTS: &[&str] = &["runtime.g", "runtime.moduledata", "runtime.mspan", "runtime.workType"];
 
 struct Row {
     minor: u32,
@@ -368,11 +369,7 @@ fn no_table(version: &GoVersion, arch: Arch) -> TargetError {
     }
 }
 
-pub(crate) fn resolve(
-    version: &GoVersion,
-    arch: Arch,
-    dwarf: Option<&StructMembers>,
-) -> Result<Resolved, TargetError> {
+pub(crate) fn resolve(version: &GoVersion, arch: Arch, dwarf: Option<&StructMembers>) -> Result<Resolved, TargetError> {
     let member = |s: &str, m: &str| dwarf.and_then(|d| d.get(s)?.get(m).copied());
     let offset = |s: &str, m: &str| member(s, m).map(|m| m.offset);
     let row = table_row(version, arch);
@@ -404,9 +401,7 @@ pub(crate) fn resolve(
     let span_from_dwarf = || {
         let m = |f| offset("runtime.mspan", f);
         let nelems = member("runtime.mspan", "nelems")?;
-        let nelems_size = u8::try_from(nelems.size?)
-            .ok()
-            .filter(|s| [1, 2, 4, 8].contains(s))?;
+        let nelems_size = u8::try_from(nelems.size?).ok().filter(|s| [1, 2, 4, 8].contains(s))?;
         Some(span(
             m("startAddr")?,
             m("npages")?,
@@ -420,16 +415,13 @@ pub(crate) fn resolve(
         let size = u8::try_from(c.size?).ok().filter(|&s| s == 4 || s == 8)?;
         Some((c.offset, size))
     });
-    let work_cycles = pick(cycles_from_dwarf, row, |r| {
-        (r.cycles(arch), WORK_CYCLES_SIZE)
-    })
-    .ok_or_else(|| no_table(version, arch))?;
+    let work_cycles =
+        pick(cycles_from_dwarf, row, |r| (r.cycles(arch), WORK_CYCLES_SIZE)).ok_or_else(|| no_table(version, arch))?;
     let from_dwarf = || {
         let m = |f| offset("runtime.moduledata", f);
         Some(md(m("text")?, m("types")?, m("etypes")?, m("gofunc")?))
     };
-    let moduledata =
-        pick(from_dwarf(), row, |r| r.moduledata).ok_or_else(|| no_table(version, arch))?;
+    let moduledata = pick(from_dwarf(), row, |r| r.moduledata).ok_or_else(|| no_table(version, arch))?;
     Ok(Resolved {
         structs: Structs {
             goid_offset,
@@ -555,8 +547,18 @@ impl HeapRow {
             pointer_bits: self.pointer_bits,
             g_stack_lo: 0,
             g_sched: (G_SCHED, G_SCHED + 8, G_SCHED + self.gobuf_bp),
-            data: RootSectionFields { start: MODULEDATA_DATA, end: MODULEDATA_DATA + 8, gcprog: gcdata, mask },
-            bss: RootSectionFields { start: MODULEDATA_DATA + 16, end: MODULEDATA_DATA + 24, gcprog: gcdata + 8, mask: mask + 16 },
+            data: RootSectionFields {
+                start: MODULEDATA_DATA,
+                end: MODULEDATA_DATA + 8,
+                gcprog: gcdata,
+                mask,
+            },
+            bss: RootSectionFields {
+                start: MODULEDATA_DATA + 16,
+                end: MODULEDATA_DATA + 24,
+                gcprog: gcdata + 8,
+                mask: mask + 16,
+            },
         }
     }
 }
@@ -570,7 +572,12 @@ fn heap_offsets_from_dwarf(d: &StructMembers, version: &GoVersion) -> Option<Hea
     let gobuf = |m| Some(sched + offset("runtime.gobuf", m)?);
     let md = |m| offset("runtime.moduledata", m);
     let section = |start, end, gcprog, mask| {
-        Some(RootSectionFields { start: md(start)?, end: md(end)?, gcprog: md(gcprog)?, mask: md(mask)? })
+        Some(RootSectionFields {
+            start: md(start)?,
+            end: md(end)?,
+            gcprog: md(gcprog)?,
+            mask: md(mask)?,
+        })
     };
     Some(HeapOffsets {
         mheap_arenas: offset("runtime.mheap", "arenas")?,
@@ -581,8 +588,14 @@ fn heap_offsets_from_dwarf(d: &StructMembers, version: &GoVersion) -> Option<Hea
         span_class: offset("runtime.mspan", "spanclass")?,
         // Which scheme the runtime uses shows in its structs: the span's large-object type since 1.22, the
         // arena's bitmap before, with `noMorePtrs` beside it when it is one bit a word.
-        pointer_bits: match (offset("runtime.mspan", "largeType"), offset("runtime.heapArena", "noMorePtrs")) {
-            (Some(large_type), _) => PointerBits::InSpan { large_type, mask_on_demand: (version.major, version.minor) >= (1, 24) },
+        pointer_bits: match (
+            offset("runtime.mspan", "largeType"),
+            offset("runtime.heapArena", "noMorePtrs"),
+        ) {
+            (Some(large_type), _) => PointerBits::InSpan {
+                large_type,
+                mask_on_demand: (version.major, version.minor) >= (1, 24),
+            },
             (None, Some(_)) => PointerBits::ArenaOneBit,
             (None, None) => PointerBits::ArenaTwoBits,
         },
@@ -606,7 +619,9 @@ pub(crate) fn heap_offsets(
 }
 
 fn heap_table(version: &GoVersion, arch: Arch) -> Option<HeapOffsets> {
-    let row = HEAP_TABLE.iter().find(|r| version.major == 1 && r.minor == version.minor)?;
+    let row = HEAP_TABLE
+        .iter()
+        .find(|r| version.major == 1 && r.minor == version.minor)?;
     Some(row.offsets(arch))
 }
 
@@ -631,16 +646,16 @@ pub(crate) fn runtime_layout(
         },
         span: structs.span,
         inline_mark_bits,
-        inline_mark_sizes: if inline_mark_bits {
-            INLINE_MARK_SIZES
-        } else {
-            (0, 0)
-        },
+        inline_mark_sizes: if inline_mark_bits { INLINE_MARK_SIZES } else { (0, 0) },
         gc_cycles_addr,
         gc_cycles_size: structs.work_cycles.1,
         wait_reasons: wait_reasons(version),
         cleanups: cleanup_layout(version),
-        special_kind_offset: if (version.major, version.minor) <= (1, 23) { 10 } else { 16 },
+        special_kind_offset: if (version.major, version.minor) <= (1, 23) {
+            10
+        } else {
+            16
+        },
         sampling: sampling_layout(version, memprofilerate_addr),
     }
 }

@@ -78,7 +78,11 @@ fn sleb(b: &[u8], i: &mut usize) -> Option<i64> {
         v |= i64::from(byte & 0x7f) << shift;
         shift += 7;
         if byte & 0x80 == 0 {
-            return Some(if shift < 64 && byte & 0x40 != 0 { v | (-1i64 << shift) } else { v });
+            return Some(if shift < 64 && byte & 0x40 != 0 {
+                v | (-1i64 << shift)
+            } else {
+                v
+            });
         }
         if shift >= 64 {
             return None;
@@ -113,7 +117,9 @@ pub(crate) fn stack_pieces(expr: &[u8]) -> Vec<StackPiece> {
             }
             DW_OP_ADDR => return Vec::new(),
             DW_OP_PIECE => {
-                let Some(len) = uvarint(expr, &mut i) else { return Vec::new() };
+                let Some(len) = uvarint(expr, &mut i) else {
+                    return Vec::new();
+                };
                 if let Some(cfa_offset) = at.take() {
                     out.push(StackPiece { start, len, cfa_offset });
                 }
@@ -125,7 +131,11 @@ pub(crate) fn stack_pieces(expr: &[u8]) -> Vec<StackPiece> {
     }
     if !split {
         if let Some(cfa_offset) = at {
-            out.push(StackPiece { start: 0, len: u64::MAX, cfa_offset });
+            out.push(StackPiece {
+                start: 0,
+                len: u64::MAX,
+                cfa_offset,
+            });
         }
     }
     out
@@ -138,15 +148,40 @@ mod tests {
     #[test]
     fn pieces_of_go_location_expressions() {
         // `DW_OP_fbreg -48`: the whole variable.
-        assert_eq!(stack_pieces(&[0x91, 0x50]), [StackPiece { start: 0, len: u64::MAX, cfa_offset: -48 }]);
+        assert_eq!(
+            stack_pieces(&[0x91, 0x50]),
+            [StackPiece {
+                start: 0,
+                len: u64::MAX,
+                cfa_offset: -48
+            }]
+        );
         // A slice: pointer at CFA-48, length in RCX, capacity at CFA-56.
         let expr = [0x91, 0x50, 0x93, 0x08, 0x52, 0x93, 0x08, 0x91, 0x48, 0x93, 0x08];
         assert_eq!(
             stack_pieces(&expr),
-            [StackPiece { start: 0, len: 8, cfa_offset: -48 }, StackPiece { start: 16, len: 8, cfa_offset: -56 }]
+            [
+                StackPiece {
+                    start: 0,
+                    len: 8,
+                    cfa_offset: -48
+                },
+                StackPiece {
+                    start: 16,
+                    len: 8,
+                    cfa_offset: -56
+                }
+            ]
         );
         // A parameter spilled to the CFA itself; one in a register only; an address: not on the stack.
-        assert_eq!(stack_pieces(&[0x9c]), [StackPiece { start: 0, len: u64::MAX, cfa_offset: 0 }]);
+        assert_eq!(
+            stack_pieces(&[0x9c]),
+            [StackPiece {
+                start: 0,
+                len: u64::MAX,
+                cfa_offset: 0
+            }]
+        );
         assert!(stack_pieces(&[0x50]).is_empty());
         assert!(stack_pieces(&[0x03, 0, 0, 0, 0, 0, 0, 0, 0]).is_empty());
         assert!(stack_pieces(&[0x91]).is_empty(), "truncated");
@@ -154,15 +189,28 @@ mod tests {
 
     #[test]
     fn variables_by_pc() {
-        let var = |name: &str, locations| LocalVar { name: name.into(), ty: 0, locations };
+        let var = |name: &str, locations| LocalVar {
+            name: name.into(),
+            ty: 0,
+            locations,
+        };
         let f = FunctionLocals {
             high_pc: 0x1100,
-            vars: vec![var("a", vec![(0, u64::MAX, vec![0x91, 0x50])]), var("b", vec![(0x1000, 0x1010, vec![0x50]), (0x1010, 0x1100, vec![0x91, 0x48])])],
+            vars: vec![
+                var("a", vec![(0, u64::MAX, vec![0x91, 0x50])]),
+                var(
+                    "b",
+                    vec![(0x1000, 0x1010, vec![0x50]), (0x1010, 0x1100, vec![0x91, 0x48])],
+                ),
+            ],
         };
         let locals = FrameLocals::new([(0x1000, f)].into());
         let names = |pc| locals.at(pc).iter().map(|(v, _)| v.name.clone()).collect::<Vec<_>>();
         assert_eq!(names(0x1008), ["a"], "b is in a register there");
         assert_eq!(names(0x1020), ["a", "b"]);
-        assert!(names(0x1100).is_empty() && names(0xfff).is_empty(), "outside the function");
+        assert!(
+            names(0x1100).is_empty() && names(0xfff).is_empty(),
+            "outside the function"
+        );
     }
 }

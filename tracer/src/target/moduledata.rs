@@ -91,5 +91,11 @@ fn check(
         && types <= etypes
         && image.file_offset(types).is_some();
     let (rodata, gofunc) = (field(offsets.gofunc - 8)?, field(offsets.gofunc)?);
-    plausible.then_some(Module { addr, text, types, rodata, gofunc })
+    plausible.then_some(Module {
+        addr,
+        text,
+        types,
+        rodata,
+        gofunc,
+    })
 }

@@ -76,7 +76,11 @@ impl Header {
         };
         Ok(Header {
             quantum: head[6],
-            func_size: if magic == MAGIC_GO118 { FUNC_SIZE_GO118 } else { FUNC_SIZE_GO120 },
+            func_size: if magic == MAGIC_GO118 {
+                FUNC_SIZE_GO118
+            } else {
+                FUNC_SIZE_GO120
+            },
             nfunc: usize::try_from(field(0)).map_err(|_| corrupt("nfunc"))?,
             text_start: field(2),
             funcname: offset(3)?,
@@ -163,8 +167,7 @@ impl Pclntab {
         if functab_end.is_none_or(|end| end > data.len()) {
             return Err(corrupt(format!("{} functions do not fit", hdr.nfunc)));
         }
-        let functab =
-            |i: usize, field: usize| u32_at(data, hdr.pcln + 8 * i + field).unwrap_or_default();
+        let functab = |i: usize, field: usize| u32_at(data, hdr.pcln + 8 * i + field).unwrap_or_default();
         let module = moduledata::find(image, bytes, vaddr, &hdr, functab(0, 0), offsets);
         let text = match (module, hdr.text_start) {
             (Some(m), _) => m.text,
@@ -242,18 +245,9 @@ impl Pclntab {
             .unwrap_or_else(|| ("?".to_string(), 0))
     }
 
-    fn try_file_line(
-        &self,
-        bytes: &[u8],
-        idx: usize,
-        entry: u64,
-        pc: u64,
-    ) -> Option<(String, u32)> {
+    fn try_file_line(&self, bytes: &[u8], idx: usize, entry: u64, pc: u64) -> Option<(String, u32)> {
         let data = bytes.get(self.start..self.start.checked_add(self.len)?)?;
-        let f = self
-            .hdr
-            .pcln
-            .checked_add(*self.funcoffs.get(idx)? as usize)?;
+        let f = self.hdr.pcln.checked_add(*self.funcoffs.get(idx)? as usize)?;
         let field = |o: usize| u32_at(data, f.checked_add(o)?);
         let line = self.pcvalue(data, field(FUNC_PCLN)?, entry, pc)?;
         let fileno = self.pcvalue(data, field(FUNC_PCFILE)?, entry, pc)?;
@@ -264,10 +258,7 @@ impl Pclntab {
             return None;
         }
         let file = cstr_at(data, self.hdr.filetab.checked_add(fileoff as usize)?)?;
-        Some((
-            String::from_utf8_lossy(file).into_owned(),
-            u32::try_from(line).ok()?,
-        ))
+        Some((String::from_utf8_lossy(file).into_owned(), u32::try_from(line).ok()?))
     }
 
     /// What the GC needs to scan a frame of function number `idx` (entry `entry`) stopped at `pc` (a return
@@ -289,7 +280,11 @@ impl Pclntab {
         for (i, slot) in funcdata.iter_mut().enumerate().take(nfuncdata) {
             *slot = field(self.hdr.func_size + 4 * npcdata + 4 * i).filter(|&off| off != u32::MAX);
         }
-        Some(StackMapRefs { index: index.max(0), args: field(FUNC_ARGS)?, funcdata })
+        Some(StackMapRefs {
+            index: index.max(0),
+            args: field(FUNC_ARGS)?,
+            funcdata,
+        })
     }
 
     /// The value of the pc-value table at `off` (in pctab) for `target` (`runtime.pcvalue`). The table is a
@@ -333,16 +328,9 @@ fn scan(image: &Image, bytes: &[u8]) -> Vec<(u64, usize, usize)> {
         };
         for (i, word) in aligned.chunks_exact(8).enumerate() {
             let magic = u32_at(word, 0).unwrap_or_default();
-            if (magic == MAGIC_GO118 || magic == MAGIC_GO120)
-                && word[4..6] == [0, 0]
-                && word[7] == 8
-            {
+            if (magic == MAGIC_GO118 || magic == MAGIC_GO120) && word[4..6] == [0, 0] && word[7] == 8 {
                 let at = skip + 8 * i;
-                found.push((
-                    seg.vaddr + at as u64,
-                    seg.offset as usize + at,
-                    data.len() - at,
-                ));
+                found.push((seg.vaddr + at as u64, seg.offset as usize + at, data.len() - at));
             }
         }
     }

@@ -49,7 +49,10 @@ pub(crate) fn indirect_call_sites(arch: Arch, code: &[u8], entry: u64) -> Result
 pub(crate) fn past_stack_check(arch: Arch, code: &[u8], entry: u64) -> u64 {
     match arch {
         Arch::Amd64 => {
-            let insns: Vec<Instruction> = Decoder::with_ip(64, code, entry, DecoderOptions::NONE).iter().take(STACK_CHECK_MAX_INSNS).collect();
+            let insns: Vec<Instruction> = Decoder::with_ip(64, code, entry, DecoderOptions::NONE)
+                .iter()
+                .take(STACK_CHECK_MAX_INSNS)
+                .collect();
             let reads_stackguard = |i: &Instruction| {
                 i.mnemonic() == Mnemonic::Cmp
                     && (0..i.op_count()).any(|n| i.op_kind(n) == OpKind::Memory)
@@ -62,12 +65,18 @@ pub(crate) fn past_stack_check(arch: Arch, code: &[u8], entry: u64) -> u64 {
                 .map_or(entry, |w| w[1].next_ip())
         }
         Arch::Arm64 => {
-            let words: Vec<u32> =
-                code.chunks_exact(4).take(STACK_CHECK_MAX_INSNS).map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]])).collect();
+            let words: Vec<u32> = code
+                .chunks_exact(4)
+                .take(STACK_CHECK_MAX_INSNS)
+                .map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]))
+                .collect();
             if words.first() != Some(&ARM64_LOAD_STACKGUARD) {
                 return entry;
             }
-            words.iter().position(|&w| w & ARM64_BLS.0 == ARM64_BLS.1).map_or(entry, |i| entry + 4 * (i as u64 + 1))
+            words
+                .iter()
+                .position(|&w| w & ARM64_BLS.0 == ARM64_BLS.1)
+                .map_or(entry, |i| entry + 4 * (i as u64 + 1))
         }
     }
 }

@@ -36,14 +36,25 @@ pub(crate) const MHEAP_INIT: &str = "runtime.(*mheap).init";
 pub(crate) const ALLGADD: &str = "runtime.allgadd";
 
 /// Link-time address of `runtime.mheap_`, whose first `len` bytes must lie in writable memory.
-pub(crate) fn mheap_from_code<'a>(image: &Image, code: impl Fn(&str) -> Option<Code<'a>>, len: u64) -> Result<u64, String> {
-    let init = code(MHEAP_INIT).ok_or_else(|| format!("no function {MHEAP_INIT}"))?.entry;
+pub(crate) fn mheap_from_code<'a>(
+    image: &Image,
+    code: impl Fn(&str) -> Option<Code<'a>>,
+    len: u64,
+) -> Result<u64, String> {
+    let init = code(MHEAP_INIT)
+        .ok_or_else(|| format!("no function {MHEAP_INIT}"))?
+        .entry;
     let caller = code(MALLOCINIT).ok_or_else(|| format!("no function {MALLOCINIT}"))?;
     let found = match image.arch {
         Arch::Amd64 => amd64::receivers(&caller, init),
         Arch::Arm64 => arm64::receivers(&caller, init),
     };
-    one(image, found, len, &format!("the receiver {MALLOCINIT} passes to {MHEAP_INIT}"))
+    one(
+        image,
+        found,
+        len,
+        &format!("the receiver {MALLOCINIT} passes to {MHEAP_INIT}"),
+    )
 }
 
 /// Link-time address of the `runtime.allgs` slice header.
@@ -58,7 +69,11 @@ pub(crate) fn allgs_from_code<'a>(image: &Image, code: impl Fn(&str) -> Option<C
     let headers = stores
         .iter()
         .copied()
-        .filter(|&x| [8, 16].iter().all(|k| x.checked_add(*k).is_some_and(|a| stores.binary_search(&a).is_ok())))
+        .filter(|&x| {
+            [8, 16]
+                .iter()
+                .all(|k| x.checked_add(*k).is_some_and(|a| stores.binary_search(&a).is_ok()))
+        })
         .collect();
     one(image, headers, 24, &format!("the slice header {ALLGADD} stores"))
 }
@@ -68,7 +83,9 @@ fn one(image: &Image, mut found: Vec<u64>, len: u64, what: &str) -> Result<u64, 
     found.dedup();
     match found[..] {
         [addr] if addr % 8 == 0 && image.is_writable_memory(addr, len) => Ok(addr),
-        [addr] => Err(format!("{what} is at {addr:#x}, not an aligned {len} bytes of a writable segment")),
+        [addr] => Err(format!(
+            "{what} is at {addr:#x}, not an aligned {len} bytes of a writable segment"
+        )),
         [] => Err(format!("{what}: not found (an unoptimized build?)")),
         _ => Err(format!("{what}: {} candidates, {found:#x?}", found.len())),
     }
@@ -79,14 +96,27 @@ const MAX_REGION: u64 = 1 << 32;
 
 /// The data and bss sections of the module whose `runtime.moduledata` is at `moduledata`, with their pointer
 /// bitmaps.
-pub(crate) fn data_regions(image: &Image, bytes: &[u8], moduledata: u64, offsets: &HeapOffsets) -> Result<Vec<DataRegion>, String> {
+pub(crate) fn data_regions(
+    image: &Image,
+    bytes: &[u8],
+    moduledata: u64,
+    offsets: &HeapOffsets,
+) -> Result<Vec<DataRegion>, String> {
     [("data", offsets.data), ("bss", offsets.bss)]
         .into_iter()
-        .map(|(name, fields)| region(image, bytes, moduledata, name, fields).map_err(|e| format!("moduledata {name}: {e}")))
+        .map(|(name, fields)| {
+            region(image, bytes, moduledata, name, fields).map_err(|e| format!("moduledata {name}: {e}"))
+        })
         .collect()
 }
 
-fn region(image: &Image, bytes: &[u8], moduledata: u64, name: &'static str, f: RootSectionFields) -> Result<DataRegion, String> {
+fn region(
+    image: &Image,
+    bytes: &[u8],
+    moduledata: u64,
+    name: &'static str,
+    f: RootSectionFields,
+) -> Result<DataRegion, String> {
     let field = |off: u64| {
         moduledata
             .checked_add(off)
@@ -94,17 +124,25 @@ fn region(image: &Image, bytes: &[u8], moduledata: u64, name: &'static str, f: R
             .ok_or_else(|| format!("field at +{off} is not in the file"))
     };
     let (addr, end, prog) = (field(f.start)?, field(f.end)?, field(f.gcprog)?);
-    let len = end.checked_sub(addr).ok_or_else(|| format!("ends at {end:#x}, before its start {addr:#x}"))?;
+    let len = end
+        .checked_sub(addr)
+        .ok_or_else(|| format!("ends at {end:#x}, before its start {addr:#x}"))?;
     if addr % 8 != 0 || len > MAX_REGION || !image.is_writable_memory(addr, len) {
-        return Err(format!("{addr:#x}+{len:#x} is not an aligned range of a writable segment, of at most 4 GiB"));
+        return Err(format!(
+            "{addr:#x}+{len:#x} is not an aligned range of a writable segment, of at most 4 GiB"
+        ));
     }
-    let prog = image.rest_of_segment(bytes, prog).ok_or_else(|| format!("GC program at {prog:#x} is not in the file"))?;
+    let prog = image
+        .rest_of_segment(bytes, prog)
+        .ok_or_else(|| format!("GC program at {prog:#x} is not in the file"))?;
     Ok(DataRegion {
         name,
         addr,
         len,
         pointers: run_gc_prog(prog, len / 8)?,
-        runtime_mask: moduledata.checked_add(f.mask).ok_or("moduledata at the end of the address space")?,
+        runtime_mask: moduledata
+            .checked_add(f.mask)
+            .ok_or("moduledata at the end of the address space")?,
     })
 }
 
@@ -114,7 +152,10 @@ fn region(image: &Image, bytes: &[u8], moduledata: u64, name: &'static str, f: R
 /// buffer from the section length, a program writing past `words` (rounded up to a byte) is refused.
 fn run_gc_prog(prog: &[u8], words: u64) -> Result<Vec<u8>, String> {
     let nbytes = usize::try_from(words.div_ceil(8)).map_err(|_| "section too large")?;
-    let mut out = Bitmap { bytes: vec![0; nbytes], len: 0 };
+    let mut out = Bitmap {
+        bytes: vec![0; nbytes],
+        len: 0,
+    };
     let mut prog = Program { bytes: prog, at: 0 };
     loop {
         let inst = prog.byte()?;
@@ -154,7 +195,10 @@ impl Bitmap {
     }
 
     fn push(&mut self, bit: u8) -> Result<(), String> {
-        let byte = self.bytes.get_mut((self.len / 8) as usize).ok_or("GC program overflows its section")?;
+        let byte = self
+            .bytes
+            .get_mut((self.len / 8) as usize)
+            .ok_or("GC program overflows its section")?;
         *byte |= bit << (self.len % 8);
         self.len += 1;
         Ok(())
@@ -168,13 +212,17 @@ struct Program<'a> {
 
 impl Program<'_> {
     fn byte(&mut self) -> Result<u8, String> {
-        let b = *self.bytes.get(self.at).ok_or("GC program runs off the end of its segment")?;
+        let b = *self
+            .bytes
+            .get(self.at)
+            .ok_or("GC program runs off the end of its segment")?;
         self.at += 1;
         Ok(b)
     }
 
     fn uvarint(&mut self) -> Result<u64, String> {
-        super::bytes::uvarint(self.bytes, &mut self.at).ok_or_else(|| "GC program: a varint runs off its segment or is too long".into())
+        super::bytes::uvarint(self.bytes, &mut self.at)
+            .ok_or_else(|| "GC program: a varint runs off its segment or is too long".into())
     }
 }
 
@@ -187,11 +235,16 @@ mod amd64 {
         let mut found = Vec::new();
         let mut lea_rax = None;
         for insn in decoder.iter() {
-            if insn.mnemonic() == Mnemonic::Call && insn.op0_kind() == OpKind::NearBranch64 && insn.near_branch_target() == callee {
+            if insn.mnemonic() == Mnemonic::Call
+                && insn.op0_kind() == OpKind::NearBranch64
+                && insn.near_branch_target() == callee
+            {
                 found.extend(lea_rax);
             }
-            lea_rax = (insn.mnemonic() == Mnemonic::Lea && insn.op0_register() == Register::RAX && insn.is_ip_rel_memory_operand())
-                .then(|| insn.ip_rel_memory_address());
+            lea_rax = (insn.mnemonic() == Mnemonic::Lea
+                && insn.op0_register() == Register::RAX
+                && insn.is_ip_rel_memory_operand())
+            .then(|| insn.ip_rel_memory_address());
         }
         found
     }
@@ -270,19 +323,43 @@ mod arm64 {
         #[test]
         fn decodes_go_forms() {
             // go1.27.3 counting-arm64, runtime.mallocinit: ADRP 1572864(PC), R0; ADD $2624, R0, R0; CALL at 0x27940.
-            let bytes: Vec<u8> = [0x90000c00u32, 0x91290000, 0x94006ed8].iter().flat_map(|w| w.to_le_bytes()).collect();
-            let code = Code { entry: 0x27938, bytes: &bytes };
+            let bytes: Vec<u8> = [0x90000c00u32, 0x91290000, 0x94006ed8]
+                .iter()
+                .flat_map(|w| w.to_le_bytes())
+                .collect();
+            let code = Code {
+                entry: 0x27938,
+                bytes: &bytes,
+            };
             assert_eq!(receivers(&code, 0x27940 + 4 * 0x6ed8), [0x1a7a40]);
             assert!(receivers(&code, 0x27940).is_empty());
             // go1.19 counting-arm64, runtime.allgadd: ADRP; ADD $0x610, R27, R27; MOVD R2, (R27) stores allgs+16.
             let pc = 0x455e0;
             let adrp = 0xf000089bu32;
             let page = adrp_page(pc, adrp);
-            let bytes: Vec<u8> = [adrp, 0x9118437b, 0xf9000362].iter().flat_map(|w| w.to_le_bytes()).collect();
-            assert_eq!(stored_words(&Code { entry: pc, bytes: &bytes }), [page + 0x610]);
+            let bytes: Vec<u8> = [adrp, 0x9118437b, 0xf9000362]
+                .iter()
+                .flat_map(|w| w.to_le_bytes())
+                .collect();
+            assert_eq!(
+                stored_words(&Code {
+                    entry: pc,
+                    bytes: &bytes
+                }),
+                [page + 0x610]
+            );
             // go1.27.3: ADRP; MOVD R2, 0x1b0(R27).
-            let bytes: Vec<u8> = [0xb0000a3bu32, 0xf900db62].iter().flat_map(|w| w.to_le_bytes()).collect();
-            assert_eq!(stored_words(&Code { entry: pc, bytes: &bytes }), [adrp_page(pc, 0xb0000a3b) + 0x1b0]);
+            let bytes: Vec<u8> = [0xb0000a3bu32, 0xf900db62]
+                .iter()
+                .flat_map(|w| w.to_le_bytes())
+                .collect();
+            assert_eq!(
+                stored_words(&Code {
+                    entry: pc,
+                    bytes: &bytes
+                }),
+                [adrp_page(pc, 0xb0000a3b) + 0x1b0]
+            );
         }
 
         fn adrp_page(pc: u64, w: u32) -> u64 {
@@ -296,7 +373,9 @@ mod tests {
     use super::*;
 
     fn bits(bitmap: &[u8], n: usize) -> String {
-        (0..n).map(|i| if bitmap[i / 8] >> (i % 8) & 1 == 1 { '1' } else { '0' }).collect()
+        (0..n)
+            .map(|i| if bitmap[i / 8] >> (i % 8) & 1 == 1 { '1' } else { '0' })
+            .collect()
     }
 
     #[test]
@@ -312,7 +391,11 @@ mod tests {
         assert!(run_gc_prog(&[0x10, 0xff, 0xff, 0x00], 8).is_err());
         assert!(run_gc_prog(&[0x10, 0xff, 0xff, 0x00], 9).is_ok());
         assert!(run_gc_prog(&[0x01, 0x01, 0x82, 0x01, 0x00], 64).is_err());
-        assert!(run_gc_prog(&[0x01, 0x01, 0x81, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f, 0x00], 64).is_err());
+        assert!(run_gc_prog(
+            &[0x01, 0x01, 0x81, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f, 0x00],
+            64
+        )
+        .is_err());
         assert!(run_gc_prog(&[0x01, 0x01], 64).is_err());
         assert!(run_gc_prog(&[0x01, 0x01, 0x81, 0x80], 64).is_err());
         assert_eq!(run_gc_prog(&[0x00], 0).unwrap(), Vec::<u8>::new());

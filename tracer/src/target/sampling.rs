@@ -32,7 +32,9 @@ pub(crate) fn rate_from_code(image: &Image, reader: Option<Code<'_>>) -> Result<
     found.dedup();
     match found[..] {
         [addr] if addr % 8 == 0 && image.is_writable_memory(addr, 8) => Ok(addr),
-        [addr] => Err(format!("{READER} compares {addr:#x}, which is not an aligned word of a writable segment")),
+        [addr] => Err(format!(
+            "{READER} compares {addr:#x}, which is not an aligned word of a writable segment"
+        )),
         [] => Err(format!("{READER} compares no global with 1")),
         _ => Err(format!("{READER} compares {} globals with 1: {found:#x?}", found.len())),
     }
@@ -51,11 +53,14 @@ fn compared_with_one(code: &Code<'_>) -> Vec<u64> {
     for insn in decoder.iter() {
         let r0 = (insn.op_count() > 0 && insn.op0_kind() == OpKind::Register).then(|| insn.op0_register());
         match (insn.mnemonic(), r0) {
-            (Mnemonic::Mov, Some(r)) if is_gpr64(r) && insn.op1_kind() == OpKind::Memory && insn.is_ip_rel_memory_operand() => {
+            (Mnemonic::Mov, Some(r))
+                if is_gpr64(r) && insn.op1_kind() == OpKind::Memory && insn.is_ip_rel_memory_operand() =>
+            {
                 loaded.insert(r, insn.ip_rel_memory_address());
             }
             (Mnemonic::Cmp, Some(r))
-                if matches!(insn.op1_kind(), OpKind::Immediate8to64 | OpKind::Immediate32to64) && insn.immediate(1) == 1 =>
+                if matches!(insn.op1_kind(), OpKind::Immediate8to64 | OpKind::Immediate32to64)
+                    && insn.immediate(1) == 1 =>
             {
                 found.extend(loaded.get(&r));
             }

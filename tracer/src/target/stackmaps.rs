@@ -43,7 +43,12 @@ pub struct FramePointers {
 
 /// The frame's maps at `refs`, read through `at` (the bytes from a link-time address to the end of its segment);
 /// `gofunc` and `rodata` are the module's. None when the function has no locals map (assembly, or no frame).
-pub(crate) fn frame_pointers<'b>(refs: &StackMapRefs, gofunc: u64, rodata: u64, at: impl Fn(u64) -> Option<&'b [u8]>) -> Option<FramePointers> {
+pub(crate) fn frame_pointers<'b>(
+    refs: &StackMapRefs,
+    gofunc: u64,
+    rodata: u64,
+    at: impl Fn(u64) -> Option<&'b [u8]>,
+) -> Option<FramePointers> {
     let map = |i: usize| -> Option<&'b [u8]> { at(gofunc.checked_add(u64::from(refs.funcdata[i]?))?) };
     let locals = bitmap(map(LOCALS)?, refs.index)?;
     let args = match map(ARGS) {
@@ -62,7 +67,10 @@ fn bitmap(map: &[u8], index: i32) -> Option<WordBits> {
     }
     let len = nbit.div_ceil(8) as usize;
     let from = 8 + len.checked_mul(usize::try_from(index).ok()?)?;
-    Some(WordBits { words: nbit, bits: map.get(from..from + len)?.to_vec() })
+    Some(WordBits {
+        words: nbit,
+        bits: map.get(from..from + len)?.to_vec(),
+    })
 }
 
 /// The records after the count (a uintptr) of `FUNCDATA_StackObjects`, with their types' masks (at `rodata +
@@ -77,9 +85,16 @@ fn objects<'b>(p: &[u8], rodata: u64, at: &impl Fn(u64) -> Option<&'b [u8]>) -> 
             let pointers = (ptr_bytes >= 0).then_some(()).and_then(|()| {
                 let words = u32::try_from(ptr_bytes / 8).ok()?;
                 let mask = at(rodata.checked_add(u64::from(word(12)))?)?;
-                Some(WordBits { words, bits: mask.get(..words.div_ceil(8) as usize)?.to_vec() })
+                Some(WordBits {
+                    words,
+                    bits: mask.get(..words.div_ceil(8) as usize)?.to_vec(),
+                })
             });
-            Some(StackObject { offset: i64::from(offset), size: u64::try_from(size).ok()?, pointers })
+            Some(StackObject {
+                offset: i64::from(offset),
+                size: u64::try_from(size).ok()?,
+                pointers,
+            })
         })
         .collect()
 }
@@ -90,7 +105,11 @@ mod tests {
 
     /// `stackmap{n: 2, nbit: 10}` with bitmaps 0b11_0000_0101 and 0b00_0000_0010.
     fn stackmap() -> Vec<u8> {
-        [2u32.to_le_bytes(), 10u32.to_le_bytes()].concat().into_iter().chain([0b0000_0101, 0b11, 0b10, 0]).collect()
+        [2u32.to_le_bytes(), 10u32.to_le_bytes()]
+            .concat()
+            .into_iter()
+            .chain([0b0000_0101, 0b11, 0b10, 0])
+            .collect()
     }
 
     #[test]
@@ -101,19 +120,69 @@ mod tests {
         put(&mut mem, 0x1010, &stackmap());
         put(&mut mem, 0x1040, &stackmap());
         // One stack object: 24 bytes at varp-32 whose second word is a pointer (mask at rodata+0x8).
-        let record: Vec<u8> = [(-32i32) as u32, 24, 16, 8].iter().flat_map(|w| w.to_le_bytes()).collect();
+        let record: Vec<u8> = [(-32i32) as u32, 24, 16, 8]
+            .iter()
+            .flat_map(|w| w.to_le_bytes())
+            .collect();
         put(&mut mem, 0x1080, &1u64.to_le_bytes());
         put(&mut mem, 0x1088, &record);
         put(&mut mem, 0x2008, &[0b10]);
         let at = |a: u64| mem.get(a as usize..);
-        let refs = StackMapRefs { index: 1, args: 16, funcdata: [Some(0x40), Some(0x10), Some(0x80)] };
+        let refs = StackMapRefs {
+            index: 1,
+            args: 16,
+            funcdata: [Some(0x40), Some(0x10), Some(0x80)],
+        };
         let f = frame_pointers(&refs, 0x1000, 0x2000, at).unwrap();
-        assert_eq!(f.locals, WordBits { words: 10, bits: vec![0b10, 0] });
-        assert_eq!(f.args, WordBits { words: 10, bits: vec![0b10, 0] });
-        assert_eq!(f.objects, [StackObject { offset: -32, size: 24, pointers: Some(WordBits { words: 2, bits: vec![0b10] }) }]);
+        assert_eq!(
+            f.locals,
+            WordBits {
+                words: 10,
+                bits: vec![0b10, 0]
+            }
+        );
+        assert_eq!(
+            f.args,
+            WordBits {
+                words: 10,
+                bits: vec![0b10, 0]
+            }
+        );
+        assert_eq!(
+            f.objects,
+            [StackObject {
+                offset: -32,
+                size: 24,
+                pointers: Some(WordBits {
+                    words: 2,
+                    bits: vec![0b10]
+                })
+            }]
+        );
         // No locals map (assembly): nothing to say; no args: no args map read.
-        assert_eq!(frame_pointers(&StackMapRefs { funcdata: [Some(0x40), None, None], ..refs }, 0x1000, 0x2000, at), None);
-        let f = frame_pointers(&StackMapRefs { index: 0, args: 0, ..refs }, 0x1000, 0x2000, at).unwrap();
+        assert_eq!(
+            frame_pointers(
+                &StackMapRefs {
+                    funcdata: [Some(0x40), None, None],
+                    ..refs
+                },
+                0x1000,
+                0x2000,
+                at
+            ),
+            None
+        );
+        let f = frame_pointers(
+            &StackMapRefs {
+                index: 0,
+                args: 0,
+                ..refs
+            },
+            0x1000,
+            0x2000,
+            at,
+        )
+        .unwrap();
         assert_eq!((f.locals.bits, f.args.words), (vec![0b101, 0b11], 0));
         assert_eq!(bitmap(&stackmap(), 2), None, "past the maps");
     }

@@ -15,9 +15,7 @@ const VERSIONS: [&str; 8] = [
 fn targets_dir() -> PathBuf {
     std::env::var_os("MAPTRACE_GO_TARGETS")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.cache/go-targets"))
-        })
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.cache/go-targets")))
 }
 
 fn target_path(ver: &str, name: &str) -> PathBuf {
@@ -34,11 +32,7 @@ type Key = (&'static str, &'static str);
 type Cache<T> = OnceLock<Mutex<HashMap<Key, &'static OnceLock<T>>>>;
 
 /// One value per (version, binary) for the whole test run, computed once even when tests ask in parallel.
-fn once<T: Send + Sync>(
-    cache: &'static Cache<T>,
-    key: Key,
-    init: impl FnOnce() -> T,
-) -> &'static T {
+fn once<T: Send + Sync>(cache: &'static Cache<T>, key: Key, init: impl FnOnce() -> T) -> &'static T {
     let cell: &'static OnceLock<T> = cache
         .get_or_init(Default::default)
         .lock()
@@ -92,8 +86,7 @@ fn nm(ver: &'static str, name: &'static str) -> &'static HashMap<String, u64> {
         for line in out.lines() {
             // "  addr T name", where the name may contain spaces (generic shapes).
             let mut parts = line.trim_start().splitn(3, ' ');
-            let (Some(addr), Some(_kind), Some(sym)) = (parts.next(), parts.next(), parts.next())
-            else {
+            let (Some(addr), Some(_kind), Some(sym)) = (parts.next(), parts.next(), parts.next()) else {
                 continue;
             };
             if let Ok(addr) = u64::from_str_radix(addr, 16) {
@@ -128,11 +121,7 @@ fn version_and_symbols_presence() {
                 assert_eq!(v.patch, patch, "{ver}/{name}");
             }
             assert!(v.raw.starts_with(&format!("go{ver}")), "{ver}/{name}: {v}");
-            assert_eq!(
-                b.experiments().is_empty(),
-                !v.raw.contains("X:"),
-                "{ver}/{name}: {v}"
-            );
+            assert_eq!(b.experiments().is_empty(), !v.raw.contains("X:"), "{ver}/{name}: {v}");
             let stripped = name.ends_with("stripped");
             assert_eq!(b.has_symtab(), !stripped, "{ver}/{name}");
             assert_eq!(b.has_dwarf(), !stripped, "{ver}/{name}");
@@ -152,9 +141,7 @@ fn functions_match_go_tool_nm() {
         for name in ["counting", "counting-arm64"] {
             let (b, syms) = (bin(ver, name), nm(ver, name));
             for f in CORE {
-                let func = b
-                    .function(f)
-                    .unwrap_or_else(|| panic!("{ver}/{name}: no {f}"));
+                let func = b.function(f).unwrap_or_else(|| panic!("{ver}/{name}: no {f}"));
                 assert_eq!(Some(&func.entry), syms.get(f), "{ver}/{name}: {f}");
             }
             // Every name nm also knows resolves to nm's address (the ABIInternal one where an ABI wrapper exists).
@@ -179,17 +166,9 @@ fn functions_match_go_tool_nm() {
         // Stripping keeps the code layout: same functions at the same places.
         let (full, stripped) = (bin(ver, "counting"), bin(ver, "counting-stripped"));
         for f in CORE {
-            assert_eq!(
-                full.function(f),
-                stripped.function(f),
-                "{ver}: {f} after stripping"
-            );
+            assert_eq!(full.function(f), stripped.function(f), "{ver}: {f} after stripping");
         }
-        assert_eq!(
-            full.functions().count(),
-            stripped.functions().count(),
-            "{ver}"
-        );
+        assert_eq!(full.functions().count(), stripped.functions().count(), "{ver}");
     }
 }
 
@@ -211,10 +190,7 @@ fn objdump(ver: &'static str, name: &'static str) -> &'static Vec<Insn> {
     static CACHE: Cache<Vec<Insn>> = OnceLock::new();
     once(&CACHE, (ver, name), || {
         let path = target_path(ver, name);
-        let out = go_tool(
-            ver,
-            &["objdump", "-s", DISASSEMBLED, path.to_str().unwrap()],
-        );
+        let out = go_tool(ver, &["objdump", "-s", DISASSEMBLED, path.to_str().unwrap()]);
         let mut function = String::new();
         let mut insns = Vec::new();
         for l in out.lines() {
@@ -222,11 +198,7 @@ fn objdump(ver: &'static str, name: &'static str) -> &'static Vec<Insn> {
                 function = text.split_once("(SB)").unwrap().0.to_string();
                 continue;
             }
-            let cols: Vec<&str> = l
-                .split('\t')
-                .map(str::trim)
-                .filter(|c| !c.is_empty())
-                .collect();
+            let cols: Vec<&str> = l.split('\t').map(str::trim).filter(|c| !c.is_empty()).collect();
             if cols.is_empty() {
                 continue;
             }
@@ -236,7 +208,11 @@ fn objdump(ver: &'static str, name: &'static str) -> &'static Vec<Insn> {
                 addr: u64::from_str_radix(cols[1].strip_prefix("0x").unwrap(), 16).unwrap(),
                 file: file.to_string(),
                 line: line.parse().unwrap(),
-                op: cols.get(3).and_then(|c| c.split_whitespace().next()).unwrap_or_default().to_string(),
+                op: cols
+                    .get(3)
+                    .and_then(|c| c.split_whitespace().next())
+                    .unwrap_or_default()
+                    .to_string(),
             });
         }
         insns
@@ -269,18 +245,13 @@ fn ret_sites_are_the_rets_objdump_sees() {
                     assert!(real, "{ver}/{name}: {func} RET at {pc:#x}");
                 }
             }
-            assert!(!b
-                .ret_sites(b.function("runtime.mallocgc").unwrap())
-                .unwrap()
-                .is_empty());
+            assert!(!b.ret_sites(b.function("runtime.mallocgc").unwrap()).unwrap().is_empty());
         }
         // Stripping does not move code.
         let f = |n| bin(ver, n).function("runtime.mallocgc").unwrap();
         assert_eq!(
             bin(ver, "counting").ret_sites(f("counting")).unwrap(),
-            bin(ver, "counting-stripped")
-                .ret_sites(f("counting-stripped"))
-                .unwrap(),
+            bin(ver, "counting-stripped").ret_sites(f("counting-stripped")).unwrap(),
             "{ver}"
         );
     }
@@ -303,7 +274,10 @@ fn entry_probes_go_past_the_stack_check_objdump_sees() {
                 checked += usize::from(check.is_some());
                 assert_eq!(b.past_stack_check(f), want, "{ver}/{name}: {func}");
             }
-            assert!(checked >= 4, "{ver}/{name}: mallocgc and the constructors check their stack bound");
+            assert!(
+                checked >= 4,
+                "{ver}/{name}: mallocgc and the constructors check their stack bound"
+            );
         }
     }
 }
@@ -321,8 +295,7 @@ fn symbolize_matches_objdump_lines() {
                     (f.name.as_str(), f.entry),
                     "{ver}/{name}"
                 );
-                let same_file =
-                    frame.file == insn.file || frame.file.ends_with(&format!("/{}", insn.file));
+                let same_file = frame.file == insn.file || frame.file.ends_with(&format!("/{}", insn.file));
                 assert!(same_file, "{ver}/{name}: {frame:?}");
                 assert_eq!(frame.line, insn.line, "{ver}/{name}: {:#x}", insn.addr);
             }
@@ -364,18 +337,11 @@ fn layout_table_matches_dwarf() {
                     gofunc: md["gofunc"].offset,
                 },
             );
-            assert_eq!(
-                layout::table(b.version(), b.arch()),
-                Some(from_dwarf),
-                "{ver}/{name}"
-            );
+            assert_eq!(layout::table(b.version(), b.arch()), Some(from_dwarf), "{ver}/{name}");
             assert_eq!(b.layout().goid_offset, from_dwarf.0, "{ver}/{name}");
         }
         // The stripped twin gets the same offset from the table.
-        let (full, stripped) = (
-            bin(ver, "counting").layout(),
-            bin(ver, "counting-stripped").layout(),
-        );
+        let (full, stripped) = (bin(ver, "counting").layout(), bin(ver, "counting-stripped").layout());
         assert_eq!(stripped.source, LayoutSource::VersionTable, "{ver}");
         assert_eq!(stripped.goid_offset, full.goid_offset, "{ver}");
     }
@@ -386,19 +352,13 @@ fn types_base_is_runtime_types() {
     for ver in VERSIONS {
         for name in ["counting", "counting-stripped", "counting-arm64"] {
             let b = bin(ver, name);
-            let base = b
-                .types_base()
-                .unwrap_or_else(|| panic!("{ver}/{name}: no types base"));
+            let base = b.types_base().unwrap_or_else(|| panic!("{ver}/{name}: no types base"));
             assert!(
                 b.file_offset(base).is_some() && base >= b.load_vaddr(),
                 "{ver}/{name}: {base:#x}"
             );
             if !name.contains("stripped") {
-                assert_eq!(
-                    Some(&base),
-                    nm(ver, name).get("runtime.types"),
-                    "{ver}/{name}"
-                );
+                assert_eq!(Some(&base), nm(ver, name).get("runtime.types"), "{ver}/{name}");
             }
         }
     }
@@ -431,15 +391,9 @@ fn go127_size_specialized_mallocs() {
             .filter(|n| is_size_specialized_malloc(n))
             .collect();
         assert_eq!(sc.len(), 14, "{name}: {sc:?}");
-        assert!(
-            sc.contains("runtime.mallocgcTinySC2")
-                && sc.contains("runtime.mallocgcSmallScanNoHeaderSC1")
-        );
+        assert!(sc.contains("runtime.mallocgcTinySC2") && sc.contains("runtime.mallocgcSmallScanNoHeaderSC1"));
         for f in &sc {
-            assert!(
-                !b.ret_sites(b.function(f).unwrap()).unwrap().is_empty(),
-                "{name}: {f}"
-            );
+            assert!(!b.ret_sites(b.function(f).unwrap()).unwrap().is_empty(), "{name}: {f}");
         }
     }
     for ver in ["1.24.11", "1.26.6"] {
@@ -462,14 +416,9 @@ fn cgo_binary() {
     // External linking puts C start-up code first: Go text does not start at the .text section.
     let text = b.image.section(".text").unwrap().addr;
     assert_ne!(b.functions().next().unwrap().entry, text);
-    assert!(!b
-        .ret_sites(b.function("runtime.mallocgc").unwrap())
-        .unwrap()
-        .is_empty());
+    assert!(!b.ret_sites(b.function("runtime.mallocgc").unwrap()).unwrap().is_empty());
     assert_eq!(
-        b.symbolize(b.function("main.main").unwrap().entry)
-            .unwrap()
-            .function,
+        b.symbolize(b.function("main.main").unwrap().entry).unwrap().function,
         "main.main"
     );
     assert_eq!(b.types_base(), syms.get("runtime.types").copied());
@@ -488,10 +437,7 @@ fn go_version_strings() {
     assert_eq!(v("1.21.0"), None);
     assert_eq!(v(""), None);
     assert!(GoVersion::parse("go1.9.1").unwrap() < GoVersion::parse("go1.19").unwrap());
-    assert_eq!(
-        GoVersion::parse("go1.26.6-X:a").unwrap().to_string(),
-        "go1.26.6-X:a"
-    );
+    assert_eq!(GoVersion::parse("go1.26.6-X:a").unwrap().to_string(), "go1.26.6-X:a");
 }
 
 fn buildinfo_blob(flags: u8, version: &str, modinfo: &str) -> Vec<u8> {
@@ -515,10 +461,7 @@ fn buildinfo_experiments() {
     .unwrap();
     assert_eq!(bi.experiments, ["nogreenteagc", "sizespecializedmalloc"]);
     // Without module info (e.g. Bazel builds) the version's X: suffix still tells.
-    assert_eq!(
-        parse("go1.25.5 X:greenteagc", "").unwrap().experiments,
-        ["greenteagc"]
-    );
+    assert_eq!(parse("go1.25.5 X:greenteagc", "").unwrap().experiments, ["greenteagc"]);
     assert!(parse("go1.24.11", "build\tCGO_ENABLED=1\n")
         .unwrap()
         .experiments
@@ -553,11 +496,7 @@ fn truncated_binaries_are_errors() {
     ] {
         let b = bin(ver, name);
         // Past the last section or segment contents there is only padding, which a cut may remove harmlessly.
-        let sections = b
-            .image
-            .sections
-            .iter()
-            .filter_map(|s| Some(s.offset? + s.size));
+        let sections = b.image.sections.iter().filter_map(|s| Some(s.offset? + s.size));
         let segments = b.image.segments.iter().map(|s| s.offset + s.filesz);
         let n = sections.chain(segments).max().unwrap() as usize;
         for len in [
@@ -590,10 +529,7 @@ fn truncated_binaries_are_errors() {
 
 #[test]
 fn corrupt_binaries_are_errors() {
-    for (ver, name) in [
-        ("1.27.3", "counting-stripped"),
-        ("1.19", "counting-stripped"),
-    ] {
+    for (ver, name) in [("1.27.3", "counting-stripped"), ("1.19", "counting-stripped")] {
         let b = bin(ver, name);
         let pcln = section_range(b, ".gopclntab").start;
         let buildinfo = section_range(b, ".go.buildinfo").start;
@@ -604,34 +540,18 @@ fn corrupt_binaries_are_errors() {
             }
             GoBinary::parse(bytes)
         };
-        let corrupt =
-            |r: Result<GoBinary, TargetError>| matches!(r, Err(TargetError::Corrupt { .. }));
+        let corrupt = |r: Result<GoBinary, TargetError>| matches!(r, Err(TargetError::Corrupt { .. }));
         assert!(
-            matches!(
-                patched(&[(pcln, &[0; 4])]),
-                Err(TargetError::UnsupportedVersion { .. })
-            ),
+            matches!(patched(&[(pcln, &[0; 4])]), Err(TargetError::UnsupportedVersion { .. })),
             "{ver}: magic"
         );
         assert!(corrupt(patched(&[(pcln + 6, &[3])])), "{ver}: minLC");
         assert!(corrupt(patched(&[(pcln + 8, &[0xff; 8])])), "{ver}: nfunc");
-        assert!(
-            corrupt(patched(&[(pcln + 64, &[0xff; 8])])),
-            "{ver}: pclnOffset"
-        );
+        assert!(corrupt(patched(&[(pcln + 64, &[0xff; 8])])), "{ver}: pclnOffset");
         let functab = pcln + bytes::u64_at(&b.bytes, pcln + 64).unwrap() as usize;
-        assert!(
-            corrupt(patched(&[(functab + 8, &[0xff; 4])])),
-            "{ver}: functab order"
-        );
-        assert!(
-            corrupt(patched(&[(functab + 4, &[0xff; 4])])),
-            "{ver}: funcoff"
-        );
-        assert!(
-            corrupt(patched(&[(buildinfo, b"x")])),
-            "{ver}: buildinfo magic"
-        );
+        assert!(corrupt(patched(&[(functab + 8, &[0xff; 4])])), "{ver}: functab order");
+        assert!(corrupt(patched(&[(functab + 4, &[0xff; 4])])), "{ver}: funcoff");
+        assert!(corrupt(patched(&[(buildinfo, b"x")])), "{ver}: buildinfo magic");
         assert!(matches!(
             patched(&[(buildinfo + 15, &[0])]),
             Err(TargetError::UnsupportedVersion { .. })
@@ -640,9 +560,7 @@ fn corrupt_binaries_are_errors() {
             corrupt(patched(&[(buildinfo + 32, &[0xff, 0xff, 0x7f])])),
             "{ver}: version length"
         );
-        let Err(TargetError::UnsupportedVersion { version, .. }) =
-            patched(&[(buildinfo + 33, b"go1.99")])
-        else {
+        let Err(TargetError::UnsupportedVersion { version, .. }) = patched(&[(buildinfo + 33, b"go1.99")]) else {
             panic!("{ver}: a stripped go1.99 must be refused");
         };
         assert!(version.starts_with("go1.99"));
@@ -758,10 +676,7 @@ fn random_damage_never_panics() {
             };
             // Whatever damaged code yields has passed the rule's own checks.
             let cycles = damaged.layout().gc_cycles_addr;
-            assert!(
-                damaged.image.is_writable_memory(cycles, 4),
-                "{ver}/{name}: {cycles:#x}"
-            );
+            assert!(damaged.image.is_writable_memory(cycles, 4), "{ver}/{name}: {cycles:#x}");
             for f in damaged.functions().step_by(7) {
                 let _ = damaged.ret_sites(f);
                 let _ = damaged.symbolize(f.entry);
@@ -772,10 +687,7 @@ fn random_damage_never_panics() {
 }
 
 /// `runtime.workType.cycles` and the `runtime.mspan` fields of `SpanLayout`, from DWARF: (offset, size).
-fn dwarf_gc_members(
-    ver: &'static str,
-    name: &'static str,
-) -> (HashMap<String, dwarf::Member>, dwarf::Member) {
+fn dwarf_gc_members(ver: &'static str, name: &'static str) -> (HashMap<String, dwarf::Member>, dwarf::Member) {
     let bytes = std::fs::read(target_path(ver, name)).unwrap();
     let file = elf::open(&bytes).unwrap();
     let mut m = dwarf::struct_members(&file, &["runtime.mspan", "runtime.workType"]).unwrap();
@@ -832,11 +744,7 @@ fn span_layout_and_cycles_offset_match_dwarf() {
                     "counting-arm64-stripped"
                 },
             );
-            assert_eq!(
-                stripped.layout().source,
-                LayoutSource::VersionTable,
-                "{ver}/{name}"
-            );
+            assert_eq!(stripped.layout().source, LayoutSource::VersionTable, "{ver}/{name}");
             assert_eq!(stripped.layout().span, from_dwarf, "{ver}/{name}");
             assert_eq!(stripped.layout().gc_cycles_size, 4, "{ver}/{name}");
         }
@@ -891,11 +799,7 @@ fn gc_cycles_address_without_symbols() {
             let (_, cycles) = dwarf_gc_members(ver, full);
             let want = work + cycles.offset;
             assert!(b.has_symtab() && !s.has_symtab(), "{ver}/{full}");
-            assert_eq!(
-                b.layout().gc_cycles_addr,
-                want,
-                "{ver}/{full}: from the symbol"
-            );
+            assert_eq!(b.layout().gc_cycles_addr, want, "{ver}/{full}: from the symbol");
             // The code rule agrees on the unstripped binary too (it is only used without symbols).
             assert_eq!(cycles_from_code(b), Ok(want), "{ver}/{full}: code rule");
             let (section, start) = section_of(b, want);
@@ -939,14 +843,8 @@ fn gc_cycles_rule_checks_itself() {
         for func in ["runtime.gcTrigger.test", "runtime.gcStart"] {
             match patched(func, 0) {
                 Err(TargetError::UnsupportedVersion { reason, .. }) => {
-                    assert!(
-                        reason.contains("runtime.work.cycles"),
-                        "{ver}/{name}: {reason}"
-                    );
-                    assert!(
-                        reason.contains(&b.arch().to_string()),
-                        "{ver}/{name}: {reason}"
-                    );
+                    assert!(reason.contains("runtime.work.cycles"), "{ver}/{name}: {reason}");
+                    assert!(reason.contains(&b.arch().to_string()), "{ver}/{name}: {reason}");
                 }
                 other => panic!("{ver}/{name} without {func}: {other:?}"),
             }
@@ -996,11 +894,7 @@ fn green_tea_inline_mark_bits() {
             );
             assert_eq!(l.span_uses_inline_marks(16), want);
             assert_eq!(l.span_uses_inline_marks(512), want);
-            assert!(
-                !l.span_uses_inline_marks(8)
-                    && !l.span_uses_inline_marks(576)
-                    && !l.span_uses_inline_marks(0)
-            );
+            assert!(!l.span_uses_inline_marks(8) && !l.span_uses_inline_marks(576) && !l.span_uses_inline_marks(0));
             // What the decision was checked against.
             let f = b.function(gc::MOVE_INLINE_MARKS);
             assert_eq!(f.is_some(), want, "{ver}/{name}");
@@ -1133,11 +1027,7 @@ fn g_status_offsets_and_wait_reasons() {
                 let v = consts[&format!("runtime.waitReason{c}")];
                 let v = u8::try_from(v).unwrap();
                 assert_eq!(b.layout().wait_reason(v), Some(want), "{ver}/{name}: {c}");
-                assert_eq!(
-                    s.layout().wait_reason(v),
-                    Some(want),
-                    "{ver}/{stripped}: {c}"
-                );
+                assert_eq!(s.layout().wait_reason(v), Some(want), "{ver}/{stripped}: {c}");
             }
             let fin = consts["runtime.waitReasonFinalizerWait"];
             println!(
@@ -1158,9 +1048,7 @@ fn g_status_offsets_and_wait_reasons() {
     assert!(structs.is_err(), "no table for 1.20");
     let l = layout::runtime_layout(
         &v,
-        &layout::resolve(b.version(), b.arch(), None)
-            .unwrap()
-            .structs,
+        &layout::resolve(b.version(), b.arch(), None).unwrap().structs,
         0,
         false,
         None,
@@ -1180,8 +1068,16 @@ fn cleanup_layout_matches_dwarf_and_code() {
         assert!(b.version().minor >= 24, "{ver}");
         let bytes = std::fs::read(target_path(ver, "finalizers")).unwrap();
         let file = elf::open(&bytes).unwrap();
-        let m = dwarf::struct_members(&file, &["runtime.special", "runtime.specialCleanup", "runtime.cleanupFn"]).unwrap();
-        assert_eq!(m["runtime.special"]["kind"].offset, b.layout().special_kind_offset, "{ver}");
+        let m = dwarf::struct_members(
+            &file,
+            &["runtime.special", "runtime.specialCleanup", "runtime.cleanupFn"],
+        )
+        .unwrap();
+        assert_eq!(
+            m["runtime.special"]["kind"].offset,
+            b.layout().special_kind_offset,
+            "{ver}"
+        );
         assert_eq!(m["runtime.special"]["kind"].size, Some(1), "{ver}");
         let special = &m["runtime.specialCleanup"];
         let handle = match c.function {
@@ -1193,10 +1089,23 @@ fn cleanup_layout_matches_dwarf_and_code() {
         let runner = b.function(c.runner).unwrap_or_else(|| panic!("{ver}: {}", c.runner));
         let ours = b.indirect_call_sites(runner).unwrap();
         let path = target_path(ver, "finalizers");
-        let out = go_tool(ver, &["objdump", "-s", &format!("^{}$", c.runner.replace('.', "\\.")), path.to_str().unwrap()]);
+        let out = go_tool(
+            ver,
+            &[
+                "objdump",
+                "-s",
+                &format!("^{}$", c.runner.replace('.', "\\.")),
+                path.to_str().unwrap(),
+            ],
+        );
         let theirs: Vec<u64> = out
             .lines()
-            .filter(|l| l.contains("\tCALL ") && ["AX", "BX", "CX", "DX", "SI", "DI"].iter().any(|r| l.trim_end().ends_with(&format!("CALL {r}"))))
+            .filter(|l| {
+                l.contains("\tCALL ")
+                    && ["AX", "BX", "CX", "DX", "SI", "DI"]
+                        .iter()
+                        .any(|r| l.trim_end().ends_with(&format!("CALL {r}")))
+            })
             .map(|l| {
                 let addr = l.split('\t').map(str::trim).find(|c| c.starts_with("0x")).unwrap();
                 u64::from_str_radix(&addr[2..], 16).unwrap()
@@ -1204,7 +1113,14 @@ fn cleanup_layout_matches_dwarf_and_code() {
             .collect();
         assert_eq!(ours.len(), 1, "{ver}: {}", c.runner);
         assert_eq!(ours, theirs, "{ver}: {}", c.runner);
-        println!("{ver:8} special.kind@{} handle@{} kind={} runner {} call {:#x}", b.layout().special_kind_offset, c.special_handle_offset, c.special_kind, c.runner, ours[0]);
+        println!(
+            "{ver:8} special.kind@{} handle@{} kind={} runner {} call {:#x}",
+            b.layout().special_kind_offset,
+            c.special_handle_offset,
+            c.special_kind,
+            c.runner,
+            ours[0]
+        );
     }
 }
 
@@ -1223,24 +1139,50 @@ fn sampling_layout_matches_dwarf_symbols_and_code() {
         let mheap = runtime_source(ver, "mheap.go");
         let kind: u8 = mheap
             .lines()
-            .find_map(|line| line.trim().strip_prefix("_KindSpecialProfile")?.trim().strip_prefix('=')?.trim().parse().ok())
+            .find_map(|line| {
+                line.trim()
+                    .strip_prefix("_KindSpecialProfile")?
+                    .trim()
+                    .strip_prefix('=')?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
             .unwrap_or_else(|| panic!("{ver}: no _KindSpecialProfile in mheap.go"));
         assert_eq!(kind, l.sampling.profile_special_kind, "{ver}");
         // mProf_Malloc's parameters: (p, size) or (mp, p, size).
         let params = dwarf::parameters(&file, "runtime.mProf_Malloc").unwrap();
         let p = params.iter().position(|n| n == "p").unwrap();
         let size = params.iter().position(|n| n == "size").unwrap();
-        assert_eq!((l.sampling.malloc_ptr_arg as usize, l.sampling.malloc_size_arg as usize), (p, size), "{ver}: {params:?}");
+        assert_eq!(
+            (l.sampling.malloc_ptr_arg as usize, l.sampling.malloc_size_arg as usize),
+            (p, size),
+            "{ver}: {params:?}"
+        );
         // The rate's address: the symbol, and the code of profilealloc without it.
         let sym = nm(ver, "allocbench")["runtime.MemProfileRate"];
         assert_eq!(l.sampling.rate_addr, Some(sym), "{ver}");
         let f = b.function(sampling::READER).unwrap();
-        let code = gc::Code { entry: f.entry, bytes: b.image.read(&b.bytes, f.entry, f.end - f.entry).unwrap() };
-        assert_eq!(sampling::rate_from_code(&b.image, Some(code)), Ok(sym), "{ver}: the code of runtime.profilealloc");
+        let code = gc::Code {
+            entry: f.entry,
+            bytes: b.image.read(&b.bytes, f.entry, f.end - f.entry).unwrap(),
+        };
+        assert_eq!(
+            sampling::rate_from_code(&b.image, Some(code)),
+            Ok(sym),
+            "{ver}: the code of runtime.profilealloc"
+        );
         // Stripped, the same rule finds it (another build: another address, in the same section).
-        let stripped = s.layout().sampling.rate_addr.unwrap_or_else(|| panic!("{ver}: stripped"));
+        let stripped = s
+            .layout()
+            .sampling
+            .rate_addr
+            .unwrap_or_else(|| panic!("{ver}: stripped"));
         assert_eq!(section_of(s, stripped).0, section_of(b, sym).0, "{ver}");
-        println!("{ver:8} special.kind@{} profile kind {} mProf_Malloc(p=r{p}, size=r{size}) MemProfileRate@{sym:#x}", l.special_kind_offset, l.sampling.profile_special_kind);
+        println!(
+            "{ver:8} special.kind@{} profile kind {} mProf_Malloc(p=r{p}, size=r{size}) MemProfileRate@{sym:#x}",
+            l.special_kind_offset, l.sampling.profile_special_kind
+        );
     }
 }
 
@@ -1258,22 +1200,57 @@ fn heap_model_reads_the_arena_index_and_names_the_globals() {
         };
         assert_eq!(m.layout.arena_spans, spans, "{ver}");
         assert_eq!(m.layout.arena_base_offset, 0xffff_8000_0000_0000, "{ver}");
-        let freeindex = if ver == "1.19" || ver == "1.21.13" { (48, 8) } else { (48, 2) };
+        let freeindex = if ver == "1.19" || ver == "1.21.13" {
+            (48, 8)
+        } else {
+            (48, 2)
+        };
         assert_eq!(m.layout.span_freeindex, freeindex, "{ver}");
-        let sessions = m.globals.iter().find(|g| g.name == "main.sessions").unwrap_or_else(|| panic!("{ver}: {:?}", m.globals));
-        assert_eq!((sessions.size, sessions.type_name.as_deref()), (8, Some("map[int]*main.Session")), "{ver}");
+        let sessions = m
+            .globals
+            .iter()
+            .find(|g| g.name == "main.sessions")
+            .unwrap_or_else(|| panic!("{ver}: {:?}", m.globals));
+        assert_eq!(
+            (sessions.size, sessions.type_name.as_deref()),
+            (8, Some("map[int]*main.Session")),
+            "{ver}"
+        );
         let lookup = m.globals.iter().find(|g| g.name == "main.lookup").unwrap();
-        assert_eq!((lookup.size, lookup.type_name.as_deref()), (24, Some("[]string")), "{ver}");
-        assert!(m.globals.iter().all(|g| !g.name.starts_with("runtime.")), "{ver}: the runtime's own variables are not roots");
+        assert_eq!(
+            (lookup.size, lookup.type_name.as_deref()),
+            (24, Some("[]string")),
+            "{ver}"
+        );
+        assert!(
+            m.globals.iter().all(|g| !g.name.starts_with("runtime.")),
+            "{ver}: the runtime's own variables are not roots"
+        );
         // The types a typed walk follows: the map variable is a pointer to the linker's synthesized header (Swiss
         // map<K,V> since 1.24, hash<K,V> before), whose values are *main.Session.
         let t = &m.types;
-        let header = t.pointee(sessions.type_id.unwrap()).map(|h| t.get(h).unwrap().name.clone());
-        let want = if ["1.19", "1.21.13", "1.22.10", "1.23.9"].contains(&ver) { "hash<int,*main.Session>" } else { "map<int,*main.Session>" };
+        let header = t
+            .pointee(sessions.type_id.unwrap())
+            .map(|h| t.get(h).unwrap().name.clone());
+        let want = if ["1.19", "1.21.13", "1.22.10", "1.23.9"].contains(&ver) {
+            "hash<int,*main.Session>"
+        } else {
+            "map<int,*main.Session>"
+        };
         assert_eq!(header.as_deref(), Some(want), "{ver}");
         let session = t.by_name("main.Session").unwrap();
-        let buf = t.field(session, "Buf").unwrap_or_else(|| panic!("{ver}: {:?}", t.shape(session)));
-        assert_eq!((buf.offset, t.get(buf.ty).unwrap().name.as_str(), t.get(session).unwrap().size), (8, "[]uint8", 32), "{ver}");
+        let buf = t
+            .field(session, "Buf")
+            .unwrap_or_else(|| panic!("{ver}: {:?}", t.shape(session)));
+        assert_eq!(
+            (
+                buf.offset,
+                t.get(buf.ty).unwrap().name.as_str(),
+                t.get(session).unwrap().size
+            ),
+            (8, "[]uint8", 32),
+            "{ver}"
+        );
         // The leaked goroutine's closure keeps `batch` in its frame, where it blocks (its slice pointer at a fixed
         // offset from the CFA; Go 1.25+ also lists the parts as variables of their own).
         let f = b.function("main.startWorker.func1").unwrap();
@@ -1282,7 +1259,10 @@ fn heap_model_reads_the_arena_index_and_names_the_globals() {
             .filter(|(v, _)| v.name == "batch")
             .map(|(v, p)| (v.name.clone(), p[0].cfa_offset))
             .collect();
-        assert!(!at_block.is_empty() && at_block.iter().all(|(_, off)| *off < 0), "{ver}: {at_block:?}");
+        assert!(
+            !at_block.is_empty() && at_block.iter().all(|(_, off)| *off < 0),
+            "{ver}: {at_block:?}"
+        );
         // The roots: main.sessions (a map, one pointer word) and main.lookup (a slice: pointer, len, cap).
         let data = |addr| m.data_regions.iter().any(|r| r.is_pointer(addr));
         assert!(data(sessions.addr) && data(lookup.addr), "{ver}");
@@ -1297,14 +1277,28 @@ fn heap_offsets_table_matches_dwarf() {
             let b = bin(ver, name);
             let bytes = std::fs::read(target_path(ver, name)).unwrap();
             let file = elf::open(&bytes).unwrap();
-            let members = dwarf::struct_members(&file, &[layout::HEAP_DWARF_STRUCTS, &["runtime.bitvector"]].concat()).unwrap();
-            let from_dwarf = layout::dwarf_heap_offsets(&members, b.version()).unwrap_or_else(|| panic!("{ver}/{name}: DWARF"));
-            assert_eq!(layout::table_heap_offsets(b.version(), b.arch()), Some(from_dwarf), "{ver}/{name}");
+            let members =
+                dwarf::struct_members(&file, &[layout::HEAP_DWARF_STRUCTS, &["runtime.bitvector"]].concat()).unwrap();
+            let from_dwarf =
+                layout::dwarf_heap_offsets(&members, b.version()).unwrap_or_else(|| panic!("{ver}/{name}: DWARF"));
+            assert_eq!(
+                layout::table_heap_offsets(b.version(), b.arch()),
+                Some(from_dwarf),
+                "{ver}/{name}"
+            );
             // What DataRegion::runtime_mask points at: bitvector{n int32; bytedata *uint8}.
             let bv = &members["runtime.bitvector"];
-            assert_eq!((bv["n"].offset, bv["n"].size, bv["bytedata"].offset), (0, Some(4), 8), "{ver}/{name}");
+            assert_eq!(
+                (bv["n"].offset, bv["n"].size, bv["bytedata"].offset),
+                (0, Some(4), 8),
+                "{ver}/{name}"
+            );
             for f in ["data", "edata", "bss", "ebss", "gcdata", "gcbss"] {
-                assert_eq!(members["runtime.moduledata"][f].size, Some(8), "{ver}/{name}: moduledata.{f}");
+                assert_eq!(
+                    members["runtime.moduledata"][f].size,
+                    Some(8),
+                    "{ver}/{name}: moduledata.{f}"
+                );
             }
             println!("{ver:8} {:5} {from_dwarf:?}", b.arch());
         }
@@ -1328,7 +1322,9 @@ const HEAP_TWINS: [(&str, &str); 4] = [
 ];
 
 fn heap_twins(ver: &str) -> impl Iterator<Item = (&'static str, &'static str)> + '_ {
-    HEAP_TWINS.into_iter().filter(move |(full, _)| !full.contains("cgo") || targets_dir().join(ver).join(full).is_file())
+    HEAP_TWINS
+        .into_iter()
+        .filter(move |(full, _)| !full.contains("cgo") || targets_dir().join(ver).join(full).is_file())
 }
 
 /// `runtime.mheap_`, `runtime.allgs` and `runtime.firstmoduledata` found without symbols: on the unstripped build
@@ -1352,10 +1348,18 @@ fn runtime_roots_found_from_code() {
                     b.module.unwrap().addr,
                 )
             };
-            let want = (syms["runtime.mheap_"], syms["runtime.allgs"], syms["runtime.firstmoduledata"]);
+            let want = (
+                syms["runtime.mheap_"],
+                syms["runtime.allgs"],
+                syms["runtime.firstmoduledata"],
+            );
             assert_eq!(found(b), want, "{ver}/{full}");
             let (mheap, allgs, md) = found(s);
-            assert_eq!((mheap, allgs, md), (rebase(b, s, want.0), rebase(b, s, want.1), rebase(b, s, want.2)), "{ver}/{stripped}");
+            assert_eq!(
+                (mheap, allgs, md),
+                (rebase(b, s, want.0), rebase(b, s, want.1), rebase(b, s, want.2)),
+                "{ver}/{stripped}"
+            );
             if full != "counting" {
                 println!(
                     "{ver:8} {:5} mheap_ {:#x} ({}) allgs {:#x} ({}) firstmoduledata {:#x}; stripped {mheap:#x} {allgs:#x} {md:#x}",
@@ -1379,26 +1383,63 @@ fn heap_model_without_symbols() {
             let m = b.heap_model().unwrap_or_else(|e| panic!("{ver}/{full}: {e}"));
             let ms = s.heap_model().unwrap_or_else(|e| panic!("{ver}/{stripped}: {e}"));
             let syms = nm(ver, full);
-            assert_eq!(m.layout.arenas, syms["runtime.mheap_"] + layout::table_heap_offsets(b.version(), b.arch()).unwrap().mheap_arenas);
-            assert_eq!(ms.layout, HeapLayout { arenas: rebase(b, s, m.layout.arenas), ..m.layout.clone() }, "{ver}/{stripped}");
-            assert_eq!(ms.goroutines, GoroutineLayout { allgs: rebase(b, s, m.goroutines.allgs), ..m.goroutines }, "{ver}/{stripped}");
-            assert!(ms.globals.is_empty() && ms.types.get(0).is_none(), "{ver}/{stripped}: no DWARF, no names");
+            assert_eq!(
+                m.layout.arenas,
+                syms["runtime.mheap_"] + layout::table_heap_offsets(b.version(), b.arch()).unwrap().mheap_arenas
+            );
+            assert_eq!(
+                ms.layout,
+                HeapLayout {
+                    arenas: rebase(b, s, m.layout.arenas),
+                    ..m.layout.clone()
+                },
+                "{ver}/{stripped}"
+            );
+            assert_eq!(
+                ms.goroutines,
+                GoroutineLayout {
+                    allgs: rebase(b, s, m.goroutines.allgs),
+                    ..m.goroutines
+                },
+                "{ver}/{stripped}"
+            );
+            assert!(
+                ms.globals.is_empty() && ms.types.get(0).is_none(),
+                "{ver}/{stripped}: no DWARF, no names"
+            );
             // data and bss as the symbols bound them; the twin's at the same place, with the same bitmaps.
             let names: Vec<&str> = m.data_regions.iter().map(|r| r.name).collect();
             assert_eq!(names, ["data", "bss"], "{ver}/{full}");
             for (r, rs) in m.data_regions.iter().zip(&ms.data_regions) {
-                let (start, end) = (syms[&format!("runtime.{}", r.name)], syms[&format!("runtime.e{}", r.name)]);
+                let (start, end) = (
+                    syms[&format!("runtime.{}", r.name)],
+                    syms[&format!("runtime.e{}", r.name)],
+                );
                 assert_eq!((r.addr, r.len), (start, end - start), "{ver}/{full}: {}", r.name);
                 assert_eq!(r.pointers.len() as u64, r.len.div_ceil(64), "{ver}/{full}: {}", r.name);
-                assert!(r.pointers.iter().any(|&b| b != 0), "{ver}/{full}: {} has pointers", r.name);
-                let want = DataRegion { addr: rebase(b, s, r.addr), runtime_mask: rebase(b, s, r.runtime_mask), ..r.clone() };
+                assert!(
+                    r.pointers.iter().any(|&b| b != 0),
+                    "{ver}/{full}: {} has pointers",
+                    r.name
+                );
+                let want = DataRegion {
+                    addr: rebase(b, s, r.addr),
+                    runtime_mask: rebase(b, s, r.runtime_mask),
+                    ..r.clone()
+                };
                 assert_eq!(*rs, want, "{ver}/{stripped}: {}", r.name);
             }
             // allgs is a bss root: its array pointer word, not its length and capacity.
             let bss = |m: &HeapModel| m.data_regions.iter().find(|r| r.name == "bss").unwrap().clone();
             let allgs = syms["runtime.allgs"];
-            assert!(bss(&m).is_pointer(allgs) && !bss(&m).is_pointer(allgs + 8), "{ver}/{full}");
-            assert!(bss(&ms).is_pointer(ms.goroutines.allgs) && !bss(&ms).is_pointer(ms.goroutines.allgs + 16), "{ver}/{stripped}");
+            assert!(
+                bss(&m).is_pointer(allgs) && !bss(&m).is_pointer(allgs + 8),
+                "{ver}/{full}"
+            );
+            assert!(
+                bss(&ms).is_pointer(ms.goroutines.allgs) && !bss(&ms).is_pointer(ms.goroutines.allgs + 16),
+                "{ver}/{stripped}"
+            );
             let count = |r: &DataRegion| r.pointers.iter().map(|b| b.count_ones()).sum::<u32>();
             if full == "holders" {
                 println!(
@@ -1432,12 +1473,15 @@ fn data_regions_and_roots_match_the_running_program() {
             .spawn()
             .unwrap();
         let mut line = String::new();
-        BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
+        BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
         assert!(line.starts_with("ready "), "{ver}: {line:?}");
         let mem = std::fs::File::open(format!("/proc/{}/mem", child.id())).unwrap();
         let read = |addr: u64, len: usize| {
             let mut buf = vec![0; len];
-            mem.read_exact_at(&mut buf, addr).unwrap_or_else(|e| panic!("{ver}: {addr:#x}+{len}: {e}"));
+            mem.read_exact_at(&mut buf, addr)
+                .unwrap_or_else(|e| panic!("{ver}: {addr:#x}+{len}: {e}"));
             buf
         };
         let word = |addr: u64| u64::from_le_bytes(read(addr, 8).try_into().unwrap());
@@ -1449,10 +1493,16 @@ fn data_regions_and_roots_match_the_running_program() {
         }
         let g = m.goroutines;
         let (array, len, cap) = (word(g.allgs), word(g.allgs + 8), word(g.allgs + 16));
-        assert!(array != 0 && (1..=cap).contains(&len), "{ver}: allgs {array:#x} {len} {cap}");
+        assert!(
+            array != 0 && (1..=cap).contains(&len),
+            "{ver}: allgs {array:#x} {len} {cap}"
+        );
         let main = word(array);
         let (lo, hi) = (word(main + g.stack_lo), word(main + g.stack_lo + 8));
-        assert!(lo < hi && (hi - lo).is_power_of_two(), "{ver}: allgs[0] stack {lo:#x}..{hi:#x}");
+        assert!(
+            lo < hi && (hi - lo).is_power_of_two(),
+            "{ver}: allgs[0] stack {lo:#x}..{hi:#x}"
+        );
         assert_ne!(word(m.layout.arenas), 0, "{ver}: mheap_.arenas[0]");
         child.kill().unwrap();
         child.wait().unwrap();
@@ -1462,7 +1512,11 @@ fn data_regions_and_roots_match_the_running_program() {
 /// Code that does not fit a rule gives an error naming the function, never another address.
 #[test]
 fn root_rules_check_themselves() {
-    for (ver, name) in [("1.27.3", "holders-stripped"), ("1.19", "holders-stripped"), ("1.23.9", "counting-arm64-stripped")] {
+    for (ver, name) in [
+        ("1.27.3", "holders-stripped"),
+        ("1.19", "holders-stripped"),
+        ("1.23.9", "counting-arm64-stripped"),
+    ] {
         let b = bin(ver, name);
         let patched = |func: &str, edit: &dyn Fn(&mut [u8])| {
             let f = b.function(func).unwrap();
@@ -1482,9 +1536,11 @@ fn root_rules_check_themselves() {
     let init = b.function(roots::MHEAP_INIT).unwrap().entry;
     let code = b.image.read(&b.bytes, f.entry, f.end - f.entry).unwrap();
     let at = (0..code.len() - 12)
-        .find(|&i| code[i..i + 3] == [0x48, 0x8d, 0x05] && code[i + 7] == 0xe8 && {
-            let next = f.entry + i as u64 + 12;
-            next.wrapping_add(i32::from_le_bytes(code[i + 8..i + 12].try_into().unwrap()) as u64) == init
+        .find(|&i| {
+            code[i..i + 3] == [0x48, 0x8d, 0x05] && code[i + 7] == 0xe8 && {
+                let next = f.entry + i as u64 + 12;
+                next.wrapping_add(i32::from_le_bytes(code[i + 8..i + 12].try_into().unwrap()) as u64) == init
+            }
         })
         .unwrap();
     let mut bytes = b.bytes.clone();
@@ -1536,9 +1592,16 @@ fn heap_model_survives_damage() {
             let Ok(damaged) = GoBinary::parse(bytes) else { continue };
             let Ok(m) = damaged.heap_model() else { continue };
             let writable = |a, len| damaged.image.is_writable_memory(a, len);
-            assert!(writable(m.goroutines.allgs, 24) && writable(m.layout.arenas, 8), "{ver}/{name}");
+            assert!(
+                writable(m.goroutines.allgs, 24) && writable(m.layout.arenas, 8),
+                "{ver}/{name}"
+            );
             for r in &m.data_regions {
-                assert!(writable(r.addr, r.len) && r.pointers.len() as u64 == r.len.div_ceil(64), "{ver}/{name}: {}", r.name);
+                assert!(
+                    writable(r.addr, r.len) && r.pointers.len() as u64 == r.len.div_ceil(64),
+                    "{ver}/{name}: {}",
+                    r.name
+                );
             }
         }
     }
@@ -1558,14 +1621,25 @@ fn stack_maps_say_which_frame_words_are_live_pointers() {
             if name == "holders" {
                 assert_eq!(b.module.map(|m| m.gofunc), gofunc, "{ver}/{name}");
             }
-            let f = b.function("main.startWorker.func1").unwrap_or_else(|| panic!("{ver}/{name}"));
+            let f = b
+                .function("main.startWorker.func1")
+                .unwrap_or_else(|| panic!("{ver}/{name}"));
             let code = b.code(f).unwrap();
             // The return address of the function's first call: where a parked goroutine resumes.
             let mut decoder = iced_x86::Decoder::with_ip(64, code, f.entry, iced_x86::DecoderOptions::NONE);
-            let call = decoder.iter().find(|i| i.mnemonic() == iced_x86::Mnemonic::Call).unwrap_or_else(|| panic!("{ver}/{name}: no call"));
+            let call = decoder
+                .iter()
+                .find(|i| i.mnemonic() == iced_x86::Mnemonic::Call)
+                .unwrap_or_else(|| panic!("{ver}/{name}: no call"));
             let pc = call.next_ip();
-            let maps = b.frame_pointers(pc).unwrap_or_else(|| panic!("{ver}/{name}: no stack maps at {pc:#x}"));
-            let live = |w: &WordBits| (0..w.words).filter(|&i| w.bits[(i / 8) as usize] >> (i % 8) & 1 == 1).count();
+            let maps = b
+                .frame_pointers(pc)
+                .unwrap_or_else(|| panic!("{ver}/{name}: no stack maps at {pc:#x}"));
+            let live = |w: &WordBits| {
+                (0..w.words)
+                    .filter(|&i| w.bits[(i / 8) as usize] >> (i % 8) & 1 == 1)
+                    .count()
+            };
             assert!(live(&maps.locals) + live(&maps.args) >= 1, "{ver}/{name}: {maps:?}");
             assert_eq!(b.frame_pointers(0x10), None, "{ver}/{name}: not Go code");
         }

@@ -22,11 +22,18 @@ pub enum Shape {
     /// Numbers, booleans, and anything DWARF did not describe: no pointers.
     Plain,
     /// A pointer; `to` is None for `unsafe.Pointer` (and a pointee DWARF does not describe).
-    Pointer { to: Option<TypeId> },
+    Pointer {
+        to: Option<TypeId>,
+    },
     /// A func value: a pointer to a closure (its code pointer and captured variables have no DWARF type).
     Func,
-    Struct { fields: Vec<Field> },
-    Array { elem: TypeId, count: u64 },
+    Struct {
+        fields: Vec<Field>,
+    },
+    Array {
+        elem: TypeId,
+        count: u64,
+    },
     /// A named type: its underlying type.
     Typedef(TypeId),
 }
