@@ -5,9 +5,9 @@
 use std::time::Duration;
 
 use tracer::{
+    gobin::GoBinary,
     probes::{ProbePlan, Tracer},
     process::Process,
-    target::GoBinary,
 };
 
 fn main() {
@@ -18,8 +18,8 @@ fn main() {
         .expect("usage: floor PID");
     let process = Process::open(pid).unwrap_or_else(|e| panic!("PID {pid}: {e}"));
     let binary = GoBinary::open(&process.exe_path).unwrap_or_else(|e| panic!("PID {pid}: {e}"));
-    let plan =
-        ProbePlan::for_binary(&binary, tracer::sampling::Mode::Full).unwrap_or_else(|e| panic!("PID {pid}: {e}"));
+    let plan = ProbePlan::for_binary(&binary, tracer::probes::sampling::Mode::Full)
+        .unwrap_or_else(|e| panic!("PID {pid}: {e}"));
     let load_bias = process.load_bias(binary.load_vaddr()).unwrap_or(0);
     let tracer = Tracer::attach_empty(&binary, &process, &plan, load_bias).unwrap_or_else(|e| panic!("PID {pid}: {e}"));
     println!("attached {}", tracer.attached);

@@ -8,7 +8,7 @@
 
 use std::{mem::offset_of, path::PathBuf, time::Instant};
 
-use tracer::{recording, session::replay, target::GoBinary};
+use tracer::{events::recording, gobin::GoBinary, session::replay};
 use tracer_common::{ContainerKind, Record, RecordKind};
 
 /// Objects tracked for the memory measurement (the lifecycle engine's default bound).

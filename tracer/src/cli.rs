@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::sampling::{Mode, SamplingOptions, DEFAULT_BUDGET};
+use crate::probes::sampling::{Mode, SamplingOptions, DEFAULT_BUDGET};
 
 const AFTER_HELP: &str = "\
 Examples:

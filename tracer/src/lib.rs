@@ -1,30 +1,29 @@
 //! maptrace: an eBPF uprobe allocation tracer for Go programs.
 //!
-//! One module per stage of the data flow: `process` and `target` (the live process and its
-//! binary) → `probes` (what to attach where, and attaching) → `events` (ring-buffer records)
-//! → `correlate` (events into `sites`, the `lifecycle` engine and creating `frames`, with names
-//! from `symbolize` / `gotype`) → `retention` and `report` (text and JSON), with `heap` walking the
-//! live target's memory for what holds the retained objects; `session` is one attached target,
-//! `trace` the CLI's run of one, and `cli` is the command line.
+//! One module per stage of the data flow, in the order data moves (`docs/architecture.md` draws the map):
+//!
+//! - [`process`]: the live target (`/proc/PID`), read through [`memory::Memory`];
+//! - [`gobin`]: everything read from the Go executable: functions, versions, the per-version runtime layout;
+//! - [`probes`]: what to attach where, and attaching it (plus the sampling rate governor);
+//! - [`events`]: ring-buffer records decoded into typed events;
+//! - [`lifecycle`]: events into allocation sites, object lifetimes, retention and finalizer state;
+//! - [`heap`]: the live heap read from the target's memory: roots, the walk, reference chains;
+//! - [`report`]: the report model and its writers (text, JSON, pprof, dot, flame graph);
+//! - [`session`]: one attached target driven through those stages, and the CLI's run of it;
+//! - [`agent`]: every Go process of a node, exported as Prometheus metrics.
+//!
+//! Lower stages never import higher ones; [`error`], [`memory`] and [`units`] sit below them all.
 
 pub mod agent;
 pub mod cli;
-pub mod correlate;
 pub mod error;
 pub mod events;
-pub mod finalizers;
-pub mod frames;
-pub mod gotype;
+pub mod gobin;
 pub mod heap;
 pub mod lifecycle;
+pub mod memory;
 pub mod probes;
 pub mod process;
-pub mod recording;
 pub mod report;
-pub mod retention;
-pub mod sampling;
 pub mod session;
-pub mod sites;
-pub mod symbolize;
-pub mod target;
-pub mod trace;
+pub mod units;

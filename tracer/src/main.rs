@@ -7,8 +7,10 @@ use tracer::{
     agent::{self, AgentOptions},
     cli::{AgentArgs, Cli, Command, Format, LogFormat},
     error::Failure,
-    session::{ChainOptions, SessionOptions},
-    trace::{run, stderr_is_terminal, TraceOptions},
+    session::{
+        trace::{run, stderr_is_terminal, TraceOptions},
+        ChainOptions, SessionOptions,
+    },
 };
 
 fn main() {

@@ -11,6 +11,14 @@ use std::{
 };
 
 use crate::error::Failure;
+use crate::memory::Memory;
+
+impl Memory for Process {
+    /// Reads target memory; fails for unmapped addresses rather than returning garbage.
+    fn read(&self, addr: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.mem.read_exact_at(buf, addr)
+    }
+}
 
 /// A process maptrace attaches to, opened by PID.
 pub struct Process {
@@ -72,11 +80,6 @@ impl Process {
             mem,
             pidfd,
         })
-    }
-
-    /// Reads target memory; fails for unmapped addresses rather than returning garbage.
-    pub fn read(&self, addr: u64, buf: &mut [u8]) -> io::Result<()> {
-        self.mem.read_exact_at(buf, addr)
     }
 
     /// Writes target memory (sampled mode's `--sample-rate`, behind its explicit flag only).

@@ -18,7 +18,7 @@ use prometheus_client::{
 };
 
 use super::discover::{Candidate, ProcessKey};
-use crate::{finalizers::Mechanism, report::Report, sampling::Mode, sites::ValueKind};
+use crate::{lifecycle::finalizers::Mechanism, lifecycle::sites::ValueKind, probes::sampling::Mode, report::Report};
 
 /// The labels every per-target series carries (and `mode`, from the report).
 #[derive(Clone, Debug)]

@@ -21,8 +21,8 @@ use tokio::sync::watch;
 
 use crate::{
     error::Failure,
+    gobin::{GoBinary, TargetError},
     session::{Session, SessionOptions, Step},
-    target::{GoBinary, TargetError},
 };
 use discover::{Candidate, ProcessKey};
 use metrics::{SharedMetrics, TargetLabels, TargetMetrics};

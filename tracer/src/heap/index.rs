@@ -4,8 +4,9 @@
 
 use std::collections::HashMap;
 
-use crate::gotype::{self, GcMask, Memory};
-use crate::target::{HeapLayout, PointerBits};
+use crate::gobin::runtime_types::{self as gotype, GcMask};
+use crate::gobin::{HeapLayout, PointerBits};
+use crate::memory::Memory;
 
 /// `heapArenaBytes`: 64 MiB on 64-bit linux.
 const ARENA_SHIFT: u32 = 26;
@@ -339,7 +340,7 @@ mod tests {
     use std::collections::HashMap;
 
     use super::*;
-    use crate::target::SpanLayout;
+    use crate::gobin::SpanLayout;
 
     /// Bytes at addresses; unwritten ones read as zero.
     #[derive(Default)]

@@ -21,8 +21,9 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::gotype::{Memory, TypeNames};
-use crate::target::{HeapModel, TypeGraph, TypeId, KINDS_SIGNED, KINDS_UNSIGNED, KIND_STRING};
+use crate::gobin::runtime_types::TypeNames;
+use crate::gobin::{HeapModel, TypeGraph, TypeId, KINDS_SIGNED, KINDS_UNSIGNED, KIND_STRING};
+use crate::memory::Memory;
 use index::{bit, HeapIndex, HeapObject, PointerWords};
 pub use pause::Pause;
 pub use roots::{
@@ -812,7 +813,7 @@ impl HeldBy {
     /// than its entries need (maps never shrink after deletes); goroutines parked for good in the same function,
     /// each holding its share.
     pub fn diagnose(&mut self, retained_bytes: u64, map_storage: bool) {
-        let kb = crate::report::human_bytes;
+        let kb = crate::units::human_bytes;
         let sub_slice = self.hops.last().and_then(|h| Some((h.size, h.slice?)));
         let map_len = self.hops.iter().find_map(|h| h.map_len).filter(|_| map_storage);
         let parked = self

@@ -1,7 +1,7 @@
 //! The regions of the target's memory a walk starts from, each named as a report shows it.
 
-use crate::gotype::Memory;
-use crate::target::{DataRegion, FramePointers, GlobalVar, HeapModel, TypeId, WordBits};
+use crate::gobin::{DataRegion, FramePointers, GlobalVar, HeapModel, TypeId, WordBits};
+use crate::memory::Memory;
 
 use super::index::{bit, bit_range};
 use super::typed::Slots;

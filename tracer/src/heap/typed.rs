@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use crate::target::{Shape, TypeGraph, TypeId, KIND_SLICE, KIND_STRING};
+use crate::gobin::{Shape, TypeGraph, TypeId, KIND_SLICE, KIND_STRING};
 
 /// A pointer word in a value.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -207,7 +207,7 @@ fn small_map_group(graph: &TypeGraph, map: TypeId) -> Option<(u64, TypeId)> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::target::{Field, GoTypeDef};
+    use crate::gobin::{Field, GoTypeDef};
 
     fn def(name: &str, size: u64, kind: u8, shape: Shape) -> GoTypeDef {
         GoTypeDef {

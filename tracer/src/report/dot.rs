@@ -6,7 +6,8 @@
 use std::collections::HashMap;
 use std::io::{self, Write};
 
-use super::{chain_shares, hop_object, hop_offset, human_bytes, Report};
+use super::{chain_shares, hop_object, hop_offset, Report};
+use crate::units::human_bytes;
 
 /// A double-quoted DOT string of these lines.
 fn quoted(lines: &[&str]) -> String {

@@ -24,7 +24,7 @@ use std::{
 use clap::ValueEnum;
 use serde::Serialize;
 
-use crate::{error::Failure, process::Process, target::SamplingLayout};
+use crate::{error::Failure, gobin::SamplingLayout, process::Process};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]

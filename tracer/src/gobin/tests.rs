@@ -1162,13 +1162,13 @@ fn sampling_layout_matches_dwarf_symbols_and_code() {
         // The rate's address: the symbol, and the code of profilealloc without it.
         let sym = nm(ver, "allocbench")["runtime.MemProfileRate"];
         assert_eq!(l.sampling.rate_addr, Some(sym), "{ver}");
-        let f = b.function(sampling::READER).unwrap();
+        let f = b.function(memprofilerate::READER).unwrap();
         let code = gc::Code {
             entry: f.entry,
             bytes: b.image.read(&b.bytes, f.entry, f.end - f.entry).unwrap(),
         };
         assert_eq!(
-            sampling::rate_from_code(&b.image, Some(code)),
+            memprofilerate::rate_from_code(&b.image, Some(code)),
             Ok(sym),
             "{ver}: the code of runtime.profilealloc"
         );
@@ -1343,8 +1343,8 @@ fn runtime_roots_found_from_code() {
             let found = |b: &'static GoBinary| {
                 let code = |name: &str| b.code_by_name(name);
                 (
-                    roots::mheap_from_code(&b.image, code, 8).unwrap_or_else(|e| panic!("{ver}/{full}: {e}")),
-                    roots::allgs_from_code(&b.image, code).unwrap_or_else(|e| panic!("{ver}/{full}: {e}")),
+                    runtime_globals::mheap_from_code(&b.image, code, 8).unwrap_or_else(|e| panic!("{ver}/{full}: {e}")),
+                    runtime_globals::allgs_from_code(&b.image, code).unwrap_or_else(|e| panic!("{ver}/{full}: {e}")),
                     b.module.unwrap().addr,
                 )
             };
@@ -1525,15 +1525,15 @@ fn root_rules_check_themselves() {
             edit(&mut bytes[off..off + (f.end - f.entry) as usize]);
             GoBinary::parse(bytes).unwrap().heap_model().err()
         };
-        for func in [roots::MALLOCINIT, roots::ALLGADD] {
+        for func in [runtime_globals::MALLOCINIT, runtime_globals::ALLGADD] {
             let err = patched(func, &|code| code.fill(0)).unwrap_or_else(|| panic!("{ver}/{name}: no {func}"));
             assert!(err.contains(func), "{ver}/{name}: {err}");
         }
     }
     // `LEAQ runtime.mheap_(SB), AX` pointed into text is refused.
     let b = bin("1.27.3", "holders-stripped");
-    let f = b.function(roots::MALLOCINIT).unwrap();
-    let init = b.function(roots::MHEAP_INIT).unwrap().entry;
+    let f = b.function(runtime_globals::MALLOCINIT).unwrap();
+    let init = b.function(runtime_globals::MHEAP_INIT).unwrap().entry;
     let code = b.image.read(&b.bytes, f.entry, f.end - f.entry).unwrap();
     let at = (0..code.len() - 12)
         .find(|&i| {
@@ -1576,8 +1576,8 @@ fn heap_model_survives_damage() {
         };
         let prog = |gcprog: u64| file_at(b.image.read_u64(&b.bytes, md + gcprog).unwrap(), 64);
         let regions = [
-            code(roots::MALLOCINIT),
-            code(roots::ALLGADD),
+            code(runtime_globals::MALLOCINIT),
+            code(runtime_globals::ALLGADD),
             file_at(md, 600),
             prog(offsets.data.gcprog),
             prog(offsets.bss.gcprog),

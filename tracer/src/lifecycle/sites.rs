@@ -8,9 +8,10 @@ use tracer_common::{ContainerKind, RecordKind};
 
 use crate::{
     events::Event,
-    gotype::{GoType, Memory},
-    symbolize::{is_allocator, is_gc_function, is_map_function, is_runtime_function, is_runtime_type},
-    target::Frame,
+    gobin::runtime_types::GoType,
+    gobin::symbolize::{is_allocator, is_gc_function, is_map_function, is_runtime_function, is_runtime_type},
+    gobin::Frame,
+    memory::Memory,
 };
 
 /// Names for program counters and type pointers, and the target's memory behind them (the live

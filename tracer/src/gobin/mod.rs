@@ -11,15 +11,17 @@ mod bytes;
 mod dwarf;
 mod elf;
 mod gc;
-mod heap;
+mod heap_model;
 mod layout;
 mod locals;
+mod memprofilerate;
 mod moduledata;
 mod pclntab;
 mod rets;
-mod roots;
-mod sampling;
+mod runtime_globals;
+pub mod runtime_types;
 mod stackmaps;
+pub mod symbolize;
 #[cfg(test)]
 mod tests;
 mod typegraph;
@@ -31,7 +33,7 @@ use std::path::{Path, PathBuf};
 
 pub use buildinfo::GoVersion;
 pub use dwarf::GlobalVar;
-pub use heap::{DataRegion, GoroutineLayout, HeapLayout, HeapModel};
+pub use heap_model::{DataRegion, GoroutineLayout, HeapLayout, HeapModel};
 pub use layout::{
     CleanupFunction, CleanupLayout, LayoutSource, PointerBits, RuntimeLayout, SamplingLayout, SpanLayout,
     INLINE_MARKS_LEN, INLINE_MARKS_OFFSET,
@@ -209,7 +211,7 @@ impl GoBinary {
         // Unknown only costs sampled mode its scale (reports then say so), never the attach.
         let rate_addr = match image.has_symtab {
             true => elf::symbol_address(&file, "runtime.MemProfileRate"),
-            false => sampling::rate_from_code(&image, code(sampling::READER)).ok(),
+            false => memprofilerate::rate_from_code(&image, code(memprofilerate::READER)).ok(),
         };
         let layout = layout::runtime_layout(&build.version, &resolved.structs, gc_cycles_addr, green_tea, rate_addr);
         Ok(GoBinary {

@@ -1,6 +1,8 @@
 //! One attached target, owned: its process, binary, probes and the correlated state. The CLI runs
 //! one (`trace`), the node agent many side by side (`agent`).
 
+pub mod trace;
+
 use std::{
     collections::{HashMap, HashSet},
     os::fd::{AsRawFd, OwnedFd},
@@ -12,23 +14,24 @@ use aya::maps::{MapData, RingBuf};
 use tokio::io::{unix::AsyncFd, Interest};
 
 use crate::{
-    correlate::Correlator,
-    correlate::{goroutine_status, gstatus, status_text},
     error::Failure,
+    events::recording::{Recorder, Recording},
     events::TraceEvent,
-    finalizers::{FinalizerSection, NeverRan, NeverRanRow},
-    gotype::{GoType, Memory, TypeNames},
+    gobin::runtime_types::{GoType, TypeNames},
+    gobin::symbolize::Symbolizer,
+    gobin::{Frame, GoBinary, TargetError},
     heap::{self, HeapAccess, Pause, WalkLimits, WalkStats},
+    lifecycle::correlate::Correlator,
+    lifecycle::correlate::{goroutine_status, gstatus, status_text},
+    lifecycle::finalizers::{FinalizerSection, NeverRan, NeverRanRow},
+    lifecycle::retention::RetainedRow,
+    lifecycle::sites::{Resolve, SiteRow, ValueKind},
     lifecycle::LifecycleConfig,
+    memory::Memory,
+    probes::sampling::{Mode, SampleRate, SampleRates, SamplingInfo, SamplingOptions, SCALING},
     probes::{ProbePlan, Tracer},
     process::Process,
-    recording::{Recorder, Recording},
     report::{ChainSearch, ProbeInfo, Report, TargetInfo},
-    retention::RetainedRow,
-    sampling::{Mode, SampleRate, SampleRates, SamplingInfo, SamplingOptions, SCALING},
-    sites::{Resolve, SiteRow, ValueKind},
-    symbolize::Symbolizer,
-    target::{Frame, GoBinary, TargetError},
 };
 
 /// Names from the live process, falling back to the binary file for static data (type

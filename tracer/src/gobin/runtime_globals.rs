@@ -25,7 +25,7 @@ use iced_x86::{Decoder, DecoderOptions, Mnemonic, OpKind, Register};
 
 use super::elf::Image;
 use super::gc::Code;
-use super::heap::DataRegion;
+use super::heap_model::DataRegion;
 use super::layout::{HeapOffsets, RootSectionFields};
 use super::Arch;
 

@@ -6,16 +6,7 @@
 
 use std::{collections::HashMap, io, sync::Arc};
 
-/// Reads the target's memory (the process, or a synthetic image in tests).
-pub trait Memory {
-    fn read(&self, addr: u64, buf: &mut [u8]) -> io::Result<()>;
-}
-
-impl Memory for crate::process::Process {
-    fn read(&self, addr: u64, buf: &mut [u8]) -> io::Result<()> {
-        crate::process::Process::read(self, addr, buf)
-    }
-}
+use crate::memory::Memory;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GoType {
@@ -103,7 +94,7 @@ pub fn gc_mask(mem: &dyn Memory, type_ptr: u64, mask_on_demand: bool) -> Option<
     let word = |at: usize| u64::from_le_bytes(t[at..at + 8].try_into().unwrap_or_default());
     let mut mask = word(TYPE_GCDATA_OFF);
     if mask_on_demand && t[TYPE_TFLAG_OFF] & TFLAG_GC_MASK_ON_DEMAND != 0 {
-        mask = read_word(mem, mask).filter(|&m| m != 0)?;
+        mask = mem.word(mask).filter(|&m| m != 0)?;
     }
     Some(GcMask {
         size: word(TYPE_SIZE_OFF),
@@ -114,12 +105,12 @@ pub fn gc_mask(mem: &dyn Memory, type_ptr: u64, mask_on_demand: bool) -> Option<
 
 /// Whether the type holds no pointers (`PtrBytes` is 0); None if unreadable.
 pub fn pointer_free(mem: &dyn Memory, type_ptr: u64) -> Option<bool> {
-    Some(read_word(mem, type_ptr.checked_add(TYPE_PTRBYTES_OFF)?)? == 0)
+    Some(mem.word(type_ptr.checked_add(TYPE_PTRBYTES_OFF)?)? == 0)
 }
 
 /// The type's `Size_`; None if unreadable.
 pub fn size(mem: &dyn Memory, type_ptr: u64) -> Option<u64> {
-    read_word(mem, type_ptr.checked_add(TYPE_SIZE_OFF as u64)?)
+    mem.word(type_ptr.checked_add(TYPE_SIZE_OFF as u64)?)
 }
 
 /// `Elem` of a pointer type (`abi.PtrType{Type; Elem *Type}`: right after the type header);
@@ -128,13 +119,8 @@ pub fn pointer_elem(mem: &dyn Memory, ptr_type: u64) -> Option<u64> {
     if ptr_type == 0 {
         return None;
     }
-    read_word(mem, ptr_type.checked_add(TYPE_HEADER_LEN as u64)?).filter(|&e| e != 0)
-}
-
-fn read_word(mem: &dyn Memory, addr: u64) -> Option<u64> {
-    let mut b = [0u8; 8];
-    mem.read(addr, &mut b).ok()?;
-    Some(u64::from_le_bytes(b))
+    mem.word(ptr_type.checked_add(TYPE_HEADER_LEN as u64)?)
+        .filter(|&e| e != 0)
 }
 
 fn uvarint(b: &[u8]) -> Option<(u64, usize)> {

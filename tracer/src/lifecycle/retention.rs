@@ -7,10 +7,10 @@ use std::collections::HashMap;
 use serde::Serialize;
 
 use crate::{
-    correlate::PARTS,
-    frames::CreatingFrames,
+    lifecycle::correlate::PARTS,
+    lifecycle::creating_frames::CreatingFrames,
+    lifecycle::sites::{FrameRow, Resolve, SiteTable, ValueKind},
     lifecycle::{Lifecycle, SiteLifecycle, Totals},
-    sites::{FrameRow, Resolve, SiteTable, ValueKind},
 };
 
 /// One retained site.

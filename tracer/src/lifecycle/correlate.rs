@@ -8,19 +8,19 @@ use tracer_common::RecordKind;
 
 use crate::{
     events::{Event, TraceEvent},
-    finalizers::{
+    gobin::symbolize::is_runtime_function,
+    gobin::{CleanupFunction, CleanupLayout, RuntimeLayout},
+    lifecycle::creating_frames::CreatingFrames,
+    lifecycle::finalizers::{
         diagnose, Blocked, Evidence, FinalizerSection, Finalizers, Mechanism, NeverRan, NeverRanRow, RunnerGoroutine,
         Subject,
     },
-    frames::CreatingFrames,
-    gotype::Memory,
+    lifecycle::retention::{retained_rows, RetainedRow},
+    lifecycle::sites::{frame_row, Resolve, SiteTable},
     lifecycle::{Alloc, Distributions, Lifecycle, LifecycleConfig, SweptSpan},
+    memory::Memory,
+    probes::sampling::{allocations_per_sample, RateChange, SampleRates},
     report::GcInfo,
-    retention::{retained_rows, RetainedRow},
-    sampling::{allocations_per_sample, RateChange, SampleRates},
-    sites::{frame_row, Resolve, SiteTable},
-    symbolize::is_runtime_function,
-    target::{CleanupFunction, CleanupLayout, RuntimeLayout},
 };
 
 /// A finalizer or cleanup counts as blocked once others queued after it started have waited this long.
@@ -112,15 +112,16 @@ impl Evidence for MemoryEvidence<'_> {
     }
 
     fn tiny(&self, what: &Subject) -> bool {
-        let pointer_free = |t: u64| crate::gotype::pointer_free(self.memory, t) == Some(true);
+        let pointer_free = |t: u64| crate::gobin::runtime_types::pointer_free(self.memory, t) == Some(true);
         match self.lifecycle.object_containing(what.object) {
             Some(o) => {
                 let type_ptr = (o.site & PARTS == 0).then(|| self.sites.object_type(o.site)).flatten();
                 o.size < 16 && type_ptr.is_some_and(pointer_free)
             }
             // Not traced (allocated before attach, or not sampled): the registration's `*T` says.
-            None => crate::gotype::pointer_elem(self.memory, what.ptr_type).is_some_and(|t| {
-                crate::gotype::size(self.memory, t).is_some_and(|s| (1..16).contains(&s)) && pointer_free(t)
+            None => crate::gobin::runtime_types::pointer_elem(self.memory, what.ptr_type).is_some_and(|t| {
+                crate::gobin::runtime_types::size(self.memory, t).is_some_and(|s| (1..16).contains(&s))
+                    && pointer_free(t)
             }),
         }
     }

@@ -2,7 +2,7 @@
 
 use std::{collections::HashMap, sync::Arc};
 
-use crate::target::{Frame, GoBinary};
+use crate::gobin::{Frame, GoBinary};
 
 /// Memoizing symbolizer for one process image.
 pub struct Symbolizer {

@@ -10,8 +10,8 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{
     error::Failure,
+    events::recording::Recorder,
     process::missing_capabilities,
-    recording::Recorder,
     report::{write_table, Report},
     session::{Session, SessionOptions, Step},
 };
@@ -105,7 +105,7 @@ fn progress(live: bool, start: Instant, session: &mut Session) {
         "maptrace: {:.0} s, {} heap allocations ({}), {} sites, {} records lost",
         start.elapsed().as_secs_f64(),
         t.heap_allocations,
-        crate::report::human_bytes(t.heap_bytes),
+        crate::units::human_bytes(t.heap_bytes),
         session.state.sites.len(),
         session.lost_records()
     );

@@ -4,15 +4,16 @@ mod dot;
 mod flamegraph;
 mod pprof;
 
+use crate::units::human_bytes;
 use std::io::{self, Write};
 
 use serde::Serialize;
 
 use crate::{
-    finalizers::FinalizerSection,
     heap::EntryPart,
-    retention::RetainedRow,
-    sites::{SiteRow, Totals},
+    lifecycle::finalizers::FinalizerSection,
+    lifecycle::retention::RetainedRow,
+    lifecycle::sites::{SiteRow, Totals},
 };
 
 #[derive(Clone, Debug, Serialize)]
@@ -21,10 +22,10 @@ pub struct Report {
     pub target: TargetInfo,
     /// "full": every allocation is trapped, counts are exact; "sampled": the runtime's samples,
     /// counts are estimates (see `sampling`).
-    pub mode: crate::sampling::Mode,
+    pub mode: crate::probes::sampling::Mode,
     /// Sampled mode: the rate, the trap budget and how counts were scaled.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub sampling: Option<crate::sampling::SamplingInfo>,
+    pub sampling: Option<crate::probes::sampling::SamplingInfo>,
     pub duration_seconds: f64,
     /// "duration", "interrupted" or "target exited".
     pub ended_by: &'static str,
@@ -111,21 +112,6 @@ pub struct ProbeInfo {
     pub attach_seconds: f64,
 }
 
-/// Human-readable sizes: 512 B, 4.0 KiB, 1.5 MiB.
-pub fn human_bytes(b: u64) -> String {
-    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
-    if b < 1024 {
-        return format!("{b} B");
-    }
-    let mut v = b as f64 / 1024.0;
-    let mut unit = 0;
-    while v >= 1024.0 && unit + 1 < UNITS.len() {
-        v /= 1024.0;
-        unit += 1;
-    }
-    format!("{v:.1} {}", UNITS[unit])
-}
-
 impl Report {
     pub fn write_json(&self, w: &mut dyn Write) -> io::Result<()> {
         serde_json::to_writer_pretty(&mut *w, self)?;
@@ -133,7 +119,7 @@ impl Report {
     }
 
     /// Sampled mode's header: the rate, what the budget did, and that counts are estimates.
-    fn write_sampling(&self, w: &mut dyn Write, sm: &crate::sampling::SamplingInfo) -> io::Result<()> {
+    fn write_sampling(&self, w: &mut dyn Write, sm: &crate::probes::sampling::SamplingInfo) -> io::Result<()> {
         let rate = match (sm.rate.memprofilerate, sm.rate.set_by_maptrace_from) {
             (Some(0), _) => {
                 return writeln!(
@@ -265,8 +251,8 @@ impl Report {
                 r.age_cycles,
                 r.age_seconds,
                 match r.kind {
-                    crate::finalizers::Mechanism::Finalizer => "SetFinalizer",
-                    crate::finalizers::Mechanism::Cleanup => "AddCleanup",
+                    crate::lifecycle::finalizers::Mechanism::Finalizer => "SetFinalizer",
+                    crate::lifecycle::finalizers::Mechanism::Cleanup => "AddCleanup",
                 },
                 site
             )?;
@@ -589,9 +575,9 @@ pub fn write_table(w: &mut dyn Write, rows: &[SiteRow], caller_lines: usize) -> 
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::finalizers::{Blocked, FinalizerCounts, Mechanism, NeverRan, NeverRanRow, RunnerGoroutine};
-    use crate::retention::RetainedRow;
-    use crate::sites::{FrameRow, ValueKind};
+    use crate::lifecycle::finalizers::{Blocked, FinalizerCounts, Mechanism, NeverRan, NeverRanRow, RunnerGoroutine};
+    use crate::lifecycle::retention::RetainedRow;
+    use crate::lifecycle::sites::{FrameRow, ValueKind};
 
     pub(crate) fn report() -> Report {
         Report {
@@ -603,7 +589,7 @@ pub(crate) mod tests {
                 experiments: vec![],
                 stripped: true,
             },
-            mode: crate::sampling::Mode::Full,
+            mode: crate::probes::sampling::Mode::Full,
             sampling: None,
             duration_seconds: 1.5,
             ended_by: "target exited",
@@ -858,7 +844,7 @@ pub(crate) mod tests {
     /// docs/report.schema.json, compiled (checked against the 2020-12 meta-schema on the way).
     fn schema() -> (serde_json::Value, jsonschema::Validator) {
         let schema: serde_json::Value =
-            serde_json::from_str(include_str!("../../docs/report.schema.json")).expect("the schema is JSON");
+            serde_json::from_str(include_str!("../../../docs/report.schema.json")).expect("the schema is JSON");
         let validator = jsonschema::draft202012::new(&schema)
             .unwrap_or_else(|e| panic!("docs/report.schema.json is not a 2020-12 schema: {e}"));
         (schema, validator)
@@ -882,12 +868,12 @@ pub(crate) mod tests {
     /// says why it paused and what it lacked, a goroutine root, a slice hop, a finalizer group's chain.
     fn every_key_report() -> Report {
         let mut r = held_report();
-        r.mode = crate::sampling::Mode::Sampled;
-        r.sampling = Some(crate::sampling::SamplingInfo {
-            rate: crate::sampling::RateInfo {
+        r.mode = crate::probes::sampling::Mode::Sampled;
+        r.sampling = Some(crate::probes::sampling::SamplingInfo {
+            rate: crate::probes::sampling::RateInfo {
                 memprofilerate: Some(4096),
                 set_by_maptrace_from: Some(524288),
-                governor: Some(crate::sampling::GovernorInfo {
+                governor: Some(crate::probes::sampling::GovernorInfo {
                     floor: 4096,
                     highest: 65536,
                     changes: 3,
@@ -896,7 +882,7 @@ pub(crate) mod tests {
             budget_per_second: 500,
             samples_seen: 1200,
             samples_thinned: 200,
-            scaling: crate::sampling::SCALING,
+            scaling: crate::probes::sampling::SCALING,
         });
         r.totals.samples = 1000;
         r.chains = Some(ChainSearch {

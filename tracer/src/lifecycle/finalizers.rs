@@ -490,7 +490,7 @@ pub struct NeverRanRow {
     pub age_cycles: u64,
     pub age_seconds: f64,
     /// Where `SetFinalizer` or `AddCleanup` was called, site first.
-    pub registered_at: Vec<crate::sites::FrameRow>,
+    pub registered_at: Vec<crate::lifecycle::sites::FrameRow>,
     /// What keeps the objects reachable (reasons still_reachable and reachable_from_own_finalizer), when the
     /// heap walk found it.
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -8,7 +8,7 @@ use super::dwarf::{self, GlobalVar};
 use super::layout::{self, HeapOffsets};
 use super::locals::FrameLocals;
 use super::typegraph::TypeGraph;
-use super::{elf, roots, Arch, GoBinary, PointerBits, RuntimeLayout, SpanLayout};
+use super::{elf, runtime_globals, Arch, GoBinary, PointerBits, RuntimeLayout, SpanLayout};
 
 /// Offsets and addresses for [`crate::heap`]. Offsets come from DWARF, else from the version table
 /// (`layout.rs`); addresses from the symbol table, else from the code (`roots.rs`).
@@ -126,12 +126,12 @@ impl GoBinary {
         } else {
             let code = |name: &str| self.code_by_name(name);
             (
-                roots::mheap_from_code(&self.image, code, offsets.mheap_arenas + 8)?,
-                roots::allgs_from_code(&self.image, code)?,
+                runtime_globals::mheap_from_code(&self.image, code, offsets.mheap_arenas + 8)?,
+                runtime_globals::allgs_from_code(&self.image, code)?,
             )
         };
         let module = self.module.ok_or("runtime.firstmoduledata not found")?;
-        let data_regions = roots::data_regions(&self.image, &self.bytes, module.addr, &offsets)?;
+        let data_regions = runtime_globals::data_regions(&self.image, &self.bytes, module.addr, &offsets)?;
         let program = match self.image.has_dwarf {
             true => Some(dwarf::program(&file, is_program_variable)?),
             false => None,

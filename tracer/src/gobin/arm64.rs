@@ -1,5 +1,5 @@
 //! The few AArch64 encodings Go uses to address globals (`ADRP` then `ADD` or a load/store), shared by the
-//! code readers that find runtime variables in binaries without symbols ([`super::gc`], [`super::roots`]).
+//! code readers that find runtime variables in binaries without symbols ([`super::gc`], [`super::runtime_globals`]).
 
 use super::gc::Code;
 

@@ -5,6 +5,8 @@
 //! would corrupt them). Per-version calling conventions are
 //! resolved here, once, into a [`ProbePlan`].
 
+pub mod sampling;
+
 use std::{num::NonZeroU32, time::Instant};
 
 use aya::{
@@ -22,9 +24,9 @@ use tracer_common::{
 
 use crate::{
     error::Failure,
+    gobin::{CleanupFunction, Function, GoBinary, GoVersion, RuntimeLayout},
+    probes::sampling::Mode,
     process::Process,
-    sampling::Mode,
-    target::{CleanupFunction, Function, GoBinary, GoVersion, RuntimeLayout},
 };
 
 /// The runtimes maptrace knows the calling conventions of.

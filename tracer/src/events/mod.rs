@@ -1,5 +1,7 @@
 //! Decoding ring-buffer records into events.
 
+pub mod recording;
+
 use tracer_common::{ContainerKind, CycleRecord, Record, RecordKind, SpanRecord, MAX_MARK_BYTES, MAX_STACK_DEPTH};
 
 /// One decoded ring-buffer record.
