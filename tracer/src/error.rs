@@ -43,7 +43,7 @@ impl fmt::Display for Failure {
             Failure::UnsupportedGo { version, why } => write!(
                 f,
                 "unsupported Go runtime {version}: {why}; maptrace supports {}",
-                crate::probes::SUPPORTED_GO
+                crate::gobin::supported_text()
             ),
             Failure::Privileges { missing } => write!(
                 f,

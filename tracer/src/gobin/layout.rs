@@ -350,6 +350,43 @@ impl Row {
     }
 }
 
+/// The Go release lines (1.N) maptrace supports, oldest first: exactly the rows of the layout table.
+/// Everything else that needs the supported set (the error message, `check_supported`, the tests
+/// that hold the test toolchains and the heap table to it) derives it from here.
+pub fn supported_minors() -> impl Iterator<Item = u32> {
+    TABLE.iter().map(|r| r.minor)
+}
+
+/// Whether a runtime is one of [`supported_minors`].
+pub fn is_supported(version: &GoVersion) -> bool {
+    version.major == 1 && supported_minors().any(|m| m == version.minor)
+}
+
+/// The supported set for people: `go1.19, go1.21–go1.27` (runs of consecutive releases joined).
+pub fn supported_text() -> String {
+    releases_text(supported_minors())
+}
+
+fn releases_text(minors: impl Iterator<Item = u32>) -> String {
+    let mut runs: Vec<(u32, u32)> = Vec::new();
+    for m in minors {
+        match runs.last_mut() {
+            Some((_, last)) if *last + 1 == m => *last = m,
+            _ => runs.push((m, m)),
+        }
+    }
+    runs.iter()
+        .map(|&(a, b)| {
+            if a == b {
+                format!("go1.{a}")
+            } else {
+                format!("go1.{a}–go1.{b}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn table_row(version: &GoVersion, arch: Arch) -> Option<&'static Row> {
     if version.major != 1 {
         return None;
@@ -364,7 +401,8 @@ fn no_table(version: &GoVersion, arch: Arch) -> TargetError {
         version: version.raw.clone(),
         reason: format!(
             "the binary has no usable DWARF and maptrace has no built-in {arch} layout for it \
-             (built in: go1.19, go1.21–go1.27); rebuild it without -ldflags=-w"
+             (built in: {}); rebuild it without -ldflags=-w",
+            supported_text()
         ),
     }
 }
@@ -779,4 +817,35 @@ pub(crate) fn table_heap_offsets(version: &GoVersion, arch: Arch) -> Option<Heap
 #[cfg(test)]
 pub(crate) fn dwarf_heap_offsets(dwarf: &StructMembers, version: &GoVersion) -> Option<HeapOffsets> {
     heap_offsets_from_dwarf(dwarf, version)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn version(raw: &str) -> GoVersion {
+        GoVersion::parse(raw).unwrap()
+    }
+
+    #[test]
+    fn the_heap_table_covers_the_supported_releases() {
+        let heap: Vec<u32> = HEAP_TABLE.iter().map(|r| r.minor).collect();
+        assert_eq!(heap, supported_minors().collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn only_releases_with_a_table_row_are_supported() {
+        assert!(is_supported(&version("go1.19.8")));
+        assert!(is_supported(&version("go1.24.11 X:nogreenteagc")));
+        for raw in ["go1.18", "go1.20.14", "go1.28", "go2.0"] {
+            assert!(!is_supported(&version(raw)), "{raw}");
+        }
+    }
+
+    #[test]
+    fn runs_of_releases_are_joined() {
+        assert_eq!(releases_text([19, 21, 22, 23].into_iter()), "go1.19, go1.21–go1.23");
+        assert_eq!(releases_text([19].into_iter()), "go1.19");
+        assert_eq!(releases_text([].into_iter()), "");
+    }
 }

@@ -35,8 +35,8 @@ pub use buildinfo::GoVersion;
 pub use dwarf::GlobalVar;
 pub use heap_model::{DataRegion, GoroutineLayout, HeapLayout, HeapModel};
 pub use layout::{
-    CleanupFunction, CleanupLayout, LayoutSource, PointerBits, RuntimeLayout, SamplingLayout, SpanLayout,
-    INLINE_MARKS_LEN, INLINE_MARKS_OFFSET,
+    is_supported, supported_minors, supported_text, CleanupFunction, CleanupLayout, LayoutSource, PointerBits,
+    RuntimeLayout, SamplingLayout, SpanLayout, INLINE_MARKS_LEN, INLINE_MARKS_OFFSET,
 };
 pub use locals::{FrameLocals, LocalVar, StackPiece};
 pub use stackmaps::{FramePointers, StackObject, WordBits};

@@ -24,13 +24,10 @@ use tracer_common::{
 
 use crate::{
     error::Failure,
-    gobin::{CleanupFunction, Function, GoBinary, GoVersion, RuntimeLayout},
+    gobin::{self, CleanupFunction, Function, GoBinary, GoVersion, RuntimeLayout},
     probes::sampling::Mode,
     process::Process,
 };
-
-/// The runtimes maptrace knows the calling conventions of.
-pub const SUPPORTED_GO: &str = "go1.19 through go1.27";
 
 /// What a probed function's registers mean to the eBPF programs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,20 +65,24 @@ pub struct ProbePlan {
     pub points: Vec<ProbePoint>,
 }
 
+/// Refuses a runtime the layout table does not describe, saying why in the user's terms.
 fn check_supported(v: &GoVersion) -> Result<(), Failure> {
-    if v.major != 1 || v.minor < 19 {
-        return Err(Failure::UnsupportedGo {
-            version: v.raw.clone(),
-            why: "too old (maptrace needs the register ABI of Go 1.19+)".into(),
-        });
+    if gobin::is_supported(v) {
+        return Ok(());
     }
-    if v.minor > 27 {
-        return Err(Failure::UnsupportedGo {
-            version: v.raw.clone(),
-            why: "newer than this maptrace knows; upgrade maptrace".into(),
-        });
-    }
-    Ok(())
+    let oldest = gobin::supported_minors().next().unwrap_or(0);
+    let newest = gobin::supported_minors().last().unwrap_or(0);
+    let why = if v.major != 1 || v.minor < oldest {
+        format!("too old (maptrace needs the register ABI and runtime of go1.{oldest}+)")
+    } else if v.minor > newest {
+        "newer than this maptrace knows; upgrade maptrace".to_string()
+    } else {
+        "a release maptrace has no runtime layout for".to_string()
+    };
+    Err(Failure::UnsupportedGo {
+        version: v.raw.clone(),
+        why,
+    })
 }
 
 /// Size-specialized malloc entry points (Go 1.27 default, 1.26 with an experiment) are called
