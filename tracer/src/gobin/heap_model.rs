@@ -7,6 +7,7 @@
 use super::dwarf::{self, GlobalVar};
 use super::layout::{self, HeapOffsets};
 use super::locals::FrameLocals;
+use super::runtime_globals::DataRegion;
 use super::typegraph::TypeGraph;
 use super::{elf, runtime_globals, Arch, GoBinary, PointerBits, RuntimeLayout, SpanLayout};
 
@@ -48,39 +49,6 @@ pub struct GoroutineLayout {
     pub sched_sp: u64,
     pub sched_pc: u64,
     pub sched_bp: u64,
-}
-
-/// A section of package-level variables, and which of its words hold pointers: what the GC scans as roots
-/// (`markrootBlock` with `gcdatamask`/`gcbssmask`). Read from the moduledata and the linker's GC programs, so a
-/// binary without symbols or DWARF has them too (see `roots.rs`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DataRegion {
-    /// `"data"` or `"bss"`.
-    pub name: &'static str,
-    /// Link-time address (`moduledata.data`/`bss`) and byte length; add the load bias for a PIE.
-    pub addr: u64,
-    pub len: u64,
-    /// Bit i (byte i/8, bit i%8) is set if the word at `addr + 8 * i` is a pointer.
-    pub pointers: Vec<u8>,
-    /// Link-time address of `moduledata.gcdatamask`/`gcbssmask` (a `bitvector{n int32; bytedata *uint8}`), where
-    /// the running program keeps the same bitmap, built at start-up.
-    pub runtime_mask: u64,
-}
-
-impl DataRegion {
-    /// True if the word at `addr` (link-time, 8-byte aligned, in this region) holds a pointer.
-    pub fn is_pointer(&self, addr: u64) -> bool {
-        let Some(word) = addr
-            .checked_sub(self.addr)
-            .filter(|&o| o < self.len && o % 8 == 0)
-            .map(|o| o / 8)
-        else {
-            return false;
-        };
-        self.pointers
-            .get((word / 8) as usize)
-            .is_some_and(|b| b >> (word % 8) & 1 == 1)
-    }
 }
 
 /// The heap layout and the roots of one binary.

@@ -15,7 +15,6 @@ mod heap_model;
 mod layout;
 mod locals;
 mod memprofilerate;
-mod moduledata;
 mod pclntab;
 mod rets;
 mod runtime_globals;
@@ -33,12 +32,13 @@ use std::path::{Path, PathBuf};
 
 pub use buildinfo::GoVersion;
 pub use dwarf::GlobalVar;
-pub use heap_model::{DataRegion, GoroutineLayout, HeapLayout, HeapModel};
+pub use heap_model::{GoroutineLayout, HeapLayout, HeapModel};
 pub use layout::{
     is_supported, supported_minors, supported_text, CleanupFunction, CleanupLayout, LayoutSource, PointerBits,
     RuntimeLayout, SamplingLayout, SpanLayout, INLINE_MARKS_LEN, INLINE_MARKS_OFFSET,
 };
 pub use locals::{FrameLocals, LocalVar, StackPiece};
+pub use runtime_globals::DataRegion;
 pub use stackmaps::{FramePointers, StackObject, WordBits};
 pub use typegraph::{
     Field, GoTypeDef, Shape, TypeGraph, TypeId, KINDS_SIGNED, KINDS_UNSIGNED, KIND_SLICE, KIND_STRING,
@@ -114,7 +114,7 @@ pub struct GoBinary {
     by_name: HashMap<String, usize>,
     layout: RuntimeLayout,
     /// `runtime.firstmoduledata`, if found (from Go 1.26 parsing fails without it: it alone gives the text start).
-    module: Option<moduledata::Module>,
+    module: Option<pclntab::moduledata::Module>,
 }
 
 impl fmt::Debug for GoBinary {

@@ -7,8 +7,10 @@
 use super::bytes::{cstr_at, u32_at, u64_at, uvarint};
 use super::elf::Image;
 use super::layout::ModuledataOffsets;
-use super::moduledata::{self, Module};
+pub(super) mod moduledata;
+
 use super::{Arch, Function, GoVersion, TargetError};
+use moduledata::Module;
 
 /// Go 1.18–1.19.
 const MAGIC_GO118: u32 = 0xffff_fff0;

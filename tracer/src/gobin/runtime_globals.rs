@@ -25,9 +25,41 @@ use iced_x86::{Decoder, DecoderOptions, Mnemonic, OpKind, Register};
 
 use super::elf::Image;
 use super::gc::Code;
-use super::heap_model::DataRegion;
 use super::layout::{HeapOffsets, RootSectionFields};
 use super::Arch;
+
+/// A section of package-level variables, and which of its words hold pointers: what the GC scans as roots
+/// (`markrootBlock` with `gcdatamask`/`gcbssmask`). Read from the moduledata and the linker's GC programs, so a
+/// binary without symbols or DWARF has them too (see [`data_regions`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DataRegion {
+    /// `"data"` or `"bss"`.
+    pub name: &'static str,
+    /// Link-time address (`moduledata.data`/`bss`) and byte length; add the load bias for a PIE.
+    pub addr: u64,
+    pub len: u64,
+    /// Bit i (byte i/8, bit i%8) is set if the word at `addr + 8 * i` is a pointer.
+    pub pointers: Vec<u8>,
+    /// Link-time address of `moduledata.gcdatamask`/`gcbssmask` (a `bitvector{n int32; bytedata *uint8}`), where
+    /// the running program keeps the same bitmap, built at start-up.
+    pub runtime_mask: u64,
+}
+
+impl DataRegion {
+    /// True if the word at `addr` (link-time, 8-byte aligned, in this region) holds a pointer.
+    pub fn is_pointer(&self, addr: u64) -> bool {
+        let Some(word) = addr
+            .checked_sub(self.addr)
+            .filter(|&o| o < self.len && o % 8 == 0)
+            .map(|o| o / 8)
+        else {
+            return false;
+        };
+        self.pointers
+            .get((word / 8) as usize)
+            .is_some_and(|b| b >> (word % 8) & 1 == 1)
+    }
+}
 
 /// The function whose call of [`MHEAP_INIT`] passes `&mheap_`.
 pub(crate) const MALLOCINIT: &str = "runtime.mallocinit";

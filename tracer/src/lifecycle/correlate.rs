@@ -4,6 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 
+use serde::Serialize;
 use tracer_common::RecordKind;
 
 use crate::{
@@ -16,11 +17,10 @@ use crate::{
         Subject,
     },
     lifecycle::retention::{retained_rows, RetainedRow},
-    lifecycle::sites::{frame_row, Resolve, SiteTable},
+    lifecycle::sites::{frame_row, site_id, Resolve, SiteTable},
     lifecycle::{Alloc, Distributions, Lifecycle, LifecycleConfig, SweptSpan},
     memory::Memory,
     probes::sampling::{allocations_per_sample, RateChange, SampleRates},
-    report::GcInfo,
 };
 
 /// A finalizer or cleanup counts as blocked once others queued after it started have waited this long.
@@ -115,7 +115,9 @@ impl Evidence for MemoryEvidence<'_> {
         let pointer_free = |t: u64| crate::gobin::runtime_types::pointer_free(self.memory, t) == Some(true);
         match self.lifecycle.object_containing(what.object) {
             Some(o) => {
-                let type_ptr = (o.site & PARTS == 0).then(|| self.sites.object_type(o.site)).flatten();
+                let type_ptr = (site_id::is_head(o.site))
+                    .then(|| self.sites.object_type(o.site))
+                    .flatten();
                 o.size < 16 && type_ptr.is_some_and(pointer_free)
             }
             // Not traced (allocated before attach, or not sampled): the registration's `*T` says.
@@ -179,10 +181,26 @@ fn read_words(memory: &dyn Memory, addr: u64, n: u64) -> Vec<u64> {
 /// many; beyond it the constructor's record was lost and the oldest are dropped).
 const MAX_PENDING: usize = 4096;
 
-/// Lifecycle site id of the blocks a slice or map value owns besides its head (a map's buckets or
-/// groups, its directory): their bytes count for the value's site, their number does not, so a
-/// site counts values, as the allocation table does.
-pub const PARTS: u64 = 1 << 63;
+/// What the lifecycle engine saw of the target's GC cycles, for the report.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct GcInfo {
+    /// K: completed GC cycles an object must survive to count as retained.
+    pub retain_cycles: u32,
+    /// Mark terminations seen while tracing, and the target's own numbers of the first and last.
+    pub cycles_seen: u64,
+    pub first_cycle: Option<u64>,
+    pub last_cycle: Option<u64>,
+    /// Spans whose sweep was seen (how freed objects are found).
+    pub spans_swept: u64,
+    /// Objects tracked for lifetimes at the end (alive as far as the sweeps tell), their bytes,
+    /// and objects dropped by the memory bound.
+    pub objects_tracked: usize,
+    pub tracked_bytes: u64,
+    pub objects_evicted: u64,
+    /// Sites with objects alive after K cycles whose creating frame was still on its goroutine's
+    /// stack at its last record: not retained by definition.
+    pub sites_with_active_frames: usize,
+}
 
 pub struct Correlator {
     pub sites: SiteTable,
@@ -236,7 +254,7 @@ impl Correlator {
                 let alloc_type = self
                     .lifecycle
                     .object_containing(ev.ptr)
-                    .filter(|o| o.site & PARTS == 0)
+                    .filter(|o| site_id::is_head(o.site))
                     .and_then(|o| self.sites.object_type(o.site));
                 match ev.kind {
                     RecordKind::FinalizerSet => self.lifecycle.on_finalizer(ev.ptr, true),
@@ -326,7 +344,7 @@ impl Correlator {
             // a map whose header lives on the caller's stack has none, so its first block stands in.
             let head = blocks.iter().position(|a| a.addr == ev.ptr).unwrap_or(0);
             for (i, a) in blocks.into_iter().enumerate() {
-                let site = if i == head { hit.site } else { hit.site | PARTS };
+                let site = if i == head { hit.site } else { site_id::parts(hit.site) };
                 self.lifecycle.on_alloc(Alloc { site, ..a });
             }
         } else {
@@ -349,7 +367,7 @@ impl Correlator {
         let frame_running: std::collections::HashSet<u64> = self
             .lifecycle
             .retained_objects()
-            .filter(|o| o.site & PARTS == 0 && !self.frames.returned(o.site, o.time_ns, target_exited))
+            .filter(|o| site_id::is_head(o.site) && !self.frames.returned(o.site, o.time_ns, target_exited))
             .map(|o| o.site)
             .collect();
         GcInfo {
@@ -487,7 +505,7 @@ impl Correlator {
     /// Up to `per_site` retained objects of each site (their main block: a map's header, not its storage).
     pub fn retained_objects(&self, per_site: usize) -> HashMap<u64, Vec<u64>> {
         let mut out: HashMap<u64, Vec<u64>> = HashMap::new();
-        for o in self.lifecycle.retained_objects().filter(|o| o.site & PARTS == 0) {
+        for o in self.lifecycle.retained_objects().filter(|o| site_id::is_head(o.site)) {
             let v = out.entry(o.site).or_default();
             if v.len() < per_site {
                 v.push(o.addr);
@@ -504,7 +522,9 @@ impl Correlator {
             .lifecycle
             .object_containing(base)
             .or_else(|| self.lifecycle.objects_in(base..base + size).next())?;
-        self.sites.row(o.site & !PARTS, names).map(|r| (o.addr, r.type_name))
+        self.sites
+            .row(site_id::site(o.site), names)
+            .map(|r| (o.addr, r.type_name))
     }
 
     pub fn retained(&self, names: &mut dyn Resolve, target_exited: bool, now_ns: u64) -> Vec<RetainedRow> {

@@ -13,4 +13,5 @@ pub mod lifetimes;
 pub mod retention;
 pub mod sites;
 
+pub use correlate::GcInfo;
 pub use lifetimes::{Alloc, Buckets, Distributions, Lifecycle, LifecycleConfig, SiteLifecycle, SweptSpan, Totals};

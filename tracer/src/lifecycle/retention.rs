@@ -7,9 +7,8 @@ use std::collections::HashMap;
 use serde::Serialize;
 
 use crate::{
-    lifecycle::correlate::PARTS,
     lifecycle::creating_frames::CreatingFrames,
-    lifecycle::sites::{FrameRow, Resolve, SiteTable, ValueKind},
+    lifecycle::sites::{site_id, FrameRow, Resolve, SiteTable, ValueKind},
     lifecycle::{Lifecycle, SiteLifecycle, Totals},
 };
 
@@ -69,17 +68,17 @@ pub fn retained_rows(
 ) -> Vec<RetainedRow> {
     // A value's parts add bytes to its site, not numbers.
     let mut retained: HashMap<u64, Totals> = HashMap::new();
-    for (site, t) in lifecycle.retained_matching(|o| frames.returned(o.site & !PARTS, o.time_ns, target_exited)) {
-        let v = retained.entry(site & !PARTS).or_default();
+    for (site, t) in lifecycle.retained_matching(|o| frames.returned(site_id::site(o.site), o.time_ns, target_exited)) {
+        let v = retained.entry(site_id::site(site)).or_default();
         v.bytes += t.bytes;
-        if site & PARTS == 0 {
+        if site_id::is_head(site) {
             v.count += t.count;
         }
     }
     let survival = lifecycle.live_survival();
     let mut oldest: HashMap<u64, u64> = HashMap::new();
     for o in lifecycle.objects() {
-        let t = oldest.entry(o.site & !PARTS).or_insert(o.time_ns);
+        let t = oldest.entry(site_id::site(o.site)).or_insert(o.time_ns);
         *t = (*t).min(o.time_ns);
     }
     let mut rows: Vec<RetainedRow> = retained
@@ -87,7 +86,7 @@ pub fn retained_rows(
         .filter(|(_, totals)| totals.count > 0)
         .filter_map(|(site, totals)| {
             let s = lifecycle.site(site)?;
-            let parts = lifecycle.site(site | PARTS);
+            let parts = lifecycle.site(site_id::parts(site));
             let part_bytes = |f: fn(&SiteLifecycle) -> u64| parts.map_or(0, f);
             let row = sites.row(site, names)?;
             // No user frame: the runtime's own bookkeeping, nothing the program can act on.

@@ -14,6 +14,29 @@ use crate::{
     memory::Memory,
 };
 
+/// Lifecycle site ids: the lifecycle engine keys objects by their site's PC, with one bit set
+/// for the blocks a slice or map value owns besides its head (a map's buckets or groups, its
+/// directory): their bytes count for the value's site, their number does not, so a site counts
+/// values, as the allocation table does.
+pub mod site_id {
+    const PARTS: u64 = 1 << 63;
+
+    /// The id of the extra storage of `site`'s values.
+    pub fn parts(site: u64) -> u64 {
+        site | PARTS
+    }
+
+    /// The site (its PC) an id belongs to, head or parts.
+    pub fn site(id: u64) -> u64 {
+        id & !PARTS
+    }
+
+    /// True for an id that counts values (a head), false for their extra storage.
+    pub fn is_head(id: u64) -> bool {
+        id & PARTS == 0
+    }
+}
+
 /// Names for program counters and type pointers, and the target's memory behind them (the live
 /// process, or a fake in tests).
 pub trait Resolve {

@@ -4,6 +4,7 @@ mod dot;
 mod flamegraph;
 mod pprof;
 
+pub use crate::lifecycle::GcInfo;
 use crate::units::human_bytes;
 use std::io::{self, Write};
 
@@ -73,26 +74,6 @@ pub struct ChainSearch {
     pub unavailable: Option<String>,
     #[serde(flatten)]
     pub walk: crate::heap::WalkStats,
-}
-
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct GcInfo {
-    /// K: completed GC cycles an object must survive to count as retained.
-    pub retain_cycles: u32,
-    /// Mark terminations seen while tracing, and the target's own numbers of the first and last.
-    pub cycles_seen: u64,
-    pub first_cycle: Option<u64>,
-    pub last_cycle: Option<u64>,
-    /// Spans whose sweep was seen (how freed objects are found).
-    pub spans_swept: u64,
-    /// Objects tracked for lifetimes at the end (alive as far as the sweeps tell), their bytes,
-    /// and objects dropped by the memory bound.
-    pub objects_tracked: usize,
-    pub tracked_bytes: u64,
-    pub objects_evicted: u64,
-    /// Sites with objects alive after K cycles whose creating frame was still on its goroutine's
-    /// stack at its last record: not retained by definition.
-    pub sites_with_active_frames: usize,
 }
 
 #[derive(Clone, Debug, Serialize)]

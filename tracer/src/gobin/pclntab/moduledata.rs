@@ -3,9 +3,9 @@
 //! offsets. It lives in a writable segment (`.noptrdata`; `.go.module` from 1.26) and starts with a pointer to the
 //! pclntab header followed by slices into the pclntab, which identify it.
 
-use super::elf::Image;
-use super::layout::ModuledataOffsets;
-use super::pclntab::Header;
+use super::Header;
+use crate::gobin::elf::Image;
+use crate::gobin::layout::ModuledataOffsets;
 
 /// Offsets of moduledata fields that have not moved since Go 1.18 (measured up to 1.27): the data pointers of the
 /// pclntab slices, and `minpc`.
