@@ -11,9 +11,11 @@
 //! that only looks like a pointer, and says so. Breadth-first order makes each chain a shortest one from the first
 //! kind of root that reaches the object (globals before stacks).
 
+pub mod goroutines;
 mod index;
 mod pause;
 mod roots;
+pub mod search;
 mod typed;
 
 use std::collections::{HashMap, HashSet, VecDeque};

@@ -2,7 +2,7 @@
 //! GC cycle ends and span sweeps age and free them, and every goroutine's stack tells whether
 //! creating frames have returned.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use serde::Serialize;
 use tracer_common::RecordKind;
@@ -11,10 +11,11 @@ use crate::{
     events::{Event, TraceEvent},
     gobin::symbolize::is_runtime_function,
     gobin::{CleanupFunction, CleanupLayout, RuntimeLayout},
+    heap::goroutines::goroutine_state,
     lifecycle::creating_frames::CreatingFrames,
+    lifecycle::evidence::MemoryEvidence,
     lifecycle::finalizers::{
-        diagnose, Blocked, Evidence, FinalizerSection, Finalizers, Mechanism, NeverRan, NeverRanRow, RunnerGoroutine,
-        Subject,
+        diagnose, Blocked, FinalizerSection, Finalizers, Mechanism, NeverRan, NeverRanRow, RunnerGoroutine,
     },
     lifecycle::retention::{retained_rows, RetainedRow},
     lifecycle::sites::{frame_row, site_id, Resolve, SiteTable},
@@ -27,62 +28,9 @@ use crate::{
 const BLOCKED_AFTER_NS: u64 = 50_000_000;
 /// The finalizer goroutine's wait reason when it is idle.
 const FINALIZER_IDLE: &str = "finalizer wait";
-/// Words scanned per block on the way from a finalizer's or cleanup's closure (and argument) to
-/// its object: captured variables are few.
-const SCAN_WORDS: u64 = 16;
-/// Pointer hops followed from those roots: a cleanup's own closure sits inside AddCleanup's
-/// wrapper (1.24–1.25), and an argument may point at a struct that points at the object.
-const SCAN_DEPTH: usize = 3;
 /// Histogram buckets: lifetimes from a millisecond to an hour, sizes from a tiny object to 1 MiB.
 const LIFETIME_BOUNDS_S: &[f64] = &[0.001, 0.01, 0.1, 1.0, 10.0, 60.0, 600.0, 3600.0];
 const SIZE_BOUNDS: &[f64] = &[16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0];
-/// Blocks read per scan at most.
-const SCAN_BLOCKS: usize = 256;
-
-fn read_word(memory: &dyn Memory, addr: u64) -> Option<u64> {
-    let mut b = [0u8; 8];
-    memory.read(addr, &mut b).ok()?;
-    Some(u64::from_le_bytes(b))
-}
-
-/// `runtime.g.atomicstatus` values maptrace tells apart (`_Gidle` … `_Gdead`, runtime2.go).
-pub(crate) mod gstatus {
-    pub const IDLE: u32 = 0;
-    pub const RUNNABLE: u32 = 1;
-    pub const RUNNING: u32 = 2;
-    pub const WAITING: u32 = 4;
-    pub const DEAD: u32 = 6;
-}
-
-/// A goroutine's status, without the `_Gscan` bit (0x1000) the GC sets while it scans the stack.
-pub(crate) fn goroutine_status(memory: &dyn Memory, layout: &RuntimeLayout, g: u64) -> Option<u32> {
-    let mut status = [0u8; 4];
-    memory.read(g + layout.g_atomicstatus, &mut status).ok()?;
-    Some(u32::from_le_bytes(status) & !0x1000)
-}
-
-/// A goroutine's wait reason while it waits, else "running" or "runnable".
-fn goroutine_state(memory: &dyn Memory, layout: &RuntimeLayout, g: u64) -> Option<String> {
-    Some(status_text(memory, layout, g, goroutine_status(memory, layout, g)?))
-}
-
-/// What [`goroutine_state`] says of a goroutine with this status.
-pub(crate) fn status_text(memory: &dyn Memory, layout: &RuntimeLayout, g: u64, status: u32) -> String {
-    match status {
-        gstatus::RUNNABLE => "runnable".into(),
-        gstatus::RUNNING => "running".into(),
-        gstatus::WAITING => {
-            let mut reason = [0u8; 1];
-            match memory.read(g + layout.g_waitreason, &mut reason) {
-                Ok(()) => layout
-                    .wait_reason(reason[0])
-                    .map_or_else(|| format!("waiting ({})", reason[0]), str::to_string),
-                Err(_) => "waiting".into(),
-            }
-        }
-        other => format!("status {other}"),
-    }
-}
 
 /// The registering stack from its first non-runtime frame (the caller of SetFinalizer) outwards.
 fn registration_site(stack: &[u64], names: &mut dyn Resolve) -> Vec<u64> {
@@ -96,85 +44,6 @@ fn registration_site(stack: &[u64], names: &mut dyn Resolve) -> Vec<u64> {
         })
         .map_or(stack.len(), |i| i + 1);
     stack[from..].iter().take(6).copied().collect()
-}
-
-/// Object sizes, types and tiny blocks from the lifecycle engine and the site table; closures
-/// from the target's memory.
-struct MemoryEvidence<'a> {
-    lifecycle: &'a Lifecycle,
-    sites: &'a SiteTable,
-    memory: &'a dyn Memory,
-}
-
-impl Evidence for MemoryEvidence<'_> {
-    fn live_size(&self, object: u64) -> Option<u64> {
-        self.lifecycle.object_containing(object).map(|o| o.size)
-    }
-
-    fn tiny(&self, what: &Subject) -> bool {
-        let pointer_free = |t: u64| crate::gobin::runtime_types::pointer_free(self.memory, t) == Some(true);
-        match self.lifecycle.object_containing(what.object) {
-            Some(o) => {
-                let type_ptr = (site_id::is_head(o.site))
-                    .then(|| self.sites.object_type(o.site))
-                    .flatten();
-                o.size < 16 && type_ptr.is_some_and(pointer_free)
-            }
-            // Not traced (allocated before attach, or not sampled): the registration's `*T` says.
-            None => crate::gobin::runtime_types::pointer_elem(self.memory, what.ptr_type).is_some_and(|t| {
-                crate::gobin::runtime_types::size(self.memory, t).is_some_and(|s| (1..16).contains(&s))
-                    && pointer_free(t)
-            }),
-        }
-    }
-
-    fn others_in_block(&self, block: u64, object: u64) -> bool {
-        self.lifecycle.objects_in(block..block + 16).any(|o| o.addr != object)
-    }
-
-    fn reachable_from(&self, roots: &[u64], object: u64, size: u64) -> bool {
-        let target = object..object + size.max(1);
-        let mut seen = HashSet::new();
-        let mut frontier: Vec<u64> = roots.iter().copied().filter(|&r| r != 0).collect();
-        for _ in 0..SCAN_DEPTH {
-            let mut next = Vec::new();
-            for block in frontier {
-                if seen.len() >= SCAN_BLOCKS || !seen.insert(block) {
-                    continue;
-                }
-                // Within the block's own allocation when it is known.
-                let words = self
-                    .lifecycle
-                    .object_containing(block)
-                    .map_or(SCAN_WORDS, |o| ((o.addr + o.size - block) / 8).min(SCAN_WORDS));
-                for w in read_words(self.memory, block, words) {
-                    if target.contains(&w) {
-                        return true;
-                    }
-                    // Hop only to tracked heap objects: integers and code pointers stay behind.
-                    // (Hopping to any heap-looking word instead, for sampled mode, which tracks
-                    // few objects, named held cleanups as cycles through their neighbours.)
-                    if self.lifecycle.object_containing(w).is_some() {
-                        next.push(w);
-                    }
-                }
-            }
-            frontier = next;
-        }
-        false
-    }
-}
-
-/// Up to `n` words from `addr`: in one read, or word by word up to the first unreadable one.
-fn read_words(memory: &dyn Memory, addr: u64, n: u64) -> Vec<u64> {
-    let mut buf = vec![0u8; 8 * n as usize];
-    if memory.read(addr, &mut buf).is_ok() {
-        return buf
-            .chunks_exact(8)
-            .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
-            .collect();
-    }
-    (0..n).map_while(|i| read_word(memory, addr + 8 * i)).collect()
 }
 
 /// Storage allocated under a constructor that has not returned yet, per goroutine (at most this
@@ -304,9 +173,9 @@ impl Correlator {
         if ev.kind != RecordKind::CleanupSet {
             return None;
         }
-        let capture = read_word(memory, ev.size + 8)?;
+        let capture = memory.word(ev.size + 8)?;
         if by_reference {
-            read_word(memory, capture)
+            memory.word(capture)
         } else {
             Some(capture)
         }
@@ -401,7 +270,8 @@ impl Correlator {
         };
         let seconds_since = |t: u64| now_ns.saturating_sub(t) as f64 / 1e9;
         let function_name = |funcval: u64, names: &mut dyn Resolve| {
-            read_word(memory, funcval)
+            memory
+                .word(funcval)
                 .and_then(|code| names.frame(code))
                 .map_or_else(|| format!("? (funcval {funcval:#x})"), |fr| fr.function.clone())
         };
@@ -466,7 +336,7 @@ impl Correlator {
                 continue;
             };
             let site = registration_site(&r.stack, names);
-            let code = read_word(memory, r.what.function).unwrap_or(r.what.function);
+            let code = memory.word(r.what.function).unwrap_or(r.what.function);
             let key = (r.what.mechanism, reason, site.first().copied().unwrap_or(0), code);
             let row = groups.entry(key).or_insert_with(|| NeverRanRow {
                 kind: r.what.mechanism,

@@ -4,6 +4,7 @@ mod dot;
 mod flamegraph;
 mod pprof;
 
+pub use crate::heap::search::ChainSearch;
 pub use crate::lifecycle::GcInfo;
 use crate::units::human_bytes;
 use std::io::{self, Write};
@@ -44,36 +45,6 @@ pub struct Report {
     pub finalizers: FinalizerSection,
     /// Lifetimes of the objects seen dying, and allocation sizes, as histogram buckets.
     pub distributions: crate::lifecycle::Distributions,
-}
-
-/// The heap walk behind the retained rows' `held_by`.
-#[derive(Clone, Debug, Serialize)]
-pub struct ChainSearch {
-    /// What the walk starts from.
-    pub roots: &'static str,
-    /// How objects were scanned: "typed" where DWARF gives the value's type (a global's, and what typed pointers
-    /// lead to: only pointer words followed, each named by its Go path), the runtime's heap bitmaps for other
-    /// objects and the GC's stack maps for stack frames (pointer words only), "conservative" elsewhere (frames
-    /// without maps: any word that points into an allocated heap slot). `typed_objects` and `bitmap_objects` in
-    /// the walk count the first two kinds of objects; each `held_by` says whether its chain is `precise` (no
-    /// conservative step).
-    pub precision: &'static str,
-    /// The budget the target could be stopped for (`--max-pause`; 0: never stopped), how long it was stopped,
-    /// and whether the walk ended within it (else the rest of the walk ran against the running program, and
-    /// chains may be stale where it moved pointers meanwhile).
-    pub max_pause_seconds: f64,
-    /// `--max-depth`: objects this many steps from a root are not scanned (`depth_limited` counts them).
-    pub max_depth: u32,
-    pub paused_seconds: f64,
-    pub walk_within_pause: bool,
-    /// Why the target could not be stopped (another tracer holds it), when it could not.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub pause_failed: Option<String>,
-    /// Why there are no chains, when there are none.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub unavailable: Option<String>,
-    #[serde(flatten)]
-    pub walk: crate::heap::WalkStats,
 }
 
 #[derive(Clone, Debug, Serialize)]

@@ -4,7 +4,7 @@
 pub mod trace;
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     os::fd::{AsRawFd, OwnedFd},
     sync::Arc,
     time::{Duration, Instant},
@@ -20,9 +20,11 @@ use crate::{
     gobin::runtime_types::{GoType, TypeNames},
     gobin::symbolize::Symbolizer,
     gobin::{Frame, GoBinary, TargetError},
-    heap::{self, HeapAccess, Pause, WalkLimits, WalkStats},
+    heap::{
+        self,
+        search::{ChainQuery, ChainSearch},
+    },
     lifecycle::correlate::Correlator,
-    lifecycle::correlate::{goroutine_status, gstatus, status_text},
     lifecycle::finalizers::{FinalizerSection, NeverRan, NeverRanRow},
     lifecycle::retention::RetainedRow,
     lifecycle::sites::{Resolve, SiteRow, ValueKind},
@@ -31,7 +33,7 @@ use crate::{
     probes::sampling::{Mode, SampleRate, SampleRates, SamplingInfo, SamplingOptions, SCALING},
     probes::{ProbePlan, Tracer},
     process::Process,
-    report::{ChainSearch, ProbeInfo, Report, TargetInfo},
+    report::{ProbeInfo, Report, TargetInfo},
 };
 
 /// Names from the live process, falling back to the binary file for static data (type
@@ -388,118 +390,41 @@ impl Session {
         never_ran: &mut [NeverRanRow],
         options: ChainOptions,
     ) -> ChainSearch {
-        let ChainOptions { max_pause, max_depth } = options;
-        let mut search = ChainSearch {
-            roots: "package-level variables, goroutine stacks, and the closures of finalizers and cleanups not run",
-            precision: "typed where DWARF describes the value, by the runtime's heap bitmaps for other heap objects and its stack maps for goroutine stacks, conservative elsewhere (frames without maps)",
-            max_pause_seconds: max_pause.as_secs_f64(),
-            max_depth,
-            paused_seconds: 0.0,
-            walk_within_pause: false,
-            pause_failed: None,
-            unavailable: None,
-            walk: WalkStats::default(),
-        };
-        let model = match self.binary.heap_model() {
-            Ok(m) => m,
-            Err(why) => {
-                // Without symbols maptrace finds the heap from code patterns; a build that keeps them needs none.
-                let hint = if self.binary.has_symtab() {
-                    ""
-                } else {
-                    "; a build without -ldflags=-s -w has the symbols this needs"
-                };
-                search.unavailable = Some(format!("{why}{hint}"));
-                return search;
-            }
-        };
         let objects = self.state.retained_objects(CHAIN_OBJECTS_PER_SITE);
         let unexplained = || never_ran.iter().filter(|r| r.wants_chain());
-        let targets: HashSet<u64> = rows
-            .iter()
-            .filter_map(|r| objects.get(&r.site))
-            .flatten()
-            .chain(unexplained().flat_map(|r| &r.objects))
-            .copied()
-            .collect();
-        let memory = &*self.process;
-        let runtime = self.binary.layout();
-        let bias = self.load_bias;
-        // Stopped before the goroutines' stacks are read: their frames then match the heap the walk sees.
-        let mut pause = Pause::new(self.process.pid, max_pause);
-        pause.stop();
-        // The closures of finalizers and cleanups not run are walked on their own: one that captures its own
-        // object is the whole story of a finalizer that cannot run, while a walk from every root would credit
-        // its object to whichever root came first (conservatively scanned memory keeps stale pointers).
-        let closures = heap::closure_roots(self.state.unrun_closures().into_iter().map(|(mechanism, funcval)| {
-            let code = memory.read_u64(funcval).unwrap_or(0);
-            let name = self
-                .binary
-                .function_at(code.wrapping_sub(bias))
-                .map_or_else(|| format!("{code:#x}"), |f| f.name.clone());
-            (mechanism.as_str(), name, funcval)
-        }));
-        let mut roots = if model.globals.is_empty() {
-            search.precision = "untyped: no DWARF (a stripped binary): the words of data and bss the GC's bitmaps mark as pointers, then the pointer words the runtime's heap bitmaps give in what they reach, and stack frames by the GC's stack maps";
-            heap::data_roots(&model.data_regions, bias)
-        } else {
-            heap::global_roots(&model.globals, bias)
+        let query = ChainQuery {
+            binary: &self.binary,
+            memory: &*self.process,
+            pid: self.process.pid,
+            load_bias: self.load_bias,
+            max_pause: options.max_pause,
+            max_depth: options.max_depth,
+            targets: rows
+                .iter()
+                .filter_map(|r| objects.get(&r.site))
+                .flatten()
+                .chain(unexplained().flat_map(|r| &r.objects))
+                .copied()
+                .collect(),
+            closure_targets: unexplained().flat_map(|r| &r.objects).copied().collect(),
+            closures: self
+                .state
+                .unrun_closures()
+                .into_iter()
+                .map(|(m, funcval)| (m.as_str(), funcval))
+                .collect(),
+            now_ns: monotonic_ns(),
         };
-        roots.extend(heap::goroutine_roots(
-            memory,
-            &model,
-            bias,
-            |g| {
-                let status = goroutine_status(memory, runtime, g)?;
-                if status == gstatus::IDLE || status == gstatus::DEAD {
-                    return None; // a g kept for reuse: no stack to speak of
-                }
-                let id = memory.read_u64(g + runtime.goid_offset).ok()?;
-                // waitsince is nanotime(), CLOCK_MONOTONIC like ours; 0 until a GC cycle saw the goroutine waiting.
-                let since = memory
-                    .read_u64(g + runtime.g_waitsince)
-                    .ok()
-                    .filter(|&t| t != 0 && status == gstatus::WAITING);
-                let blocked_ms = since.map(|t| monotonic_ns().saturating_sub(t) / 1_000_000);
-                let state = status_text(memory, runtime, g, status);
-                Some(heap::Goroutine {
-                    id,
-                    state,
-                    running: status == gstatus::RUNNING,
-                    blocked_ms,
-                })
-            },
-            |pc| self.binary.function_at(pc.wrapping_sub(bias)).map(|f| f.name.clone()),
-            |pc| self.binary.frame_pointers(pc),
-        ));
         let (state, names) = (&self.state, &mut self.names);
-        let mut hint = |base, size| {
-            let (addr, name) = state.allocation_in(base, size, names)?;
-            Some((heap::type_named(&model.types, &name)?, addr.saturating_sub(base)))
-        };
-        let access = HeapAccess {
-            memory,
-            model: &model,
-            load_bias: bias,
-        };
-        let limits = WalkLimits::with_depth(max_depth);
-        let (chains, mut walk) = heap::find_chains(access, &roots, &targets, &mut hint, limits, &mut pause);
-        let own: HashSet<u64> = unexplained().flat_map(|r| &r.objects).copied().collect();
-        let (closure_chains, closure_walk) = heap::find_chains(access, &closures, &own, &mut hint, limits, &mut pause);
-        walk.add(&closure_walk);
-        search.walk_within_pause = pause.is_stopped();
-        pause.resume();
-        search.paused_seconds = pause.paused.as_secs_f64();
-        search.pause_failed = pause.failed.take();
+        let found = heap::search::search_chains(&query, &mut |base, size| state.allocation_in(base, size, names));
+        let mut type_of = |base, size| Some(self.state.allocation_in(base, size, &mut self.names)?.1);
         for r in rows.iter_mut() {
             if let Some(objs) = objects.get(&r.site) {
-                let mut shapes = heap::held_by(objs, &chains, |base, size| {
-                    Some(self.state.allocation_in(base, size, &mut self.names)?.1)
-                });
+                let mut shapes = heap::held_by(objs, &found.from_roots, &mut type_of);
                 // Each shape's diagnosis, with its share of the row's bytes.
-                let found: u64 = shapes.iter().map(|h| h.objects).sum();
+                let total: u64 = shapes.iter().map(|h| h.objects).sum();
                 for h in &mut shapes {
-                    h.diagnose(r.retained_bytes * h.objects / found.max(1), r.kind == ValueKind::Map);
+                    h.diagnose(r.retained_bytes * h.objects / total.max(1), r.kind == ValueKind::Map);
                 }
                 let mut shapes = shapes.into_iter();
                 r.held_by = shapes.next();
@@ -510,22 +435,17 @@ impl Session {
             // Its own closure explains a finalizer that holds its object; the program's roots explain the rest,
             // and the closures whatever the program's roots do not reach.
             let (first, then) = match r.reason {
-                NeverRan::ReachableFromOwnFinalizer => (&closure_chains, &chains),
-                _ => (&chains, &closure_chains),
+                NeverRan::ReachableFromOwnFinalizer => (&found.from_closures, &found.from_roots),
+                _ => (&found.from_roots, &found.from_closures),
             };
             let merged: HashMap<u64, heap::Chain> = r
                 .objects
                 .iter()
                 .filter_map(|o| Some((*o, first.get(o).or_else(|| then.get(o))?.clone())))
                 .collect();
-            r.held_by = heap::held_by(&r.objects, &merged, |base, size| {
-                Some(self.state.allocation_in(base, size, &mut self.names)?.1)
-            })
-            .into_iter()
-            .next();
+            r.held_by = heap::held_by(&r.objects, &merged, &mut type_of).into_iter().next();
         }
-        search.walk = walk;
-        search
+        found.search
     }
 
     /// Removes the probes: ~0.1 s per probe in the kernel, so callers report first.
