@@ -22,6 +22,7 @@ use tokio::sync::watch;
 use crate::{
     error::Failure,
     gobin::{GoBinary, TargetError},
+    report::EndReason,
     session::{Session, SessionOptions, Step},
 };
 use discover::{Candidate, ProcessKey};
@@ -201,7 +202,7 @@ async fn trace(
             _ = publish.tick() => {
                 let scrapes = shared.lock().unwrap_or_else(|p| p.into_inner()).scrapes;
                 if published_at_scrape != Some(scrapes) {
-                    let report = session.report("running", usize::MAX);
+                    let report = session.report(EndReason::Running, usize::MAX);
                     shared.lock().unwrap_or_else(|p| p.into_inner()).targets.insert(c.key, TargetMetrics { labels: labels.clone(), report });
                     published_at_scrape = Some(scrapes);
                 }

@@ -29,8 +29,7 @@ pub struct Report {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sampling: Option<crate::probes::sampling::SamplingInfo>,
     pub duration_seconds: f64,
-    /// "duration", "interrupted" or "target exited".
-    pub ended_by: &'static str,
+    pub ended_by: EndReason,
     pub probes: ProbeInfo,
     pub totals: Totals,
     /// Records the kernel could not queue (ring buffer full): counts above are short by these.
@@ -45,6 +44,34 @@ pub struct Report {
     pub finalizers: FinalizerSection,
     /// Lifetimes of the objects seen dying, and allocation sizes, as histogram buckets.
     pub distributions: crate::lifecycle::Distributions,
+}
+
+/// Why tracing stopped, or that it has not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum EndReason {
+    /// `--duration` ran out.
+    #[serde(rename = "duration")]
+    Duration,
+    /// SIGINT or SIGTERM.
+    #[serde(rename = "interrupted")]
+    Interrupted,
+    /// The target exited: every creating frame of the remaining objects is gone.
+    #[serde(rename = "target exited")]
+    TargetExited,
+    /// The agent's report of a target it still traces.
+    #[serde(rename = "running")]
+    Running,
+}
+
+impl EndReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndReason::Duration => "duration",
+            EndReason::Interrupted => "interrupted",
+            EndReason::TargetExited => "target exited",
+            EndReason::Running => "running",
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -113,7 +140,7 @@ impl Report {
             if t.stripped { ", stripped" } else { "" },
             self.mode.as_str(),
             self.duration_seconds,
-            self.ended_by,
+            self.ended_by.as_str(),
             self.probes.uprobes,
             self.probes.functions.len(),
         )?;
@@ -544,7 +571,7 @@ pub(crate) mod tests {
             mode: crate::probes::sampling::Mode::Full,
             sampling: None,
             duration_seconds: 1.5,
-            ended_by: "target exited",
+            ended_by: EndReason::TargetExited,
             probes: ProbeInfo {
                 functions: vec!["runtime.mallocgc".into()],
                 uprobes: 4,

@@ -33,7 +33,7 @@ use crate::{
     probes::sampling::{Mode, SampleRate, SampleRates, SamplingInfo, SamplingOptions, SCALING},
     probes::{ProbePlan, Tracer},
     process::Process,
-    report::{ProbeInfo, Report, TargetInfo},
+    report::{EndReason, ProbeInfo, Report, TargetInfo},
 };
 
 /// Names from the live process, falling back to the binary file for static data (type
@@ -334,14 +334,13 @@ impl Session {
         }
     }
 
-    /// The report as of now; `ended_by` says why tracing stopped ("target exited" means the
-    /// creating frames of the remaining objects are all gone).
-    pub fn report(&mut self, ended_by: &'static str, top: usize) -> Report {
+    /// The report as of now; `ended_by` says why tracing stopped.
+    pub fn report(&mut self, ended_by: EndReason, top: usize) -> Report {
         self.drain();
         if let Some(Err(e)) = self.recorder.take().map(Recorder::finish) {
             eprintln!("maptrace: writing the recording: {e}");
         }
-        let exited = ended_by == "target exited";
+        let exited = ended_by == EndReason::TargetExited;
         let now = monotonic_ns();
         let mut retained = self.state.retained(&mut self.names, exited, now);
         let memory = self.memory();

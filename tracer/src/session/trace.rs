@@ -12,7 +12,7 @@ use crate::{
     error::Failure,
     events::recording::Recorder,
     process::missing_capabilities,
-    report::{write_table, Report},
+    report::{write_table, EndReason, Report},
     session::{Session, SessionOptions, Step},
 };
 
@@ -85,10 +85,10 @@ pub async fn run(opts: &TraceOptions) -> Result<(Report, Session), Failure> {
 
     let ended_by = loop {
         tokio::select! {
-            step = session.step() => if step? == Step::Exited { break "target exited" },
-            _ = &mut deadline => break "duration",
-            _ = sigint.recv() => break "interrupted",
-            _ = sigterm.recv() => break "interrupted",
+            step = session.step() => if step? == Step::Exited { break EndReason::TargetExited },
+            _ = &mut deadline => break EndReason::Duration,
+            _ = sigint.recv() => break EndReason::Interrupted,
+            _ = sigterm.recv() => break EndReason::Interrupted,
             _ = tick.tick() => progress(opts.live, start, &mut session),
         }
     };
