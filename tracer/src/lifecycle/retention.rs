@@ -130,6 +130,6 @@ pub fn retained_rows(
             })
         })
         .collect();
-    rows.sort_by(|a, b| (b.retained_bytes, b.retained_count).cmp(&(a.retained_bytes, a.retained_count)));
+    rows.sort_by_key(|r| std::cmp::Reverse((r.retained_bytes, r.retained_count)));
     rows
 }
