@@ -46,7 +46,7 @@ mod tests {
     #[test]
     fn a_tower_per_retained_row_from_its_holder() {
         let mut out = Vec::new();
-        super::super::tests::held_report().write_flamegraph(&mut out).unwrap();
+        crate::report::tests::held_report().write_flamegraph(&mut out).unwrap();
         let svg = String::from_utf8(out).unwrap();
         assert!(svg.starts_with("<?xml") && svg.contains("<svg"), "{svg}");
         for want in [
