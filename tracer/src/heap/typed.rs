@@ -39,6 +39,11 @@ pub struct Slots<'g> {
 }
 
 impl<'g> Slots<'g> {
+    /// The type graph the slots are read from.
+    pub fn types(&self) -> &'g TypeGraph {
+        self.graph
+    }
+
     pub fn new(graph: &'g TypeGraph) -> Self {
         Slots {
             graph,
