@@ -1,10 +1,9 @@
-//! Has the frame that created a site's objects returned? (design.md: the creating frame is the
-//! site's frame on goroutine G; it has returned when G exited, or when G's stack no longer holds
-//! it.) Every record carries its goroutine's stack, so each record of G after a creation tells
-//! whether the creating frame is still there: it is iff the new stack still ends with the chain of
-//! return addresses from the site's caller outwards (depth from the stack top, which survives the
-//! runtime copying stacks). A goroutine that makes no later record leaves the question open until
-//! the target exits.
+//! Has the frame that created a site's objects returned? (The creating frame is the site's frame, the first non-runtime
+//! one, on goroutine G; it has returned when G exited, or when G's stack no longer holds it.) Every record carries its
+//! goroutine's stack, so each record of G after a creation tells whether the creating frame is still there: it is iff
+//! the new stack still ends with the chain of return addresses from the site's caller outwards (depth from the stack
+//! top, which survives the runtime copying stacks). A goroutine that makes no later record leaves the question open
+//! until the target exits.
 //!
 //! Objects are judged one by one: an object made before the oldest creating frame still open at
 //! its site was opened belongs to a frame that has since returned (each goroutine runs one frame

@@ -1,5 +1,5 @@
 //! Finalizers and cleanups: registered, removed, queued, started — and for each one that never
-//! ran after K GC cycles, why (design.md, "Finalizer never ran"):
+//! ran after K GC cycles, why:
 //! (a) the object is still reachable; (b) it is reachable from its own finalizer or cleanup (a
 //! cycle: it can never run); (c) it was queued but the goroutine that runs it is stuck in an
 //! earlier one; (d) it shares a tiny-allocator block with other live values.

@@ -1,5 +1,5 @@
 //! The Retained section: sites whose objects are alive after K completed GC cycles *and* after
-//! their creating frame returned (design.md's definition), from the lifecycle engine, the
+//! their creating frame returned, from the lifecycle engine, the
 //! creating-frame tracker and the site table.
 
 use std::collections::HashMap;
