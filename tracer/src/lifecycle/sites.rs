@@ -146,6 +146,68 @@ pub struct FrameRow {
 /// How many caller frames a row keeps.
 const ROW_DEPTH: usize = 8;
 
+/// Where on its stack a record's site is, and what kind of value it makes.
+struct Placement {
+    /// Index in the stack of the first user frame; None when the runtime made it for itself.
+    frame: Option<usize>,
+    kind: ValueKind,
+    /// For untyped memory: the Go type its runtime maker implies.
+    untyped_as: Option<&'static str>,
+}
+
+/// Walks the stack outwards from the probed runtime function (`stack[0]`; the rest are return
+/// addresses) to the first user frame, learning from the runtime frames on the way what is made.
+fn place(ev: Made<'_>, names: &mut dyn Resolve) -> Placement {
+    let sampled = matches!(ev, Made::Sample(_));
+    let mut p = Placement {
+        frame: None,
+        kind: match ev.container() {
+            ContainerKind::Map => ValueKind::Map,
+            ContainerKind::Slice => ValueKind::Slice,
+            ContainerKind::None => ValueKind::Object,
+        },
+        untyped_as: None,
+    };
+    let mut below_other_runtime = false;
+    for (i, &pc) in ev.origin().stack.iter().enumerate().skip(1) {
+        let Some(f) = names.frame(pc.wrapping_sub(1)) else {
+            continue;
+        };
+        if !is_runtime_function(&f.function) {
+            p.frame = Some(i);
+            break;
+        }
+        if is_allocator(&f.function) {
+            // An allocation the runtime made while serving another (a GC cycle starting
+            // inside mallocgc allocates its workers): the runtime's own, not the caller's.
+            // (mallocgc directly above a size-specialized allocator is the same allocation.)
+            if below_other_runtime {
+                break;
+            }
+        } else {
+            below_other_runtime = true;
+        }
+        // The collector's own bookkeeping (workers started by runtime.GC or an allocation).
+        if is_gc_function(&f.function) {
+            break;
+        }
+        // Storage the map implementation makes (groups, tables, its directory slice) is the map's.
+        if is_map_function(&f.function) {
+            p.kind = ValueKind::Map;
+        }
+        if ev.type_ptr() == 0 && p.untyped_as.is_none() {
+            if let Some((k, name)) = untyped_payload(&f.function) {
+                (p.kind, p.untyped_as) = (k, Some(name));
+            }
+        }
+        // A sample has no constructor record: the constructor's frame says what it is.
+        if sampled && p.kind == ValueKind::Object && is_slice_constructor(&f.function) {
+            p.kind = ValueKind::Slice;
+        }
+    }
+    p
+}
+
 impl SiteTable {
     /// Counts a record at its site; `None` for storage of a slice or map under construction,
     /// which is reported with its constructor's record.
@@ -160,95 +222,34 @@ impl SiteTable {
         let (size, type_ptr, stack) = (ev.bytes(), ev.type_ptr(), &ev.origin().stack);
         // Heap blocks count towards the heap; a constructor's value is made of blocks counted so.
         if !matches!(ev, Made::Constructor(_)) {
-            self.totals.samples += u64::from(sampled);
-            self.heap_estimate.0 += weight;
-            self.heap_estimate.1 += weight * size as f64;
-            self.totals.heap_allocations = self.heap_estimate.0.round() as u64;
-            self.totals.heap_bytes = self.heap_estimate.1.round() as u64;
+            self.count_heap(weight, size, sampled);
             if ev.container() != ContainerKind::None {
                 return None;
             }
         }
-        // stack[0] is inside the probed runtime function; the rest are return addresses.
-        let mut kind = match ev.container() {
-            ContainerKind::Map => ValueKind::Map,
-            ContainerKind::Slice => ValueKind::Slice,
-            ContainerKind::None => ValueKind::Object,
-        };
-        let mut site = None;
-        let mut untyped_as = None;
-        let mut below_other_runtime = false;
-        for (i, &pc) in stack.iter().enumerate().skip(1) {
-            let Some(f) = names.frame(pc.wrapping_sub(1)) else {
-                continue;
-            };
-            if !is_runtime_function(&f.function) {
-                site = Some(i);
-                break;
-            }
-            if is_allocator(&f.function) {
-                // An allocation the runtime made while serving another (a GC cycle starting
-                // inside mallocgc allocates its workers): the runtime's own, not the caller's.
-                // (mallocgc directly above a size-specialized allocator is the same allocation.)
-                if below_other_runtime {
-                    break;
-                }
-            } else {
-                below_other_runtime = true;
-            }
-            // The collector's own bookkeeping (workers started by runtime.GC or an allocation).
-            if is_gc_function(&f.function) {
-                break;
-            }
-            // Storage the map implementation makes (groups, tables, its directory slice) is the map's.
-            if is_map_function(&f.function) {
-                kind = ValueKind::Map;
-            }
-            if type_ptr == 0 && untyped_as.is_none() {
-                if let Some((k, name)) = untyped_payload(&f.function) {
-                    kind = k;
-                    untyped_as = Some(name);
-                }
-            }
-            // A sample has no constructor record: the constructor's frame says what it is.
-            if sampled && kind == ValueKind::Object && is_slice_constructor(&f.function) {
-                kind = ValueKind::Slice;
-            }
-        }
+        let Placement {
+            mut frame,
+            kind,
+            untyped_as,
+        } = place(ev, names);
         // Objects of the runtime's own types (sudogs, goroutine descriptors) are its bookkeeping,
         // whatever user call led to them.
         if names.go_type(type_ptr).is_some_and(|t| is_runtime_type(&t.name)) {
-            site = None;
+            frame = None;
         }
-        let (site_pc, callers) = match site {
+        let (site_pc, callers) = match frame {
             Some(i) => (stack[i], &stack[i..]),
             None => (0, &stack[..0]),
         };
-        let elem_type = matches!(ev, Made::Constructor(c) if c.kind == ContainerKind::Slice);
         let key = SiteKey {
             site_pc,
             kind,
             type_ptr,
-            elem_type,
+            elem_type: matches!(ev, Made::Constructor(c) if c.kind == ContainerKind::Slice),
             untyped_as,
             sampled,
         };
-        let id = match self.index.get(&key) {
-            Some(&id) => id,
-            None => {
-                let id = self.sites.len() as u64;
-                let stats = SiteStats {
-                    count: 0.0,
-                    bytes: 0.0,
-                    records: 0,
-                    record_bytes: 0,
-                    callers: user_callers(callers, names),
-                };
-                self.sites.push((key, stats));
-                self.index.insert(key, id);
-                id
-            }
-        };
+        let id = self.site(key, callers, names);
         let stats = &mut self.sites[id as usize].1;
         stats.count += weight;
         stats.bytes += weight * size as f64;
@@ -256,8 +257,35 @@ impl SiteTable {
         stats.record_bytes += size;
         Some(SiteHit {
             site: id,
-            frame_index: site,
+            frame_index: frame,
         })
+    }
+
+    /// A heap block (or a sample standing for `weight` of them) of `size` bytes.
+    fn count_heap(&mut self, weight: f64, size: u64, sampled: bool) {
+        self.totals.samples += u64::from(sampled);
+        self.heap_estimate.0 += weight;
+        self.heap_estimate.1 += weight * size as f64;
+        self.totals.heap_allocations = self.heap_estimate.0.round() as u64;
+        self.totals.heap_bytes = self.heap_estimate.1.round() as u64;
+    }
+
+    /// The id of the site with `key`, made with `callers` as its stack if it is new.
+    fn site(&mut self, key: SiteKey, callers: &[u64], names: &mut dyn Resolve) -> u64 {
+        if let Some(&id) = self.index.get(&key) {
+            return id;
+        }
+        let id = self.sites.len() as u64;
+        let stats = SiteStats {
+            count: 0.0,
+            bytes: 0.0,
+            records: 0,
+            record_bytes: 0,
+            callers: user_callers(callers, names),
+        };
+        self.sites.push((key, stats));
+        self.index.insert(key, id);
+        id
     }
 
     pub fn len(&self) -> usize {
