@@ -39,11 +39,13 @@ pub enum RecordKind {
     CycleEnd = 3,
     /// A span is about to be swept: which of its objects the last cycle marked ([`SpanRecord`]).
     SpanSwept = 4,
-    /// `SetFinalizer` registered a finalizer: `ptr` the object, `size` the `*funcval`.
+    /// `SetFinalizer` registered a finalizer: `ptr` the object, `size` the `*funcval`,
+    /// `type_ptr` the `*T` type it was called with.
     FinalizerSet = 5,
     /// `SetFinalizer(x, nil)`: `ptr` the object.
     FinalizerRemoved = 6,
-    /// A sweep found the object unreachable and queued its finalizer: `ptr` the object.
+    /// A sweep found the object unreachable and queued its finalizer: `ptr` the object, `size`
+    /// the `*funcval`.
     FinalizerQueued = 7,
     /// The finalizer goroutine starts a finalizer: `ptr` the object, `size` the `*funcval`.
     FinalizerStarted = 8,
@@ -256,11 +258,12 @@ pub struct Record {
     /// The goroutine's `g` pointer (to read its state later, e.g. the finalizer goroutine's).
     pub g: u64,
     pub ptr: u64,
-    /// Bytes requested (`Alloc`) or allocated in all (`Container`); for object events, the
-    /// auxiliary value (a finalizer's `*funcval`).
+    /// Bytes requested (`Alloc`, `Sampled`) or allocated in all (`Container`); for finalizer and
+    /// cleanup events, the auxiliary value each [`RecordKind`] names (a `*funcval`, a handle).
     pub size: u64,
-    /// `*abi.Type` in the target: the allocated type (`Alloc`, 0 for untyped memory) or the
-    /// constructor's element/map type (`Container`).
+    /// `*abi.Type` in the target: the allocated type (`Alloc`, 0 for untyped memory), the
+    /// constructor's element/map type (`Container`) or `SetFinalizer`'s `*T`; for `CleanupSet`,
+    /// the cleanup's `*funcval`.
     pub type_ptr: u64,
     pub alloc_count: u64,
     pub ktime_ns: u64,

@@ -5,10 +5,9 @@
 use std::collections::HashMap;
 
 use serde::Serialize;
-use tracer_common::RecordKind;
 
 use crate::{
-    events::{Event, TraceEvent},
+    events::{Finalization, Made, Step, TraceEvent},
     gobin::symbolize::is_runtime_function,
     gobin::{CleanupFunction, CleanupLayout, RuntimeLayout},
     heap::goroutines::goroutine_state,
@@ -115,32 +114,10 @@ impl Correlator {
 
     pub fn record(&mut self, ev: &TraceEvent, names: &mut dyn Resolve) {
         match ev {
-            TraceEvent::Alloc(ev) => self.allocation(ev, names),
-            TraceEvent::Object(ev) => {
-                names.go_type(ev.type_ptr);
-                self.frames.observe(ev.goid, &ev.stack);
-                // The object's type as allocated, while it is alive (cleanups get no type).
-                let alloc_type = self
-                    .lifecycle
-                    .object_containing(ev.ptr)
-                    .filter(|o| site_id::is_head(o.site))
-                    .and_then(|o| self.sites.object_type(o.site));
-                match ev.kind {
-                    RecordKind::FinalizerSet => self.lifecycle.on_finalizer(ev.ptr, true),
-                    RecordKind::FinalizerRemoved => self.lifecycle.on_finalizer(ev.ptr, false),
-                    _ => {}
-                }
-                match self.cleanup_function(ev, names.memory()) {
-                    Some(function) => self.finalizers.record(
-                        &Event {
-                            type_ptr: function,
-                            ..ev.clone()
-                        },
-                        alloc_type.unwrap_or(0),
-                    ),
-                    None => self.finalizers.record(ev, alloc_type.unwrap_or(0)),
-                }
-            }
+            TraceEvent::Alloc(a) => self.allocation(Made::Allocation(a), names),
+            TraceEvent::Constructor(c) => self.allocation(Made::Constructor(c), names),
+            TraceEvent::Sampled(s) => self.allocation(Made::Sample(s), names),
+            TraceEvent::Finalization(f) => self.finalization(f, names),
             TraceEvent::CycleEnd { cycle, ktime_ns } => {
                 // The entry probe fires again when the function's stack check grows the stack.
                 if self.lifecycle.last_cycle().is_some_and(|last| *cycle <= last) {
@@ -150,7 +127,7 @@ impl Correlator {
                 self.cycles_seen += 1;
                 self.first_cycle.get_or_insert(*cycle);
             }
-            TraceEvent::SampleFreed { ptr, ktime_ns } => self.lifecycle.on_free(*ptr, *ktime_ns),
+            TraceEvent::SampleFreed { object, ktime_ns } => self.lifecycle.on_free(*object, *ktime_ns),
             TraceEvent::SpanSwept(s) => {
                 let span = SweptSpan {
                     base: s.base,
@@ -164,54 +141,82 @@ impl Correlator {
         }
     }
 
-    /// The cleanup `*funcval` of a registration whose record has only its handle: read now,
-    /// while the handle (AddCleanup's wrapper closure) is surely alive.
-    fn cleanup_function(&self, ev: &Event, memory: &dyn Memory) -> Option<u64> {
-        let CleanupFunction::CapturedByHandle { by_reference } = self.cleanups?.function else {
-            return None;
-        };
-        if ev.kind != RecordKind::CleanupSet {
-            return None;
+    /// A finalizer or cleanup event: the lifecycle engine learns which objects have finalizers,
+    /// the finalizer state machine the rest.
+    fn finalization(&mut self, ev: &Finalization, names: &mut dyn Resolve) {
+        if let Step::FinalizerSet { ptr_type, .. } = ev.step {
+            names.go_type(ptr_type);
         }
-        let capture = memory.word(ev.size + 8)?;
-        if by_reference {
-            memory.word(capture)
-        } else {
-            Some(capture)
+        self.frames.observe(ev.origin.goid, &ev.origin.stack);
+        // The object's type as allocated, while it is alive (cleanups get no type).
+        let alloc_type = ev
+            .step
+            .object()
+            .and_then(|object| self.lifecycle.object_containing(object))
+            .filter(|o| site_id::is_head(o.site))
+            .and_then(|o| self.sites.object_type(o.site));
+        match ev.step {
+            Step::FinalizerSet { object, .. } => self.lifecycle.on_finalizer(object, true),
+            Step::FinalizerRemoved { object } => self.lifecycle.on_finalizer(object, false),
+            _ => {}
+        }
+        let alloc_type = alloc_type.unwrap_or(0);
+        match self.with_cleanup_function(ev.step, names.memory()) {
+            Some(step) => self.finalizers.record(&Finalization { step, ..ev.clone() }, alloc_type),
+            None => self.finalizers.record(ev, alloc_type),
         }
     }
 
-    fn allocation(&mut self, ev: &Event, names: &mut dyn Resolve) {
-        // Resolve the type now, while the process (and any type the runtime made) still exists.
-        names.go_type(ev.type_ptr);
-        self.frames.observe(ev.goid, &ev.stack);
-        let alloc = Alloc {
-            addr: ev.ptr,
-            size: ev.size,
-            site: 0,
-            born_cycle: ev.gc_cycle,
-            time_ns: ev.ktime_ns,
+    /// A cleanup registration whose record has only its handle, with the cleanup's `*funcval`
+    /// read now, while the handle (AddCleanup's wrapper closure) is surely alive.
+    fn with_cleanup_function(&self, step: Step, memory: &dyn Memory) -> Option<Step> {
+        let CleanupFunction::CapturedByHandle { by_reference } = self.cleanups?.function else {
+            return None;
         };
-        let weight = match ev.kind {
-            RecordKind::Sampled => {
-                ev.alloc_count.max(1) as f64 * allocations_per_sample(ev.size, self.sample_rates.at(ev.ktime_ns))
+        let Step::CleanupSet { object, handle, .. } = step else {
+            return None;
+        };
+        let capture = memory.word(handle + 8)?;
+        let funcval = if by_reference { memory.word(capture)? } else { capture };
+        Some(Step::CleanupSet {
+            object,
+            handle,
+            funcval,
+        })
+    }
+
+    fn allocation(&mut self, ev: Made<'_>, names: &mut dyn Resolve) {
+        // Resolve the type now, while the process (and any type the runtime made) still exists.
+        names.go_type(ev.type_ptr());
+        let origin = ev.origin();
+        self.frames.observe(origin.goid, &origin.stack);
+        let alloc = Alloc {
+            addr: ev.address(),
+            size: ev.bytes(),
+            site: 0,
+            born_cycle: origin.gc_cycle,
+            time_ns: origin.ktime_ns,
+        };
+        let weight = match ev {
+            Made::Sample(s) => {
+                s.samples.max(1) as f64 * allocations_per_sample(s.size, self.sample_rates.at(origin.ktime_ns))
             }
             _ => 1.0,
         };
         let hit = self.sites.add_weighted(ev, weight, names);
         let Some(hit) = hit else {
-            let pending = self.pending.entry(ev.goid).or_default();
+            let pending = self.pending.entry(origin.goid).or_default();
             if pending.len() >= MAX_PENDING {
                 pending.remove(0);
             }
             pending.push(alloc);
             return;
         };
-        if ev.kind == RecordKind::Container {
-            let blocks = self.pending.remove(&ev.goid).unwrap_or_default();
+        if let Made::Constructor(c) = ev {
+            let blocks = self.pending.remove(&origin.goid).unwrap_or_default();
             // The head is the block the constructor returned (a slice's array, a map's header);
             // a map whose header lives on the caller's stack has none, so its first block stands in.
-            let head = blocks.iter().position(|a| a.addr == ev.ptr).unwrap_or(0);
+            let head = blocks.iter().position(|a| a.addr == c.result).unwrap_or(0);
             for (i, a) in blocks.into_iter().enumerate() {
                 let site = if i == head { hit.site } else { site_id::parts(hit.site) };
                 self.lifecycle.on_alloc(Alloc { site, ..a });
@@ -223,7 +228,8 @@ impl Correlator {
             });
         }
         if let Some(i) = hit.frame_index {
-            self.frames.created(hit.site, ev.goid, &ev.stack, i, ev.ktime_ns);
+            self.frames
+                .created(hit.site, origin.goid, &origin.stack, i, origin.ktime_ns);
         }
     }
 

@@ -11,10 +11,8 @@
 
 use std::collections::{hash_map::Entry, HashMap};
 
+use crate::events::{Finalization, Step};
 use serde::Serialize;
-use tracer_common::RecordKind;
-
-use crate::events::Event;
 
 /// `runtime.SetFinalizer` or `runtime.AddCleanup`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -91,6 +89,28 @@ pub struct Subject {
     pub alloc_type: u64,
 }
 
+impl Subject {
+    fn finalizer(object: u64, function: u64, ptr_type: u64) -> Self {
+        Self {
+            mechanism: Mechanism::Finalizer,
+            object,
+            function,
+            ptr_type,
+            ..Self::default()
+        }
+    }
+
+    fn cleanup(object: u64, handle: u64, function: u64) -> Self {
+        Self {
+            mechanism: Mechanism::Cleanup,
+            object,
+            function,
+            handle,
+            ..Self::default()
+        }
+    }
+}
+
 /// One registered finalizer or cleanup.
 #[derive(Clone, Debug)]
 pub struct Registration {
@@ -143,62 +163,62 @@ impl Finalizers {
     }
 
     /// `alloc_type`: for a registration, the object's type as allocated (0 if unknown).
-    pub fn record(&mut self, ev: &Event, alloc_type: u64) {
-        let registration = |mechanism, function, handle, ptr_type| Registration {
-            what: Subject {
-                mechanism,
-                object: ev.ptr,
-                function,
-                handle,
-                ptr_type,
-                alloc_type,
-            },
-            time_ns: ev.ktime_ns,
-            cycle: ev.gc_cycle,
-            stack: ev.stack.clone(),
-            state: State::Registered,
-        };
-        // An entry probe fires twice for one call when the function's prologue grows the stack and
-        // restarts it: a registration or queueing seen again for the same key is not counted again.
-        match ev.kind {
-            RecordKind::FinalizerSet => {
-                if let Entry::Vacant(e) = self.pending.entry(Key::Finalizer(ev.ptr)) {
-                    e.insert(registration(Mechanism::Finalizer, ev.size, 0, ev.type_ptr));
-                    self.counts.registered += 1;
-                }
-            }
-            RecordKind::FinalizerRemoved => {
-                if self.pending.remove(&Key::Finalizer(ev.ptr)).is_some() {
+    pub fn record(&mut self, ev: &Finalization, alloc_type: u64) {
+        let at_ns = ev.origin.ktime_ns;
+        match ev.step {
+            Step::FinalizerSet { .. } | Step::CleanupSet { .. } => self.registered(ev, alloc_type),
+            Step::FinalizerRemoved { object } => {
+                if self.pending.remove(&Key::Finalizer(object)).is_some() {
                     self.counts.removed += 1;
                 }
             }
             // Go 1.24 queues cleanups through the same function, without an object (counted from
             // freeSpecial instead).
-            RecordKind::FinalizerQueued if ev.ptr != 0 => {
-                if self.queued(Key::Finalizer(ev.ptr), ev.ktime_ns) {
+            Step::FinalizerQueued { object: 0, .. } => {}
+            Step::FinalizerQueued { object, .. } => {
+                if self.queued(Key::Finalizer(object), at_ns) {
                     self.counts.queued += 1;
                 }
             }
-            RecordKind::FinalizerStarted => {
-                self.counts.started += 1;
-                self.started(Key::Finalizer(ev.ptr), Mechanism::Finalizer, ev);
-            }
-            RecordKind::CleanupSet => {
-                if let Entry::Vacant(e) = self.pending.entry(Key::Cleanup(ev.size)) {
-                    e.insert(registration(Mechanism::Cleanup, ev.type_ptr, ev.size, 0));
-                    self.counts.cleanups_registered += 1;
-                }
-            }
-            RecordKind::CleanupQueued => {
-                if self.queued(Key::Cleanup(ev.size), ev.ktime_ns) {
+            Step::CleanupQueued { handle, .. } => {
+                if self.queued(Key::Cleanup(handle), at_ns) {
                     self.counts.cleanups_queued += 1;
                 }
             }
-            RecordKind::CleanupStarted => {
-                self.counts.cleanups_started += 1;
-                self.started(Key::Cleanup(ev.ptr), Mechanism::Cleanup, ev);
-            }
-            _ => {}
+            Step::FinalizerStarted { .. } | Step::CleanupStarted { .. } => self.started(ev),
+        }
+    }
+
+    /// A `SetFinalizer` or `AddCleanup`. An entry probe fires twice for one call when the
+    /// function's prologue grows the stack and restarts it: a registration seen again for the
+    /// same key is not counted again.
+    fn registered(&mut self, ev: &Finalization, alloc_type: u64) {
+        let (key, what) = match ev.step {
+            Step::FinalizerSet {
+                object,
+                funcval,
+                ptr_type,
+            } => (Key::Finalizer(object), Subject::finalizer(object, funcval, ptr_type)),
+            Step::CleanupSet {
+                object,
+                handle,
+                funcval,
+            } => (Key::Cleanup(handle), Subject::cleanup(object, handle, funcval)),
+            _ => return,
+        };
+        let Entry::Vacant(e) = self.pending.entry(key) else {
+            return;
+        };
+        e.insert(Registration {
+            what: Subject { alloc_type, ..what },
+            time_ns: ev.origin.ktime_ns,
+            cycle: ev.origin.gc_cycle,
+            stack: ev.origin.stack.clone(),
+            state: State::Registered,
+        });
+        match key {
+            Key::Finalizer(_) => self.counts.registered += 1,
+            Key::Cleanup(_) => self.counts.cleanups_registered += 1,
         }
     }
 
@@ -215,29 +235,27 @@ impl Finalizers {
     }
 
     /// Started, and the one before it on the same goroutine has returned (a runner runs one at a time).
-    fn started(&mut self, key: Key, mechanism: Mechanism, ev: &Event) {
+    fn started(&mut self, ev: &Finalization) {
         // A finalizer start names its object and function; a cleanup's only its handle.
-        let what = match (mechanism, self.pending.remove(&key)) {
-            (_, Some(r)) => r.what,
-            (Mechanism::Finalizer, None) => Subject {
-                mechanism,
-                object: ev.ptr,
-                function: ev.size,
-                ..Subject::default()
-            },
-            (Mechanism::Cleanup, None) => Subject {
-                mechanism,
-                handle: ev.ptr,
-                ..Subject::default()
-            },
+        let (key, unseen) = match ev.step {
+            Step::FinalizerStarted { object, funcval } => {
+                self.counts.started += 1;
+                (Key::Finalizer(object), Subject::finalizer(object, funcval, 0))
+            }
+            Step::CleanupStarted { handle } => {
+                self.counts.cleanups_started += 1;
+                (Key::Cleanup(handle), Subject::cleanup(0, handle, 0))
+            }
+            _ => return,
         };
+        let on = &ev.origin;
         let run = Running {
-            what,
-            g: ev.g,
-            goid: ev.goid,
-            since_ns: ev.ktime_ns,
+            what: self.pending.remove(&key).map_or(unseen, |r| r.what),
+            g: on.g,
+            goid: on.goid,
+            since_ns: on.ktime_ns,
         };
-        self.running.insert(ev.g, run);
+        self.running.insert(on.g, run);
     }
 
     /// Registered (or queued) and not started, oldest first.
@@ -323,25 +341,29 @@ impl Registration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::tests::record;
-    use tracer_common::ContainerKind;
+    use crate::events::{tests::record, TraceEvent};
+    use tracer_common::{ContainerKind, RecordKind};
 
-    fn ev(kind: RecordKind, ptr: u64, aux: u64, t: u64) -> Event {
+    /// A record of `kind` decoded, with `ptr` and `size` set (`type_ptr` stays 0x4a0000).
+    fn ev(kind: RecordKind, ptr: u64, aux: u64, t: u64) -> Finalization {
         let mut r = record(kind, ContainerKind::None, &[0x1000, 0x2010], 0);
         r.ptr = ptr;
         r.size = aux;
         r.ktime_ns = t;
-        Event::from_record(&r).unwrap()
+        match TraceEvent::from_record(&r) {
+            Ok(TraceEvent::Finalization(f)) => f,
+            other => panic!("{kind:?} decoded as {other:?}"),
+        }
     }
 
     impl Finalizers {
-        fn record0(&mut self, e: &Event) {
+        fn record0(&mut self, e: &Finalization) {
             self.record(e, 0);
         }
     }
 
-    fn on(g: u64, mut e: Event) -> Event {
-        e.g = g;
+    fn on(g: u64, mut e: Finalization) -> Finalization {
+        e.origin.g = g;
         e
     }
 

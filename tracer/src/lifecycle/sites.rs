@@ -4,10 +4,10 @@
 use std::{collections::HashMap, sync::Arc};
 
 use serde::Serialize;
-use tracer_common::{ContainerKind, RecordKind};
+use tracer_common::ContainerKind;
 
 use crate::{
-    events::Event,
+    events::Made,
     gobin::runtime_types::GoType,
     gobin::symbolize::{is_allocator, is_gc_function, is_map_function, is_runtime_function, is_runtime_type},
     gobin::Frame,
@@ -146,116 +146,146 @@ pub struct FrameRow {
 /// How many caller frames a row keeps.
 const ROW_DEPTH: usize = 8;
 
+/// Where on its stack a record's site is, and what kind of value it makes.
+struct Placement {
+    /// Index in the stack of the first user frame; None when the runtime made it for itself.
+    frame: Option<usize>,
+    kind: ValueKind,
+    /// For untyped memory: the Go type its runtime maker implies.
+    untyped_as: Option<&'static str>,
+}
+
+/// Walks the stack outwards from the probed runtime function (`stack[0]`; the rest are return
+/// addresses) to the first user frame, learning from the runtime frames on the way what is made.
+fn place(ev: Made<'_>, names: &mut dyn Resolve) -> Placement {
+    let sampled = matches!(ev, Made::Sample(_));
+    let mut p = Placement {
+        frame: None,
+        kind: match ev.container() {
+            ContainerKind::Map => ValueKind::Map,
+            ContainerKind::Slice => ValueKind::Slice,
+            ContainerKind::None => ValueKind::Object,
+        },
+        untyped_as: None,
+    };
+    let mut below_other_runtime = false;
+    for (i, &pc) in ev.origin().stack.iter().enumerate().skip(1) {
+        let Some(f) = names.frame(pc.wrapping_sub(1)) else {
+            continue;
+        };
+        if !is_runtime_function(&f.function) {
+            p.frame = Some(i);
+            break;
+        }
+        if is_allocator(&f.function) {
+            // An allocation the runtime made while serving another (a GC cycle starting
+            // inside mallocgc allocates its workers): the runtime's own, not the caller's.
+            // (mallocgc directly above a size-specialized allocator is the same allocation.)
+            if below_other_runtime {
+                break;
+            }
+        } else {
+            below_other_runtime = true;
+        }
+        // The collector's own bookkeeping (workers started by runtime.GC or an allocation).
+        if is_gc_function(&f.function) {
+            break;
+        }
+        // Storage the map implementation makes (groups, tables, its directory slice) is the map's.
+        if is_map_function(&f.function) {
+            p.kind = ValueKind::Map;
+        }
+        if ev.type_ptr() == 0 && p.untyped_as.is_none() {
+            if let Some((k, name)) = untyped_payload(&f.function) {
+                (p.kind, p.untyped_as) = (k, Some(name));
+            }
+        }
+        // A sample has no constructor record: the constructor's frame says what it is.
+        if sampled && p.kind == ValueKind::Object && is_slice_constructor(&f.function) {
+            p.kind = ValueKind::Slice;
+        }
+    }
+    p
+}
+
 impl SiteTable {
     /// Counts a record at its site; `None` for storage of a slice or map under construction,
     /// which is reported with its constructor's record.
-    pub fn add(&mut self, ev: &Event, names: &mut dyn Resolve) -> Option<SiteHit> {
+    pub fn add(&mut self, ev: Made<'_>, names: &mut dyn Resolve) -> Option<SiteHit> {
         self.add_weighted(ev, 1.0, names)
     }
 
     /// [`Self::add`] for a record that stands for `weight` allocations (a sample).
-    pub fn add_weighted(&mut self, ev: &Event, weight: f64, names: &mut dyn Resolve) -> Option<SiteHit> {
+    pub fn add_weighted(&mut self, ev: Made<'_>, weight: f64, names: &mut dyn Resolve) -> Option<SiteHit> {
         self.totals.records += 1;
-        let sampled = ev.kind == RecordKind::Sampled;
-        if ev.kind == RecordKind::Alloc || sampled {
-            self.totals.samples += u64::from(sampled);
-            self.heap_estimate.0 += weight;
-            self.heap_estimate.1 += weight * ev.size as f64;
-            self.totals.heap_allocations = self.heap_estimate.0.round() as u64;
-            self.totals.heap_bytes = self.heap_estimate.1.round() as u64;
-            if ev.container != ContainerKind::None {
+        let sampled = matches!(ev, Made::Sample(_));
+        let (size, type_ptr, stack) = (ev.bytes(), ev.type_ptr(), &ev.origin().stack);
+        // Heap blocks count towards the heap; a constructor's value is made of blocks counted so.
+        if !matches!(ev, Made::Constructor(_)) {
+            self.count_heap(weight, size, sampled);
+            if ev.container() != ContainerKind::None {
                 return None;
             }
         }
-        // stack[0] is inside the probed runtime function; the rest are return addresses.
-        let mut kind = match ev.container {
-            ContainerKind::Map => ValueKind::Map,
-            ContainerKind::Slice => ValueKind::Slice,
-            ContainerKind::None => ValueKind::Object,
-        };
-        let mut site = None;
-        let mut untyped_as = None;
-        let mut below_other_runtime = false;
-        for (i, &pc) in ev.stack.iter().enumerate().skip(1) {
-            let Some(f) = names.frame(pc.wrapping_sub(1)) else {
-                continue;
-            };
-            if !is_runtime_function(&f.function) {
-                site = Some(i);
-                break;
-            }
-            if is_allocator(&f.function) {
-                // An allocation the runtime made while serving another (a GC cycle starting
-                // inside mallocgc allocates its workers): the runtime's own, not the caller's.
-                // (mallocgc directly above a size-specialized allocator is the same allocation.)
-                if below_other_runtime {
-                    break;
-                }
-            } else {
-                below_other_runtime = true;
-            }
-            // The collector's own bookkeeping (workers started by runtime.GC or an allocation).
-            if is_gc_function(&f.function) {
-                break;
-            }
-            // Storage the map implementation makes (groups, tables, its directory slice) is the map's.
-            if is_map_function(&f.function) {
-                kind = ValueKind::Map;
-            }
-            if ev.type_ptr == 0 && untyped_as.is_none() {
-                if let Some((k, name)) = untyped_payload(&f.function) {
-                    kind = k;
-                    untyped_as = Some(name);
-                }
-            }
-            // A sample has no constructor record: the constructor's frame says what it is.
-            if sampled && kind == ValueKind::Object && is_slice_constructor(&f.function) {
-                kind = ValueKind::Slice;
-            }
-        }
+        let Placement {
+            mut frame,
+            kind,
+            untyped_as,
+        } = place(ev, names);
         // Objects of the runtime's own types (sudogs, goroutine descriptors) are its bookkeeping,
         // whatever user call led to them.
-        if names.go_type(ev.type_ptr).is_some_and(|t| is_runtime_type(&t.name)) {
-            site = None;
+        if names.go_type(type_ptr).is_some_and(|t| is_runtime_type(&t.name)) {
+            frame = None;
         }
-        let (site_pc, callers) = match site {
-            Some(i) => (ev.stack[i], &ev.stack[i..]),
-            None => (0, &ev.stack[..0]),
+        let (site_pc, callers) = match frame {
+            Some(i) => (stack[i], &stack[i..]),
+            None => (0, &stack[..0]),
         };
-        let elem_type = ev.kind == RecordKind::Container && ev.container == ContainerKind::Slice;
         let key = SiteKey {
             site_pc,
             kind,
-            type_ptr: ev.type_ptr,
-            elem_type,
+            type_ptr,
+            elem_type: matches!(ev, Made::Constructor(c) if c.kind == ContainerKind::Slice),
             untyped_as,
             sampled,
         };
-        let id = match self.index.get(&key) {
-            Some(&id) => id,
-            None => {
-                let id = self.sites.len() as u64;
-                let stats = SiteStats {
-                    count: 0.0,
-                    bytes: 0.0,
-                    records: 0,
-                    record_bytes: 0,
-                    callers: user_callers(callers, names),
-                };
-                self.sites.push((key, stats));
-                self.index.insert(key, id);
-                id
-            }
-        };
+        let id = self.site(key, callers, names);
         let stats = &mut self.sites[id as usize].1;
         stats.count += weight;
-        stats.bytes += weight * ev.size as f64;
+        stats.bytes += weight * size as f64;
         stats.records += 1;
-        stats.record_bytes += ev.size;
+        stats.record_bytes += size;
         Some(SiteHit {
             site: id,
-            frame_index: site,
+            frame_index: frame,
         })
+    }
+
+    /// A heap block (or a sample standing for `weight` of them) of `size` bytes.
+    fn count_heap(&mut self, weight: f64, size: u64, sampled: bool) {
+        self.totals.samples += u64::from(sampled);
+        self.heap_estimate.0 += weight;
+        self.heap_estimate.1 += weight * size as f64;
+        self.totals.heap_allocations = self.heap_estimate.0.round() as u64;
+        self.totals.heap_bytes = self.heap_estimate.1.round() as u64;
+    }
+
+    /// The id of the site with `key`, made with `callers` as its stack if it is new.
+    fn site(&mut self, key: SiteKey, callers: &[u64], names: &mut dyn Resolve) -> u64 {
+        if let Some(&id) = self.index.get(&key) {
+            return id;
+        }
+        let id = self.sites.len() as u64;
+        let stats = SiteStats {
+            count: 0.0,
+            bytes: 0.0,
+            records: 0,
+            record_bytes: 0,
+            callers: user_callers(callers, names),
+        };
+        self.sites.push((key, stats));
+        self.index.insert(key, id);
+        id
     }
 
     pub fn len(&self) -> usize {
@@ -393,7 +423,8 @@ fn type_name(k: &SiteKey, names: &mut dyn Resolve) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::tests::record;
+    use crate::events::{tests::record, TraceEvent};
+    use tracer_common::RecordKind;
 
     /// PCs 0x1000.. are runtime functions, 0x2000.. user functions; types by pointer.
     struct Fake;
@@ -450,11 +481,17 @@ mod tests {
         }
     }
 
-    fn event(kind: RecordKind, container: ContainerKind, stack: &[u64], type_ptr: u64, size: u64) -> Event {
+    fn event(kind: RecordKind, container: ContainerKind, stack: &[u64], type_ptr: u64, size: u64) -> TraceEvent {
         let mut r = record(kind, container, stack, 0);
         r.type_ptr = type_ptr;
         r.size = size;
-        Event::from_record(&r).unwrap()
+        TraceEvent::from_record(&r).unwrap()
+    }
+
+    impl SiteTable {
+        fn add_event(&mut self, ev: &TraceEvent, names: &mut dyn Resolve) -> Option<SiteHit> {
+            self.add(ev.made().expect("an allocation record"), names)
+        }
     }
 
     #[test]
@@ -503,7 +540,7 @@ mod tests {
             8,
         );
         for e in [&obj, &obj, &inner, &slice, &map, &growth, &directory] {
-            t.add(e, &mut Fake);
+            t.add_event(e, &mut Fake);
         }
         let rows = t.rows(&mut Fake, 10);
         let find = |k: ValueKind, ty: &str| rows.iter().find(|r| r.kind == k && r.type_name == ty).cloned();
@@ -533,15 +570,15 @@ mod tests {
     #[test]
     fn untyped_and_unknown_types_are_named_honestly() {
         let mut t = SiteTable::default();
-        t.add(
+        t.add_event(
             &event(RecordKind::Container, ContainerKind::Map, &[0x1100, 0x2030], 0, 48),
             &mut Fake,
         );
-        t.add(
+        t.add_event(
             &event(RecordKind::Alloc, ContainerKind::None, &[0x1000, 0x2030], 0, 24),
             &mut Fake,
         );
-        t.add(
+        t.add_event(
             &event(RecordKind::Alloc, ContainerKind::None, &[0x1000, 0x2030], 0x999, 24),
             &mut Fake,
         );
@@ -554,11 +591,11 @@ mod tests {
     #[test]
     fn untyped_strings_and_byte_slices_are_named_by_their_maker() {
         let mut t = SiteTable::default();
-        t.add(
+        t.add_event(
             &event(RecordKind::Alloc, ContainerKind::None, &[0x1000, 0x1310, 0x2030], 0, 24),
             &mut Fake,
         );
-        t.add(
+        t.add_event(
             &event(RecordKind::Alloc, ContainerKind::None, &[0x1000, 0x1410, 0x2030], 0, 32),
             &mut Fake,
         );
@@ -572,7 +609,7 @@ mod tests {
     fn allocations_the_runtime_makes_inside_another_are_its_own() {
         let mut t = SiteTable::default();
         // A GC starting inside main's allocation allocates too.
-        t.add(
+        t.add_event(
             &event(
                 RecordKind::Alloc,
                 ContainerKind::None,
@@ -583,7 +620,7 @@ mod tests {
             &mut Fake,
         );
         // Go 1.27: mallocgc hands the size to a specialized allocator: main's own allocation.
-        t.add(
+        t.add_event(
             &event(
                 RecordKind::Alloc,
                 ContainerKind::None,
@@ -624,15 +661,15 @@ mod tests {
             0x4e0000,
             88,
         );
-        assert_eq!(t.add(&worker, &mut Fake).unwrap().frame_index, None);
-        assert_eq!(t.add(&sudog, &mut Fake).unwrap().frame_index, None);
+        assert_eq!(t.add_event(&worker, &mut Fake).unwrap().frame_index, None);
+        assert_eq!(t.add_event(&sudog, &mut Fake).unwrap().frame_index, None);
         assert!(t.rows(&mut Fake, 10).iter().all(|r| r.stack.is_empty()));
     }
 
     #[test]
     fn a_stack_with_only_runtime_frames_has_an_empty_site() {
         let mut t = SiteTable::default();
-        t.add(
+        t.add_event(
             &event(RecordKind::Alloc, ContainerKind::None, &[0x1000, 0x1010], 0x4a0000, 48),
             &mut Fake,
         );
