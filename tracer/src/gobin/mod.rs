@@ -73,7 +73,7 @@ pub struct Function {
 /// inside inlined code, `file`/`line` are those of the inlined callee while `function` is the physical function
 /// (the same convention as `go tool addr2line`).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Frame {
+pub struct SourcePosition {
     pub function: String,
     pub file: String,
     pub line: u32,
@@ -311,11 +311,11 @@ impl GoBinary {
     }
 
     /// Function, file and line of an exact PC (pass return address − 1 for callers), from the pclntab only.
-    pub fn symbolize(&self, pc: u64) -> Option<Frame> {
+    pub fn symbolize(&self, pc: u64) -> Option<SourcePosition> {
         let i = self.function_index(pc)?;
         let f = &self.functions[i];
         let (file, line) = self.pclntab.file_line(&self.bytes, i, f.entry, pc);
-        Some(Frame {
+        Some(SourcePosition {
             function: f.name.clone(),
             file,
             line,

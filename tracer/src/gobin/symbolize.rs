@@ -2,14 +2,14 @@
 
 use std::{collections::HashMap, sync::Arc};
 
-use crate::gobin::{Frame, GoBinary};
+use crate::gobin::{GoBinary, SourcePosition};
 
 /// Memoizing symbolizer for one process image.
 pub struct Symbolizer {
     binary: Arc<GoBinary>,
     /// Runtime address minus link-time address (non-zero for PIE builds).
     load_bias: u64,
-    cache: HashMap<u64, Option<Arc<Frame>>>,
+    cache: HashMap<u64, Option<Arc<SourcePosition>>>,
 }
 
 impl Symbolizer {
@@ -22,7 +22,7 @@ impl Symbolizer {
     }
 
     /// The frame executing `pc`. Pass a return address minus one so the call's own line is found.
-    pub fn frame(&mut self, pc: u64) -> Option<Arc<Frame>> {
+    pub fn position(&mut self, pc: u64) -> Option<Arc<SourcePosition>> {
         let (binary, bias) = (&self.binary, self.load_bias);
         self.cache
             .entry(pc)
@@ -31,11 +31,11 @@ impl Symbolizer {
     }
 
     /// Frames of a captured stack (`stack[0]` is the probed instruction, the rest return addresses).
-    pub fn stack(&mut self, stack: &[u64]) -> Vec<(u64, Option<Arc<Frame>>)> {
+    pub fn stack(&mut self, stack: &[u64]) -> Vec<(u64, Option<Arc<SourcePosition>>)> {
         stack
             .iter()
             .enumerate()
-            .map(|(i, &pc)| (pc, self.frame(if i == 0 { pc } else { pc.wrapping_sub(1) })))
+            .map(|(i, &pc)| (pc, self.position(if i == 0 { pc } else { pc.wrapping_sub(1) })))
             .collect()
     }
 }

@@ -38,7 +38,7 @@ fn registration_site(stack: &[u64], names: &mut dyn Resolve) -> Vec<u64> {
         .skip(1)
         .position(|&pc| {
             names
-                .frame(pc.wrapping_sub(1))
+                .position(pc.wrapping_sub(1))
                 .is_some_and(|f| !is_runtime_function(&f.function))
         })
         .map_or(stack.len(), |i| i + 1);
@@ -278,7 +278,7 @@ impl Correlator {
         let function_name = |funcval: u64, names: &mut dyn Resolve| {
             memory
                 .word(funcval)
-                .and_then(|code| names.frame(code))
+                .and_then(|code| names.position(code))
                 .map_or_else(|| format!("? (funcval {funcval:#x})"), |fr| fr.function.clone())
         };
         // From the registration's `*T`, else the object's type as allocated.

@@ -10,7 +10,7 @@ use crate::{
     events::Made,
     gobin::runtime_types::GoType,
     gobin::symbolize::{is_allocator, is_gc_function, is_map_function, is_runtime_function, is_runtime_type},
-    gobin::Frame,
+    gobin::SourcePosition,
     memory::Memory,
 };
 
@@ -41,7 +41,7 @@ pub mod site_id {
 /// process, or a fake in tests).
 pub trait Resolve {
     /// `pc` is exact: callers subtract one from return addresses.
-    fn frame(&mut self, pc: u64) -> Option<Arc<Frame>>;
+    fn position(&mut self, pc: u64) -> Option<Arc<SourcePosition>>;
     fn go_type(&mut self, type_ptr: u64) -> Option<Arc<GoType>>;
     fn memory(&self) -> &dyn Memory;
 }
@@ -170,7 +170,7 @@ fn place(ev: Made<'_>, names: &mut dyn Resolve) -> Placement {
     };
     let mut below_other_runtime = false;
     for (i, &pc) in ev.origin().stack.iter().enumerate().skip(1) {
-        let Some(f) = names.frame(pc.wrapping_sub(1)) else {
+        let Some(f) = names.position(pc.wrapping_sub(1)) else {
             continue;
         };
         if !is_runtime_function(&f.function) {
@@ -348,7 +348,7 @@ fn row(k: &SiteKey, s: &SiteStats, names: &mut dyn Resolve) -> SiteRow {
 
 /// A return address as a report frame (the call's own line).
 pub fn frame_row(pc: u64, names: &mut dyn Resolve) -> FrameRow {
-    let f = names.frame(pc.wrapping_sub(1));
+    let f = names.position(pc.wrapping_sub(1));
     FrameRow {
         function: f.as_ref().map_or_else(|| "?".to_string(), |f| f.function.clone()),
         file: f.as_ref().map_or_else(String::new, |f| f.file.clone()),
@@ -363,7 +363,7 @@ fn user_callers(callers: &[u64], names: &mut dyn Resolve) -> Vec<u64> {
     let mut out = Vec::with_capacity(callers.len().min(ROW_DEPTH));
     for (i, &pc) in callers.iter().enumerate().take(ROW_DEPTH) {
         let runtime = names
-            .frame(pc.wrapping_sub(1))
+            .position(pc.wrapping_sub(1))
             .is_some_and(|f| is_runtime_function(&f.function));
         if i > 0 && runtime {
             break;
@@ -430,7 +430,7 @@ mod tests {
     struct Fake;
 
     impl Resolve for Fake {
-        fn frame(&mut self, pc: u64) -> Option<Arc<Frame>> {
+        fn position(&mut self, pc: u64) -> Option<Arc<SourcePosition>> {
             let function = match pc {
                 0x1000..=0x10ff => "runtime.mallocgc",
                 0x1100..=0x11ff => "runtime.makeslice",
@@ -446,7 +446,7 @@ mod tests {
                 0x2100..=0x21ff => "main.main",
                 _ => return None,
             };
-            Some(Arc::new(Frame {
+            Some(Arc::new(SourcePosition {
                 function: function.into(),
                 file: "/src/main.go".into(),
                 line: (pc & 0xff) as u32,

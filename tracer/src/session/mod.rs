@@ -19,7 +19,7 @@ use crate::{
     events::TraceEvent,
     gobin::runtime_types::{GoType, TypeNames},
     gobin::symbolize::Symbolizer,
-    gobin::{Frame, GoBinary, TargetError},
+    gobin::{GoBinary, SourcePosition, TargetError},
     heap::{
         self,
         search::{ChainQuery, ChainSearch},
@@ -80,8 +80,8 @@ impl Names {
 }
 
 impl Resolve for Names {
-    fn frame(&mut self, pc: u64) -> Option<Arc<Frame>> {
-        self.symbols.frame(pc)
+    fn position(&mut self, pc: u64) -> Option<Arc<SourcePosition>> {
+        self.symbols.position(pc)
     }
 
     fn go_type(&mut self, type_ptr: u64) -> Option<Arc<GoType>> {
