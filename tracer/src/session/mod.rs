@@ -1,6 +1,7 @@
 //! One attached target, owned: its process, binary, probes and the correlated state. The CLI runs
 //! one (`trace`), the node agent many side by side (`agent`).
 
+mod names;
 pub mod trace;
 
 use std::{
@@ -13,13 +14,13 @@ use std::{
 use aya::maps::{MapData, RingBuf};
 use tokio::io::{unix::AsyncFd, Interest};
 
+use names::{Names, ProcessOrFile};
+
 use crate::{
     error::Failure,
     events::recording::{Recorder, Recording},
     events::TraceEvent,
-    gobin::runtime_types::{GoType, TypeNames},
-    gobin::symbolize::Symbolizer,
-    gobin::{GoBinary, SourcePosition, TargetError},
+    gobin::{GoBinary, TargetError},
     heap::{
         self,
         search::{ChainQuery, ChainSearch},
@@ -27,7 +28,7 @@ use crate::{
     lifecycle::correlate::Correlator,
     lifecycle::finalizers::{FinalizerSection, NeverRan, NeverRanRow},
     lifecycle::retention::RetainedRow,
-    lifecycle::sites::{Resolve, SiteRow, ValueKind},
+    lifecycle::sites::{SiteRow, ValueKind},
     lifecycle::LifecycleConfig,
     memory::Memory,
     probes::sampling::{Mode, SampleRate, SampleRates, SamplingInfo, SamplingOptions, SCALING},
@@ -35,63 +36,6 @@ use crate::{
     process::Process,
     report::{EndReason, ProbeInfo, Report, TargetInfo},
 };
-
-/// Names from the live process, falling back to the binary file for static data (type
-/// descriptors) once the process has exited.
-struct Names {
-    symbols: Symbolizer,
-    types: TypeNames,
-    memory: ProcessOrFile,
-}
-
-/// The process when there is one (`None` when replaying a recording), else the binary file.
-struct ProcessOrFile {
-    process: Option<Arc<Process>>,
-    binary: Arc<GoBinary>,
-    load_bias: u64,
-}
-
-impl Memory for ProcessOrFile {
-    fn read(&self, addr: u64, buf: &mut [u8]) -> std::io::Result<()> {
-        let live = match &self.process {
-            Some(p) => p.read(addr, buf),
-            None => Err(std::io::ErrorKind::NotFound.into()),
-        };
-        live.or_else(|e| {
-            self.binary
-                .read_static(addr.wrapping_sub(self.load_bias), buf)
-                .map_err(|_| e)
-        })
-    }
-}
-
-impl Names {
-    fn new(binary: Arc<GoBinary>, process: Option<Arc<Process>>, load_bias: u64) -> Self {
-        Names {
-            symbols: Symbolizer::new(binary.clone(), load_bias),
-            types: TypeNames::new(binary.types_base().map(|b| b.wrapping_add(load_bias))),
-            memory: ProcessOrFile {
-                process,
-                binary,
-                load_bias,
-            },
-        }
-    }
-}
-
-impl Resolve for Names {
-    fn position(&mut self, pc: u64) -> Option<Arc<SourcePosition>> {
-        self.symbols.position(pc)
-    }
-
-    fn go_type(&mut self, type_ptr: u64) -> Option<Arc<GoType>> {
-        self.types.resolve(&self.memory, type_ptr)
-    }
-
-    fn memory(&self) -> &dyn Memory {
-        &self.memory
-    }
-}
 
 /// Replays a recording made of `binary` through decoding and correlation, with names from the
 /// binary alone (types the program made at run time stay unnamed): what the pipeline does with a
