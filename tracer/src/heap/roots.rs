@@ -184,27 +184,8 @@ pub fn goroutine_roots(
     let layout = &model.goroutines;
     let mut slots = Slots::new(&model.types);
     let mut out = Vec::new();
-    let (Some(ptr), Some(len)) = (
-        word(memory, layout.allgs + load_bias),
-        word(memory, layout.allgs + load_bias + 8),
-    ) else {
-        return out;
-    };
-    let mut gs = vec![0u8; 8 * len.min(1 << 20) as usize];
-    if memory.read(ptr, &mut gs).is_err() {
-        return out;
-    }
-    for g in gs
-        .chunks_exact(8)
-        .map(|w| u64::from_le_bytes(w.try_into().unwrap_or_default()))
-    {
-        let Some(Goroutine {
-            id,
-            state,
-            running,
-            blocked_ms,
-        }) = describe(g)
-        else {
+    for g in all_gs(memory, layout.allgs + load_bias) {
+        let Some(goroutine) = describe(g) else {
             continue;
         };
         let field = |off: u64| word(memory, g + off);
@@ -214,6 +195,12 @@ pub fn goroutine_roots(
         if hi <= lo || hi - lo > MAX_STACK {
             continue;
         }
+        let Goroutine {
+            id,
+            state,
+            running,
+            blocked_ms,
+        } = goroutine;
         let root = |function: Option<String>| Root {
             kind: "goroutine",
             name: function.unwrap_or_default(),
@@ -221,65 +208,94 @@ pub fn goroutine_roots(
             goroutine: Some((id, state.clone())),
             blocked_ms,
         };
-        let sp = field(layout.sched_sp).filter(|sp| (lo..hi).contains(sp) && !running);
-        let Some(mut start) = sp else {
+        let region = |root, addr, len, named, words| RootRegion {
+            root,
+            addr,
+            len,
+            type_id: None,
+            named,
+            words,
+        };
+        let Some(sp) = field(layout.sched_sp).filter(|sp| (lo..hi).contains(sp) && !running) else {
             // Running: its saved registers are stale, so its whole stack is one region.
-            out.push(RootRegion {
-                root: root(None),
-                addr: lo,
-                len: hi - lo,
-                type_id: None,
-                named: Vec::new(),
-                words: RootWords::Conservative,
-            });
+            out.push(region(root(None), lo, hi - lo, Vec::new(), RootWords::Conservative));
             continue;
         };
-        let mut frames = Vec::new();
-        let mut pc = field(layout.sched_pc).unwrap_or(0);
-        let mut bp = field(layout.sched_bp).unwrap_or(0);
-        for _ in 0..MAX_FRAMES {
-            // The frame of `pc` runs from `start` up to its saved BP and return PC; the caller's starts above.
-            if bp < start || bp + 16 > hi || bp % 8 != 0 {
-                break;
-            }
-            // With frame pointers (amd64), the CFA (the runtime's `fp`) is just above the saved BP and the return
-            // address, so `varp` is the saved BP's address.
-            frames.push(Frame {
-                start,
-                fp: bp + 16,
-                pc,
-                maps: frame_pointers(pc.wrapping_sub(load_bias)),
-            });
-            (start, pc, bp) = (
-                bp + 16,
-                word(memory, bp + 8).unwrap_or(0),
-                word(memory, bp).unwrap_or(0),
-            );
-        }
+        let pc = field(layout.sched_pc).unwrap_or(0);
+        let bp = field(layout.sched_bp).unwrap_or(0);
+        let (frames, top) = walk_frames(memory, (sp, pc, bp), hi, |pc| {
+            frame_pointers(pc.wrapping_sub(load_bias))
+        });
         let stack = StackWords::new(lo, hi, &frames);
         for f in &frames {
             let named = frame_words(model, &mut slots, f.pc.wrapping_sub(load_bias), f.fp);
-            out.push(RootRegion {
-                root: root(function_at(f.pc)),
-                addr: f.start,
-                len: f.fp - f.start,
-                type_id: None,
+            out.push(region(
+                root(function_at(f.pc)),
+                f.start,
+                f.fp - f.start,
                 named,
-                words: stack.words(f.start, f.fp),
-            });
+                stack.words(f.start, f.fp),
+            ));
         }
+        // What lies above the last frame found (the frames frame pointers did not reach), read as one region.
+        let (start, pc) = top;
         if start < hi {
-            out.push(RootRegion {
-                root: root(function_at(pc)),
-                addr: start,
-                len: hi - start,
-                type_id: None,
-                named: Vec::new(),
-                words: stack.words(start, hi),
-            });
+            out.push(region(
+                root(function_at(pc)),
+                start,
+                hi - start,
+                Vec::new(),
+                stack.words(start, hi),
+            ));
         }
     }
     out
+}
+
+/// The `g` pointers of `runtime.allgs` (a slice header at `allgs`), at most a million.
+fn all_gs(memory: &dyn Memory, allgs: u64) -> Vec<u64> {
+    let (Some(ptr), Some(len)) = (word(memory, allgs), word(memory, allgs + 8)) else {
+        return Vec::new();
+    };
+    let mut gs = vec![0u8; 8 * len.min(1 << 20) as usize];
+    if memory.read(ptr, &mut gs).is_err() {
+        return Vec::new();
+    }
+    gs.chunks_exact(8)
+        .map(|w| u64::from_le_bytes(w.try_into().unwrap_or_default()))
+        .collect()
+}
+
+/// The frames of a stopped goroutine from its saved (SP, PC, BP) up its stack (which ends at `hi`), by frame
+/// pointer, at most [`MAX_FRAMES`]; and where the stack above them starts, with the PC running there.
+fn walk_frames(
+    memory: &dyn Memory,
+    (sp, pc, bp): (u64, u64, u64),
+    hi: u64,
+    mut frame_pointers: impl FnMut(u64) -> Option<FramePointers>,
+) -> (Vec<Frame>, (u64, u64)) {
+    let (mut start, mut pc, mut bp) = (sp, pc, bp);
+    let mut frames = Vec::new();
+    for _ in 0..MAX_FRAMES {
+        // The frame of `pc` runs from `start` up to its saved BP and return PC; the caller's starts above.
+        if bp < start || bp + 16 > hi || bp % 8 != 0 {
+            break;
+        }
+        // With frame pointers (amd64), the CFA (the runtime's `fp`) is just above the saved BP and the return
+        // address, so `varp` is the saved BP's address.
+        frames.push(Frame {
+            start,
+            fp: bp + 16,
+            pc,
+            maps: frame_pointers(pc),
+        });
+        (start, pc, bp) = (
+            bp + 16,
+            word(memory, bp + 8).unwrap_or(0),
+            word(memory, bp).unwrap_or(0),
+        );
+    }
+    (frames, (start, pc))
 }
 
 /// A frame found by frame pointers, with its stack maps if the binary has them.
