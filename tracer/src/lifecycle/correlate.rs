@@ -45,6 +45,38 @@ fn registration_site(stack: &[u64], names: &mut dyn Resolve) -> Vec<u64> {
     stack[from..].iter().take(6).copied().collect()
 }
 
+/// How a finalizer section names functions and times events.
+struct Naming<'a> {
+    memory: &'a dyn Memory,
+    now_ns: u64,
+}
+
+impl Naming<'_> {
+    fn seconds_since(&self, t: u64) -> f64 {
+        self.now_ns.saturating_sub(t) as f64 / 1e9
+    }
+
+    /// The function a `*funcval` calls.
+    fn function(&self, funcval: u64, names: &mut dyn Resolve) -> String {
+        self.memory
+            .word(funcval)
+            .and_then(|code| names.position(code))
+            .map_or_else(|| format!("? (funcval {funcval:#x})"), |p| p.function.clone())
+    }
+}
+
+/// A finalized object's type: from the registration's `*T`, else the object's type as allocated.
+fn object_type(ptr_type: u64, alloc_type: u64, names: &mut dyn Resolve) -> String {
+    let name = if ptr_type != 0 {
+        names
+            .go_type(ptr_type)
+            .map(|t| t.name.trim_start_matches('*').to_string())
+    } else {
+        names.go_type(alloc_type).map(|t| t.name.clone())
+    };
+    name.unwrap_or_else(|| "?".to_string())
+}
+
 /// Storage allocated under a constructor that has not returned yet, per goroutine (at most this
 /// many; beyond it the constructor's record was lost and the oldest are dropped).
 const MAX_PENDING: usize = 4096;
@@ -266,40 +298,28 @@ impl Correlator {
         layout: &RuntimeLayout,
         now_ns: u64,
     ) -> FinalizerSection {
+        let naming = Naming { memory, now_ns };
+        let runners = self.runners(names, &naming, layout);
+        let never_ran = self.never_ran_rows(names, &naming, &runners);
         let f = &self.finalizers;
-        let k = u64::from(self.lifecycle.config().retain_cycles);
-        let last = self.lifecycle.last_cycle().unwrap_or(0);
-        let evidence = MemoryEvidence {
-            lifecycle: &self.lifecycle,
-            sites: &self.sites,
-            memory,
-        };
-        let seconds_since = |t: u64| now_ns.saturating_sub(t) as f64 / 1e9;
-        let function_name = |funcval: u64, names: &mut dyn Resolve| {
-            memory
-                .word(funcval)
-                .and_then(|code| names.position(code))
-                .map_or_else(|| format!("? (funcval {funcval:#x})"), |fr| fr.function.clone())
-        };
-        // From the registration's `*T`, else the object's type as allocated.
-        let object_type = |ptr_type: u64, alloc_type: u64, names: &mut dyn Resolve| {
-            let name = if ptr_type != 0 {
-                names
-                    .go_type(ptr_type)
-                    .map(|t| t.name.trim_start_matches('*').to_string())
-            } else {
-                names.go_type(alloc_type).map(|t| t.name.clone())
-            };
-            name.unwrap_or_else(|| "?".to_string())
-        };
+        FinalizerSection {
+            counts: f.counts,
+            pending: f.not_run().len() as u64,
+            never_ran,
+            runners,
+        }
+    }
+
+    /// The goroutines that run finalizers and cleanups, each blocked or not.
+    fn runners(&self, names: &mut dyn Resolve, naming: &Naming, layout: &RuntimeLayout) -> Vec<RunnerGoroutine> {
+        let f = &self.finalizers;
         let idle = |m: Mechanism| match (m, layout.cleanups) {
             (Mechanism::Cleanup, Some(c)) => c.runner_idle,
             _ => FINALIZER_IDLE,
         };
-
         let mut runners: Vec<RunnerGoroutine> = Vec::new();
         for run in f.running.values() {
-            let state = goroutine_state(memory, layout, run.g);
+            let state = goroutine_state(naming.memory, layout, run.g);
             // Stuck: others were queued for it after it started the current one, and still wait.
             let waiting_since = f
                 .not_run()
@@ -308,7 +328,7 @@ impl Correlator {
                 .filter_map(|r| r.queued_at())
                 .filter(|&q| q >= run.since_ns)
                 .min();
-            let stuck = waiting_since.is_some_and(|q| now_ns.saturating_sub(q) >= BLOCKED_AFTER_NS)
+            let stuck = waiting_since.is_some_and(|q| naming.now_ns.saturating_sub(q) >= BLOCKED_AFTER_NS)
                 && state.as_deref() != Some(idle(run.what.mechanism));
             runners.push(RunnerGoroutine {
                 goid: run.goid,
@@ -318,23 +338,41 @@ impl Correlator {
                     (false, Mechanism::Cleanup) => "cleanups",
                 },
                 state: state.unwrap_or_else(|| "unknown".into()),
-                last_started: function_name(run.what.function, names),
+                last_started: naming.function(run.what.function, names),
                 last_started_kind: run.what.mechanism,
-                last_started_seconds_ago: seconds_since(run.since_ns),
+                last_started_seconds_ago: naming.seconds_since(run.since_ns),
                 blocked: stuck.then(|| Blocked {
                     object_type: object_type(run.what.ptr_type, run.what.alloc_type, names),
-                    blocked_seconds: seconds_since(run.since_ns),
+                    blocked_seconds: naming.seconds_since(run.since_ns),
                     queue_depth: f.queue_depth(run),
                 }),
             });
         }
         runners.sort_by_key(|r| r.goid);
+        runners
+    }
+
+    /// The finalizers and cleanups that never ran after K cycles, grouped by mechanism, reason, registering site
+    /// and function.
+    fn never_ran_rows(
+        &self,
+        names: &mut dyn Resolve,
+        naming: &Naming,
+        runners: &[RunnerGoroutine],
+    ) -> Vec<NeverRanRow> {
+        let f = &self.finalizers;
+        let k = u64::from(self.lifecycle.config().retain_cycles);
+        let last = self.lifecycle.last_cycle().unwrap_or(0);
+        let evidence = MemoryEvidence {
+            lifecycle: &self.lifecycle,
+            sites: &self.sites,
+            memory: naming.memory,
+        };
         let blocked = |m: Mechanism| {
             f.running
                 .values()
                 .any(|run| f.serves(run, m) && runners.iter().any(|r| r.goid == run.goid && r.blocked.is_some()))
         };
-
         let mut groups: HashMap<(Mechanism, NeverRan, u64, u64), NeverRanRow> = HashMap::new();
         for r in f.not_run() {
             let Some(reason) = diagnose(r, last.saturating_sub(r.cycle), k, blocked(r.what.mechanism), &evidence)
@@ -342,16 +380,16 @@ impl Correlator {
                 continue;
             };
             let site = registration_site(&r.stack, names);
-            let code = memory.word(r.what.function).unwrap_or(r.what.function);
+            let code = naming.memory.word(r.what.function).unwrap_or(r.what.function);
             let key = (r.what.mechanism, reason, site.first().copied().unwrap_or(0), code);
             let row = groups.entry(key).or_insert_with(|| NeverRanRow {
                 kind: r.what.mechanism,
                 reason,
                 count: 0,
                 object_type: object_type(r.what.ptr_type, r.what.alloc_type, names),
-                function: function_name(r.what.function, names),
+                function: naming.function(r.what.function, names),
                 age_cycles: last.saturating_sub(r.cycle),
-                age_seconds: seconds_since(r.time_ns),
+                age_seconds: naming.seconds_since(r.time_ns),
                 registered_at: site.iter().map(|&pc| frame_row(pc, names)).collect(),
                 held_by: None,
                 objects: Vec::new(),
@@ -360,12 +398,7 @@ impl Correlator {
         }
         let mut never_ran: Vec<NeverRanRow> = groups.into_values().collect();
         never_ran.sort_by_key(|r| (r.kind, r.reason, std::cmp::Reverse(r.count)));
-        FinalizerSection {
-            counts: f.counts,
-            pending: f.not_run().len() as u64,
-            never_ran,
-            runners,
-        }
+        never_ran
     }
 
     /// The closures of the finalizers and cleanups registered and not started: (mechanism, `*funcval`).
