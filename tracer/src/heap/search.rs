@@ -9,11 +9,15 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::goroutines::{goroutine_status, gstatus, status_text};
+use super::RootRegion;
 use super::{
     closure_roots, data_roots, find_chains, global_roots, goroutine_roots, type_named, Chain, Goroutine, HeapAccess,
     Pause, WalkLimits, WalkStats,
 };
-use crate::{gobin::GoBinary, memory::Memory};
+use crate::{
+    gobin::{GoBinary, HeapModel},
+    memory::Memory,
+};
 
 const ROOTS: &str = "package-level variables, goroutine stacks, and the closures of finalizers and cleanups not run";
 const TYPED: &str = "typed where DWARF describes the value, by the runtime's heap bitmaps for other heap objects and its stack maps for goroutine stacks, conservative elsewhere (frames without maps)";
@@ -110,31 +114,11 @@ pub fn search_chains(q: &ChainQuery, allocation_in: &mut dyn FnMut(u64, u64) -> 
     // Stopped before the goroutines' stacks are read: their frames then match the heap the walk sees.
     let mut pause = Pause::new(q.pid, q.max_pause);
     pause.stop();
-    // The closures of finalizers and cleanups not run are walked on their own: one that captures its own
-    // object is the whole story of a finalizer that cannot run, while a walk from every root would credit
-    // its object to whichever root came first (conservatively scanned memory keeps stale pointers).
-    let closures = closure_roots(q.closures.iter().map(|&(mechanism, funcval)| {
-        let code = memory.word(funcval).unwrap_or(0);
-        let name = q
-            .binary
-            .function_at(code.wrapping_sub(bias))
-            .map_or_else(|| format!("{code:#x}"), |f| f.name.clone());
-        (mechanism, name, funcval)
-    }));
-    let mut roots = if model.globals.is_empty() {
+    let closures = closure_roots_of(q);
+    let (roots, typed) = program_roots(q, &model);
+    if !typed {
         search.precision = UNTYPED;
-        data_roots(&model.data_regions, bias)
-    } else {
-        global_roots(&model.globals, bias)
-    };
-    roots.extend(goroutine_roots(
-        memory,
-        &model,
-        bias,
-        |g| goroutine(q, g),
-        |pc| q.binary.function_at(pc.wrapping_sub(bias)).map(|f| f.name.clone()),
-        |pc| q.binary.frame_pointers(pc),
-    ));
+    }
     let mut hint = |base, size| {
         let (addr, name) = allocation_in(base, size)?;
         Some((type_named(&model.types, &name)?, addr.saturating_sub(base)))
@@ -159,6 +143,41 @@ pub fn search_chains(q: &ChainQuery, allocation_in: &mut dyn FnMut(u64, u64) -> 
         from_closures,
         search,
     }
+}
+
+/// The closures of finalizers and cleanups not run, as roots walked on their own: one that captures its own
+/// object is the whole story of a finalizer that cannot run, while a walk from every root would credit its object
+/// to whichever root came first (conservatively scanned memory keeps stale pointers).
+fn closure_roots_of(q: &ChainQuery) -> Vec<RootRegion> {
+    closure_roots(q.closures.iter().map(|&(mechanism, funcval)| {
+        let code = q.memory.word(funcval).unwrap_or(0);
+        let name = q
+            .binary
+            .function_at(code.wrapping_sub(q.load_bias))
+            .map_or_else(|| format!("{code:#x}"), |f| f.name.clone());
+        (mechanism, name, funcval)
+    }))
+}
+
+/// The program's roots, package-level variables first, then every goroutine's frames; and whether the variables
+/// are typed (DWARF), rather than the data and bss words the GC's bitmaps mark.
+fn program_roots(q: &ChainQuery, model: &HeapModel) -> (Vec<RootRegion>, bool) {
+    let bias = q.load_bias;
+    let typed = !model.globals.is_empty();
+    let mut roots = if typed {
+        global_roots(&model.globals, bias)
+    } else {
+        data_roots(&model.data_regions, bias)
+    };
+    roots.extend(goroutine_roots(
+        q.memory,
+        model,
+        bias,
+        |g| goroutine(q, g),
+        |pc| q.binary.function_at(pc.wrapping_sub(bias)).map(|f| f.name.clone()),
+        |pc| q.binary.frame_pointers(pc),
+    ));
+    (roots, typed)
 }
 
 /// A goroutine as a root: None for a `g` kept for reuse (no stack to speak of).
