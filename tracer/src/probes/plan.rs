@@ -5,7 +5,7 @@ use tracer_common::{ConstructorCookie, ContainerKind, ObjectEventCookie, RecordK
 
 use crate::{
     error::Failure,
-    gobin::{self, CleanupFunction, Function, GoBinary, GoVersion},
+    gobin::{self, CleanupFunction, Function, GoBinary, GoVersion, RuntimeLayout},
     probes::sampling::Mode,
 };
 
@@ -84,180 +84,354 @@ impl ProbePlan {
     /// Full mode probes every allocation; sampled mode only the runtime's sampler, and the rare
     /// events both share (GC cycles, finalizers, cleanups).
     pub fn for_binary(bin: &GoBinary, mode: Mode) -> Result<Self, Failure> {
-        let version = bin.version();
-        let full = mode == Mode::Full;
-        let sampling = bin.layout().sampling;
-        check_supported(version)?;
-        let slice = |arg| {
-            Role::Constructor(ConstructorCookie {
-                kind: ContainerKind::Slice,
-                type_arg: Some(arg),
-            })
-        };
-        let map = |arg| {
-            Role::Constructor(ConstructorCookie {
-                kind: ContainerKind::Map,
-                type_arg: arg,
-            })
-        };
-        let growslice = slice(bin.layout().growslice_type_arg);
-        let object = |kind, ptr_arg, aux_arg, type_arg| {
-            Role::ObjectEvent(ObjectEventCookie {
-                kind,
-                ptr_arg,
-                aux_arg,
-                deref_ptr: false,
-                from_finalizer_loop: false,
-                type_arg,
-                stack_args: false,
-            })
-        };
-
-        let mut wanted: Vec<(&Function, Role)> = Vec::new();
-        for f in bin.functions() {
-            // A name can stand for an assembly body and its register-ABI wrapper: probe the one
-            // Go code calls, whose arguments are in registers.
-            if bin
-                .function(&f.name)
-                .is_some_and(|canonical| canonical.entry != f.entry)
-            {
-                continue;
-            }
-            let role = match f.name.as_str() {
-                "runtime.mallocgc" if full => Role::Alloc,
-                n if full && is_size_specialized_malloc(n) => Role::Alloc,
-                "runtime.makeslice" | "runtime.makeslice64" | "runtime.makeslicecopy" if full => slice(0),
-                "runtime.growslice"
-                | "runtime.growsliceNoAlias"
-                | "runtime.growsliceBuf"
-                | "runtime.growsliceBufNoAlias"
-                    if full =>
-                {
-                    growslice
-                }
-                "runtime.makemap" | "runtime.makemap64" if full => map(Some(0)),
-                "runtime.makemap_small" if full => map(None),
-                "runtime.mProf_Malloc" if !full => Role::SampledAlloc(ObjectEventCookie {
-                    kind: RecordKind::Sampled,
-                    ptr_arg: sampling.malloc_ptr_arg,
-                    aux_arg: Some(sampling.malloc_size_arg),
-                    deref_ptr: false,
-                    from_finalizer_loop: false,
-                    type_arg: None,
-                    stack_args: false,
-                }),
-                "runtime.gcMarkTermination" => Role::CycleEnd,
-                "runtime.(*sweepLocked).sweep" if full => Role::SpanSweep,
-                // addfinalizer(p, f *funcval, nret, fint, ot *ptrtype)
-                "runtime.addfinalizer" => object(RecordKind::FinalizerSet, 0, Some(1), Some(4)),
-                "runtime.removefinalizer" => object(RecordKind::FinalizerRemoved, 0, None, None),
-                // queuefinalizer(p, fn *funcval, nret, fint, ot), called from a sweep
-                "runtime.queuefinalizer" => object(RecordKind::FinalizerQueued, 0, Some(1), None),
-                // addCleanup(p, handle…) → id; freeSpecial(s *special, p, size) queues a dead object's cleanup.
-                "runtime.addCleanup" => match bin.layout().cleanups {
-                    Some(c) => {
-                        let function = match c.function {
-                            CleanupFunction::Register(r) => Some(r),
-                            CleanupFunction::CapturedByHandle { .. } => None,
-                        };
-                        object(RecordKind::CleanupSet, 0, Some(c.handle_at_register), function)
-                    }
-                    None => continue,
-                },
-                // Sampled objects die there too (their profile special).
-                "runtime.freeSpecial" if !full || bin.layout().cleanups.is_some() => Role::SpecialFreed,
-                _ => continue,
-            };
-            wanted.push((f, role));
-        }
-        let allocator = if full {
-            "runtime.mallocgc"
-        } else {
-            "runtime.mProf_Malloc"
-        };
-        if !wanted.iter().any(|(f, _)| f.name == allocator) {
-            return Err(Failure::UnsupportedGo {
-                version: version.raw.clone(),
-                why: format!("{allocator} not found in the symbol table or pclntab"),
-            });
-        }
-        // The finalizer goroutine calls the assembly body of reflectcall directly (ABI0, arguments
-        // on the stack: stackArgsType, fn, stackArgs, three uint32 sizes, regArgs at words 1..6 from
-        // SP): fn at word 2, regArgs at word 6, whose first word is the finalized object.
-        let canonical = bin.function("runtime.reflectcall").map(|f| f.entry);
-        if let Some(body) = bin
-            .functions()
-            .find(|f| f.name == "runtime.reflectcall" && Some(f.entry) != canonical)
-        {
-            let started = ObjectEventCookie {
-                kind: RecordKind::FinalizerStarted,
-                ptr_arg: 6,
-                aux_arg: Some(2),
-                deref_ptr: true,
-                from_finalizer_loop: true,
-                type_arg: None,
-                stack_args: true,
-            };
-            wanted.push((body, Role::ObjectEvent(started)));
-        }
-        // A cleanup starts at the one call through a register in the function that runs them.
-        let mut inside = Vec::new();
-        if let Some(c) = bin.layout().cleanups {
-            if let Some(runner) = bin.function(c.runner) {
-                let calls = bin
-                    .indirect_call_sites(runner)
-                    .map_err(|e| Failure::Other(anyhow::anyhow!("finding the cleanup call in {}: {e}", runner.name)))?;
-                if let [call] = calls[..] {
-                    inside.push((
-                        runner,
-                        call,
-                        object(RecordKind::CleanupStarted, c.handle_at_call, None, None),
-                    ));
-                }
-            }
-        }
-        let needed: &[&str] = if full {
-            &["runtime.gcMarkTermination", "runtime.(*sweepLocked).sweep"]
-        } else {
-            &["runtime.gcMarkTermination"]
-        };
-        for &needed in needed {
-            if !wanted.iter().any(|(f, _)| f.name == needed) {
-                return Err(Failure::UnsupportedGo {
-                    version: version.raw.clone(),
-                    why: format!("{needed} not found in the symbol table or pclntab"),
-                });
-            }
-        }
-        let mut points = Vec::with_capacity(wanted.len() + inside.len());
-        for (f, role) in wanted {
-            let rets = if matches!(role, Role::Alloc | Role::Constructor(_)) {
-                bin.ret_sites(f)
-                    .map_err(|e| Failure::Other(anyhow::anyhow!("finding RET instructions of {}: {e}", f.name)))?
-            } else {
-                Vec::new()
-            };
-            points.push(ProbePoint {
-                function: f.clone(),
-                at: bin.past_stack_check(f),
-                role,
-                rets,
-            });
-        }
-        for (f, at, role) in inside {
-            points.push(ProbePoint {
-                function: f.clone(),
-                at,
-                role,
-                rets: Vec::new(),
-            });
-        }
+        check_supported(bin.version())?;
+        let mut wanted = named(bin, mode);
+        // Refused before any function is disassembled.
+        check_required(bin, mode, &wanted)?;
+        wanted.extend(finalizer_start(bin));
+        let cleanup = cleanup_start(bin)?;
+        let mut points = wanted
+            .into_iter()
+            .map(|w| w.point(bin))
+            .collect::<Result<Vec<_>, _>>()?;
+        points.extend(cleanup);
         Ok(Self { mode, points })
     }
 
     pub fn uprobe_count(&self) -> usize {
         self.points.iter().map(|p| 1 + p.rets.len()).sum()
     }
+}
+
+/// The modes a probe is wanted in.
+#[derive(Clone, Copy)]
+enum Modes {
+    Full,
+    Sampled,
+    Both,
+}
+
+impl Modes {
+    fn include(self, mode: Mode) -> bool {
+        match self {
+            Modes::Full => mode == Mode::Full,
+            Modes::Sampled => mode == Mode::Sampled,
+            Modes::Both => true,
+        }
+    }
+}
+
+/// The functions a row of [`PROBES`] stands for.
+enum Names {
+    Any(&'static [&'static str]),
+    /// Those a predicate accepts, with how to say which.
+    Matching(&'static str, fn(&str) -> bool),
+}
+
+impl Names {
+    fn matches(&self, name: &str) -> bool {
+        match self {
+            Names::Any(names) => names.contains(&name),
+            Names::Matching(_, accepts) => accepts(name),
+        }
+    }
+}
+
+impl std::fmt::Display for Names {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Names::Any(names) => f.write_str(&names.join(" or ")),
+            Names::Matching(what, _) => f.write_str(what),
+        }
+    }
+}
+
+/// Runtime functions probed at their entry, in the modes that want them.
+struct Probe {
+    names: Names,
+    modes: Modes,
+    /// What the registers mean, given the release's layout; None where the release has nothing to probe there.
+    role: fn(&RuntimeLayout) -> Option<Role>,
+    /// Its RETs are probed too: the record is about the value the function returns.
+    rets: bool,
+    /// A binary without it is refused: the allocator is what the mode traces, and without GC cycle ends (and,
+    /// in full mode, sweeps) objects could be neither aged nor seen dying.
+    required: bool,
+}
+
+/// Every runtime function probed by name; a function takes the first row that wants it in the mode.
+const PROBES: &[Probe] = &[
+    Probe {
+        names: Names::Any(&["runtime.mallocgc"]),
+        modes: Modes::Full,
+        role: |_| Some(Role::Alloc),
+        rets: true,
+        required: true,
+    },
+    Probe {
+        names: Names::Matching("runtime.mallocgc<class><N>", is_size_specialized_malloc),
+        modes: Modes::Full,
+        role: |_| Some(Role::Alloc),
+        rets: true,
+        required: false,
+    },
+    Probe {
+        names: Names::Any(&["runtime.makeslice", "runtime.makeslice64", "runtime.makeslicecopy"]),
+        modes: Modes::Full,
+        role: |_| Some(slice(0)),
+        rets: true,
+        required: false,
+    },
+    Probe {
+        names: Names::Any(&[
+            "runtime.growslice",
+            "runtime.growsliceNoAlias",
+            "runtime.growsliceBuf",
+            "runtime.growsliceBufNoAlias",
+        ]),
+        modes: Modes::Full,
+        role: |l| Some(slice(l.growslice_type_arg)),
+        rets: true,
+        required: false,
+    },
+    Probe {
+        names: Names::Any(&["runtime.makemap", "runtime.makemap64"]),
+        modes: Modes::Full,
+        role: |_| Some(map(Some(0))),
+        rets: true,
+        required: false,
+    },
+    Probe {
+        names: Names::Any(&["runtime.makemap_small"]),
+        modes: Modes::Full,
+        role: |_| Some(map(None)),
+        rets: true,
+        required: false,
+    },
+    Probe {
+        names: Names::Any(&["runtime.mProf_Malloc"]),
+        modes: Modes::Sampled,
+        role: |l| Some(sampled_alloc(l)),
+        rets: false,
+        required: true,
+    },
+    Probe {
+        names: Names::Any(&["runtime.gcMarkTermination"]),
+        modes: Modes::Both,
+        role: |_| Some(Role::CycleEnd),
+        rets: false,
+        required: true,
+    },
+    Probe {
+        names: Names::Any(&["runtime.(*sweepLocked).sweep"]),
+        modes: Modes::Full,
+        role: |_| Some(Role::SpanSweep),
+        rets: false,
+        required: true,
+    },
+    // addfinalizer(p, f *funcval, nret, fint, ot *ptrtype)
+    Probe {
+        names: Names::Any(&["runtime.addfinalizer"]),
+        modes: Modes::Both,
+        role: |_| Some(object(RecordKind::FinalizerSet, 0, Some(1), Some(4))),
+        rets: false,
+        required: false,
+    },
+    Probe {
+        names: Names::Any(&["runtime.removefinalizer"]),
+        modes: Modes::Both,
+        role: |_| Some(object(RecordKind::FinalizerRemoved, 0, None, None)),
+        rets: false,
+        required: false,
+    },
+    // queuefinalizer(p, fn *funcval, nret, fint, ot), called from a sweep
+    Probe {
+        names: Names::Any(&["runtime.queuefinalizer"]),
+        modes: Modes::Both,
+        role: |_| Some(object(RecordKind::FinalizerQueued, 0, Some(1), None)),
+        rets: false,
+        required: false,
+    },
+    // addCleanup(p, handle…) → id; freeSpecial(s *special, p, size) queues a dead object's cleanup.
+    Probe {
+        names: Names::Any(&["runtime.addCleanup"]),
+        modes: Modes::Both,
+        role: cleanup_set,
+        rets: false,
+        required: false,
+    },
+    // Sampled objects die there too (their profile special).
+    Probe {
+        names: Names::Any(&["runtime.freeSpecial"]),
+        modes: Modes::Sampled,
+        role: |_| Some(Role::SpecialFreed),
+        rets: false,
+        required: false,
+    },
+    Probe {
+        names: Names::Any(&["runtime.freeSpecial"]),
+        modes: Modes::Full,
+        role: |l| l.cleanups.map(|_| Role::SpecialFreed),
+        rets: false,
+        required: false,
+    },
+];
+
+fn slice(type_arg: u8) -> Role {
+    Role::Constructor(ConstructorCookie {
+        kind: ContainerKind::Slice,
+        type_arg: Some(type_arg),
+    })
+}
+
+fn map(type_arg: Option<u8>) -> Role {
+    Role::Constructor(ConstructorCookie {
+        kind: ContainerKind::Map,
+        type_arg,
+    })
+}
+
+/// An object event whose arguments are in registers.
+fn object(kind: RecordKind, ptr_arg: u8, aux_arg: Option<u8>, type_arg: Option<u8>) -> Role {
+    Role::ObjectEvent(ObjectEventCookie {
+        kind,
+        ptr_arg,
+        aux_arg,
+        deref_ptr: false,
+        from_finalizer_loop: false,
+        type_arg,
+        stack_args: false,
+    })
+}
+
+fn sampled_alloc(layout: &RuntimeLayout) -> Role {
+    let sampling = layout.sampling;
+    Role::SampledAlloc(ObjectEventCookie {
+        kind: RecordKind::Sampled,
+        ptr_arg: sampling.malloc_ptr_arg,
+        aux_arg: Some(sampling.malloc_size_arg),
+        deref_ptr: false,
+        from_finalizer_loop: false,
+        type_arg: None,
+        stack_args: false,
+    })
+}
+
+/// Releases without cleanups have no `addCleanup` to probe.
+fn cleanup_set(layout: &RuntimeLayout) -> Option<Role> {
+    let c = layout.cleanups?;
+    let function = match c.function {
+        CleanupFunction::Register(r) => Some(r),
+        CleanupFunction::CapturedByHandle { .. } => None,
+    };
+    Some(object(RecordKind::CleanupSet, 0, Some(c.handle_at_register), function))
+}
+
+/// A function to probe at its entry.
+struct Wanted<'b> {
+    function: &'b Function,
+    role: Role,
+    rets: bool,
+}
+
+impl Wanted<'_> {
+    /// Its probe point: past the stack-bound check, with the RETs where the role needs them.
+    fn point(self, bin: &GoBinary) -> Result<ProbePoint, Failure> {
+        let f = self.function;
+        let rets = if self.rets {
+            bin.ret_sites(f)
+                .map_err(|e| Failure::Other(anyhow::anyhow!("finding RET instructions of {}: {e}", f.name)))?
+        } else {
+            Vec::new()
+        };
+        Ok(ProbePoint {
+            function: f.clone(),
+            at: bin.past_stack_check(f),
+            role: self.role,
+            rets,
+        })
+    }
+}
+
+/// The functions of [`PROBES`] the binary has, in its order.
+fn named<'b>(bin: &'b GoBinary, mode: Mode) -> Vec<Wanted<'b>> {
+    let layout = bin.layout();
+    let wanted = |f: &'b Function| {
+        let (role, rets) = PROBES
+            .iter()
+            .filter(|p| p.modes.include(mode) && p.names.matches(&f.name))
+            .find_map(|p| Some(((p.role)(layout)?, p.rets)))?;
+        // A name can stand for an assembly body and its register-ABI wrapper: probe the one
+        // Go code calls, whose arguments are in registers.
+        let called = bin.function(&f.name).is_none_or(|canonical| canonical.entry == f.entry);
+        called.then_some(Wanted {
+            function: f,
+            role,
+            rets,
+        })
+    };
+    bin.functions().filter_map(wanted).collect()
+}
+
+/// Refuses a binary without a function the mode cannot do without, naming the first missing.
+fn check_required(bin: &GoBinary, mode: Mode, wanted: &[Wanted]) -> Result<(), Failure> {
+    let missing = PROBES
+        .iter()
+        .filter(|p| p.required && p.modes.include(mode))
+        .find(|p| !wanted.iter().any(|w| p.names.matches(&w.function.name)));
+    match missing {
+        None => Ok(()),
+        Some(p) => Err(Failure::UnsupportedGo {
+            version: bin.version().raw.clone(),
+            why: format!("{} not found in the symbol table or pclntab", p.names),
+        }),
+    }
+}
+
+/// The finalizer goroutine calls the assembly body of reflectcall directly (ABI0, arguments
+/// on the stack: stackArgsType, fn, stackArgs, three uint32 sizes, regArgs at words 1..6 from
+/// SP): fn at word 2, regArgs at word 6, whose first word is the finalized object.
+fn finalizer_start(bin: &GoBinary) -> Option<Wanted<'_>> {
+    let canonical = bin.function("runtime.reflectcall").map(|f| f.entry);
+    let body = bin
+        .functions()
+        .find(|f| f.name == "runtime.reflectcall" && Some(f.entry) != canonical)?;
+    let started = ObjectEventCookie {
+        kind: RecordKind::FinalizerStarted,
+        ptr_arg: 6,
+        aux_arg: Some(2),
+        deref_ptr: true,
+        from_finalizer_loop: true,
+        type_arg: None,
+        stack_args: true,
+    };
+    Some(Wanted {
+        function: body,
+        role: Role::ObjectEvent(started),
+        rets: false,
+    })
+}
+
+/// A cleanup starts at the one call through a register in the function that runs them.
+fn cleanup_start(bin: &GoBinary) -> Result<Option<ProbePoint>, Failure> {
+    let Some(c) = bin.layout().cleanups else {
+        return Ok(None);
+    };
+    let Some(runner) = bin.function(c.runner) else {
+        return Ok(None);
+    };
+    let calls = bin
+        .indirect_call_sites(runner)
+        .map_err(|e| Failure::Other(anyhow::anyhow!("finding the cleanup call in {}: {e}", runner.name)))?;
+    let [call] = calls[..] else {
+        return Ok(None);
+    };
+    Ok(Some(ProbePoint {
+        function: runner.clone(),
+        at: call,
+        role: object(RecordKind::CleanupStarted, c.handle_at_call, None, None),
+        rets: Vec::new(),
+    }))
 }
 
 #[cfg(test)]
