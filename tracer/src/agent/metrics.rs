@@ -5,6 +5,7 @@
 //! (the rest summed into one `site="other"` series) per site metric.
 
 use std::{
+    cmp::Reverse,
     collections::BTreeMap,
     fmt,
     sync::{Arc, Mutex},
@@ -18,7 +19,13 @@ use prometheus_client::{
 };
 
 use super::discover::{Candidate, ProcessKey};
-use crate::{lifecycle::finalizers::Mechanism, lifecycle::sites::ValueKind, probes::sampling::Mode, report::Report};
+use crate::{
+    lifecycle::finalizers::{FinalizerCounts, Mechanism, NeverRanRow, RunnerGoroutine},
+    lifecycle::sites::{FrameRow, SiteRow, ValueKind},
+    lifecycle::Buckets,
+    probes::sampling::Mode,
+    report::Report,
+};
 
 /// The labels every per-target series carries (and `mode`, from the report).
 #[derive(Clone, Debug)]
@@ -80,25 +87,277 @@ pub fn registry(shared: SharedMetrics) -> Registry {
 #[derive(Debug)]
 struct Exported(SharedMetrics);
 
-/// One metric's samples: label pairs and value.
-type Samples<M> = Vec<(Vec<(String, String)>, M)>;
+/// A series' labels, as the encoder takes them.
+type Labels = Vec<(String, String)>;
 
-/// One metric family being written: its name, help and type, then one sample per label set.
-struct Family<'a, 'b> {
-    encoder: &'b mut DescriptorEncoder<'a>,
+/// One series: its labels and value.
+type Sample<'a> = (Labels, Value<'a>);
+
+/// One series of a target: the labels it adds to the target's, and its value.
+type Row<'a> = (Vec<(&'static str, String)>, Value<'a>);
+
+/// A sample's value, in the number type the report keeps it in.
+enum Value<'a> {
+    Counter(u64),
+    CounterF64(f64),
+    Gauge(i64),
+    GaugeF64(f64),
+    Histogram(&'a Buckets),
 }
 
-impl Family<'_, '_> {
-    fn write<M: EncodeMetric>(&mut self, name: &str, help: &str, samples: Samples<M>, kind: MetricType) -> fmt::Result {
-        if samples.is_empty() {
-            return Ok(());
+impl EncodeMetric for Value<'_> {
+    fn encode(&self, encoder: MetricEncoder) -> fmt::Result {
+        match *self {
+            Value::Counter(v) => ConstCounter::new(v).encode(encoder),
+            Value::CounterF64(v) => ConstCounter::new(v).encode(encoder),
+            Value::Gauge(v) => ConstGauge::new(v).encode(encoder),
+            Value::GaugeF64(v) => ConstGauge::new(v).encode(encoder),
+            Value::Histogram(b) => ConstHistogram(b).encode(encoder),
         }
-        let mut family = self.encoder.encode_descriptor(name, help, None, kind)?;
-        for (labels, m) in samples {
-            m.encode(family.encode_family(&labels)?)?;
+    }
+
+    fn metric_type(&self) -> MetricType {
+        match self {
+            Value::Counter(_) | Value::CounterF64(_) => MetricType::Counter,
+            Value::Gauge(_) | Value::GaugeF64(_) => MetricType::Gauge,
+            Value::Histogram(_) => MetricType::Histogram,
+        }
+    }
+}
+
+/// What one scrape reads: each target's labels and latest report, and the agent's own state.
+struct Scrape<'a> {
+    targets: Vec<(Labels, &'a Report)>,
+    shared: &'a Shared,
+    /// The agent's CPU seconds and resident bytes.
+    usage: (f64, u64),
+}
+
+/// A metric family: its name, help and type, and its samples in a scrape.
+struct Family {
+    name: &'static str,
+    help: &'static str,
+    kind: MetricType,
+    samples: for<'a> fn(&Scrape<'a>) -> Vec<Sample<'a>>,
+}
+
+/// Every family `/metrics` shows, in the order it shows them.
+const FAMILIES: &[Family] = &[
+    Family {
+        name: "maptrace_allocations",
+        help: "Maps, slices, strings and objects allocated while traced, by kind (mode=\"sampled\": estimates, \
+              scaled like go tool pprof).",
+        kind: MetricType::Counter,
+        samples: |s| by_target(s, |r| by_kind(r, |row| row.count)),
+    },
+    Family {
+        name: "maptrace_allocated_bytes",
+        help: "Bytes allocated while traced, by kind.",
+        kind: MetricType::Counter,
+        samples: |s| by_target(s, |r| by_kind(r, |row| row.bytes)),
+    },
+    Family {
+        name: "maptrace_gc_cycles",
+        help: "GC cycles completed while traced.",
+        kind: MetricType::Counter,
+        samples: |s| per_target(s, |r| Value::Counter(r.gc.cycles_seen)),
+    },
+    Family {
+        name: "maptrace_live_objects",
+        help: "Tracked objects alive as of the last sweeps.",
+        kind: MetricType::Gauge,
+        samples: |s| per_target(s, |r| Value::Gauge(r.gc.objects_tracked as i64)),
+    },
+    Family {
+        name: "maptrace_live_bytes",
+        help: "Bytes of tracked objects alive as of the last sweeps.",
+        kind: MetricType::Gauge,
+        samples: |s| per_target(s, |r| Value::Gauge(r.gc.tracked_bytes as i64)),
+    },
+    Family {
+        name: "maptrace_retained_objects",
+        help: "Objects alive after K GC cycles and after their creating frame returned.",
+        kind: MetricType::Gauge,
+        samples: |s| {
+            per_target(s, |r| {
+                Value::Gauge(r.retained.iter().map(|x| x.retained_count).sum::<u64>() as i64)
+            })
+        },
+    },
+    Family {
+        name: "maptrace_retained_bytes",
+        help: "Bytes of retained objects.",
+        kind: MetricType::Gauge,
+        samples: |s| {
+            per_target(s, |r| {
+                Value::Gauge(r.retained.iter().map(|x| x.retained_bytes).sum::<u64>() as i64)
+            })
+        },
+    },
+    Family {
+        name: "maptrace_lost_records",
+        help: "Records the kernel dropped because the ring buffer was full.",
+        kind: MetricType::Counter,
+        samples: |s| per_target(s, |r| Value::Counter(r.lost_records)),
+    },
+    Family {
+        name: "maptrace_probes_attached",
+        help: "Uprobes attached to the target.",
+        kind: MetricType::Gauge,
+        samples: |s| per_target(s, |r| Value::Gauge(r.probes.uprobes as i64)),
+    },
+    Family {
+        name: "maptrace_sample_rate_bytes",
+        help: "Sampled mode: the target's runtime.MemProfileRate, bytes allocated per sample on average (maptrace \
+              raises it to its trap budget with --write-memprofilerate).",
+        kind: MetricType::Gauge,
+        samples: |s| {
+            by_target(s, |r| {
+                r.sampling
+                    .as_ref()
+                    .and_then(|x| x.rate.memprofilerate)
+                    .map(|rate| (Vec::new(), Value::Gauge(rate as i64)))
+            })
+        },
+    },
+    Family {
+        name: "maptrace_finalizers_registered",
+        help: "Finalizers (kind=finalizer) and cleanups (kind=cleanup) registered while traced.",
+        kind: MetricType::Counter,
+        samples: |s| by_target(s, |r| by_mechanism(r, |c| (c.registered, c.cleanups_registered))),
+    },
+    Family {
+        name: "maptrace_finalizers_queued",
+        help: "Finalizers and cleanups queued by a sweep.",
+        kind: MetricType::Counter,
+        samples: |s| by_target(s, |r| by_mechanism(r, |c| (c.queued, c.cleanups_queued))),
+    },
+    Family {
+        name: "maptrace_finalizers_started",
+        help: "Finalizers and cleanups started.",
+        kind: MetricType::Counter,
+        samples: |s| by_target(s, |r| by_mechanism(r, |c| (c.started, c.cleanups_started))),
+    },
+    Family {
+        name: "maptrace_finalizers_pending",
+        help: "Finalizers and cleanups registered or queued and not started.",
+        kind: MetricType::Gauge,
+        samples: |s| per_target(s, |r| Value::Gauge(r.finalizers.pending as i64)),
+    },
+    Family {
+        name: "maptrace_finalizers_never_ran",
+        help: "Finalizers and cleanups that did not run after K cycles, by kind, reason and function.",
+        kind: MetricType::Gauge,
+        samples: |s| by_target(s, never_ran),
+    },
+    Family {
+        name: "maptrace_finalizer_goroutine_blocked_seconds",
+        help: "How long a goroutine running finalizers or cleanups has been stuck with others queued behind it (0: \
+              not stuck).",
+        kind: MetricType::Gauge,
+        samples: |s| by_target(s, runners_blocked),
+    },
+    Family {
+        name: "maptrace_object_lifetime_seconds",
+        help: "Lifetimes of the objects seen dying (sweep, address reuse or exact free).",
+        kind: MetricType::Histogram,
+        samples: |s| per_target(s, |r| Value::Histogram(&r.distributions.lifetime_seconds)),
+    },
+    Family {
+        name: "maptrace_allocation_size_bytes",
+        help: "Requested sizes of the heap allocations traced.",
+        kind: MetricType::Histogram,
+        samples: |s| per_target(s, |r| Value::Histogram(&r.distributions.size_bytes)),
+    },
+    Family {
+        name: "maptrace_site_allocated_bytes",
+        help: "Bytes allocated at the top sites by bytes (site=\"other\": the rest).",
+        kind: MetricType::Counter,
+        samples: |s| by_target(s, |r| top_allocating(r, s.shared.top_sites)),
+    },
+    Family {
+        name: "maptrace_site_retained_bytes",
+        help: "Retained bytes at the top retained sites.",
+        kind: MetricType::Gauge,
+        samples: |s| by_target(s, |r| top_retaining(r, s.shared.top_sites)),
+    },
+    Family {
+        name: "maptrace_agent_targets",
+        help: "Go processes traced now.",
+        kind: MetricType::Gauge,
+        samples: |s| vec![(Labels::new(), Value::Gauge(s.shared.targets.len() as i64))],
+    },
+    Family {
+        name: "maptrace_agent_attach_failures",
+        help: "Go processes the agent could not attach to, by reason.",
+        kind: MetricType::Counter,
+        samples: |s| {
+            let failures = s.shared.attach_failures.iter();
+            failures
+                .map(|(why, n)| (vec![("reason".to_string(), why.to_string())], Value::Counter(*n)))
+                .collect()
+        },
+    },
+    Family {
+        name: "maptrace_agent_cpu_seconds",
+        help: "CPU time the agent used (user + system).",
+        kind: MetricType::Counter,
+        samples: |s| vec![(Labels::new(), Value::CounterF64(s.usage.0))],
+    },
+    Family {
+        name: "maptrace_agent_resident_bytes",
+        help: "The agent's resident memory.",
+        kind: MetricType::Gauge,
+        samples: |s| vec![(Labels::new(), Value::Gauge(s.usage.1 as i64))],
+    },
+];
+
+impl Collector for Exported {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        let mut shared = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        shared.scrapes += 1;
+        let scrape = Scrape {
+            targets: shared
+                .targets
+                .values()
+                .map(|t| (t.labels.pairs(t.report.mode), &t.report))
+                .collect(),
+            shared: &shared,
+            usage: own_usage(),
+        };
+        for family in FAMILIES {
+            write(&mut encoder, family, (family.samples)(&scrape))?;
         }
         Ok(())
     }
+}
+
+/// Writes a family's descriptor, then one sample per label set; a family without samples is left out.
+fn write(encoder: &mut DescriptorEncoder, family: &Family, samples: Vec<Sample>) -> fmt::Result {
+    if samples.is_empty() {
+        return Ok(());
+    }
+    let mut metric = encoder.encode_descriptor(family.name, family.help, None, family.kind)?;
+    for (labels, value) in samples {
+        value.encode(metric.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+/// Every target's series, in target order: the target's labels followed by those of each row.
+fn by_target<'a, I>(s: &Scrape<'a>, rows: impl Fn(&'a Report) -> I) -> Vec<Sample<'a>>
+where
+    I: IntoIterator<Item = Row<'a>>,
+{
+    s.targets
+        .iter()
+        .flat_map(|(labels, r)| rows(r).into_iter().map(move |(extra, v)| (with(labels, &extra), v)))
+        .collect()
+}
+
+/// One series per target.
+fn per_target<'a>(s: &Scrape<'a>, value: impl Fn(&'a Report) -> Value<'a>) -> Vec<Sample<'a>> {
+    by_target(s, |r| [(Vec::new(), value(r))])
 }
 
 fn with(base: &[(String, String)], extra: &[(&str, String)]) -> Vec<(String, String)> {
@@ -111,305 +370,99 @@ fn kinds() -> [ValueKind; 4] {
     [ValueKind::Map, ValueKind::Slice, ValueKind::String, ValueKind::Object]
 }
 
-impl Collector for Exported {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
-        let mut shared = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        shared.scrapes += 1;
-        let mut f = Family { encoder: &mut encoder };
-        let targets: Vec<(Vec<(String, String)>, &Report)> = shared
-            .targets
-            .values()
-            .map(|t| (t.labels.pairs(t.report.mode), &t.report))
-            .collect();
-        let counter = |v: u64| ConstCounter::new(v);
-        let gauge = |v: i64| ConstGauge::new(v);
-        let per_target =
-            |get: &dyn Fn(&Report) -> u64| targets.iter().map(|(l, r)| (l.clone(), get(r))).collect::<Vec<_>>();
+/// Allocations by kind, summed over every site row (not only the top ones): `of` picks count or bytes.
+fn by_kind<'a>(r: &Report, of: fn(&SiteRow) -> u64) -> Vec<Row<'a>> {
+    let total = |k| r.sites.iter().filter(|s| s.kind == k).map(of).sum();
+    kinds()
+        .into_iter()
+        .map(|k| (vec![("kind", k.as_str().into())], Value::Counter(total(k))))
+        .collect()
+}
 
-        // Allocations by kind, from the site rows (every site: JSON-like top = all).
-        let mut allocs = Vec::new();
-        let mut bytes = Vec::new();
-        for (l, r) in &targets {
-            for k in kinds() {
-                let rows = r.sites.iter().filter(|s| s.kind == k);
-                let (n, b) = rows.fold((0, 0), |(n, b), s| (n + s.count, b + s.bytes));
-                allocs.push((with(l, &[("kind", k.as_str().into())]), counter(n)));
-                bytes.push((with(l, &[("kind", k.as_str().into())]), counter(b)));
-            }
-        }
-        f.write("maptrace_allocations", "Maps, slices, strings and objects allocated while traced, by kind (mode=\"sampled\": estimates, scaled like go tool pprof).", allocs, MetricType::Counter)?;
-        f.write(
-            "maptrace_allocated_bytes",
-            "Bytes allocated while traced, by kind.",
-            bytes,
-            MetricType::Counter,
-        )?;
-        let c = |get: &dyn Fn(&Report) -> u64| {
-            per_target(get)
-                .into_iter()
-                .map(|(l, v)| (l, counter(v)))
-                .collect::<Vec<_>>()
-        };
-        let g = |get: &dyn Fn(&Report) -> u64| {
-            per_target(get)
-                .into_iter()
-                .map(|(l, v)| (l, gauge(v as i64)))
-                .collect::<Vec<_>>()
-        };
-        f.write(
-            "maptrace_gc_cycles",
-            "GC cycles completed while traced.",
-            c(&|r| r.gc.cycles_seen),
-            MetricType::Counter,
-        )?;
-        f.write(
-            "maptrace_live_objects",
-            "Tracked objects alive as of the last sweeps.",
-            g(&|r| r.gc.objects_tracked as u64),
-            MetricType::Gauge,
-        )?;
-        f.write(
-            "maptrace_live_bytes",
-            "Bytes of tracked objects alive as of the last sweeps.",
-            g(&|r| r.gc.tracked_bytes),
-            MetricType::Gauge,
-        )?;
-        f.write(
-            "maptrace_retained_objects",
-            "Objects alive after K GC cycles and after their creating frame returned.",
-            g(&|r| r.retained.iter().map(|x| x.retained_count).sum()),
-            MetricType::Gauge,
-        )?;
-        f.write(
-            "maptrace_retained_bytes",
-            "Bytes of retained objects.",
-            g(&|r| r.retained.iter().map(|x| x.retained_bytes).sum()),
-            MetricType::Gauge,
-        )?;
-        f.write(
-            "maptrace_lost_records",
-            "Records the kernel dropped because the ring buffer was full.",
-            c(&|r| r.lost_records),
-            MetricType::Counter,
-        )?;
-        f.write(
-            "maptrace_probes_attached",
-            "Uprobes attached to the target.",
-            g(&|r| r.probes.uprobes as u64),
-            MetricType::Gauge,
-        )?;
-        let rates = targets
-            .iter()
-            .filter_map(|(l, r)| Some((l.clone(), gauge(r.sampling.as_ref()?.rate.memprofilerate? as i64))))
-            .collect();
-        f.write("maptrace_sample_rate_bytes", "Sampled mode: the target's runtime.MemProfileRate, bytes allocated per sample on average (maptrace raises it to its trap budget with --write-memprofilerate).", rates, MetricType::Gauge)?;
+/// Finalizers, then cleanups, at one stage: `of` picks the stage's pair of counts.
+fn by_mechanism<'a>(r: &Report, of: fn(&FinalizerCounts) -> (u64, u64)) -> Vec<Row<'a>> {
+    let (finalizers, cleanups) = of(&r.finalizers.counts);
+    [(Mechanism::Finalizer, finalizers), (Mechanism::Cleanup, cleanups)]
+        .into_iter()
+        .map(|(m, n)| (vec![("kind", m.as_str().into())], Value::Counter(n)))
+        .collect()
+}
 
-        // Finalizers and cleanups.
-        let mut by_kind: [Samples<ConstCounter>; 3] = Default::default();
-        let mut pending = Vec::new();
-        let mut never = Vec::new();
-        let mut blocked = Vec::new();
-        for (l, r) in &targets {
-            let fc = &r.finalizers.counts;
-            for (m, (reg, queued, started)) in [
-                (Mechanism::Finalizer, (fc.registered, fc.queued, fc.started)),
-                (
-                    Mechanism::Cleanup,
-                    (fc.cleanups_registered, fc.cleanups_queued, fc.cleanups_started),
-                ),
-            ] {
-                let labels = with(l, &[("kind", m.as_str().into())]);
-                by_kind[0].push((labels.clone(), counter(reg)));
-                by_kind[1].push((labels.clone(), counter(queued)));
-                by_kind[2].push((labels.clone(), counter(started)));
-            }
-            pending.push((l.clone(), gauge(r.finalizers.pending as i64)));
-            for row in &r.finalizers.never_ran {
-                let reason = serde_json::to_value(row.reason)
-                    .ok()
-                    .and_then(|v| v.as_str().map(String::from))
-                    .unwrap_or_default();
-                never.push((
-                    with(
-                        l,
-                        &[
-                            ("kind", row.kind.as_str().into()),
-                            ("reason", reason),
-                            ("function", row.function.clone()),
-                        ],
-                    ),
-                    gauge(row.count as i64),
-                ));
-            }
-            for run in &r.finalizers.runners {
-                let seconds = run.blocked.as_ref().map_or(0.0, |b| b.blocked_seconds);
-                blocked.push((
-                    with(l, &[("runs", run.runs.into()), ("goid", run.goid.to_string())]),
-                    ConstGauge::new(seconds),
-                ));
-            }
-        }
-        let [registered, queued, started] = by_kind;
-        f.write(
-            "maptrace_finalizers_registered",
-            "Finalizers (kind=finalizer) and cleanups (kind=cleanup) registered while traced.",
-            registered,
-            MetricType::Counter,
-        )?;
-        f.write(
-            "maptrace_finalizers_queued",
-            "Finalizers and cleanups queued by a sweep.",
-            queued,
-            MetricType::Counter,
-        )?;
-        f.write(
-            "maptrace_finalizers_started",
-            "Finalizers and cleanups started.",
-            started,
-            MetricType::Counter,
-        )?;
-        f.write(
-            "maptrace_finalizers_pending",
-            "Finalizers and cleanups registered or queued and not started.",
-            pending,
-            MetricType::Gauge,
-        )?;
-        f.write(
-            "maptrace_finalizers_never_ran",
-            "Finalizers and cleanups that did not run after K cycles, by kind, reason and function.",
-            never,
-            MetricType::Gauge,
-        )?;
-        f.write("maptrace_finalizer_goroutine_blocked_seconds", "How long a goroutine running finalizers or cleanups has been stuck with others queued behind it (0: not stuck).", blocked, MetricType::Gauge)?;
+fn never_ran<'a>(r: &Report) -> Vec<Row<'a>> {
+    let row = |row: &NeverRanRow| {
+        // The reason as the JSON report spells it.
+        let reason = serde_json::to_value(row.reason)
+            .ok()
+            .and_then(|v| v.as_str().map(String::from))
+            .unwrap_or_default();
+        let labels = vec![
+            ("kind", row.kind.as_str().into()),
+            ("reason", reason),
+            ("function", row.function.clone()),
+        ];
+        (labels, Value::Gauge(row.count as i64))
+    };
+    r.finalizers.never_ran.iter().map(row).collect()
+}
 
-        let hist = |get: &dyn Fn(&Report) -> &crate::lifecycle::Buckets| {
-            targets
-                .iter()
-                .map(|(l, r)| (l.clone(), ConstHistogram(get(r))))
-                .collect::<Vec<_>>()
-        };
-        f.write(
-            "maptrace_object_lifetime_seconds",
-            "Lifetimes of the objects seen dying (sweep, address reuse or exact free).",
-            hist(&|r| &r.distributions.lifetime_seconds),
-            MetricType::Histogram,
-        )?;
-        f.write(
-            "maptrace_allocation_size_bytes",
-            "Requested sizes of the heap allocations traced.",
-            hist(&|r| &r.distributions.size_bytes),
-            MetricType::Histogram,
-        )?;
+fn runners_blocked<'a>(r: &Report) -> Vec<Row<'a>> {
+    let row = |run: &RunnerGoroutine| {
+        let seconds = run.blocked.as_ref().map_or(0.0, |b| b.blocked_seconds);
+        let labels = vec![("runs", run.runs.into()), ("goid", run.goid.to_string())];
+        (labels, Value::GaugeF64(seconds))
+    };
+    r.finalizers.runners.iter().map(row).collect()
+}
 
-        // Top sites by allocated bytes; the rest summed.
-        let mut site_bytes = Vec::new();
-        let mut site_retained = Vec::new();
-        for (l, r) in &targets {
-            let mut rows: Vec<_> = r.sites.iter().collect();
-            rows.sort_by_key(|s| std::cmp::Reverse(s.bytes));
-            let (top, rest) = rows.split_at(rows.len().min(shared.top_sites));
-            for s in top {
-                let site = s
-                    .stack
-                    .first()
-                    .map_or_else(|| "(runtime)".to_string(), |fr| fr.function.clone());
-                site_bytes.push((
-                    with(
-                        l,
-                        &[
-                            ("site", site),
-                            ("kind", s.kind.as_str().into()),
-                            ("type", s.type_name.clone()),
-                        ],
-                    ),
-                    counter(s.bytes),
-                ));
-            }
-            if !rest.is_empty() {
-                let other = rest.iter().map(|s| s.bytes).sum();
-                site_bytes.push((
-                    with(
-                        l,
-                        &[
-                            ("site", "other".into()),
-                            ("kind", String::new()),
-                            ("type", String::new()),
-                        ],
-                    ),
-                    counter(other),
-                ));
-            }
-            let mut ret: Vec<_> = r.retained.iter().collect();
-            ret.sort_by_key(|x| std::cmp::Reverse(x.retained_bytes));
-            for x in ret.iter().take(shared.top_sites) {
-                let site = x
-                    .stack
-                    .first()
-                    .map_or_else(|| "(runtime)".to_string(), |fr| fr.function.clone());
-                site_retained.push((
-                    with(
-                        l,
-                        &[
-                            ("site", site),
-                            ("kind", x.kind.as_str().into()),
-                            ("type", x.type_name.clone()),
-                        ],
-                    ),
-                    gauge(x.retained_bytes as i64),
-                ));
-            }
-        }
-        f.write(
-            "maptrace_site_allocated_bytes",
-            "Bytes allocated at the top sites by bytes (site=\"other\": the rest).",
-            site_bytes,
-            MetricType::Counter,
-        )?;
-        f.write(
-            "maptrace_site_retained_bytes",
-            "Retained bytes at the top retained sites.",
-            site_retained,
-            MetricType::Gauge,
-        )?;
-
-        // The agent itself.
-        let none: Vec<(String, String)> = Vec::new();
-        f.write(
-            "maptrace_agent_targets",
-            "Go processes traced now.",
-            vec![(none.clone(), gauge(shared.targets.len() as i64))],
-            MetricType::Gauge,
-        )?;
-        let failures = shared
-            .attach_failures
-            .iter()
-            .map(|(why, n)| (vec![("reason".to_string(), why.to_string())], counter(*n)))
-            .collect();
-        f.write(
-            "maptrace_agent_attach_failures",
-            "Go processes the agent could not attach to, by reason.",
-            failures,
-            MetricType::Counter,
-        )?;
-        let (cpu, rss) = own_usage();
-        f.write(
-            "maptrace_agent_cpu_seconds",
-            "CPU time the agent used (user + system).",
-            vec![(none.clone(), ConstCounter::new(cpu))],
-            MetricType::Counter,
-        )?;
-        f.write(
-            "maptrace_agent_resident_bytes",
-            "The agent's resident memory.",
-            vec![(none, gauge(rss as i64))],
-            MetricType::Gauge,
-        )?;
-        Ok(())
+/// The `top` sites by allocated bytes, and the rest summed into one `site="other"` series.
+fn top_allocating<'a>(r: &Report, top: usize) -> Vec<Row<'a>> {
+    let mut rows: Vec<_> = r.sites.iter().collect();
+    rows.sort_by_key(|s| Reverse(s.bytes));
+    let (top, rest) = rows.split_at(rows.len().min(top));
+    let mut out: Vec<Row> = top
+        .iter()
+        .map(|s| (site_labels(&s.stack, s.kind, &s.type_name), Value::Counter(s.bytes)))
+        .collect();
+    if !rest.is_empty() {
+        let other = vec![
+            ("site", "other".into()),
+            ("kind", String::new()),
+            ("type", String::new()),
+        ];
+        out.push((other, Value::Counter(rest.iter().map(|s| s.bytes).sum())));
     }
+    out
+}
+
+/// The `top` retained sites by retained bytes.
+fn top_retaining<'a>(r: &Report, top: usize) -> Vec<Row<'a>> {
+    let mut rows: Vec<_> = r.retained.iter().collect();
+    rows.sort_by_key(|x| Reverse(x.retained_bytes));
+    rows.iter()
+        .take(top)
+        .map(|x| {
+            (
+                site_labels(&x.stack, x.kind, &x.type_name),
+                Value::Gauge(x.retained_bytes as i64),
+            )
+        })
+        .collect()
+}
+
+/// A site series' labels: its innermost function, kind and type.
+fn site_labels(stack: &[FrameRow], kind: ValueKind, type_name: &str) -> Vec<(&'static str, String)> {
+    let site = stack
+        .first()
+        .map_or_else(|| "(runtime)".to_string(), |fr| fr.function.clone());
+    vec![
+        ("site", site),
+        ("kind", kind.as_str().into()),
+        ("type", type_name.to_string()),
+    ]
 }
 
 /// A histogram computed elsewhere, encoded as is.
-struct ConstHistogram<'a>(&'a crate::lifecycle::Buckets);
+struct ConstHistogram<'a>(&'a Buckets);
 
 impl EncodeMetric for ConstHistogram<'_> {
     fn encode(&self, mut encoder: MetricEncoder) -> fmt::Result {

@@ -268,172 +268,242 @@ pub(crate) struct Program {
 pub(crate) fn program(file: &File<'_>, keep: impl Fn(&str) -> bool) -> Result<Program, String> {
     let sections = gimli::DwarfSections::load(|id| load_from(file, id, NEEDED_FOR_LOCALS))?;
     let dwarf = sections.borrow(|s| EndianSlice::new(s, LittleEndian));
-    let mut found: Vec<(String, u64, Option<DebugInfoOffset>)> = Vec::new();
-    let mut raw: Vec<RawType> = Vec::new();
-    let mut ids: HashMap<DebugInfoOffset, TypeId> = HashMap::new();
-    let mut functions: BTreeMap<u64, (u64, Vec<RawLocal>)> = BTreeMap::new();
-    let mut scan = || -> gimli::Result<()> {
+    let mut scan = ProgramScan {
+        types: TypeReader::default(),
+        globals: GlobalReader {
+            keep,
+            found: Vec::new(),
+        },
+        locals: LocalsReader::default(),
+    };
+    scan.run(&dwarf).map_err(|e| format!("DWARF: {e}"))?;
+    let ProgramScan { types, globals, locals } = scan;
+    let graph = type_graph(types.raw, &types.ids);
+    Ok(Program {
+        globals: globals.resolve(&types.ids, &graph),
+        locals: locals.resolve(&types.ids),
+        types: graph,
+    })
+}
+
+/// A DIE as the traversal hands it out.
+type Entry<'x, 'a> = gimli::DebuggingInformationEntry<'x, 'x, EndianSlice<'a, LittleEndian>>;
+
+/// One pass over every DIE, handing each to the reader of what it describes: a type (and its members), a
+/// package-level variable, or a function (and its variables). Go puts all three directly under the compile unit.
+struct ProgramScan<K> {
+    types: TypeReader,
+    globals: GlobalReader<K>,
+    locals: LocalsReader,
+}
+
+impl<K: Fn(&str) -> bool> ProgramScan<K> {
+    fn run(&mut self, dwarf: &Dwarf<'_>) -> gimli::Result<()> {
         let mut units = dwarf.units();
         while let Some(header) = units.next()? {
-            let abbrevs = dwarf.abbreviations(&header)?;
-            let mut entries = header.entries(&abbrevs);
-            let mut depth = 0isize;
-            // Whether the last depth-1 DIE was a type whose children (members, subrange) are being read.
-            let mut in_type = false;
-            // The function (entry) whose variables are being read, and the depth of an inlined call inside it
-            // whose subtree is skipped.
-            let mut in_function: Option<u64> = None;
-            let mut inlined: Option<isize> = None;
-            // The unit's base address and .debug_addr base, for its location lists.
-            let (mut base, mut addr_base) = (0, gimli::DebugAddrBase(0));
-            while let Some((delta, entry)) = entries.next_dfs()? {
-                depth += delta;
-                let name = match entry.attr_value(gimli::DW_AT_name)? {
-                    Some(gimli::AttributeValue::String(s)) => Some(String::from_utf8_lossy(s.slice()).into_owned()),
-                    _ => None,
-                };
-                // An address, inline (DWARF 4) or an index into .debug_addr (DWARF 5, Go 1.25+).
-                let address = |v: Option<gimli::AttributeValue<_>>, addr_base| match v {
-                    Some(gimli::AttributeValue::Addr(a)) => Some(a),
-                    Some(gimli::AttributeValue::DebugAddrIndex(i)) => {
-                        dwarf.debug_addr.get_address(header.address_size(), addr_base, i).ok()
-                    }
-                    _ => None,
-                };
-                if depth == 0 {
-                    if let Some(gimli::AttributeValue::DebugAddrBase(b)) = entry.attr_value(gimli::DW_AT_addr_base)? {
-                        addr_base = b;
-                    }
-                    base = address(entry.attr_value(gimli::DW_AT_low_pc)?, addr_base).unwrap_or(0);
-                    continue;
+            self.unit(dwarf, header)?;
+        }
+        Ok(())
+    }
+
+    fn unit<'a>(&mut self, dwarf: &Dwarf<'a>, header: Header<'a>) -> gimli::Result<()> {
+        let abbrevs = dwarf.abbreviations(&header)?;
+        let mut entries = header.entries(&abbrevs);
+        let mut unit = Unit {
+            dwarf,
+            header,
+            base: 0,
+            addr_base: gimli::DebugAddrBase(0),
+        };
+        let mut depth = 0isize;
+        while let Some((delta, entry)) = entries.next_dfs()? {
+            depth += delta;
+            let name = die_name(entry)?;
+            // Depth says whose a DIE is: a function's variables can sit in lexical blocks at any depth below it, a
+            // type's members and subrange are its children.
+            match depth {
+                0 => unit.read_root(entry)?,
+                1 => {
+                    self.locals.leave();
+                    self.types.leave();
+                    self.top_level(&unit, entry, name)?;
                 }
-                if depth == 1 {
-                    in_function = None;
-                    inlined = None;
-                }
-                if let Some(entry_pc) = in_function {
-                    match inlined {
-                        Some(d) if depth > d => continue,
-                        _ => inlined = None,
-                    }
-                    match entry.tag() {
-                        gimli::DW_TAG_inlined_subroutine => inlined = Some(depth),
-                        gimli::DW_TAG_variable | gimli::DW_TAG_formal_parameter => {
-                            let locations = match entry.attr_value(gimli::DW_AT_location)? {
-                                Some(gimli::AttributeValue::Exprloc(e)) => vec![(0, u64::MAX, e.0.slice().to_vec())],
-                                Some(gimli::AttributeValue::LocationListsRef(off)) => {
-                                    let mut list = dwarf.locations.locations(
-                                        off,
-                                        header.encoding(),
-                                        base,
-                                        &dwarf.debug_addr,
-                                        addr_base,
-                                    )?;
-                                    let mut v = Vec::new();
-                                    while let Some(l) = list.next()? {
-                                        v.push((l.range.begin, l.range.end, l.data.0.slice().to_vec()));
-                                    }
-                                    v
-                                }
-                                _ => Vec::new(),
-                            };
-                            if let (Some(n), false) = (name, locations.is_empty()) {
-                                let ty = type_ref(&header, entry.attr_value(gimli::DW_AT_type)?);
-                                functions.entry(entry_pc).or_default().1.push((n, ty, locations));
-                            }
-                        }
-                        _ => {}
-                    }
-                    continue;
-                }
-                if depth == 2 && in_type {
-                    let t = raw.last_mut().expect("in_type follows a push");
-                    match entry.tag() {
-                        gimli::DW_TAG_member => {
-                            let off = entry
-                                .attr(gimli::DW_AT_data_member_location)?
-                                .and_then(|a| a.udata_value());
-                            if let (Some(n), Some(off)) = (name, off) {
-                                t.members
-                                    .push((n, off, type_ref(&header, entry.attr_value(gimli::DW_AT_type)?)));
-                            }
-                        }
-                        gimli::DW_TAG_subrange_type => {
-                            t.count = entry.attr(gimli::DW_AT_count)?.and_then(|a| a.udata_value());
-                        }
-                        _ => {}
-                    }
-                    continue;
-                }
-                if depth != 1 {
-                    continue;
-                }
-                in_type = false;
-                let tag = entry.tag();
-                if tag == gimli::DW_TAG_subprogram {
-                    let Some(low) = address(entry.attr_value(gimli::DW_AT_low_pc)?, addr_base) else {
-                        continue;
-                    };
-                    let high = match entry.attr_value(gimli::DW_AT_high_pc)? {
-                        Some(v @ (gimli::AttributeValue::Addr(_) | gimli::AttributeValue::DebugAddrIndex(_))) => {
-                            address(Some(v), addr_base).unwrap_or(low)
-                        }
-                        // DWARF 4 and 5 also allow the length from low_pc.
-                        Some(v) => low + v.udata_value().unwrap_or(0),
-                        None => continue,
-                    };
-                    functions.insert(low, (high, Vec::new()));
-                    in_function = Some(low);
-                    continue;
-                }
-                if tag == gimli::DW_TAG_variable {
-                    let Some(name) = name.filter(|n| keep(n)) else { continue };
-                    let Some(gimli::AttributeValue::Exprloc(expr)) = entry.attr_value(gimli::DW_AT_location)? else {
-                        continue;
-                    };
-                    let addr = match expr.0.slice() {
-                        [DW_OP_ADDR, a @ ..] if a.len() == 8 => u64::from_le_bytes(a.try_into().unwrap_or_default()),
-                        _ => continue,
-                    };
-                    found.push((name, addr, type_ref(&header, entry.attr_value(gimli::DW_AT_type)?)));
-                    continue;
-                }
-                let is_type = [
-                    gimli::DW_TAG_base_type,
-                    gimli::DW_TAG_unspecified_type,
-                    gimli::DW_TAG_pointer_type,
-                    gimli::DW_TAG_subroutine_type,
-                    gimli::DW_TAG_structure_type,
-                    gimli::DW_TAG_array_type,
-                    gimli::DW_TAG_typedef,
-                ]
-                .contains(&tag);
-                let Some(off) = is_type.then(|| entry.offset().to_debug_info_offset(&header)).flatten() else {
-                    continue;
-                };
-                ids.insert(off, raw.len());
-                raw.push(RawType {
-                    tag,
-                    name: name.unwrap_or_default(),
-                    size: entry.attr(gimli::DW_AT_byte_size)?.and_then(|a| a.udata_value()),
-                    kind: entry
-                        .attr(DW_AT_GO_KIND)?
-                        .and_then(|a| a.udata_value())
-                        .map_or(0, |k| k as u8),
-                    target: type_ref(&header, entry.attr_value(gimli::DW_AT_type)?),
-                    members: Vec::new(),
-                    count: None,
-                });
-                in_type = true;
+                _ if self.locals.inside() => self.locals.child(&unit, entry, depth, name)?,
+                2 if self.types.inside() => self.types.child(&unit, entry, name)?,
+                _ => {}
             }
         }
         Ok(())
-    };
-    scan().map_err(|e| format!("DWARF: {e}"))?;
-    let graph = type_graph(raw, &ids);
-    let globals = found
-        .into_iter()
-        .filter_map(|(name, addr, ty)| {
+    }
+
+    /// A DIE directly under the compile unit.
+    fn top_level(&mut self, unit: &Unit<'_, '_>, entry: &Entry<'_, '_>, name: Option<String>) -> gimli::Result<()> {
+        match entry.tag() {
+            gimli::DW_TAG_subprogram => self.locals.enter(unit, entry),
+            gimli::DW_TAG_variable => self.globals.visit(unit, entry, name),
+            tag if TYPE_TAGS.contains(&tag) => self.types.enter(unit, entry, name),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A DIE's `DW_AT_name` (Go writes names inline, as DW_FORM_string).
+fn die_name(entry: &Entry<'_, '_>) -> gimli::Result<Option<String>> {
+    Ok(match entry.attr_value(gimli::DW_AT_name)? {
+        Some(gimli::AttributeValue::String(s)) => Some(String::from_utf8_lossy(s.slice()).into_owned()),
+        _ => None,
+    })
+}
+
+/// The compile unit being read: what its addresses and location lists are relative to.
+struct Unit<'d, 'a> {
+    dwarf: &'d Dwarf<'a>,
+    header: Header<'a>,
+    /// The unit's base address and .debug_addr base, from its root DIE.
+    base: u64,
+    addr_base: gimli::DebugAddrBase,
+}
+
+impl Unit<'_, '_> {
+    fn read_root(&mut self, entry: &Entry<'_, '_>) -> gimli::Result<()> {
+        if let Some(gimli::AttributeValue::DebugAddrBase(b)) = entry.attr_value(gimli::DW_AT_addr_base)? {
+            self.addr_base = b;
+        }
+        self.base = self.address(entry.attr_value(gimli::DW_AT_low_pc)?).unwrap_or(0);
+        Ok(())
+    }
+
+    /// An address, inline (DWARF 4) or an index into .debug_addr (DWARF 5, Go 1.25+).
+    fn address(&self, value: Option<gimli::AttributeValue<EndianSlice<'_, LittleEndian>>>) -> Option<u64> {
+        match value {
+            Some(gimli::AttributeValue::Addr(a)) => Some(a),
+            Some(gimli::AttributeValue::DebugAddrIndex(i)) => self
+                .dwarf
+                .debug_addr
+                .get_address(self.header.address_size(), self.addr_base, i)
+                .ok(),
+            _ => None,
+        }
+    }
+
+    /// A variable's locations by PC range: one range covering everything for a single expression.
+    fn locations(&self, entry: &Entry<'_, '_>) -> gimli::Result<Vec<(u64, u64, Vec<u8>)>> {
+        let off = match entry.attr_value(gimli::DW_AT_location)? {
+            Some(gimli::AttributeValue::Exprloc(e)) => return Ok(vec![(0, u64::MAX, e.0.slice().to_vec())]),
+            Some(gimli::AttributeValue::LocationListsRef(off)) => off,
+            _ => return Ok(Vec::new()),
+        };
+        let (encoding, debug_addr) = (self.header.encoding(), &self.dwarf.debug_addr);
+        let mut list = self
+            .dwarf
+            .locations
+            .locations(off, encoding, self.base, debug_addr, self.addr_base)?;
+        let mut v = Vec::new();
+        while let Some(l) = list.next()? {
+            v.push((l.range.begin, l.range.end, l.data.0.slice().to_vec()));
+        }
+        Ok(v)
+    }
+}
+
+/// The type DIEs [`type_graph`] makes types of.
+const TYPE_TAGS: &[gimli::DwTag] = &[
+    gimli::DW_TAG_base_type,
+    gimli::DW_TAG_unspecified_type,
+    gimli::DW_TAG_pointer_type,
+    gimli::DW_TAG_subroutine_type,
+    gimli::DW_TAG_structure_type,
+    gimli::DW_TAG_array_type,
+    gimli::DW_TAG_typedef,
+];
+
+/// Type DIEs as read, and the DIE offset of each, which references resolve against.
+#[derive(Default)]
+struct TypeReader {
+    raw: Vec<RawType>,
+    ids: HashMap<DebugInfoOffset, TypeId>,
+    /// Whether the last top-level DIE was a type, whose children (members, subrange) are being read.
+    open: bool,
+}
+
+impl TypeReader {
+    fn enter(&mut self, unit: &Unit<'_, '_>, entry: &Entry<'_, '_>, name: Option<String>) -> gimli::Result<()> {
+        let Some(off) = entry.offset().to_debug_info_offset(&unit.header) else {
+            return Ok(());
+        };
+        self.ids.insert(off, self.raw.len());
+        self.raw.push(RawType {
+            tag: entry.tag(),
+            name: name.unwrap_or_default(),
+            size: entry.attr(gimli::DW_AT_byte_size)?.and_then(|a| a.udata_value()),
+            kind: entry
+                .attr(DW_AT_GO_KIND)?
+                .and_then(|a| a.udata_value())
+                .map_or(0, |k| k as u8),
+            target: type_ref(&unit.header, entry.attr_value(gimli::DW_AT_type)?),
+            members: Vec::new(),
+            count: None,
+        });
+        self.open = true;
+        Ok(())
+    }
+
+    fn inside(&self) -> bool {
+        self.open
+    }
+
+    /// A DIE one level below the type: a struct member, or an array's subrange.
+    fn child(&mut self, unit: &Unit<'_, '_>, entry: &Entry<'_, '_>, name: Option<String>) -> gimli::Result<()> {
+        let t = self.raw.last_mut().expect("open follows a push");
+        match entry.tag() {
+            gimli::DW_TAG_member => {
+                let off = entry
+                    .attr(gimli::DW_AT_data_member_location)?
+                    .and_then(|a| a.udata_value());
+                if let (Some(n), Some(off)) = (name, off) {
+                    t.members
+                        .push((n, off, type_ref(&unit.header, entry.attr_value(gimli::DW_AT_type)?)));
+                }
+            }
+            gimli::DW_TAG_subrange_type => {
+                t.count = entry.attr(gimli::DW_AT_count)?.and_then(|a| a.udata_value());
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn leave(&mut self) {
+        self.open = false;
+    }
+}
+
+/// Package-level variables at static addresses, with their type's DIE offset.
+struct GlobalReader<K> {
+    keep: K,
+    found: Vec<(String, u64, Option<DebugInfoOffset>)>,
+}
+
+impl<K: Fn(&str) -> bool> GlobalReader<K> {
+    fn visit(&mut self, unit: &Unit<'_, '_>, entry: &Entry<'_, '_>, name: Option<String>) -> gimli::Result<()> {
+        let Some(name) = name.filter(|n| (self.keep)(n)) else {
+            return Ok(());
+        };
+        let Some(gimli::AttributeValue::Exprloc(expr)) = entry.attr_value(gimli::DW_AT_location)? else {
+            return Ok(());
+        };
+        let addr = match expr.0.slice() {
+            [DW_OP_ADDR, a @ ..] if a.len() == 8 => u64::from_le_bytes(a.try_into().unwrap_or_default()),
+            _ => return Ok(()),
+        };
+        let ty = type_ref(&unit.header, entry.attr_value(gimli::DW_AT_type)?);
+        self.found.push((name, addr, ty));
+        Ok(())
+    }
+
+    /// The variables whose type was read; a variable's size is its type's.
+    fn resolve(self, ids: &HashMap<DebugInfoOffset, TypeId>, graph: &TypeGraph) -> Vec<GlobalVar> {
+        let global = |(name, addr, ty): (String, u64, Option<DebugInfoOffset>)| {
             let id = ids.get(&ty?).copied()?;
             let t = graph.get(id)?;
             Some(GlobalVar {
@@ -443,29 +513,92 @@ pub(crate) fn program(file: &File<'_>, keep: impl Fn(&str) -> bool) -> Result<Pr
                 type_name: Some(t.name.clone()),
                 type_id: Some(id),
             })
-        })
-        .collect();
-    let locals = functions
-        .into_iter()
-        .map(|(entry, (high_pc, vars))| {
-            let vars = vars
-                .into_iter()
-                .filter_map(|(name, ty, locations)| {
-                    Some(LocalVar {
-                        name,
-                        ty: *ids.get(&ty?)?,
-                        locations,
-                    })
-                })
-                .collect();
+        };
+        self.found.into_iter().filter_map(global).collect()
+    }
+}
+
+/// Each function's range and variables, by entry address.
+#[derive(Default)]
+struct LocalsReader {
+    functions: BTreeMap<u64, (u64, Vec<RawLocal>)>,
+    /// The entry of the function whose DIE's subtree is being read.
+    current: Option<u64>,
+    /// The depth of an inlined call inside it, whose subtree is skipped.
+    inlined: Option<isize>,
+}
+
+impl LocalsReader {
+    fn enter(&mut self, unit: &Unit<'_, '_>, entry: &Entry<'_, '_>) -> gimli::Result<()> {
+        let Some(low) = unit.address(entry.attr_value(gimli::DW_AT_low_pc)?) else {
+            return Ok(());
+        };
+        let high = match entry.attr_value(gimli::DW_AT_high_pc)? {
+            Some(v @ (gimli::AttributeValue::Addr(_) | gimli::AttributeValue::DebugAddrIndex(_))) => {
+                unit.address(Some(v)).unwrap_or(low)
+            }
+            // DWARF 4 and 5 also allow the length from low_pc.
+            Some(v) => low + v.udata_value().unwrap_or(0),
+            None => return Ok(()),
+        };
+        self.functions.insert(low, (high, Vec::new()));
+        self.current = Some(low);
+        Ok(())
+    }
+
+    fn inside(&self) -> bool {
+        self.current.is_some()
+    }
+
+    /// A DIE anywhere below the function: its parameters and variables, not those of calls inlined into it.
+    fn child(
+        &mut self,
+        unit: &Unit<'_, '_>,
+        entry: &Entry<'_, '_>,
+        depth: isize,
+        name: Option<String>,
+    ) -> gimli::Result<()> {
+        let Some(entry_pc) = self.current else {
+            return Ok(());
+        };
+        match self.inlined {
+            Some(d) if depth > d => return Ok(()),
+            _ => self.inlined = None,
+        }
+        match entry.tag() {
+            gimli::DW_TAG_inlined_subroutine => self.inlined = Some(depth),
+            gimli::DW_TAG_variable | gimli::DW_TAG_formal_parameter => {
+                let locations = unit.locations(entry)?;
+                if let (Some(n), false) = (name, locations.is_empty()) {
+                    let ty = type_ref(&unit.header, entry.attr_value(gimli::DW_AT_type)?);
+                    self.functions.entry(entry_pc).or_default().1.push((n, ty, locations));
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn leave(&mut self) {
+        self.current = None;
+        self.inlined = None;
+    }
+
+    /// The variables whose type was read.
+    fn resolve(self, ids: &HashMap<DebugInfoOffset, TypeId>) -> FrameLocals {
+        let var = |(name, ty, locations): RawLocal| {
+            Some(LocalVar {
+                name,
+                ty: *ids.get(&ty?)?,
+                locations,
+            })
+        };
+        let functions = self.functions.into_iter().map(|(entry, (high_pc, vars))| {
+            let vars = vars.into_iter().filter_map(var).collect();
             (entry, FunctionLocals { high_pc, vars })
-        })
-        .collect();
-    Ok(Program {
-        globals,
-        types: graph,
-        locals: FrameLocals::new(locals),
-    })
+        });
+        FrameLocals::new(functions.collect())
+    }
 }
 
 /// Turns the DIEs' references into ids. A reference to a DIE that is not a type makes the referrer Plain (or an
