@@ -12,7 +12,7 @@ use aya::{
 };
 use tracer_common::{ProbeConfig, SampleBudget, RING_BUFFER_BYTES, SAMPLED_RING_BUFFER_BYTES};
 
-use super::plan::{ProbePlan, Role};
+use super::plan::{ProbePlan, ProbePoint};
 use crate::{
     error::Failure,
     gobin::{GoBinary, RuntimeLayout},
@@ -66,86 +66,11 @@ impl Tracer {
         budget: u64,
     ) -> Result<Self, Failure> {
         let start = Instant::now();
-        let mut config = probe_config(bin.layout(), load_bias);
-        if plan.mode == Mode::Sampled {
-            config.special_kind_profile = u64::from(bin.layout().sampling.profile_special_kind);
-            let cpus = aya::util::nr_cpus().map_or(1, |n| n.max(1)) as u64;
-            config.samples_per_cpu_second = budget.div_ceil(cpus).max(1);
-        }
-        // The finalizer goroutine's loop: runfinq until Go 1.24, runFinalizers since.
-        if let Some(f) = bin
-            .function("runtime.runfinq")
-            .or_else(|| bin.function("runtime.runFinalizers"))
-        {
-            config.finalizer_loop_start = f.entry + load_bias;
-            config.finalizer_loop_end = f.end + load_bias;
-        }
-        let ring_bytes = if plan.mode == Mode::Sampled {
-            SAMPLED_RING_BUFFER_BYTES
-        } else {
-            RING_BUFFER_BYTES
-        };
-        let mut ebpf = EbpfLoader::new()
-            .override_global("CONFIG", &config, true)
-            .map_max_entries("RECORDS", ring_bytes)
-            .load(EBPF_OBJECT)
-            .map_err(|e| load_failure(&e))?;
-        for name in [
-            "alloc_entry",
-            "alloc_ret",
-            "constructor_entry",
-            "constructor_ret",
-            "gc_cycle_end",
-            "span_sweep",
-            "object_event",
-            "special_freed",
-            "sampled_alloc",
-            "empty",
-        ] {
-            let prog: &mut UProbe = program(&mut ebpf, name)?;
-            prog.load().map_err(|e| load_failure(&e))?;
-        }
+        let mut ebpf = load(&runtime_config(bin, plan.mode, load_bias, budget), plan.mode)?;
         let pid = NonZeroU32::new(process.pid).ok_or(Failure::NoSuchProcess { pid: 0 })?;
         let mut attached = 0;
         for point in &plan.points {
-            let (entry_prog, ret_prog, cookie) = match point.role {
-                Role::Alloc => ("alloc_entry", "alloc_ret", None),
-                Role::Constructor(c) => ("constructor_entry", "constructor_ret", Some(c.encode())),
-                Role::CycleEnd => ("gc_cycle_end", "", None),
-                Role::SpanSweep => ("span_sweep", "", None),
-                Role::ObjectEvent(c) => ("object_event", "", Some(c.encode())),
-                Role::SpecialFreed => ("special_freed", "", None),
-                Role::SampledAlloc(c) => ("sampled_alloc", "", Some(c.encode())),
-            };
-            let sites =
-                std::iter::once((entry_prog, point.at, cookie)).chain(point.rets.iter().map(|&r| (ret_prog, r, None)));
-            for (prog_name, vaddr, cookie) in sites {
-                let prog_name = if programs == Programs::Empty {
-                    "empty"
-                } else {
-                    prog_name
-                };
-                let offset = bin.file_offset(vaddr).ok_or_else(|| {
-                    Failure::Other(anyhow::anyhow!(
-                        "{}: address {vaddr:#x} is not in the file",
-                        point.function.name
-                    ))
-                })?;
-                let prog: &mut UProbe = program(&mut ebpf, prog_name)?;
-                let at = UProbeAttachPoint {
-                    location: UProbeAttachLocation::AbsoluteOffset(offset),
-                    cookie,
-                };
-                prog.attach(at, &process.exe_path, UProbeScope::OneProcess(pid))
-                    .map_err(|e| {
-                        if !process.is_alive() {
-                            Failure::NoSuchProcess { pid: process.pid }
-                        } else {
-                            attach_failure(&point.function.name, &e)
-                        }
-                    })?;
-                attached += 1;
-            }
+            attached += attach_point(&mut ebpf, bin, process, pid, point, programs)?;
         }
         Ok(Self {
             ebpf,
@@ -198,6 +123,101 @@ impl Tracer {
         }
         sum
     }
+}
+
+/// What the eBPF programs are told about this target's runtime, and sampled mode's budget per CPU.
+fn runtime_config(bin: &GoBinary, mode: Mode, load_bias: u64, budget: u64) -> ProbeConfig {
+    let mut config = probe_config(bin.layout(), load_bias);
+    if mode == Mode::Sampled {
+        config.special_kind_profile = u64::from(bin.layout().sampling.profile_special_kind);
+        let cpus = aya::util::nr_cpus().map_or(1, |n| n.max(1)) as u64;
+        config.samples_per_cpu_second = budget.div_ceil(cpus).max(1);
+    }
+    // The finalizer goroutine's loop: runfinq until Go 1.24, runFinalizers since.
+    if let Some(f) = bin
+        .function("runtime.runfinq")
+        .or_else(|| bin.function("runtime.runFinalizers"))
+    {
+        config.finalizer_loop_start = f.entry + load_bias;
+        config.finalizer_loop_end = f.end + load_bias;
+    }
+    config
+}
+
+/// Every program the object holds, loaded into the kernel with this target's config and ring buffer size.
+fn load(config: &ProbeConfig, mode: Mode) -> Result<Ebpf, Failure> {
+    let ring_bytes = if mode == Mode::Sampled {
+        SAMPLED_RING_BUFFER_BYTES
+    } else {
+        RING_BUFFER_BYTES
+    };
+    let mut ebpf = EbpfLoader::new()
+        .override_global("CONFIG", config, true)
+        .map_max_entries("RECORDS", ring_bytes)
+        .load(EBPF_OBJECT)
+        .map_err(|e| load_failure(&e))?;
+    for name in PROGRAMS {
+        let prog: &mut UProbe = program(&mut ebpf, name)?;
+        prog.load().map_err(|e| load_failure(&e))?;
+    }
+    Ok(ebpf)
+}
+
+/// The programs of the eBPF object (`empty` is the benchmark's floor: a probe that does nothing).
+const PROGRAMS: [&str; 10] = [
+    "alloc_entry",
+    "alloc_ret",
+    "constructor_entry",
+    "constructor_ret",
+    "gc_cycle_end",
+    "span_sweep",
+    "object_event",
+    "special_freed",
+    "sampled_alloc",
+    "empty",
+];
+
+/// Attaches one probe point: its entry program and, where its role reads a result, the return program at each
+/// RET. Returns the uprobes attached.
+fn attach_point(
+    ebpf: &mut Ebpf,
+    bin: &GoBinary,
+    process: &Process,
+    pid: NonZeroU32,
+    point: &ProbePoint,
+    programs: Programs,
+) -> Result<usize, Failure> {
+    let (entry_prog, ret_prog, cookie) = point.role.programs();
+    let sites = std::iter::once((entry_prog, point.at, cookie)).chain(point.rets.iter().map(|&r| (ret_prog, r, None)));
+    let mut attached = 0;
+    for (prog_name, vaddr, cookie) in sites {
+        let prog_name = if programs == Programs::Empty {
+            "empty"
+        } else {
+            prog_name
+        };
+        let offset = bin.file_offset(vaddr).ok_or_else(|| {
+            Failure::Other(anyhow::anyhow!(
+                "{}: address {vaddr:#x} is not in the file",
+                point.function.name
+            ))
+        })?;
+        let prog: &mut UProbe = program(ebpf, prog_name)?;
+        let at = UProbeAttachPoint {
+            location: UProbeAttachLocation::AbsoluteOffset(offset),
+            cookie,
+        };
+        prog.attach(at, &process.exe_path, UProbeScope::OneProcess(pid))
+            .map_err(|e| {
+                if !process.is_alive() {
+                    Failure::NoSuchProcess { pid: process.pid }
+                } else {
+                    attach_failure(&point.function.name, &e)
+                }
+            })?;
+        attached += 1;
+    }
+    Ok(attached)
 }
 
 /// The eBPF side's view of the runtime layout, with addresses moved by the load bias.

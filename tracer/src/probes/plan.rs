@@ -28,6 +28,22 @@ pub enum Role {
     SampledAlloc(ObjectEventCookie),
 }
 
+impl Role {
+    /// The eBPF programs a point of this role runs: at entry, at each RET (empty: none), and the entry's
+    /// attach cookie, which tells the shared programs what the registers mean here.
+    pub fn programs(self) -> (&'static str, &'static str, Option<u64>) {
+        match self {
+            Role::Alloc => ("alloc_entry", "alloc_ret", None),
+            Role::Constructor(c) => ("constructor_entry", "constructor_ret", Some(c.encode())),
+            Role::CycleEnd => ("gc_cycle_end", "", None),
+            Role::SpanSweep => ("span_sweep", "", None),
+            Role::ObjectEvent(c) => ("object_event", "", Some(c.encode())),
+            Role::SpecialFreed => ("special_freed", "", None),
+            Role::SampledAlloc(c) => ("sampled_alloc", "", Some(c.encode())),
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct ProbePoint {
     pub function: Function,
