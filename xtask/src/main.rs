@@ -73,7 +73,7 @@ enum Cmd {
 /// Which Go versions to build for: every supported one unless `--go` narrows it down.
 #[derive(Args)]
 struct GoSelection {
-    /// Every supported version (1.19 and 1.21-1.27): the default, spelled out.
+    /// Every supported version (the toolchains of go-targets/go-versions.txt): the default, spelled out.
     #[arg(long, conflicts_with = "go")]
     all_go: bool,
     /// Only these versions (full, like 1.24.11, or a line, like 1.24); repeat or separate with commas.
