@@ -8,9 +8,73 @@ use std::sync::{Mutex, OnceLock};
 
 use super::*;
 
-const VERSIONS: [&str; 8] = [
-    "1.19", "1.21.13", "1.22.10", "1.23.9", "1.24.11", "1.25.5", "1.26.6", "1.27.3",
-];
+/// The test toolchains: go-targets/go-versions.txt, the list xtask builds the go-targets with.
+const GO_VERSIONS_TXT: &str = include_str!("../../../go-targets/go-versions.txt");
+
+/// A line of go-versions.txt: the version (its directory under the go-targets) and its `go` binary.
+struct Toolchain {
+    version: &'static str,
+    go: PathBuf,
+}
+
+/// go-versions.txt's toolchains, oldest first (xtask checks the file's format; this only reads it).
+fn toolchains() -> &'static [Toolchain] {
+    static TOOLCHAINS: OnceLock<Vec<Toolchain>> = OnceLock::new();
+    TOOLCHAINS.get_or_init(|| {
+        GO_VERSIONS_TXT
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(|l| {
+                let (version, source) = l
+                    .split_once(char::is_whitespace)
+                    .unwrap_or_else(|| panic!("go-versions.txt: {l:?}: no source"));
+                let go = match source.trim() {
+                    "pypi" => PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.cache/go"))
+                        .join(version)
+                        .join("go/bin/go"),
+                    other => match other.strip_prefix("debian:") {
+                        Some(path) => PathBuf::from(path),
+                        None => panic!("go-versions.txt: {l:?}: unknown source"),
+                    },
+                };
+                Toolchain { version, go }
+            })
+            .collect()
+    })
+}
+
+/// The versions of go-versions.txt, oldest first.
+fn versions() -> impl Iterator<Item = &'static str> {
+    toolchains().iter().map(|t| t.version)
+}
+
+/// The `go` binary of a toolchain of go-versions.txt.
+fn go_binary(ver: &str) -> &'static std::path::Path {
+    &toolchains()
+        .iter()
+        .find(|t| t.version == ver)
+        .unwrap_or_else(|| panic!("{ver} is not in go-targets/go-versions.txt"))
+        .go
+}
+
+/// Pure: adding a release to the tests without a layout table row for it (or the reverse) fails here.
+#[test]
+fn test_toolchains_are_the_supported_releases() {
+    let lines: Vec<u32> = versions()
+        .map(|v| {
+            let mut n = v.split('.').map(|n| n.parse::<u32>().unwrap());
+            assert_eq!(n.next(), Some(1), "{v}");
+            n.next().unwrap_or_else(|| panic!("{v}: no minor"))
+        })
+        .collect();
+    assert_eq!(
+        lines,
+        supported_minors().collect::<Vec<_>>(),
+        "the release lines (1.N) of go-targets/go-versions.txt, oldest first, must be exactly the layout \
+         table's rows (gobin/layout.rs): a supported release needs both a test toolchain and a row"
+    );
+}
 
 fn targets_dir() -> PathBuf {
     std::env::var_os("MAPTRACE_GO_TARGETS")
@@ -51,14 +115,8 @@ fn bin(ver: &'static str, name: &'static str) -> &'static GoBinary {
 }
 
 fn go_tool(ver: &str, args: &[&str]) -> String {
-    let go = if ver.starts_with("1.19") {
-        PathBuf::from("/usr/lib/go-1.19/bin/go")
-    } else {
-        PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.cache/go"))
-            .join(ver)
-            .join("go/bin/go")
-    };
-    let out = Command::new(&go)
+    let go = go_binary(ver);
+    let out = Command::new(go)
         .arg("tool")
         .args(args)
         .env_remove("GOROOT")
@@ -107,7 +165,7 @@ const CORE: [&str; 5] = [
 
 #[test]
 fn version_and_symbols_presence() {
-    for ver in VERSIONS {
+    for ver in versions() {
         for name in ["counting", "counting-stripped", "counting-arm64"] {
             let b = bin(ver, name);
             let v = b.version();
@@ -137,7 +195,7 @@ fn version_and_symbols_presence() {
 
 #[test]
 fn functions_match_go_tool_nm() {
-    for ver in VERSIONS {
+    for ver in versions() {
         for name in ["counting", "counting-arm64"] {
             let (b, syms) = (bin(ver, name), nm(ver, name));
             for f in CORE {
@@ -221,7 +279,7 @@ fn objdump(ver: &'static str, name: &'static str) -> &'static Vec<Insn> {
 
 #[test]
 fn ret_sites_are_the_rets_objdump_sees() {
-    for ver in VERSIONS {
+    for ver in versions() {
         for name in ["counting", "counting-arm64"] {
             let b = bin(ver, name);
             let insns = objdump(ver, name);
@@ -259,7 +317,7 @@ fn ret_sites_are_the_rets_objdump_sees() {
 
 #[test]
 fn entry_probes_go_past_the_stack_check_objdump_sees() {
-    for ver in VERSIONS {
+    for ver in versions() {
         for name in ["counting", "counting-arm64"] {
             let b = bin(ver, name);
             let insns = objdump(ver, name);
@@ -284,7 +342,7 @@ fn entry_probes_go_past_the_stack_check_objdump_sees() {
 
 #[test]
 fn symbolize_matches_objdump_lines() {
-    for ver in VERSIONS {
+    for ver in versions() {
         for name in ["counting", "counting-arm64"] {
             let b = bin(ver, name);
             for insn in objdump(ver, name) {
@@ -320,7 +378,7 @@ fn symbolize_matches_objdump_lines() {
 
 #[test]
 fn layout_table_matches_dwarf() {
-    for ver in VERSIONS {
+    for ver in versions() {
         for name in ["counting", "counting-arm64"] {
             let b = bin(ver, name);
             assert_eq!(b.layout().source, LayoutSource::Dwarf, "{ver}/{name}");
@@ -349,7 +407,7 @@ fn layout_table_matches_dwarf() {
 
 #[test]
 fn types_base_is_runtime_types() {
-    for ver in VERSIONS {
+    for ver in versions() {
         for name in ["counting", "counting-stripped", "counting-arm64"] {
             let b = bin(ver, name);
             let base = b.types_base().unwrap_or_else(|| panic!("{ver}/{name}: no types base"));
@@ -697,7 +755,7 @@ fn dwarf_gc_members(ver: &'static str, name: &'static str) -> (HashMap<String, d
 
 #[test]
 fn span_layout_and_cycles_offset_match_dwarf() {
-    for ver in VERSIONS {
+    for ver in versions() {
         for name in ["counting", "counting-arm64"] {
             let b = bin(ver, name);
             let (span, cycles) = dwarf_gc_members(ver, name);
@@ -788,7 +846,7 @@ fn section_of(b: &GoBinary, addr: u64) -> (&str, u64) {
 /// answer must sit at the same offset in the same section as the symbol-derived answer of the unstripped twin.
 #[test]
 fn gc_cycles_address_without_symbols() {
-    for ver in VERSIONS {
+    for ver in versions() {
         for (full, stripped) in TWINS {
             if !targets_dir().join(ver).join(full).is_file() {
                 assert!(full.contains("cgo"), "{ver}: no {full}");
@@ -874,7 +932,7 @@ fn gc_cycles_rule_checks_itself() {
 /// GOEXPERIMENT.
 #[test]
 fn green_tea_inline_mark_bits() {
-    for ver in VERSIONS {
+    for ver in versions() {
         for name in [
             "counting",
             "counting-stripped",
@@ -919,14 +977,9 @@ fn green_tea_inline_mark_bits() {
 /// `runtime/runtime2.go` of a toolchain.
 /// A file of the runtime's source in a toolchain the tests built with.
 fn runtime_source(ver: &str, file: &str) -> String {
-    let path = if ver.starts_with("1.19") {
-        PathBuf::from("/usr/lib/go-1.19/src/runtime").join(file)
-    } else {
-        PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.cache/go"))
-            .join(ver)
-            .join("go/src/runtime")
-            .join(file)
-    };
+    // GOROOT is the directory above the go binary's bin/.
+    let goroot = go_binary(ver).parent().and_then(|bin| bin.parent()).unwrap();
+    let path = goroot.join("src/runtime").join(file);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
@@ -967,7 +1020,7 @@ fn source_wait_reasons(ver: &str) -> (Vec<String>, Vec<String>) {
 
 #[test]
 fn g_status_offsets_and_wait_reasons() {
-    for ver in VERSIONS {
+    for ver in versions() {
         let (names, strings) = source_wait_reasons(ver);
         for (name, stripped) in [
             ("counting", "counting-stripped"),
@@ -1058,7 +1111,7 @@ fn g_status_offsets_and_wait_reasons() {
 
 #[test]
 fn cleanup_layout_matches_dwarf_and_code() {
-    for ver in VERSIONS {
+    for ver in versions() {
         let b = bin(ver, "finalizers");
         let Some(c) = b.layout().cleanups else {
             assert!(b.version().minor < 24, "{ver}: no cleanup layout");
@@ -1126,7 +1179,7 @@ fn cleanup_layout_matches_dwarf_and_code() {
 
 #[test]
 fn sampling_layout_matches_dwarf_symbols_and_code() {
-    for ver in VERSIONS {
+    for ver in versions() {
         let b = bin(ver, "allocbench");
         let s = bin(ver, "allocbench-stripped");
         let l = b.layout();
@@ -1188,7 +1241,7 @@ fn sampling_layout_matches_dwarf_symbols_and_code() {
 
 #[test]
 fn heap_model_reads_the_arena_index_and_names_the_globals() {
-    for ver in VERSIONS {
+    for ver in versions() {
         let b = bin(ver, "holders");
         let m = b.heap_model().unwrap_or_else(|e| panic!("{ver}: {e}"));
         // heapArena.spans follows the heap bitmap until 1.22 moved the bitmap out (go-runtime-internals.md §2.4 for
@@ -1272,7 +1325,7 @@ fn heap_model_reads_the_arena_index_and_names_the_globals() {
 
 #[test]
 fn heap_offsets_table_matches_dwarf() {
-    for ver in VERSIONS {
+    for ver in versions() {
         for name in ["holders", "counting-arm64"] {
             let b = bin(ver, name);
             let bytes = std::fs::read(target_path(ver, name)).unwrap();
@@ -1331,7 +1384,7 @@ fn heap_twins(ver: &str) -> impl Iterator<Item = (&'static str, &'static str)> +
 /// at the symbols' addresses, on its stripped twin at the same place in the same section.
 #[test]
 fn runtime_roots_found_from_code() {
-    for ver in VERSIONS {
+    for ver in versions() {
         for (full, stripped) in heap_twins(ver) {
             let (b, s) = (bin(ver, full), bin(ver, stripped));
             let syms = nm(ver, full);
@@ -1377,7 +1430,7 @@ fn runtime_roots_found_from_code() {
 
 #[test]
 fn heap_model_without_symbols() {
-    for ver in VERSIONS {
+    for ver in versions() {
         for (full, stripped) in heap_twins(ver) {
             let (b, s) = (bin(ver, full), bin(ver, stripped));
             let m = b.heap_model().unwrap_or_else(|e| panic!("{ver}/{full}: {e}"));
@@ -1464,7 +1517,7 @@ fn data_regions_and_roots_match_the_running_program() {
     use std::io::{BufRead, BufReader};
     use std::os::unix::fs::FileExt;
     use std::process::Stdio;
-    for ver in VERSIONS {
+    for ver in versions() {
         let s = bin(ver, "holders-stripped");
         let m = s.heap_model().unwrap();
         let mut child = Command::new(target_path(ver, "holders-stripped"))
@@ -1612,7 +1665,7 @@ fn heap_model_survives_damage() {
 /// or not; and the module's `gofunc` is the linker's `go:func.*` (`go.func.*` in 1.19).
 #[test]
 fn stack_maps_say_which_frame_words_are_live_pointers() {
-    for ver in VERSIONS {
+    for ver in versions() {
         let syms = nm(ver, "holders");
         let gofunc = syms.get("go:func.*").or_else(|| syms.get("go.func.*")).copied();
         for name in ["holders", "holders-stripped"] {
