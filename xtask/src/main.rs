@@ -47,8 +47,13 @@ enum Cmd {
     BuildTargets(GoSelection),
     /// Run the leaky demo server and trace it with maptrace for 10 s (root).
     Demo,
-    /// Set up, build everything, run the whole test suite (root, for the end-to-end tests).
+    /// Set up, build everything, run the whole test suite (root, for the end-to-end tests); with
+    /// --fast, the unit tests alone.
     Test {
+        /// Only the unit tests: no Go toolchains, no go-targets, no root (bpf-linker and the eBPF
+        /// object are still built: the tracer embeds it).
+        #[arg(long, conflicts_with_all = ["go", "all_go"])]
+        fast: bool,
         #[command(flatten)]
         go: GoSelection,
         /// Passed on to `cargo test` (put them after `--`).
@@ -113,7 +118,16 @@ fn run(cli: Cli) -> Result<i32> {
                 agent_minutes,
             )
         }
-        Cmd::Test { go, cargo_test_args } => return test::test(&layout, &go.versions()?, &cargo_test_args),
+        Cmd::Test {
+            fast: true,
+            cargo_test_args,
+            ..
+        } => return test::test(&layout, test::Layer::Unit, &cargo_test_args),
+        Cmd::Test {
+            fast: false,
+            go,
+            cargo_test_args,
+        } => return test::test(&layout, test::Layer::Full(&go.versions()?), &cargo_test_args),
     }
     Ok(0)
 }

@@ -1,5 +1,9 @@
 //! Tests against real binaries of every supported toolchain (built by `cargo xtask build-targets`), with the
 //! toolchain's own `go tool nm` and `go tool objdump` as the reference.
+//!
+//! Those are `#[ignore]`d: the unit layer (`./x test --fast`) builds no go-targets and fetches no Go toolchain,
+//! and the whole suite (`./x test`) runs them with `--include-ignored` after building both. The tests
+//! marked ignored are exactly those that need them; the others here are pure.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -164,6 +168,7 @@ const CORE: [&str; 5] = [
 ];
 
 #[test]
+#[ignore = "needs the go-targets built by ./x test (the e2e layer)"]
 fn version_and_symbols_presence() {
     for ver in versions() {
         for name in ["counting", "counting-stripped", "counting-arm64"] {
@@ -194,6 +199,7 @@ fn version_and_symbols_presence() {
 }
 
 #[test]
+#[ignore = "needs the go-targets built by ./x test (the e2e layer)"]
 fn functions_match_go_tool_nm() {
     for ver in versions() {
         for name in ["counting", "counting-arm64"] {
@@ -278,6 +284,7 @@ fn objdump(ver: &'static str, name: &'static str) -> &'static Vec<Insn> {
 }
 
 #[test]
+#[ignore = "needs the go-targets built by ./x test (the e2e layer)"]
 fn ret_sites_are_the_rets_objdump_sees() {
     for ver in versions() {
         for name in ["counting", "counting-arm64"] {
@@ -316,6 +323,7 @@ fn ret_sites_are_the_rets_objdump_sees() {
 }
 
 #[test]
+#[ignore = "needs the go-targets built by ./x test (the e2e layer)"]
 fn entry_probes_go_past_the_stack_check_objdump_sees() {
     for ver in versions() {
         for name in ["counting", "counting-arm64"] {
@@ -341,6 +349,7 @@ fn entry_probes_go_past_the_stack_check_objdump_sees() {
 }
 
 #[test]
+#[ignore = "needs the go-targets built by ./x test (the e2e layer)"]
 fn symbolize_matches_objdump_lines() {
     for ver in versions() {
         for name in ["counting", "counting-arm64"] {
@@ -377,6 +386,7 @@ fn symbolize_matches_objdump_lines() {
 }
 
 #[test]
+#[ignore = "needs the go-targets built by ./x test (the e2e layer)"]
 fn layout_table_matches_dwarf() {
     for ver in versions() {
         for name in ["counting", "counting-arm64"] {
@@ -406,6 +416,7 @@ fn layout_table_matches_dwarf() {
 }
 
 #[test]
+#[ignore = "needs the go-targets built by ./x test (the e2e layer)"]
 fn types_base_is_runtime_types() {
     for ver in versions() {
         for name in ["counting", "counting-stripped", "counting-arm64"] {
@@ -440,6 +451,7 @@ fn is_size_specialized_malloc(name: &str) -> bool {
 }
 
 #[test]
+#[ignore = "needs the go-targets built by ./x test (the e2e layer)"]
 fn go127_size_specialized_mallocs() {
     for name in ["counting", "counting-stripped", "counting-arm64"] {
         let b = bin("1.27.3", name);
@@ -465,6 +477,7 @@ fn go127_size_specialized_mallocs() {
 }
 
 #[test]
+#[ignore = "needs the go-targets built by ./x test (the e2e layer)"]
 fn cgo_binary() {
     let b = bin("1.24.11", "counting-cgo");
     let syms = nm("1.24.11", "counting-cgo");
@@ -546,6 +559,7 @@ fn section_range(b: &GoBinary, name: &str) -> std::ops::Range<usize> {
 }
 
 #[test]
+#[ignore = "needs the go-targets built by ./x test (the e2e layer)"]
 fn truncated_binaries_are_errors() {
     for (ver, name) in [
         ("1.27.3", "counting"),
@@ -586,6 +600,7 @@ fn truncated_binaries_are_errors() {
 }
 
 #[test]
+#[ignore = "needs the go-targets built by ./x test (the e2e layer)"]
 fn corrupt_binaries_are_errors() {
     for (ver, name) in [("1.27.3", "counting-stripped"), ("1.19", "counting-stripped")] {
         let b = bin(ver, name);
@@ -641,6 +656,7 @@ fn corrupt_binaries_are_errors() {
 }
 
 #[test]
+#[ignore = "needs the go-targets built by ./x test (the e2e layer)"]
 fn sections_are_not_needed() {
     // Renamed sections stand for binaries whose section headers are gone: the scans must find the same things.
     for ver in ["1.19", "1.24.11", "1.27.3"] {
@@ -668,6 +684,7 @@ fn sections_are_not_needed() {
 }
 
 #[test]
+#[ignore = "needs the go-targets built by ./x test (the e2e layer)"]
 fn unreadable_dwarf_falls_back_to_the_table() {
     let b = bin("1.24.11", "counting");
     let mut bytes = b.bytes.clone();
@@ -689,6 +706,7 @@ fn unreadable_dwarf_falls_back_to_the_table() {
 
 /// Random byte damage: parsing and every query must return, never panic.
 #[test]
+#[ignore = "needs the go-targets built by ./x test (the e2e layer)"]
 fn random_damage_never_panics() {
     let mut seed = 0x9e37_79b9_7f4a_7c15u64;
     let mut next = move || {
@@ -754,6 +772,7 @@ fn dwarf_gc_members(ver: &'static str, name: &'static str) -> (HashMap<String, d
 }
 
 #[test]
+#[ignore = "needs the go-targets built by ./x test (the e2e layer)"]
 fn span_layout_and_cycles_offset_match_dwarf() {
     for ver in versions() {
         for name in ["counting", "counting-arm64"] {
@@ -845,6 +864,7 @@ fn section_of(b: &GoBinary, addr: u64) -> (&str, u64) {
 /// section (by 0x20, or 0x1020 when the segment then starts a page later). Code does not move. So the stripped
 /// answer must sit at the same offset in the same section as the symbol-derived answer of the unstripped twin.
 #[test]
+#[ignore = "needs the go-targets built by ./x test (the e2e layer)"]
 fn gc_cycles_address_without_symbols() {
     for ver in versions() {
         for (full, stripped) in TWINS {
@@ -883,6 +903,7 @@ fn gc_cycles_address_without_symbols() {
 }
 
 #[test]
+#[ignore = "needs the go-targets built by ./x test (the e2e layer)"]
 fn gc_cycles_rule_checks_itself() {
     for (ver, name) in [
         ("1.27.3", "counting-stripped"),
@@ -931,6 +952,7 @@ fn gc_cycles_rule_checks_itself() {
 /// The Green Tea GC is the default from 1.26: exactly 1.26 and 1.27 among the test binaries, none of which sets
 /// GOEXPERIMENT.
 #[test]
+#[ignore = "needs the go-targets built by ./x test (the e2e layer)"]
 fn green_tea_inline_mark_bits() {
     for ver in versions() {
         for name in [
@@ -1019,6 +1041,7 @@ fn source_wait_reasons(ver: &str) -> (Vec<String>, Vec<String>) {
 }
 
 #[test]
+#[ignore = "needs the go-targets built by ./x test (the e2e layer)"]
 fn g_status_offsets_and_wait_reasons() {
     for ver in versions() {
         let (names, strings) = source_wait_reasons(ver);
@@ -1110,6 +1133,7 @@ fn g_status_offsets_and_wait_reasons() {
 }
 
 #[test]
+#[ignore = "needs the go-targets built by ./x test (the e2e layer)"]
 fn cleanup_layout_matches_dwarf_and_code() {
     for ver in versions() {
         let b = bin(ver, "finalizers");
@@ -1178,6 +1202,7 @@ fn cleanup_layout_matches_dwarf_and_code() {
 }
 
 #[test]
+#[ignore = "needs the go-targets built by ./x test (the e2e layer)"]
 fn sampling_layout_matches_dwarf_symbols_and_code() {
     for ver in versions() {
         let b = bin(ver, "allocbench");
@@ -1240,6 +1265,7 @@ fn sampling_layout_matches_dwarf_symbols_and_code() {
 }
 
 #[test]
+#[ignore = "needs the go-targets built by ./x test (the e2e layer)"]
 fn heap_model_reads_the_arena_index_and_names_the_globals() {
     for ver in versions() {
         let b = bin(ver, "holders");
@@ -1324,6 +1350,7 @@ fn heap_model_reads_the_arena_index_and_names_the_globals() {
 }
 
 #[test]
+#[ignore = "needs the go-targets built by ./x test (the e2e layer)"]
 fn heap_offsets_table_matches_dwarf() {
     for ver in versions() {
         for name in ["holders", "counting-arm64"] {
@@ -1383,6 +1410,7 @@ fn heap_twins(ver: &str) -> impl Iterator<Item = (&'static str, &'static str)> +
 /// `runtime.mheap_`, `runtime.allgs` and `runtime.firstmoduledata` found without symbols: on the unstripped build
 /// at the symbols' addresses, on its stripped twin at the same place in the same section.
 #[test]
+#[ignore = "needs the go-targets built by ./x test (the e2e layer)"]
 fn runtime_roots_found_from_code() {
     for ver in versions() {
         for (full, stripped) in heap_twins(ver) {
@@ -1429,6 +1457,7 @@ fn runtime_roots_found_from_code() {
 }
 
 #[test]
+#[ignore = "needs the go-targets built by ./x test (the e2e layer)"]
 fn heap_model_without_symbols() {
     for ver in versions() {
         for (full, stripped) in heap_twins(ver) {
@@ -1513,6 +1542,7 @@ fn heap_model_without_symbols() {
 /// and the code-found addresses hold what they should: `allgs` a slice of live gs with sane stacks, `mheap_.arenas`
 /// the arena index. The targets are not PIE: link-time addresses are the run-time ones.
 #[test]
+#[ignore = "needs the go-targets built by ./x test (the e2e layer)"]
 fn data_regions_and_roots_match_the_running_program() {
     use std::io::{BufRead, BufReader};
     use std::os::unix::fs::FileExt;
@@ -1564,6 +1594,7 @@ fn data_regions_and_roots_match_the_running_program() {
 
 /// Code that does not fit a rule gives an error naming the function, never another address.
 #[test]
+#[ignore = "needs the go-targets built by ./x test (the e2e layer)"]
 fn root_rules_check_themselves() {
     for (ver, name) in [
         ("1.27.3", "holders-stripped"),
@@ -1606,6 +1637,7 @@ fn root_rules_check_themselves() {
 /// Random byte damage to what the stripped heap model reads: it returns, never panics, and what it returns passed
 /// the rules' own checks.
 #[test]
+#[ignore = "needs the go-targets built by ./x test (the e2e layer)"]
 fn heap_model_survives_damage() {
     let mut seed = 0x2545_f491_4f6c_dd1du64;
     let mut next = move || {
@@ -1664,6 +1696,7 @@ fn heap_model_survives_damage() {
 /// `runtime.chanrecv1`): the closure's captured `batch` is a live pointer of its frame, in every release, stripped
 /// or not; and the module's `gofunc` is the linker's `go:func.*` (`go.func.*` in 1.19).
 #[test]
+#[ignore = "needs the go-targets built by ./x test (the e2e layer)"]
 fn stack_maps_say_which_frame_words_are_live_pointers() {
     for ver in versions() {
         let syms = nm(ver, "holders");
