@@ -1,9 +1,9 @@
 //! `cargo xtask` (run it through `./x`): bootstrap the toolchain, build the eBPF object and the
-//! tracer, build the Go test programs for every Go version, run the demo and the test suite.
+//! tracer, build the Go test programs for every Go version, run the demo, the test suite and the lints.
 //!
 //! One module per responsibility: `layout` (paths), `go_versions` (which toolchains), `process`
 //! (running commands with a rustup-free PATH), `setup` (installing tools into .cache/), `rust_build`,
-//! `go_targets`, `demo`, `test`, `bench`, `timings`.
+//! `go_targets`, `demo`, `test`, `lint`, `bench`, `timings`.
 
 mod bench;
 mod bigbin;
@@ -11,6 +11,7 @@ mod demo;
 mod go_targets;
 mod go_versions;
 mod layout;
+mod lint;
 mod process;
 mod rust_build;
 mod setup;
@@ -60,6 +61,8 @@ enum Cmd {
         #[arg(last = true)]
         cargo_test_args: Vec<String>,
     },
+    /// Check formatting (cargo fmt --check) and lints (cargo clippy, warnings denied) of the workspace.
+    Lint,
     /// Measure what tracing costs (root): the allocation benchmark untraced and traced, attach
     /// time, maptrace's memory, and the pipeline's records per second on a recorded stream.
     Bench {
@@ -106,6 +109,7 @@ fn run(cli: Cli) -> Result<i32> {
             go_targets::build_targets(&layout, &versions)?;
         }
         Cmd::Demo => return demo::demo(&layout),
+        Cmd::Lint => return lint::lint(&layout),
         Cmd::Bench {
             rounds,
             run_ms,
