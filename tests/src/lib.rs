@@ -14,15 +14,17 @@ use std::{
 
 use serde_json::Value;
 
-/// Declares, for every supported Go version (as named under `MAPTRACE_GO_TARGETS`), a module with two tests calling
-/// `check(go_version, stripped)`: `go_matrix!(super::check);` (the path is seen from inside the
-/// generated modules).
+/// Declares, for every Go toolchain in go-targets/go-versions.txt (named as under `MAPTRACE_GO_TARGETS`), a
+/// module named after its release line (`go1_24`) with two tests calling `check(go_version, stripped)`:
+/// `go_matrix!(super::check);` (the path is seen from inside the generated modules).
+/// `go_matrix!(since "1.24"; super::check);` does the same for the toolchains of that release line and newer.
 #[macro_export]
 macro_rules! go_matrix {
+    (since $line:tt; $check:path) => {
+        $crate::__go_matrix_versions!(since $line; $check);
+    };
     ($check:path) => {
-        $crate::go_matrix!(@each $check;
-            go1_19 "1.19", go1_21 "1.21.13", go1_22 "1.22.10", go1_23 "1.23.9",
-            go1_24 "1.24.11", go1_25 "1.25.5", go1_26 "1.26.6", go1_27 "1.27.3");
+        $crate::__go_matrix_versions!($check);
     };
     (@each $check:path; $($name:ident $go:literal),*) => {
         $(
@@ -39,6 +41,9 @@ macro_rules! go_matrix {
         )*
     };
 }
+
+// `__go_matrix_versions!`: the versions go_matrix! expands to, written by build.rs from go-versions.txt.
+include!(concat!(env!("OUT_DIR"), "/go_matrix.rs"));
 
 /// A hang is a failure: nothing here should take this long.
 const PATIENCE: Duration = Duration::from_secs(120);

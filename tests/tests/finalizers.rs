@@ -297,8 +297,7 @@ e2e::go_matrix!(super::check);
 
 /// AddCleanup exists since Go 1.24.
 mod cleanups {
-    e2e::go_matrix!(@each super::super::check_cleanups;
-        go1_24 "1.24.11", go1_25 "1.25.5", go1_26 "1.26.6", go1_27 "1.27.3");
+    e2e::go_matrix!(since "1.24"; super::super::check_cleanups);
 }
 
 /// The same findings in sampled mode.
@@ -306,7 +305,6 @@ mod sampled {
     e2e::go_matrix!(super::super::check_sampled);
 
     mod cleanups {
-        e2e::go_matrix!(@each super::super::super::check_cleanups_sampled;
-            go1_24 "1.24.11", go1_25 "1.25.5", go1_26 "1.26.6", go1_27 "1.27.3");
+        e2e::go_matrix!(since "1.24"; super::super::super::check_cleanups_sampled);
     }
 }

@@ -523,10 +523,10 @@ pub fn agent_bench(layout: &Layout, minutes: u64) -> Result<()> {
     while start.elapsed() < Duration::from_secs(minutes * 60) {
         std::thread::sleep(Duration::from_secs(5));
         tick += 1;
-        if tick % 3 == 0 {
+        if tick.is_multiple_of(3) {
             let _ = scrape(port);
         }
-        if tick % 2 != 0 {
+        if !tick.is_multiple_of(2) {
             continue;
         }
         let (Some(cpu), Some(rss)) = (cpu_seconds(agent.id()), rss_kib(agent.id())) else {

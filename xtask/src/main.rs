@@ -1,9 +1,9 @@
 //! `cargo xtask` (run it through `./x`): bootstrap the toolchain, build the eBPF object and the
-//! tracer, build the Go test programs for every Go version, run the demo and the test suite.
+//! tracer, build the Go test programs for every Go version, run the demo, the test suite and the lints.
 //!
 //! One module per responsibility: `layout` (paths), `go_versions` (which toolchains), `process`
 //! (running commands with a rustup-free PATH), `setup` (installing tools into .cache/), `rust_build`,
-//! `go_targets`, `demo`, `test`, `bench`, `timings`.
+//! `go_targets`, `demo`, `test`, `lint`, `bench`, `timings`.
 
 mod bench;
 mod bigbin;
@@ -11,6 +11,7 @@ mod demo;
 mod go_targets;
 mod go_versions;
 mod layout;
+mod lint;
 mod process;
 mod rust_build;
 mod setup;
@@ -47,14 +48,21 @@ enum Cmd {
     BuildTargets(GoSelection),
     /// Run the leaky demo server and trace it with maptrace for 10 s (root).
     Demo,
-    /// Set up, build everything, run the whole test suite (root, for the end-to-end tests).
+    /// Set up, build everything, run the whole test suite (root, for the end-to-end tests); with
+    /// --fast, the unit tests alone.
     Test {
+        /// Only the unit tests: no Go toolchains, no go-targets, no root (bpf-linker and the eBPF
+        /// object are still built: the tracer embeds it).
+        #[arg(long, conflicts_with_all = ["go", "all_go"])]
+        fast: bool,
         #[command(flatten)]
         go: GoSelection,
         /// Passed on to `cargo test` (put them after `--`).
         #[arg(last = true)]
         cargo_test_args: Vec<String>,
     },
+    /// Check formatting (cargo fmt --check) and lints (cargo clippy, warnings denied) of the workspace.
+    Lint,
     /// Measure what tracing costs (root): the allocation benchmark untraced and traced, attach
     /// time, maptrace's memory, and the pipeline's records per second on a recorded stream.
     Bench {
@@ -73,7 +81,7 @@ enum Cmd {
 /// Which Go versions to build for: every supported one unless `--go` narrows it down.
 #[derive(Args)]
 struct GoSelection {
-    /// Every supported version (1.19 and 1.21-1.27): the default, spelled out.
+    /// Every supported version (the toolchains of go-targets/go-versions.txt): the default, spelled out.
     #[arg(long, conflicts_with = "go")]
     all_go: bool,
     /// Only these versions (full, like 1.24.11, or a line, like 1.24); repeat or separate with commas.
@@ -101,6 +109,7 @@ fn run(cli: Cli) -> Result<i32> {
             go_targets::build_targets(&layout, &versions)?;
         }
         Cmd::Demo => return demo::demo(&layout),
+        Cmd::Lint => return lint::lint(&layout),
         Cmd::Bench {
             rounds,
             run_ms,
@@ -113,7 +122,16 @@ fn run(cli: Cli) -> Result<i32> {
                 agent_minutes,
             )
         }
-        Cmd::Test { go, cargo_test_args } => return test::test(&layout, &go.versions()?, &cargo_test_args),
+        Cmd::Test {
+            fast: true,
+            cargo_test_args,
+            ..
+        } => return test::test(&layout, test::Layer::Unit, &cargo_test_args),
+        Cmd::Test {
+            fast: false,
+            go,
+            cargo_test_args,
+        } => return test::test(&layout, test::Layer::Full(&go.versions()?), &cargo_test_args),
     }
     Ok(0)
 }

@@ -33,10 +33,29 @@ pub fn path_with(dir: &Path) -> OsString {
     std::env::join_paths(dirs).expect("PATH entries came from PATH")
 }
 
+/// Debian's `cargo fmt` and `cargo clippy` (rustfmt-web, rust-web-clippy) and the rustfmt `cargo-fmt` runs.
+pub const CARGO_FMT: &str = "/usr/bin/cargo-fmt";
+pub const RUSTFMT: &str = "/usr/bin/rustfmt";
+pub const CARGO_CLIPPY: &str = "/usr/bin/cargo-clippy";
+
 /// A `/usr/bin/cargo` command run from the repository root with a clean PATH. RUSTUP_TOOLCHAIN is
 /// dropped in case xtask itself was started by rustup's cargo.
 pub fn cargo(root: &Path) -> Command {
-    let mut cmd = Command::new(CARGO);
+    toolchain_command(root, CARGO)
+}
+
+/// A cargo subcommand of Debian's toolchain ([`CARGO_FMT`], [`CARGO_CLIPPY`]) run directly, like [`cargo`].
+/// Not `cargo fmt`/`cargo clippy`: cargo looks for subcommands in `$CARGO_HOME/bin` first when PATH lacks
+/// it, so with rustup installed they would be rustup's proxies (another toolchain's rustfmt and clippy)
+/// whatever PATH says. `CARGO` points the subcommand back at Debian's cargo.
+pub fn cargo_subcommand(root: &Path, program: &str) -> Command {
+    let mut cmd = toolchain_command(root, program);
+    cmd.env("CARGO", CARGO).env("RUSTFMT", RUSTFMT);
+    cmd
+}
+
+fn toolchain_command(root: &Path, program: &str) -> Command {
+    let mut cmd = Command::new(program);
     cmd.current_dir(root)
         .env("PATH", clean_path())
         .env_remove("RUSTUP_TOOLCHAIN");

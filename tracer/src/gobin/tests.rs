@@ -1,5 +1,9 @@
 //! Tests against real binaries of every supported toolchain (built by `cargo xtask build-targets`), with the
 //! toolchain's own `go tool nm` and `go tool objdump` as the reference.
+//!
+//! Those are `#[ignore]`d: the unit layer (`./x test --fast`) builds no go-targets and fetches no Go toolchain,
+//! and the whole suite (`./x test`) runs them with `--include-ignored` after building both. The tests
+//! marked ignored are exactly those that need them; the others here are pure.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -8,9 +12,73 @@ use std::sync::{Mutex, OnceLock};
 
 use super::*;
 
-const VERSIONS: [&str; 8] = [
-    "1.19", "1.21.13", "1.22.10", "1.23.9", "1.24.11", "1.25.5", "1.26.6", "1.27.3",
-];
+/// The test toolchains: go-targets/go-versions.txt, the list xtask builds the go-targets with.
+const GO_VERSIONS_TXT: &str = include_str!("../../../go-targets/go-versions.txt");
+
+/// A line of go-versions.txt: the version (its directory under the go-targets) and its `go` binary.
+struct Toolchain {
+    version: &'static str,
+    go: PathBuf,
+}
+
+/// go-versions.txt's toolchains, oldest first (xtask checks the file's format; this only reads it).
+fn toolchains() -> &'static [Toolchain] {
+    static TOOLCHAINS: OnceLock<Vec<Toolchain>> = OnceLock::new();
+    TOOLCHAINS.get_or_init(|| {
+        GO_VERSIONS_TXT
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(|l| {
+                let (version, source) = l
+                    .split_once(char::is_whitespace)
+                    .unwrap_or_else(|| panic!("go-versions.txt: {l:?}: no source"));
+                let go = match source.trim() {
+                    "pypi" => PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.cache/go"))
+                        .join(version)
+                        .join("go/bin/go"),
+                    other => match other.strip_prefix("debian:") {
+                        Some(path) => PathBuf::from(path),
+                        None => panic!("go-versions.txt: {l:?}: unknown source"),
+                    },
+                };
+                Toolchain { version, go }
+            })
+            .collect()
+    })
+}
+
+/// The versions of go-versions.txt, oldest first.
+fn versions() -> impl Iterator<Item = &'static str> {
+    toolchains().iter().map(|t| t.version)
+}
+
+/// The `go` binary of a toolchain of go-versions.txt.
+fn go_binary(ver: &str) -> &'static std::path::Path {
+    &toolchains()
+        .iter()
+        .find(|t| t.version == ver)
+        .unwrap_or_else(|| panic!("{ver} is not in go-targets/go-versions.txt"))
+        .go
+}
+
+/// Pure: adding a release to the tests without a layout table row for it (or the reverse) fails here.
+#[test]
+fn test_toolchains_are_the_supported_releases() {
+    let lines: Vec<u32> = versions()
+        .map(|v| {
+            let mut n = v.split('.').map(|n| n.parse::<u32>().unwrap());
+            assert_eq!(n.next(), Some(1), "{v}");
+            n.next().unwrap_or_else(|| panic!("{v}: no minor"))
+        })
+        .collect();
+    assert_eq!(
+        lines,
+        supported_minors().collect::<Vec<_>>(),
+        "the release lines (1.N) of go-targets/go-versions.txt, oldest first, must be exactly the layout \
+         table's rows (gobin/layout.rs): a supported release needs both a test toolchain and a row"
+    );
+}
 
 fn targets_dir() -> PathBuf {
     std::env::var_os("MAPTRACE_GO_TARGETS")
@@ -51,14 +119,8 @@ fn bin(ver: &'static str, name: &'static str) -> &'static GoBinary {
 }
 
 fn go_tool(ver: &str, args: &[&str]) -> String {
-    let go = if ver.starts_with("1.19") {
-        PathBuf::from("/usr/lib/go-1.19/bin/go")
-    } else {
-        PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.cache/go"))
-            .join(ver)
-            .join("go/bin/go")
-    };
-    let out = Command::new(&go)
+    let go = go_binary(ver);
+    let out = Command::new(go)
         .arg("tool")
         .args(args)
         .env_remove("GOROOT")
@@ -106,8 +168,9 @@ const CORE: [&str; 5] = [
 ];
 
 #[test]
+#[ignore = "needs the go-targets built by ./x test (the e2e layer)"]
 fn version_and_symbols_presence() {
-    for ver in VERSIONS {
+    for ver in versions() {
         for name in ["counting", "counting-stripped", "counting-arm64"] {
             let b = bin(ver, name);
             let v = b.version();
@@ -136,8 +199,9 @@ fn version_and_symbols_presence() {
 }
 
 #[test]
+#[ignore = "needs the go-targets built by ./x test (the e2e layer)"]
 fn functions_match_go_tool_nm() {
-    for ver in VERSIONS {
+    for ver in versions() {
         for name in ["counting", "counting-arm64"] {
             let (b, syms) = (bin(ver, name), nm(ver, name));
             for f in CORE {
@@ -220,8 +284,9 @@ fn objdump(ver: &'static str, name: &'static str) -> &'static Vec<Insn> {
 }
 
 #[test]
+#[ignore = "needs the go-targets built by ./x test (the e2e layer)"]
 fn ret_sites_are_the_rets_objdump_sees() {
-    for ver in VERSIONS {
+    for ver in versions() {
         for name in ["counting", "counting-arm64"] {
             let b = bin(ver, name);
             let insns = objdump(ver, name);
@@ -258,8 +323,9 @@ fn ret_sites_are_the_rets_objdump_sees() {
 }
 
 #[test]
+#[ignore = "needs the go-targets built by ./x test (the e2e layer)"]
 fn entry_probes_go_past_the_stack_check_objdump_sees() {
-    for ver in VERSIONS {
+    for ver in versions() {
         for name in ["counting", "counting-arm64"] {
             let b = bin(ver, name);
             let insns = objdump(ver, name);
@@ -283,8 +349,9 @@ fn entry_probes_go_past_the_stack_check_objdump_sees() {
 }
 
 #[test]
+#[ignore = "needs the go-targets built by ./x test (the e2e layer)"]
 fn symbolize_matches_objdump_lines() {
-    for ver in VERSIONS {
+    for ver in versions() {
         for name in ["counting", "counting-arm64"] {
             let b = bin(ver, name);
             for insn in objdump(ver, name) {
@@ -319,8 +386,9 @@ fn symbolize_matches_objdump_lines() {
 }
 
 #[test]
+#[ignore = "needs the go-targets built by ./x test (the e2e layer)"]
 fn layout_table_matches_dwarf() {
-    for ver in VERSIONS {
+    for ver in versions() {
         for name in ["counting", "counting-arm64"] {
             let b = bin(ver, name);
             assert_eq!(b.layout().source, LayoutSource::Dwarf, "{ver}/{name}");
@@ -348,8 +416,9 @@ fn layout_table_matches_dwarf() {
 }
 
 #[test]
+#[ignore = "needs the go-targets built by ./x test (the e2e layer)"]
 fn types_base_is_runtime_types() {
-    for ver in VERSIONS {
+    for ver in versions() {
         for name in ["counting", "counting-stripped", "counting-arm64"] {
             let b = bin(ver, name);
             let base = b.types_base().unwrap_or_else(|| panic!("{ver}/{name}: no types base"));
@@ -382,6 +451,7 @@ fn is_size_specialized_malloc(name: &str) -> bool {
 }
 
 #[test]
+#[ignore = "needs the go-targets built by ./x test (the e2e layer)"]
 fn go127_size_specialized_mallocs() {
     for name in ["counting", "counting-stripped", "counting-arm64"] {
         let b = bin("1.27.3", name);
@@ -407,6 +477,7 @@ fn go127_size_specialized_mallocs() {
 }
 
 #[test]
+#[ignore = "needs the go-targets built by ./x test (the e2e layer)"]
 fn cgo_binary() {
     let b = bin("1.24.11", "counting-cgo");
     let syms = nm("1.24.11", "counting-cgo");
@@ -488,6 +559,7 @@ fn section_range(b: &GoBinary, name: &str) -> std::ops::Range<usize> {
 }
 
 #[test]
+#[ignore = "needs the go-targets built by ./x test (the e2e layer)"]
 fn truncated_binaries_are_errors() {
     for (ver, name) in [
         ("1.27.3", "counting"),
@@ -528,6 +600,7 @@ fn truncated_binaries_are_errors() {
 }
 
 #[test]
+#[ignore = "needs the go-targets built by ./x test (the e2e layer)"]
 fn corrupt_binaries_are_errors() {
     for (ver, name) in [("1.27.3", "counting-stripped"), ("1.19", "counting-stripped")] {
         let b = bin(ver, name);
@@ -583,6 +656,7 @@ fn corrupt_binaries_are_errors() {
 }
 
 #[test]
+#[ignore = "needs the go-targets built by ./x test (the e2e layer)"]
 fn sections_are_not_needed() {
     // Renamed sections stand for binaries whose section headers are gone: the scans must find the same things.
     for ver in ["1.19", "1.24.11", "1.27.3"] {
@@ -610,6 +684,7 @@ fn sections_are_not_needed() {
 }
 
 #[test]
+#[ignore = "needs the go-targets built by ./x test (the e2e layer)"]
 fn unreadable_dwarf_falls_back_to_the_table() {
     let b = bin("1.24.11", "counting");
     let mut bytes = b.bytes.clone();
@@ -631,6 +706,7 @@ fn unreadable_dwarf_falls_back_to_the_table() {
 
 /// Random byte damage: parsing and every query must return, never panic.
 #[test]
+#[ignore = "needs the go-targets built by ./x test (the e2e layer)"]
 fn random_damage_never_panics() {
     let mut seed = 0x9e37_79b9_7f4a_7c15u64;
     let mut next = move || {
@@ -696,8 +772,9 @@ fn dwarf_gc_members(ver: &'static str, name: &'static str) -> (HashMap<String, d
 }
 
 #[test]
+#[ignore = "needs the go-targets built by ./x test (the e2e layer)"]
 fn span_layout_and_cycles_offset_match_dwarf() {
-    for ver in VERSIONS {
+    for ver in versions() {
         for name in ["counting", "counting-arm64"] {
             let b = bin(ver, name);
             let (span, cycles) = dwarf_gc_members(ver, name);
@@ -787,8 +864,9 @@ fn section_of(b: &GoBinary, addr: u64) -> (&str, u64) {
 /// section (by 0x20, or 0x1020 when the segment then starts a page later). Code does not move. So the stripped
 /// answer must sit at the same offset in the same section as the symbol-derived answer of the unstripped twin.
 #[test]
+#[ignore = "needs the go-targets built by ./x test (the e2e layer)"]
 fn gc_cycles_address_without_symbols() {
-    for ver in VERSIONS {
+    for ver in versions() {
         for (full, stripped) in TWINS {
             if !targets_dir().join(ver).join(full).is_file() {
                 assert!(full.contains("cgo"), "{ver}: no {full}");
@@ -825,6 +903,7 @@ fn gc_cycles_address_without_symbols() {
 }
 
 #[test]
+#[ignore = "needs the go-targets built by ./x test (the e2e layer)"]
 fn gc_cycles_rule_checks_itself() {
     for (ver, name) in [
         ("1.27.3", "counting-stripped"),
@@ -873,8 +952,9 @@ fn gc_cycles_rule_checks_itself() {
 /// The Green Tea GC is the default from 1.26: exactly 1.26 and 1.27 among the test binaries, none of which sets
 /// GOEXPERIMENT.
 #[test]
+#[ignore = "needs the go-targets built by ./x test (the e2e layer)"]
 fn green_tea_inline_mark_bits() {
-    for ver in VERSIONS {
+    for ver in versions() {
         for name in [
             "counting",
             "counting-stripped",
@@ -919,14 +999,9 @@ fn green_tea_inline_mark_bits() {
 /// `runtime/runtime2.go` of a toolchain.
 /// A file of the runtime's source in a toolchain the tests built with.
 fn runtime_source(ver: &str, file: &str) -> String {
-    let path = if ver.starts_with("1.19") {
-        PathBuf::from("/usr/lib/go-1.19/src/runtime").join(file)
-    } else {
-        PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.cache/go"))
-            .join(ver)
-            .join("go/src/runtime")
-            .join(file)
-    };
+    // GOROOT is the directory above the go binary's bin/.
+    let goroot = go_binary(ver).parent().and_then(|bin| bin.parent()).unwrap();
+    let path = goroot.join("src/runtime").join(file);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
@@ -966,8 +1041,9 @@ fn source_wait_reasons(ver: &str) -> (Vec<String>, Vec<String>) {
 }
 
 #[test]
+#[ignore = "needs the go-targets built by ./x test (the e2e layer)"]
 fn g_status_offsets_and_wait_reasons() {
-    for ver in VERSIONS {
+    for ver in versions() {
         let (names, strings) = source_wait_reasons(ver);
         for (name, stripped) in [
             ("counting", "counting-stripped"),
@@ -1057,8 +1133,9 @@ fn g_status_offsets_and_wait_reasons() {
 }
 
 #[test]
+#[ignore = "needs the go-targets built by ./x test (the e2e layer)"]
 fn cleanup_layout_matches_dwarf_and_code() {
-    for ver in VERSIONS {
+    for ver in versions() {
         let b = bin(ver, "finalizers");
         let Some(c) = b.layout().cleanups else {
             assert!(b.version().minor < 24, "{ver}: no cleanup layout");
@@ -1125,8 +1202,9 @@ fn cleanup_layout_matches_dwarf_and_code() {
 }
 
 #[test]
+#[ignore = "needs the go-targets built by ./x test (the e2e layer)"]
 fn sampling_layout_matches_dwarf_symbols_and_code() {
-    for ver in VERSIONS {
+    for ver in versions() {
         let b = bin(ver, "allocbench");
         let s = bin(ver, "allocbench-stripped");
         let l = b.layout();
@@ -1187,8 +1265,9 @@ fn sampling_layout_matches_dwarf_symbols_and_code() {
 }
 
 #[test]
+#[ignore = "needs the go-targets built by ./x test (the e2e layer)"]
 fn heap_model_reads_the_arena_index_and_names_the_globals() {
-    for ver in VERSIONS {
+    for ver in versions() {
         let b = bin(ver, "holders");
         let m = b.heap_model().unwrap_or_else(|e| panic!("{ver}: {e}"));
         // heapArena.spans follows the heap bitmap until 1.22 moved the bitmap out (go-runtime-internals.md §2.4 for
@@ -1271,8 +1350,9 @@ fn heap_model_reads_the_arena_index_and_names_the_globals() {
 }
 
 #[test]
+#[ignore = "needs the go-targets built by ./x test (the e2e layer)"]
 fn heap_offsets_table_matches_dwarf() {
-    for ver in VERSIONS {
+    for ver in versions() {
         for name in ["holders", "counting-arm64"] {
             let b = bin(ver, name);
             let bytes = std::fs::read(target_path(ver, name)).unwrap();
@@ -1330,8 +1410,9 @@ fn heap_twins(ver: &str) -> impl Iterator<Item = (&'static str, &'static str)> +
 /// `runtime.mheap_`, `runtime.allgs` and `runtime.firstmoduledata` found without symbols: on the unstripped build
 /// at the symbols' addresses, on its stripped twin at the same place in the same section.
 #[test]
+#[ignore = "needs the go-targets built by ./x test (the e2e layer)"]
 fn runtime_roots_found_from_code() {
-    for ver in VERSIONS {
+    for ver in versions() {
         for (full, stripped) in heap_twins(ver) {
             let (b, s) = (bin(ver, full), bin(ver, stripped));
             let syms = nm(ver, full);
@@ -1376,8 +1457,9 @@ fn runtime_roots_found_from_code() {
 }
 
 #[test]
+#[ignore = "needs the go-targets built by ./x test (the e2e layer)"]
 fn heap_model_without_symbols() {
-    for ver in VERSIONS {
+    for ver in versions() {
         for (full, stripped) in heap_twins(ver) {
             let (b, s) = (bin(ver, full), bin(ver, stripped));
             let m = b.heap_model().unwrap_or_else(|e| panic!("{ver}/{full}: {e}"));
@@ -1460,11 +1542,12 @@ fn heap_model_without_symbols() {
 /// and the code-found addresses hold what they should: `allgs` a slice of live gs with sane stacks, `mheap_.arenas`
 /// the arena index. The targets are not PIE: link-time addresses are the run-time ones.
 #[test]
+#[ignore = "needs the go-targets built by ./x test (the e2e layer)"]
 fn data_regions_and_roots_match_the_running_program() {
     use std::io::{BufRead, BufReader};
     use std::os::unix::fs::FileExt;
     use std::process::Stdio;
-    for ver in VERSIONS {
+    for ver in versions() {
         let s = bin(ver, "holders-stripped");
         let m = s.heap_model().unwrap();
         let mut child = Command::new(target_path(ver, "holders-stripped"))
@@ -1511,6 +1594,7 @@ fn data_regions_and_roots_match_the_running_program() {
 
 /// Code that does not fit a rule gives an error naming the function, never another address.
 #[test]
+#[ignore = "needs the go-targets built by ./x test (the e2e layer)"]
 fn root_rules_check_themselves() {
     for (ver, name) in [
         ("1.27.3", "holders-stripped"),
@@ -1553,6 +1637,7 @@ fn root_rules_check_themselves() {
 /// Random byte damage to what the stripped heap model reads: it returns, never panics, and what it returns passed
 /// the rules' own checks.
 #[test]
+#[ignore = "needs the go-targets built by ./x test (the e2e layer)"]
 fn heap_model_survives_damage() {
     let mut seed = 0x2545_f491_4f6c_dd1du64;
     let mut next = move || {
@@ -1611,8 +1696,9 @@ fn heap_model_survives_damage() {
 /// `runtime.chanrecv1`): the closure's captured `batch` is a live pointer of its frame, in every release, stripped
 /// or not; and the module's `gofunc` is the linker's `go:func.*` (`go.func.*` in 1.19).
 #[test]
+#[ignore = "needs the go-targets built by ./x test (the e2e layer)"]
 fn stack_maps_say_which_frame_words_are_live_pointers() {
-    for ver in VERSIONS {
+    for ver in versions() {
         let syms = nm(ver, "holders");
         let gofunc = syms.get("go:func.*").or_else(|| syms.get("go.func.*")).copied();
         for name in ["holders", "holders-stripped"] {
