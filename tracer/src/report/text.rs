@@ -178,13 +178,7 @@ impl Report {
         if self.retained.is_empty() {
             writeln!(w, "nothing retained")?;
         } else {
-            let type_width = self
-                .retained
-                .iter()
-                .map(|r| r.type_name.chars().count())
-                .max()
-                .unwrap_or(4)
-                .clamp(4, 48);
+            let type_width = type_width(self.retained.iter().map(|r| r.type_name.as_str()));
             writeln!(
                 w,
                 "{:<6} {:>20} {:>20} {:>20}  {:>9}  {:<9}  {:<type_width$}  SITE",
@@ -335,14 +329,14 @@ fn count_bytes(count: u64, bytes: u64) -> String {
     format!("{count} ({})", human_bytes(bytes))
 }
 
+/// The width of a TYPE column: its longest name, between 4 and 48 characters.
+fn type_width<'a>(names: impl Iterator<Item = &'a str>) -> usize {
+    names.map(|n| n.chars().count()).max().unwrap_or(4).clamp(4, 48)
+}
+
 /// The site table: one line per site, then its callers indented.
 pub fn write_table(w: &mut dyn Write, rows: &[SiteRow], caller_lines: usize) -> io::Result<()> {
-    let type_width = rows
-        .iter()
-        .map(|r| r.type_name.chars().count())
-        .max()
-        .unwrap_or(4)
-        .clamp(4, 48);
+    let type_width = type_width(rows.iter().map(|r| r.type_name.as_str()));
     writeln!(
         w,
         "{:<6} {:>9} {:>10}  {:<type_width$}  SITE",
