@@ -364,6 +364,30 @@ fn json_matches_the_schema() {
     }
 }
 
+/// Every reason a report can give for its end is one the schema allows: the CLI's three, and the agent's
+/// report of a target it still traces.
+#[test]
+fn every_end_reason_matches_the_schema() {
+    let (_, validator) = schema();
+    for reason in [
+        EndReason::Duration,
+        EndReason::Interrupted,
+        EndReason::TargetExited,
+        EndReason::Running,
+    ] {
+        let mut r = report();
+        r.ended_by = reason;
+        let v = json(&r);
+        assert_eq!(v["ended_by"], reason.as_str());
+        let errors = schema_errors(&validator, &v);
+        assert!(
+            errors.is_empty(),
+            "ended_by {reason:?} breaks the schema:\n{}",
+            errors.join("\n")
+        );
+    }
+}
+
 #[test]
 fn schema_rejects_unknown_keys() {
     let (_, validator) = schema();
