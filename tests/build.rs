@@ -1,4 +1,5 @@
-//! Writes `$OUT_DIR/go_matrix.rs`, the Go versions `go_matrix!` (src/lib.rs) declares test modules for,
+//! Writes `$OUT_DIR/go_matrix.rs`, the Go versions `go_matrix!` (src/lib.rs) declares test modules for
+//! and a constant per release line (`GO1_24`) for the tests that pick one,
 //! from go-targets/go-versions.txt: the toolchains xtask builds the go-targets with, so the two cannot
 //! drift apart. A line's first word is the version (the directory under MAPTRACE_GO_TARGETS); the module
 //! is named after its release line (`1.21.13` → `go1_21`), so test names do not change with patch releases.
@@ -57,6 +58,13 @@ fn main() {
     out += "    (since $line:tt; $check:path) => {\n        \
             compile_error!(concat!(\"go_matrix!: no release line \", $line, \" in go-targets/go-versions.txt\"));\n    \
             };\n}\n";
+    // One constant per release line, naming the toolchain a test that wants that line uses: `GO1_24`.
+    for (module, version, line) in &versions {
+        out += &format!(
+            "/// The toolchain of release line {line} in go-targets/go-versions.txt.\npub const {}: &str = {version:?};\n",
+            module.to_uppercase()
+        );
+    }
     let dest = PathBuf::from(env::var("OUT_DIR").unwrap()).join("go_matrix.rs");
     fs::write(&dest, out).unwrap_or_else(|e| panic!("{}: {e}", dest.display()));
 }

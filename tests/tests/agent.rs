@@ -17,7 +17,7 @@ use std::{
 use e2e::{maptrace_bin, target_path, Lines, Target};
 use serde_json::Value;
 
-const GO: &str = "1.24.11";
+const GO: &str = e2e::GO1_24;
 const N: f64 = 10.0;
 /// Discovery scans every second here; a new target must show up within this.
 const FOUND_WITHIN: Duration = Duration::from_secs(15);

@@ -336,15 +336,15 @@ macro_rules! issue_versions {
         mod $check {
             #[test]
             fn go1_21() {
-                super::$check("1.21.13");
+                super::$check(e2e::GO1_21);
             }
             #[test]
             fn go1_24() {
-                super::$check("1.24.11");
+                super::$check(e2e::GO1_24);
             }
             #[test]
             fn go1_27() {
-                super::$check("1.27.3");
+                super::$check(e2e::GO1_27);
             }
         }
     };

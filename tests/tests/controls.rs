@@ -3,11 +3,11 @@
 
 use e2e::{assert_counts, site_functions, sites_at, target_path, trace_measured_phase, Maptrace, Target};
 
-const GO: &str = "1.24.11";
+const GO: &str = e2e::GO1_24;
 
 #[test]
 fn quiet_target_has_no_sites_of_its_own() {
-    for go in ["1.21.13", "1.27.3"] {
+    for go in [e2e::GO1_21, e2e::GO1_27] {
         let traced = trace_measured_phase(Target::start(&target_path(go, "quiet"), &["-sleep=1s"]));
         assert!(traced.target_status.success());
         let report = traced.report;

@@ -131,7 +131,7 @@ e2e::go_matrix!(super::check);
 /// The cgo build (externally linked) traces the same.
 #[test]
 fn cgo_build() {
-    let bin = target_path("1.24.11", "counting-cgo");
+    let bin = target_path(e2e::GO1_24, "counting-cgo");
     let traced = trace_measured_phase(Target::start(&bin, &["-maps=10", "-slices=20", "-objects=30"]));
     assert!(traced.target_status.success());
     assert_counts(

@@ -5,7 +5,7 @@ use std::{os::unix::fs::PermissionsExt, process::Command};
 
 use e2e::{maptrace_bin, run_maptrace, target_path, Maptrace, Target};
 
-const GO: &str = "1.24.11";
+const GO: &str = e2e::GO1_24;
 
 fn assert_failure(outcome: &e2e::Outcome, code: i32, needle: &str) {
     assert_eq!(outcome.status.code(), Some(code), "{outcome:#?}");
@@ -106,7 +106,7 @@ fn unsupported_go_versions_are_named() {
         ("go1.16.11", "too old"),
         ("go1.20.14", "no runtime layout"),
     ] {
-        let bin = with_build_version("go1.24.11", to, &dir);
+        let bin = with_build_version(&format!("go{GO}"), to, &dir);
         let target = Target::start(&bin, &["-sleep=1s"]);
         let outcome = run_maptrace(&["--pid", &target.pid.to_string()]);
         assert_failure(&outcome, 5, &format!("unsupported Go runtime {to}"));

@@ -48,10 +48,10 @@ fn check(go: &str) {
 
 #[test]
 fn go1_24() {
-    check("1.24.11");
+    check(e2e::GO1_24);
 }
 
 #[test]
 fn go1_27() {
-    check("1.27.3");
+    check(e2e::GO1_27);
 }

@@ -32,8 +32,9 @@ pub struct GoVersion {
     pub source: Source,
 }
 
-/// The one version `demo` uses and the cgo build (`counting-cgo`) is made with.
-pub const PRIMARY: &str = "1.24.11";
+/// The one version `demo` and `bench` use and the cgo build (`counting-cgo`) is made with: the 1.24 line's
+/// toolchain in go-versions.txt (the e2e crate generates a constant per line from it).
+pub const PRIMARY: &str = e2e::GO1_24;
 
 impl GoVersion {
     /// The `go` binary of this toolchain.
