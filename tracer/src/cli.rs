@@ -1,10 +1,12 @@
 //! Command-line interface.
 
+use std::io::{self, Write};
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::probes::sampling::{Mode, SamplingOptions, DEFAULT_BUDGET};
+use crate::report::Report;
 
 const AFTER_HELP: &str = "\
 Examples:
@@ -235,6 +237,19 @@ pub enum Format {
     Pprof,
     Dot,
     Flamegraph,
+}
+
+impl Format {
+    /// Writes `report` in this format.
+    pub fn write(self, report: &Report, w: &mut dyn Write) -> io::Result<()> {
+        match self {
+            Format::Text => report.write_text(w),
+            Format::Json => report.write_json(w),
+            Format::Pprof => report.write_pprof(w),
+            Format::Dot => report.write_dot(w),
+            Format::Flamegraph => report.write_flamegraph(w),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -20,20 +20,40 @@ fn main() {
     }
     let format = if cli.json { Format::Json } else { cli.format };
     if format == Format::Pprof && cli.output.is_none() && std::io::stdout().is_terminal() {
-        eprintln!("maptrace: error: a pprof profile is binary: write it with --output FILE (or redirect stdout)");
-        std::process::exit(2);
+        fail(
+            2,
+            "a pprof profile is binary: write it with --output FILE (or redirect stdout)",
+        );
     }
     // Created before tracing, so a bad path fails at once rather than after the whole trace.
     let output = cli.output.as_ref().map(|path| {
-        std::fs::File::create(path).unwrap_or_else(|e| {
-            eprintln!(
-                "maptrace: error: --output {}: {e} (choose a writable path)",
-                path.display()
-            );
-            std::process::exit(2);
-        })
+        std::fs::File::create(path)
+            .unwrap_or_else(|e| fail(2, &format!("--output {}: {e} (choose a writable path)", path.display())))
     });
-    let opts = TraceOptions {
+    let opts = trace_options(cli, format);
+    let result = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Other(e.into()))
+        .and_then(|rt| rt.block_on(run(&opts)));
+    let (report, session) = result.unwrap_or_else(|failure| fail(failure.exit_code(), &failure.to_string()));
+    let mut out: Box<dyn Write> = match output {
+        Some(file) => Box::new(std::io::BufWriter::new(file)),
+        None => Box::new(std::io::stdout().lock()),
+    };
+    let written = format.write(&report, &mut out).and_then(|()| out.flush());
+    drop(out);
+    session.detach();
+    if let Err(e) = written {
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            fail(1, &format!("writing the report: {e}"));
+        }
+    }
+}
+
+/// What the command line asks of one trace.
+fn trace_options(cli: Cli, format: Format) -> TraceOptions {
+    TraceOptions {
         // clap requires --pid without a subcommand.
         pid: cli.pid.unwrap_or_default(),
         duration: cli.duration,
@@ -49,40 +69,13 @@ fn main() {
             }),
         },
         record: cli.record,
-    };
-    let result = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| tracer::error::Failure::Other(e.into()))
-        .and_then(|rt| rt.block_on(run(&opts)));
-    match result {
-        Ok((report, session)) => {
-            let mut out: Box<dyn Write> = match output {
-                Some(file) => Box::new(std::io::BufWriter::new(file)),
-                None => Box::new(std::io::stdout().lock()),
-            };
-            let written = match format {
-                Format::Text => report.write_text(&mut out),
-                Format::Json => report.write_json(&mut out),
-                Format::Pprof => report.write_pprof(&mut out),
-                Format::Dot => report.write_dot(&mut out),
-                Format::Flamegraph => report.write_flamegraph(&mut out),
-            }
-            .and_then(|()| out.flush());
-            drop(out);
-            session.detach();
-            if let Err(e) = written {
-                if e.kind() != std::io::ErrorKind::BrokenPipe {
-                    eprintln!("maptrace: error: writing the report: {e}");
-                    std::process::exit(1);
-                }
-            }
-        }
-        Err(failure) => {
-            eprintln!("maptrace: error: {failure}");
-            std::process::exit(failure.exit_code());
-        }
     }
+}
+
+/// Ends maptrace with a one-line error.
+fn fail(code: i32, message: &str) -> ! {
+    eprintln!("maptrace: error: {message}");
+    std::process::exit(code);
 }
 
 fn run_agent(args: AgentArgs) -> ! {
@@ -108,9 +101,6 @@ fn run_agent(args: AgentArgs) -> ! {
         .and_then(|rt| rt.block_on(agent::run(opts)));
     match result {
         Ok(()) => std::process::exit(0),
-        Err(failure) => {
-            eprintln!("maptrace: error: {failure}");
-            std::process::exit(failure.exit_code());
-        }
+        Err(failure) => fail(failure.exit_code(), &failure.to_string()),
     }
 }
