@@ -27,12 +27,10 @@ use serde::Serialize;
 use crate::gobin::{HeapModel, TypeGraph, TypeId};
 use crate::memory::Memory;
 pub use held_by::{held_by, Diagnosis, HeldBy, HopRow, MapEntry};
-pub use pause::Pause;
-pub use roots::{
-    closure_roots, data_roots, global_roots, goroutine_roots, Goroutine, NamedWord, RootRegion, RootWords,
-};
+use pause::Pause;
+use roots::{closure_roots, data_roots, global_roots, goroutine_roots, Goroutine, RootRegion};
 pub use typed::EntryPart;
-pub use walk::find_chains;
+use walk::find_chains;
 
 /// How far one walk may go. Past `max_bytes` or `max_time` the walk stops and says it was cut short; objects
 /// `max_depth` steps from a root are not scanned (counted in [`WalkStats::depth_limited`]).

@@ -6,6 +6,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Instant;
 
 use super::index::{bit, HeapIndex, HeapObject, PointerWords};
+use super::roots::RootWords;
 use super::typed::{self, EntryPart, Slots};
 use super::*;
 use crate::gobin::runtime_types::TypeNames;
