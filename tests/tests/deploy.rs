@@ -128,23 +128,18 @@ yaml.safe_dump(c, open(sys.argv[2], "w"))
 fn the_dashboard_queries_exported_metrics() {
     let dashboard: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(repo("deploy/grafana-dashboard.json")).unwrap()).unwrap();
-    // What the agent exports, from its source: counters get `_total`.
+    // What the agent exports, from its table of families (`name`, then `kind`): counters get `_total`.
     let source = std::fs::read_to_string(repo("tracer/src/agent/metrics.rs")).unwrap();
     let mut exported = std::collections::HashSet::new();
-    for (i, _) in source.match_indices("f.write(\"maptrace_") {
-        let name: String = source[i + 9..]
+    for (i, _) in source.match_indices("name: \"maptrace_") {
+        let name: String = source[i + "name: \"".len()..]
             .chars()
             .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
             .collect();
         let counter = source[i..]
-            .lines()
-            .next()
-            .unwrap_or_default()
-            .contains("MetricType::Counter")
-            || source[i..]
-                .split("MetricType::")
-                .nth(1)
-                .is_some_and(|t| t.starts_with("Counter"));
+            .split("kind: MetricType::")
+            .nth(1)
+            .is_some_and(|t| t.starts_with("Counter"));
         exported.insert(if counter { format!("{name}_total") } else { name });
     }
     assert!(exported.len() >= 15, "{exported:?}");
