@@ -33,3 +33,19 @@ pub(crate) fn uvarint(data: &[u8], pos: &mut usize) -> Option<u64> {
     }
     None
 }
+
+#[cfg(test)]
+mod tests {
+    use super::uvarint;
+
+    #[test]
+    fn uvarint_lengths() {
+        let read = |b: &[u8]| {
+            let mut pos = 0;
+            uvarint(b, &mut pos).map(|v| (v, pos))
+        };
+        assert_eq!(read(&[5]), Some((5, 1)));
+        assert_eq!(read(&[0x80, 0x01]), Some((128, 2)));
+        assert_eq!(read(&[0x80; 10]), None);
+    }
+}

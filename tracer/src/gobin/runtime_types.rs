@@ -6,6 +6,7 @@
 
 use std::{collections::HashMap, io, sync::Arc};
 
+use super::bytes::uvarint;
 use crate::memory::Memory;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -64,12 +65,13 @@ fn read_type(mem: &dyn Memory, types_base: u64, type_ptr: u64) -> io::Result<GoT
     // flag byte + uvarint length (at most 10 bytes)
     let mut prefix = [0u8; 11];
     mem.read(name_addr, &mut prefix)?;
-    let (len, used) = uvarint(&prefix[1..]).ok_or_else(|| bad("bad name length"))?;
+    let mut start = 1;
+    let len = uvarint(&prefix, &mut start).ok_or_else(|| bad("bad name length"))?;
     if len == 0 || len > MAX_NAME_LEN {
         return Err(bad("implausible name length"));
     }
     let mut name = vec![0u8; len as usize];
-    mem.read(name_addr + 1 + used as u64, &mut name)?;
+    mem.read(name_addr + start as u64, &mut name)?;
     let mut name = String::from_utf8(name).map_err(|_| bad("name is not UTF-8"))?;
     if tflag & TFLAG_EXTRA_STAR != 0 && name.starts_with('*') {
         name.remove(0);
@@ -121,17 +123,6 @@ pub fn pointer_elem(mem: &dyn Memory, ptr_type: u64) -> Option<u64> {
     }
     mem.word(ptr_type.checked_add(TYPE_HEADER_LEN as u64)?)
         .filter(|&e| e != 0)
-}
-
-fn uvarint(b: &[u8]) -> Option<(u64, usize)> {
-    let mut v = 0u64;
-    for (i, &byte) in b.iter().enumerate().take(10) {
-        v |= u64::from(byte & 0x7f) << (7 * i);
-        if byte & 0x80 == 0 {
-            return Some((v, i + 1));
-        }
-    }
-    None
 }
 
 fn bad(what: &str) -> io::Error {
@@ -215,12 +206,5 @@ mod tests {
         assert_eq!(pointer_free(&img, 0x600000), Some(true));
         assert_eq!(pointer_free(&img, 0x600100), Some(false));
         assert_eq!(pointer_free(&img, 0x900000), None, "unreadable");
-    }
-
-    #[test]
-    fn uvarint_lengths() {
-        assert_eq!(uvarint(&[5]), Some((5, 1)));
-        assert_eq!(uvarint(&[0x80, 0x01]), Some((128, 2)));
-        assert_eq!(uvarint(&[0x80; 10]), None);
     }
 }
