@@ -19,7 +19,10 @@ use crate::gobin::{FileIdentity, GoBinary, TargetError};
 /// one new executable, found in the same scan, wait for one inspection instead of making one each, while other
 /// executables are inspected meanwhile.
 #[derive(Clone, Default)]
-pub struct Binaries(Arc<Mutex<HashMap<FileIdentity, Arc<Mutex<Weak<GoBinary>>>>>>);
+pub struct Binaries(Arc<Mutex<HashMap<FileIdentity, Arc<InspectedOnce>>>>);
+
+/// One executable's inspection: the binary while a session holds it, and the lock its inspection runs under.
+type InspectedOnce = Mutex<Weak<GoBinary>>;
 
 impl Binaries {
     /// The inspected binary of `exe` (the file behind `/proc/PID/exe`, whose contents were `expected` when the
