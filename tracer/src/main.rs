@@ -27,7 +27,7 @@ fn main() {
     }
     // Created before tracing, so a bad path fails at once rather than after the whole trace.
     let output = cli.output.as_ref().map(|path| {
-        std::fs::File::create(path)
+        tracer::output::create_private(path)
             .unwrap_or_else(|e| fail(2, &format!("--output {}: {e} (choose a writable path)", path.display())))
     });
     let opts = trace_options(cli, format);
