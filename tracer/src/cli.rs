@@ -253,7 +253,7 @@ impl Format {
     /// Writes `report` in this format.
     pub fn write(self, report: &Report, w: &mut dyn Write) -> io::Result<()> {
         match self {
-            Format::Text => report.write_text(w),
+            Format::Text => report.write_text(&mut crate::units::Printable(w)),
             Format::Json => report.write_json(w),
             Format::Pprof => report.write_pprof(w),
             Format::Dot => report.write_dot(w),

@@ -74,7 +74,7 @@ fn trace_options(cli: Cli, format: Format) -> TraceOptions {
 
 /// Ends maptrace with a one-line error.
 fn fail(code: i32, message: &str) -> ! {
-    eprintln!("maptrace: error: {message}");
+    eprintln!("maptrace: error: {}", tracer::units::printable(message));
     std::process::exit(code);
 }
 

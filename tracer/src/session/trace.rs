@@ -44,7 +44,7 @@ pub async fn run(opts: &TraceOptions) -> Result<(Report, Session), Failure> {
         session.uprobes(),
         session.plan.points.len(),
         session.process.pid,
-        session.process.exe_display,
+        crate::units::printable(&session.process.exe_display),
         session.binary.version(),
         session.attach_seconds(),
         session.mode().as_str(),
@@ -112,7 +112,7 @@ fn progress(live: bool, start: Instant, session: &mut Session) {
     let mut err = std::io::stderr().lock();
     if live {
         let _ = write!(err, "\x1b[H\x1b[2J{head}  (Ctrl-C for the report)\n\n");
-        let _ = write_table(&mut err, &session.top_sites(15), 0);
+        let _ = write_table(&mut crate::units::Printable(&mut err), &session.top_sites(15), 0);
     } else {
         let _ = writeln!(err, "{head}");
     }
