@@ -14,9 +14,19 @@ use tracer::{
 };
 
 fn main() {
+    tracer::session::trace::hold_stop_signals();
     let cli = Cli::parse();
     if let Some(Command::Agent(args)) = cli.command {
         run_agent(args);
+    }
+    if let (Some(value), Some(pid)) = (cli.restore_memprofilerate, cli.pid) {
+        match tracer::session::write_memprofilerate(pid, value) {
+            Ok(before) => {
+                println!("maptrace: PID {pid}: runtime.MemProfileRate {before} -> {value}");
+                std::process::exit(0)
+            }
+            Err(failure) => fail(failure.exit_code(), &failure.to_string()),
+        }
     }
     let format = if cli.json { Format::Json } else { cli.format };
     if format == Format::Pprof && cli.output.is_none() && std::io::stdout().is_terminal() {
