@@ -71,7 +71,7 @@ fn read_type(mem: &dyn Memory, types_base: u64, type_ptr: u64) -> io::Result<GoT
         return Err(bad("implausible name length"));
     }
     let mut name = vec![0u8; len as usize];
-    mem.read(name_addr + start as u64, &mut name)?;
+    mem.read(name_addr.wrapping_add(start as u64), &mut name)?;
     let mut name = String::from_utf8(name).map_err(|_| bad("name is not UTF-8"))?;
     if tflag & TFLAG_EXTRA_STAR != 0 && name.starts_with('*') {
         name.remove(0);
