@@ -347,7 +347,7 @@ impl Span {
     fn check(&self) -> bool {
         let bytes = self.limit.saturating_sub(self.start);
         let max_elems = if self.class >> 1 == 0 { 1 } else { MAX_SMALL_ELEMS };
-        self.start % (1 << PAGE_SHIFT) == 0
+        self.start.is_multiple_of(1 << PAGE_SHIFT)
             && bytes > 0
             && self.elemsize >= 8
             && self.nelems <= max_elems
@@ -577,7 +577,8 @@ pub(super) mod tests {
         };
         let good = heap(&l, 1, 48, 5 << 1);
         assert_eq!(reached(&good), (Some(HeapObject { base: HEAP, size: 48 }), 0));
-        let lies: [(&str, &dyn Fn(&FakeMemory)); 7] = [
+        type Lie<'a> = (&'a str, &'a dyn Fn(&FakeMemory));
+        let lies: [Lie; 7] = [
             // 65535 objects of 8 bytes in one page (at most 1024 fit; the old reader sized a bitmap from it).
             ("nelems", &|m| {
                 m.put(SPAN + 50, &u16::MAX.to_le_bytes());

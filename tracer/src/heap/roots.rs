@@ -447,8 +447,8 @@ pub(super) mod tests {
         m.word(0x10300, 0x10300);
         assert_eq!(frames(&m, 0x10010, 0x10300), (vec![(0x10010, 0x10310)], 0x10310, true));
         // Past the stack's end, misaligned.
-        assert_eq!(frames(&m, 0x10010, HI - 8).2, true);
-        assert_eq!(frames(&m, 0x10010, 0x10104).2, true);
+        assert!(frames(&m, 0x10010, HI - 8).2, "past the end");
+        assert!(frames(&m, 0x10010, 0x10104).2, "misaligned");
     }
 
     /// A heap model of the test heap's layout whose `g`s keep `stack.lo` at 0, `stack.hi` at 8, and `sched` sp, pc
