@@ -18,6 +18,10 @@ const MAX_KEY_TEXT: u64 = 64;
 /// Objects larger than this are scanned in pieces of this size, the pause budget checked between them: a piece
 /// of pointers takes about a millisecond to follow (a map's bucket array of megabytes is one object).
 const READ_CHUNK: u64 = 64 << 10;
+/// Objects one walk records at most (about 130 bytes each, so half a GiB): what it keeps grows with the objects it
+/// reaches, and the byte budget alone would let a heap of small objects pointing at one another (128 Mi words in a
+/// GiB) cost tens of GiB. Past it the walk stops, cut short.
+const MAX_REACHED: usize = 1 << 22;
 
 /// Which words of an untyped value a walk follows (bit i: word i), and which of those are known to be pointers.
 #[derive(Clone, Copy)]
@@ -96,7 +100,7 @@ impl Walk<'_, '_, '_> {
         let Some(obj) = self.heap.object_containing(word) else {
             return;
         };
-        if self.reached.contains_key(&obj.base) {
+        if self.reached.contains_key(&obj.base) || self.reached.len() >= MAX_REACHED {
             return;
         }
         let graph = self.slots.graph();
@@ -225,7 +229,7 @@ impl Walk<'_, '_, '_> {
                 if offset > 0 {
                     pause.check();
                 }
-                if stats.bytes_scanned >= limits.max_bytes || started.elapsed() >= limits.max_time {
+                if self.over(limits, stats, started) {
                     stats.cut_short = true;
                     return;
                 }
@@ -241,6 +245,13 @@ impl Walk<'_, '_, '_> {
                 offset += len;
             }
         }
+    }
+
+    /// Whether the walk has spent its budget (bytes, time) or recorded [`MAX_REACHED`] objects.
+    fn over(&self, limits: &WalkLimits, stats: &WalkStats, started: Instant) -> bool {
+        stats.bytes_scanned >= limits.max_bytes
+            || started.elapsed() >= limits.max_time
+            || self.reached.len() >= MAX_REACHED
     }
 
     /// The Go path of the pointer followed into `r` within its parent (typed as `parent`): `.Buf`, `[3].elem`;
@@ -601,7 +612,7 @@ impl Walk<'_, '_, '_> {
         });
         let mut offset = 0;
         while offset < len {
-            if stats.bytes_scanned >= limits.max_bytes || started.elapsed() >= limits.max_time {
+            if self.over(limits, stats, started) {
                 return false;
             }
             let n = (len - offset).min(ROOT_CHUNK);
