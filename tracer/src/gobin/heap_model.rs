@@ -125,7 +125,7 @@ impl GoBinary {
 
 fn layout(offsets: &HeapOffsets, mheap: u64, runtime: &RuntimeLayout, arch: Arch) -> HeapLayout {
     HeapLayout {
-        arenas: mheap + offsets.mheap_arenas,
+        arenas: mheap.wrapping_add(offsets.mheap_arenas),
         arena_spans: offsets.arena_spans,
         span: runtime.span,
         span_state: offsets.span_state,

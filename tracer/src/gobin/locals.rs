@@ -123,7 +123,11 @@ pub(crate) fn stack_pieces(expr: &[u8]) -> Vec<StackPiece> {
                 if let Some(cfa_offset) = at.take() {
                     out.push(StackPiece { start, len, cfa_offset });
                 }
-                start += len;
+                // Pieces past the address space: not an expression Go writes.
+                let Some(next) = start.checked_add(len) else {
+                    return Vec::new();
+                };
+                start = next;
                 split = true;
             }
             _ => return Vec::new(),
@@ -185,6 +189,9 @@ mod tests {
         assert!(stack_pieces(&[0x50]).is_empty());
         assert!(stack_pieces(&[0x03, 0, 0, 0, 0, 0, 0, 0, 0]).is_empty());
         assert!(stack_pieces(&[0x91]).is_empty(), "truncated");
+        // Pieces of 2^63 bytes: the second ends past the address space.
+        let huge = [0x93, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x01];
+        assert!(stack_pieces(&[huge, huge].concat()).is_empty());
     }
 
     #[test]

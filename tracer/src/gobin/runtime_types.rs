@@ -71,7 +71,7 @@ fn read_type(mem: &dyn Memory, types_base: u64, type_ptr: u64) -> io::Result<GoT
         return Err(bad("implausible name length"));
     }
     let mut name = vec![0u8; len as usize];
-    mem.read(name_addr + start as u64, &mut name)?;
+    mem.read(name_addr.wrapping_add(start as u64), &mut name)?;
     let mut name = String::from_utf8(name).map_err(|_| bad("name is not UTF-8"))?;
     if tflag & TFLAG_EXTRA_STAR != 0 && name.starts_with('*') {
         name.remove(0);
@@ -187,11 +187,24 @@ mod tests {
 
     #[test]
     fn unreadable_or_nil_types_have_no_name() {
-        let img = Image(vec![(0x500000, type_desc(8, 0, 1 << 20))]);
+        // A name whose length says 2^28 bytes (no Go type name is longer than MAX_NAME_LEN), and one of a
+        // length that needs more than ten varint bytes.
+        let names = [
+            vec![0u8, 0x80, 0x80, 0x80, 0x80, 0x01, b'x'],
+            [0u8].into_iter().chain([0x80; 11]).collect(),
+        ];
+        let img = Image(vec![
+            (0x500000, type_desc(8, 0, 1 << 20)),
+            (0x400000, [names[0].clone(), names[1].clone()].concat()),
+            (0x500100, type_desc(8, 0, 0)),
+            (0x500200, type_desc(8, 0, names[0].len() as i32)),
+        ]);
         let mut t = TypeNames::new(Some(0x400000));
         assert_eq!(t.resolve(&img, 0), None);
         assert_eq!(t.resolve(&img, 0x500000), None);
         assert_eq!(t.resolve(&img, 0x900000), None);
+        assert_eq!(t.resolve(&img, 0x500100), None, "a huge length");
+        assert_eq!(t.resolve(&img, 0x500200), None, "an overlong length");
         assert_eq!(TypeNames::new(None).resolve(&img, 0x500000), None);
     }
 

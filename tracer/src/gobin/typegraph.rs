@@ -127,3 +127,26 @@ impl TypeGraph {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn typedef_cycles_end() {
+        let typedef = |name: &str, to| GoTypeDef {
+            name: name.into(),
+            size: 0,
+            kind: 0,
+            shape: Shape::Typedef(to),
+        };
+        // A names B, B names A; C names itself; D names a type that is not there.
+        let g = TypeGraph::new(vec![typedef("A", 1), typedef("B", 0), typedef("C", 2), typedef("D", 9)]);
+        for id in 0..4 {
+            assert!(matches!(g.shape(id), Shape::Typedef(_) | Shape::Plain), "{id}");
+            assert_eq!(g.get(id).unwrap().size, 0);
+        }
+        assert_eq!(g.resolve(3), 9);
+        assert_eq!(g.pointee(0), None);
+    }
+}

@@ -14,7 +14,7 @@ pub mod gstatus {
 /// A goroutine's status, without the `_Gscan` bit (0x1000) the GC sets while it scans the stack.
 pub fn goroutine_status(memory: &dyn Memory, layout: &RuntimeLayout, g: u64) -> Option<u32> {
     let mut status = [0u8; 4];
-    memory.read(g + layout.g_atomicstatus, &mut status).ok()?;
+    memory.read(g.checked_add(layout.g_atomicstatus)?, &mut status).ok()?;
     Some(u32::from_le_bytes(status) & !0x1000)
 }
 
@@ -30,7 +30,7 @@ pub fn status_text(memory: &dyn Memory, layout: &RuntimeLayout, g: u64, status: 
         gstatus::RUNNING => "running".into(),
         gstatus::WAITING => {
             let mut reason = [0u8; 1];
-            match memory.read(g + layout.g_waitreason, &mut reason) {
+            match memory.read(g.wrapping_add(layout.g_waitreason), &mut reason) {
                 Ok(()) => layout
                     .wait_reason(reason[0])
                     .map_or_else(|| format!("waiting ({})", reason[0]), str::to_string),

@@ -29,6 +29,12 @@ const MALLOC_HEADER: u64 = 8;
 const INLINE_MARKS: u64 = 128;
 /// Larger masks than this (a type of more than 64 MiB of pointer words) are not read.
 const MAX_MASK_BYTES: u64 = 1 << 20;
+/// Objects in a span of small objects at most: a page of the smallest size class (`pageSize / 8`), the most any
+/// size class's span holds (`runtime/sizeclasses.go`, 1.19 to 1.27).
+const MAX_SMALL_ELEMS: u64 = (1 << PAGE_SHIFT) / 8;
+/// Pointer bits kept for one object at most (16 MiB, for a 1 GiB object: the walk's default byte budget): a larger
+/// object is scanned conservatively, within the walk's budget, rather than given a bitmap its span's words size.
+const MAX_OBJECT_WORDS: u64 = 1 << 27;
 
 /// An allocated heap slot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,6 +84,8 @@ pub struct HeapIndex<'m> {
     pages: HashMap<u64, u64>,
     /// `*mspan` → the span, if in use.
     spans: HashMap<u64, Option<Span>>,
+    /// Span records that could not be read or contradict the runtime's layout: no object in them is reached.
+    corrupt_spans: u64,
 }
 
 impl<'m> HeapIndex<'m> {
@@ -90,7 +98,13 @@ impl<'m> HeapIndex<'m> {
             arenas: HashMap::new(),
             pages: HashMap::new(),
             spans: HashMap::new(),
+            corrupt_spans: 0,
         }
+    }
+
+    /// Span records found unreadable or inconsistent so far (see [`Span::check`]).
+    pub fn corrupt_spans(&self) -> u64 {
+        self.corrupt_spans
     }
 
     fn word(&self, addr: u64) -> Option<u64> {
@@ -108,14 +122,16 @@ impl<'m> HeapIndex<'m> {
         let l2 = match self.l2 {
             Some(l2) => l2,
             None => {
-                let l2 = self.word(self.layout.arenas + self.load_bias).filter(|&p| p != 0);
+                let l2 = self
+                    .word(self.layout.arenas.wrapping_add(self.load_bias))
+                    .filter(|&p| p != 0);
                 *self.l2.insert(l2)
             }
         }?;
         let arena = match self.arenas.get(&ri) {
             Some(&a) => a,
             None => {
-                let a = self.word(l2 + 8 * ri).filter(|&p| p != 0);
+                let a = l2.checked_add(8 * ri).and_then(|at| self.word(at)).filter(|&p| p != 0);
                 *self.arenas.entry(ri).or_insert(a)
             }
         }?;
@@ -123,8 +139,9 @@ impl<'m> HeapIndex<'m> {
         let span_ptr = match self.pages.get(&page) {
             Some(&s) => s,
             None => {
-                let s = self
-                    .word(arena + self.layout.arena_spans + 8 * (page % PAGES_PER_ARENA))
+                let s = arena
+                    .checked_add(self.layout.arena_spans + 8 * (page % PAGES_PER_ARENA))
+                    .and_then(|at| self.word(at))
                     .unwrap_or(0);
                 self.pages.insert(page, s);
                 s
@@ -138,7 +155,7 @@ impl<'m> HeapIndex<'m> {
             self.spans.insert(span_ptr, span);
         }
         let span = self.spans.get_mut(&span_ptr)?.as_mut()?;
-        (addr >= span.start && addr < span.limit && span.elemsize != 0).then_some(span)
+        (addr >= span.start && addr < span.limit).then_some(span)
     }
 
     /// The allocated heap object `addr` points into, if any.
@@ -152,6 +169,7 @@ impl<'m> HeapIndex<'m> {
         // Below freeindex every slot is allocated; above it, allocBits says (as of the span's last sweep).
         if idx >= span.freeindex {
             if span.bits.is_none() {
+                // At most MAX_SMALL_ELEMS bits: `Span::check` bounds nelems.
                 let mut bits = vec![0u8; span.nelems.div_ceil(8) as usize];
                 if memory.read(span.alloc_bits, &mut bits).is_err() {
                     bits.clear();
@@ -188,19 +206,24 @@ impl<'m> HeapIndex<'m> {
             span.large_type,
         );
         let words = obj.size / 8;
-        let read = |addr: u64, len: u64| -> Option<Vec<u8>> {
+        if words > MAX_OBJECT_WORDS {
+            return PointerWords::Unknown;
+        }
+        let read = |addr: Option<u64>, len: u64| -> Option<Vec<u8>> {
             let mut b = vec![0u8; usize::try_from(len).ok()?];
-            self.memory.read(addr, &mut b).ok()?;
+            self.memory.read(addr?, &mut b).ok()?;
             Some(b)
         };
         let found = match bits {
             PointerBits::ArenaOneBit => {
                 let first = obj.base / 8 % ARENA_WORDS;
-                read(arena + first / 8, (first % 8 + words).div_ceil(8)).map(|b| bit_range(&b, first % 8, words))
+                read(arena.checked_add(first / 8), (first % 8 + words).div_ceil(8))
+                    .map(|b| bit_range(&b, first % 8, words))
             }
             PointerBits::ArenaTwoBits => {
                 let first = obj.base / 8 % ARENA_WORDS;
-                read(arena + first / 4, (first % 4 + words).div_ceil(4)).map(|b| two_bit_range(&b, first % 4, words))
+                read(arena.checked_add(first / 4), (first % 4 + words).div_ceil(4))
+                    .map(|b| two_bit_range(&b, first % 4, words))
             }
             PointerBits::InSpan { .. } if obj.size <= MAX_SIZE_BITS_IN_SPAN => {
                 let len = (limit - start) / 64;
@@ -210,7 +233,8 @@ impl<'m> HeapIndex<'m> {
                     0
                 };
                 let first = (obj.base - start) / 8;
-                read(limit - len - marks + first / 8, (first % 8 + words).div_ceil(8))
+                let bits_at = (limit - len).checked_sub(marks).filter(|&at| at >= start);
+                read(bits_at.map(|at| at + first / 8), (first % 8 + words).div_ceil(8))
                     .map(|b| bit_range(&b, first % 8, words))
             }
             PointerBits::InSpan { mask_on_demand, .. } => {
@@ -265,9 +289,14 @@ impl<'m> HeapIndex<'m> {
         Some(out)
     }
 
-    fn read_span(&self, ptr: u64, arena: u64) -> Option<Span> {
+    /// The span record at `ptr` if it is in use; a record that cannot be read or contradicts the runtime's
+    /// layout is counted in `corrupt_spans`.
+    fn read_span(&mut self, ptr: u64, arena: u64) -> Option<Span> {
         let mut b = [0u8; SPAN_READ];
-        self.memory.read(ptr, &mut b).ok()?;
+        if self.memory.read(ptr, &mut b).is_err() {
+            self.corrupt_spans += 1;
+            return None;
+        }
         let l = self.layout;
         let uint = |off: u64, size: u8| -> Option<u64> {
             let off = off as usize;
@@ -283,7 +312,8 @@ impl<'m> HeapIndex<'m> {
             return None;
         }
         let start = uint(l.span.start_addr, 8)?;
-        Some(Span {
+        let npages = uint(l.span.npages, 8)?;
+        let span = Span {
             arena,
             class: uint(l.span_class, 1)? as u8,
             large_type: match l.pointer_bits {
@@ -291,13 +321,38 @@ impl<'m> HeapIndex<'m> {
                 _ => 0,
             },
             start,
-            limit: start + (uint(l.span.npages, 8)? << PAGE_SHIFT),
+            limit: npages
+                .checked_mul(1 << PAGE_SHIFT)
+                .and_then(|bytes| start.checked_add(bytes))
+                .unwrap_or(0),
             elemsize: uint(l.span.elemsize, 8)?,
             nelems: uint(l.span.nelems, l.span.nelems_size)?,
             freeindex: uint(l.span_freeindex.0, l.span_freeindex.1)?,
             alloc_bits: uint(l.span_alloc_bits, 8)?,
             bits: None,
-        })
+        };
+        if !span.check() {
+            self.corrupt_spans += 1;
+            return None;
+        }
+        Some(span)
+    }
+}
+
+impl Span {
+    /// Whether the record is one the runtime could have written (`(*mheap).initSpan`): page-aligned pages, objects
+    /// of at least a word that fit in them, one object in a large span (size class 0) and at most
+    /// [`MAX_SMALL_ELEMS`] in another, `freeindex` within them. Everything the index computes from a span (object
+    /// addresses, the size of its allocation bitmap, where its pointer bits are) relies on it.
+    fn check(&self) -> bool {
+        let bytes = self.limit.saturating_sub(self.start);
+        let max_elems = if self.class >> 1 == 0 { 1 } else { MAX_SMALL_ELEMS };
+        self.start.is_multiple_of(1 << PAGE_SHIFT)
+            && bytes > 0
+            && self.elemsize >= 8
+            && self.nelems <= max_elems
+            && self.nelems.checked_mul(self.elemsize).is_some_and(|b| b <= bytes)
+            && self.freeindex <= self.nelems
     }
 }
 
@@ -335,41 +390,13 @@ fn two_bit_range(bytes: &[u8], skip: u64, words: u64) -> Vec<u8> {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::cell::RefCell;
-    use std::collections::HashMap;
-
+pub(super) mod tests {
     use super::*;
     use crate::gobin::SpanLayout;
-
-    /// Bytes at addresses; unwritten ones read as zero.
-    #[derive(Default)]
-    struct Fake(RefCell<HashMap<u64, u8>>);
-
-    impl Memory for Fake {
-        fn read(&self, addr: u64, buf: &mut [u8]) -> std::io::Result<()> {
-            let m = self.0.borrow();
-            for (i, b) in buf.iter_mut().enumerate() {
-                *b = m.get(&(addr + i as u64)).copied().unwrap_or(0);
-            }
-            Ok(())
-        }
-    }
-
-    impl Fake {
-        fn put(&self, addr: u64, bytes: &[u8]) {
-            let mut m = self.0.borrow_mut();
-            for (i, &b) in bytes.iter().enumerate() {
-                m.insert(addr + i as u64, b);
-            }
-        }
-        fn word(&self, addr: u64, v: u64) {
-            self.put(addr, &v.to_le_bytes());
-        }
-    }
+    use crate::memory::fake::FakeMemory;
 
     /// The arm64 layout of 1.22+ (arenaBaseOffset 0), with `bits` for the pointer bits.
-    fn layout(bits: PointerBits, arena_spans: u64, inline_mark_sizes: (u64, u64)) -> HeapLayout {
+    pub(in crate::heap) fn layout(bits: PointerBits, arena_spans: u64, inline_mark_sizes: (u64, u64)) -> HeapLayout {
         HeapLayout {
             arenas: 0x1000,
             arena_spans,
@@ -391,17 +418,17 @@ mod tests {
         }
     }
 
-    const HEAP: u64 = 0x4000_0000;
+    pub(in crate::heap) const HEAP: u64 = 0x4000_0000;
     const ARENA: u64 = 0x10_0000;
     const SPAN: u64 = 0x2000;
-    const IN_SPAN: PointerBits = PointerBits::InSpan {
+    pub(in crate::heap) const IN_SPAN: PointerBits = PointerBits::InSpan {
         large_type: 152,
         mask_on_demand: true,
     };
 
     /// One in-use span of `npages` at HEAP, every slot allocated, of `elemsize` and size class `class`.
-    fn heap(l: &HeapLayout, npages: u64, elemsize: u64, class: u8) -> Fake {
-        let m = Fake::default();
+    pub(in crate::heap) fn heap(l: &HeapLayout, npages: u64, elemsize: u64, class: u8) -> FakeMemory {
+        let m = FakeMemory::default();
         m.word(0x1000, 0x8000); // the L2 arena map
         m.word(0x8000 + 8 * (HEAP >> ARENA_SHIFT), ARENA);
         for p in 0..npages {
@@ -420,7 +447,7 @@ mod tests {
         m
     }
 
-    fn words(l: &HeapLayout, m: &Fake, base: u64) -> PointerWords {
+    fn words(l: &HeapLayout, m: &FakeMemory, base: u64) -> PointerWords {
         let mut index = HeapIndex::new(m, l, 0);
         let obj = index.object_containing(base + 8).expect("an allocated object");
         assert_eq!(obj.base, base);
@@ -428,7 +455,7 @@ mod tests {
     }
 
     /// A type at 0x3000 of `size` bytes whose first `ptr_bytes` the mask at `mask` describes.
-    fn type_at(m: &Fake, size: u64, ptr_bytes: u64, tflag: u8, gcdata: u64) {
+    fn type_at(m: &FakeMemory, size: u64, ptr_bytes: u64, tflag: u8, gcdata: u64) {
         m.word(0x3000, size);
         m.word(0x3008, ptr_bytes);
         m.put(0x3014, &[tflag]);
@@ -538,5 +565,67 @@ mod tests {
         m.put(ARENA + 1, &[0b1111_0101]); // words 4–7: scan; 4 and 6 pointers
         m.put(ARENA + 2, &[0b0001_1110]); // word 8: scan, not a pointer; 9–11: pointer bits past the end
         assert_eq!(words(&l, &m, HEAP + 48), PointerWords::Bits(vec![0b1]));
+    }
+
+    #[test]
+    fn span_records_the_runtime_could_not_have_written_hold_no_objects() {
+        let l = layout(IN_SPAN, 0, (0, 0));
+        let reached = |m: &FakeMemory| {
+            let mut index = HeapIndex::new(m, &l, 0);
+            let found = index.object_containing(HEAP + 8);
+            (found, index.corrupt_spans())
+        };
+        let good = heap(&l, 1, 48, 5 << 1);
+        assert_eq!(reached(&good), (Some(HeapObject { base: HEAP, size: 48 }), 0));
+        type Lie<'a> = (&'a str, &'a dyn Fn(&FakeMemory));
+        let lies: [Lie; 7] = [
+            // 65535 objects of 8 bytes in one page (at most 1024 fit; the old reader sized a bitmap from it).
+            ("nelems", &|m| {
+                m.put(SPAN + 50, &u16::MAX.to_le_bytes());
+                m.word(SPAN + 104, 8);
+            }),
+            ("nelems × elemsize past the span", &|m| m.word(SPAN + 104, 4096)),
+            ("elemsize 0", &|m| m.word(SPAN + 104, 0)),
+            ("npages wrapping the address space", &|m| m.word(SPAN + 32, 1 << 52)),
+            ("npages 0", &|m| m.word(SPAN + 32, 0)),
+            ("freeindex past nelems", &|m| m.put(SPAN + 48, &2000u16.to_le_bytes())),
+            ("a misaligned start", &|m| m.word(SPAN + 24, HEAP + 8)),
+        ];
+        for (what, lie) in lies {
+            let m = heap(&l, 1, 48, 5 << 1);
+            lie(&m);
+            assert_eq!(reached(&m), (None, 1), "{what}");
+        }
+        // An unreadable record.
+        let m = heap(&l, 1, 48, 5 << 1);
+        m.unmap(SPAN..SPAN + 1);
+        assert_eq!(reached(&m), (None, 1), "unreadable");
+        // Before 1.22, nelems is a word: 2^60 objects would have asked for a bitmap of 2^57 bytes.
+        let mut wide = l.clone();
+        wide.span.nelems = 112;
+        wide.span.nelems_size = 8;
+        let m = heap(&wide, 1, 48, 5 << 1);
+        m.word(SPAN + 112, 1 << 60);
+        let mut index = HeapIndex::new(&m, &wide, 0);
+        assert_eq!((index.object_containing(HEAP + 8), index.corrupt_spans()), (None, 1));
+    }
+
+    #[test]
+    fn a_huge_large_object_is_scanned_without_a_bitmap_of_its_size() {
+        // One large object of 2^40 bytes (2^27 pages): its bitmap would be 16 GiB.
+        let l = layout(PointerBits::ArenaOneBit, 0, (0, 0));
+        let m = heap(&l, 1, 8192, 0);
+        m.word(SPAN + 32, 1 << 27);
+        m.word(SPAN + 104, 1 << 40);
+        let mut index = HeapIndex::new(&m, &l, 0);
+        let obj = index.object_containing(HEAP + 8).unwrap();
+        assert_eq!(
+            obj,
+            HeapObject {
+                base: HEAP,
+                size: 1 << 40
+            }
+        );
+        assert_eq!(index.pointer_words(obj), PointerWords::Unknown);
     }
 }

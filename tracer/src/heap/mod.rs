@@ -149,6 +149,17 @@ pub struct WalkStats {
     pub cut_short: bool,
     /// Objects reached at the depth limit, and so not scanned: what they point to was not searched.
     pub depth_limited: u64,
+    /// Objects reached whose memory could not be read (all or part): what only they lead to was not searched. Here
+    /// and below, a value read from the target that its runtime could not have written loses the object, span or
+    /// root it describes, never the walk.
+    pub unreadable_objects: u64,
+    /// Span records (each a run of heap objects) that could not be read or contradict the runtime's layout: no
+    /// object in them is reached.
+    pub unreadable_spans: u64,
+    /// Roots not searched, or only in part: a variable's or a frame's memory that could not be read, a goroutine
+    /// whose stack bounds or frame pointers are not ones its runtime could have written, a goroutine list whose
+    /// length its memory does not hold, data and bss pointer words past the walk's cap.
+    pub unreadable_roots: u64,
 }
 
 impl WalkStats {
@@ -162,6 +173,9 @@ impl WalkStats {
         self.seconds += other.seconds;
         self.cut_short |= other.cut_short;
         self.depth_limited += other.depth_limited;
+        self.unreadable_objects += other.unreadable_objects;
+        self.unreadable_spans += other.unreadable_spans;
+        self.unreadable_roots += other.unreadable_roots;
     }
 }
 

@@ -115,7 +115,7 @@ pub fn search_chains(q: &ChainQuery, allocation_in: &mut dyn FnMut(u64, u64) -> 
     let mut pause = Pause::new(q.pid, q.max_pause);
     pause.stop();
     let closures = closure_roots_of(q);
-    let (roots, typed) = program_roots(q, &model);
+    let (roots, typed, unreadable_roots) = program_roots(q, &model);
     if !typed {
         search.precision = UNTYPED;
     }
@@ -133,6 +133,7 @@ pub fn search_chains(q: &ChainQuery, allocation_in: &mut dyn FnMut(u64, u64) -> 
     let (from_closures, closure_walk) =
         find_chains(access, &closures, &q.closure_targets, &mut hint, limits, &mut pause);
     walk.add(&closure_walk);
+    walk.unreadable_roots += unreadable_roots;
     search.walk_within_pause = pause.is_stopped();
     pause.resume();
     search.paused_seconds = pause.paused.as_secs_f64();
@@ -159,25 +160,27 @@ fn closure_roots_of(q: &ChainQuery) -> Vec<RootRegion> {
     }))
 }
 
-/// The program's roots, package-level variables first, then every goroutine's frames; and whether the variables
-/// are typed (DWARF), rather than the data and bss words the GC's bitmaps mark.
-fn program_roots(q: &ChainQuery, model: &HeapModel) -> (Vec<RootRegion>, bool) {
+/// The program's roots, package-level variables first, then every goroutine's frames; whether the variables
+/// are typed (DWARF), rather than the data and bss words the GC's bitmaps mark; and how many roots were unreadable
+/// or left out (see [`WalkStats::unreadable_roots`]).
+fn program_roots(q: &ChainQuery, model: &HeapModel) -> (Vec<RootRegion>, bool, u64) {
     let bias = q.load_bias;
     let typed = !model.globals.is_empty();
-    let mut roots = if typed {
-        global_roots(&model.globals, bias)
+    let (mut roots, skipped) = if typed {
+        (global_roots(&model.globals, bias), 0)
     } else {
         data_roots(&model.data_regions, bias)
     };
-    roots.extend(goroutine_roots(
+    let (stacks, unreadable) = goroutine_roots(
         q.memory,
         model,
         bias,
         |g| goroutine(q, g),
         |pc| q.binary.function_at(pc.wrapping_sub(bias)).map(|f| f.name.clone()),
         |pc| q.binary.frame_pointers(pc),
-    ));
-    (roots, typed)
+    );
+    roots.extend(stacks);
+    (roots, typed, skipped + unreadable)
 }
 
 /// A goroutine as a root: None for a `g` kept for reuse (no stack to speak of).
@@ -187,10 +190,10 @@ fn goroutine(q: &ChainQuery, g: u64) -> Option<Goroutine> {
     if status == gstatus::IDLE || status == gstatus::DEAD {
         return None;
     }
-    let id = memory.word(g + runtime.goid_offset)?;
+    let id = memory.word(g.checked_add(runtime.goid_offset)?)?;
     // waitsince is nanotime(), CLOCK_MONOTONIC like ours; 0 until a GC cycle saw the goroutine waiting.
     let since = memory
-        .word(g + runtime.g_waitsince)
+        .word(g.checked_add(runtime.g_waitsince)?)
         .filter(|&t| t != 0 && status == gstatus::WAITING);
     Some(Goroutine {
         id,

@@ -63,77 +63,114 @@ impl<'g> Slots<'g> {
             .or_insert_with(|| {
                 let size = graph.get(id)?.size;
                 let mut slots = Vec::new();
-                (size > 0 && flatten(graph, id, 0, &mut String::new(), &mut slots))
-                    .then(|| Rc::new(ValueSlots { size, slots }))
+                let mut flat = Flattening {
+                    graph,
+                    path: String::new(),
+                    open: Vec::new(),
+                    out: &mut slots,
+                };
+                (size > 0 && flat.value(id, 0)).then_some(())?;
+                // A pointer word lies within its value: a field DWARF places past the end is corrupt, and dropping
+                // it keeps a scan's work per value bounded by the value's words.
+                slots.retain(|s| s.offset.checked_add(8).is_some_and(|end| end <= size));
+                Some(Rc::new(ValueSlots { size, slots }))
             })
             .clone()
     }
 }
 
-/// Appends the pointer words of a value of `id` at byte `at`, named from `path`; false past [`MAX_SLOTS`].
-fn flatten(graph: &TypeGraph, id: TypeId, at: u64, path: &mut String, out: &mut Vec<PointerSlot>) -> bool {
-    let resolved = graph.resolve(id);
-    match graph.shape(resolved) {
-        Shape::Plain | Shape::Typedef(_) => {}
-        Shape::Pointer { to } => out.push(PointerSlot {
-            offset: at,
-            to: *to,
-            path: path.clone(),
-            small_map: None,
-            slice_data: false,
-        }),
-        Shape::Func => out.push(PointerSlot {
-            offset: at,
-            to: None,
-            path: path.clone(),
-            small_map: None,
-            slice_data: false,
-        }),
-        Shape::Struct { fields } => {
-            let Some(t) = graph.get(resolved) else { return true };
-            // A slice's or string's data pointer, an interface's words: named by the field that holds them.
-            let anonymous =
-                t.kind == KIND_SLICE || t.kind == KIND_STRING || t.name == "runtime.iface" || t.name == "runtime.eface";
-            let small_map = small_map_group(graph, resolved);
-            for f in fields {
-                let len = path.len();
-                if !anonymous {
-                    path.push('.');
-                    path.push_str(&f.name);
-                }
-                let before = out.len();
-                let ok = flatten(graph, f.ty, at + f.offset, path, out);
-                // A field that is one pointer word: a map header's directory, a slice's data.
-                if out.len() == before + 1 {
-                    if f.name == "dirPtr" && small_map.is_some() {
-                        out[before].small_map = small_map;
+/// Types nested in one another (a struct's field's array's element …) followed at most: Go's deepest real types
+/// nest a few dozen levels; DWARF that nests deeper is corrupt, and the bound keeps the recursion's stack small.
+const MAX_NESTING: usize = 64;
+
+/// One flattening of a type into its pointer words: the Go path of the value being flattened, and the types
+/// flattened around it (a value cannot contain itself: DWARF that says so is corrupt).
+struct Flattening<'g, 'o> {
+    graph: &'g TypeGraph,
+    path: String,
+    open: Vec<TypeId>,
+    out: &'o mut Vec<PointerSlot>,
+}
+
+impl Flattening<'_, '_> {
+    /// Appends the pointer words of a value of `id` at byte `at`, named from `path`; false past [`MAX_SLOTS`], past
+    /// [`MAX_NESTING`], for a type that contains itself, or for an offset past the address space: the type is then
+    /// unreadable, and values of it are scanned as untyped.
+    fn value(&mut self, id: TypeId, at: u64) -> bool {
+        let graph = self.graph;
+        let resolved = graph.resolve(id);
+        if self.open.len() >= MAX_NESTING || self.open.contains(&resolved) {
+            return false;
+        }
+        match graph.shape(resolved) {
+            Shape::Plain | Shape::Typedef(_) => {}
+            Shape::Pointer { to } => self.push(at, *to),
+            Shape::Func => self.push(at, None),
+            Shape::Struct { fields } => {
+                let Some(t) = graph.get(resolved) else { return true };
+                // A slice's or string's data pointer, an interface's words: named by the field that holds them.
+                let anonymous = t.kind == KIND_SLICE
+                    || t.kind == KIND_STRING
+                    || t.name == "runtime.iface"
+                    || t.name == "runtime.eface";
+                let small_map = small_map_group(graph, resolved);
+                self.open.push(resolved);
+                for f in fields {
+                    let len = self.path.len();
+                    if !anonymous {
+                        self.path.push('.');
+                        self.path.push_str(&f.name);
                     }
-                    out[before].slice_data |= t.kind == KIND_SLICE && f.name == "array";
+                    let before = self.out.len();
+                    let ok = at.checked_add(f.offset).is_some_and(|at| self.value(f.ty, at));
+                    // A field that is one pointer word: a map header's directory, a slice's data.
+                    if ok && self.out.len() == before + 1 {
+                        if f.name == "dirPtr" && small_map.is_some() {
+                            self.out[before].small_map = small_map;
+                        }
+                        self.out[before].slice_data |= t.kind == KIND_SLICE && f.name == "array";
+                    }
+                    self.path.truncate(len);
+                    if !ok {
+                        return false;
+                    }
                 }
-                path.truncate(len);
-                if !ok {
-                    return false;
+                self.open.pop();
+            }
+            Shape::Array { elem, count } => {
+                let size = graph.get(*elem).map_or(0, |e| e.size);
+                self.open.push(resolved);
+                for i in 0..*count {
+                    let len = self.path.len();
+                    self.path.push_str(&format!("[{i}]"));
+                    let before = self.out.len();
+                    let ok = i
+                        .checked_mul(size)
+                        .and_then(|o| at.checked_add(o))
+                        .is_some_and(|at| self.value(*elem, at));
+                    self.path.truncate(len);
+                    if !ok {
+                        return false;
+                    }
+                    if self.out.len() == before {
+                        break; // no pointers in the element: none in the others
+                    }
                 }
+                self.open.pop();
             }
         }
-        Shape::Array { elem, count } => {
-            let size = graph.get(*elem).map_or(0, |e| e.size);
-            for i in 0..*count {
-                let len = path.len();
-                path.push_str(&format!("[{i}]"));
-                let before = out.len();
-                let ok = flatten(graph, *elem, at + i * size, path, out);
-                path.truncate(len);
-                if !ok {
-                    return false;
-                }
-                if out.len() == before {
-                    break; // no pointers in the element: none in the others
-                }
-            }
-        }
+        self.out.len() <= MAX_SLOTS
     }
-    out.len() <= MAX_SLOTS
+
+    fn push(&mut self, offset: u64, to: Option<TypeId>) {
+        self.out.push(PointerSlot {
+            offset,
+            to,
+            path: self.path.clone(),
+            small_map: None,
+            slice_data: false,
+        });
+    }
 }
 
 /// The map entry a pointer slot of a map's group or bucket is in, given the slot's path in the value: its key's
@@ -175,13 +212,13 @@ pub enum EntryPart {
 
 /// The offset and type of the Go path `path` (`.slots[3].key`) in a value of `ty`.
 fn resolve_path(graph: &TypeGraph, mut ty: TypeId, mut path: &str) -> Option<(u64, TypeId)> {
-    let mut at = 0;
+    let mut at = 0u64;
     while !path.is_empty() {
         let resolved = graph.resolve(ty);
         if let Some(rest) = path.strip_prefix('.') {
             let end = rest.find(['.', '[']).unwrap_or(rest.len());
             let f = graph.field(resolved, &rest[..end])?;
-            (at, ty, path) = (at + f.offset, f.ty, &rest[end..]);
+            (at, ty, path) = (at.checked_add(f.offset)?, f.ty, &rest[end..]);
         } else {
             let rest = path.strip_prefix('[')?;
             let end = rest.find(']')?;
@@ -191,7 +228,7 @@ fn resolve_path(graph: &TypeGraph, mut ty: TypeId, mut path: &str) -> Option<(u6
             };
             let size = graph.get(graph.resolve(*elem))?.size;
             (at, ty, path) = (
-                at + i.checked_mul(size).filter(|_| i < *count)?,
+                at.checked_add(i.checked_mul(size).filter(|_| i < *count)?)?,
                 *elem,
                 &rest[end + 1..],
             );
@@ -429,5 +466,95 @@ pub(crate) mod tests {
             (group.slots[5].offset, group.slots[5].path.as_str()),
             (8 + 5 * 16 + 8, ".slots[5].elem")
         );
+    }
+
+    #[test]
+    fn a_type_that_contains_itself_is_unreadable_not_a_stack_overflow() {
+        let node = |name: &str, fields| def(name, 16, 25, Shape::Struct { fields });
+        let g = TypeGraph::new(vec![
+            /* 0 */ def("int", 8, 2, Shape::Plain),
+            /* 1 */ def("*int", 8, 22, Shape::Pointer { to: Some(0) }),
+            // A struct with itself as a member, after a pointer (so the recursion pushes a slot each level).
+            /* 2 */
+            node("main.Self", vec![field("p", 0, 1), field("again", 8, 2)]),
+            // The same through a chain: A holds B, B holds [1]A.
+            /* 3 */
+            node("main.A", vec![field("p", 0, 1), field("b", 8, 4)]),
+            /* 4 */ node("main.B", vec![field("as", 0, 5)]),
+            /* 5 */ def("[1]main.A", 16, 17, Shape::Array { elem: 3, count: 1 }),
+            // Through a typedef of itself, and an array of itself.
+            /* 6 */
+            node("main.T", vec![field("t", 0, 7)]),
+            /* 7 */ def("main.T", 0, 0, Shape::Typedef(6)),
+            /* 8 */ def("[2]self", 16, 17, Shape::Array { elem: 8, count: 2 }),
+            // A struct that only points to itself is fine: a pointer is not followed.
+            /* 9 */
+            node("main.List", vec![field("next", 0, 10), field("v", 8, 0)]),
+            /* 10 */ def("*main.List", 8, 22, Shape::Pointer { to: Some(9) }),
+        ]);
+        let mut slots = Slots::new(&g);
+        for id in [2, 3, 4, 5, 6, 7, 8] {
+            assert_eq!(slots.of(id), None, "{}", g.get(id).unwrap().name);
+        }
+        let list = slots.of(9).unwrap();
+        assert_eq!((list.slots.len(), list.slots[0].to), (1, Some(9)));
+    }
+
+    #[test]
+    fn nesting_deeper_than_go_writes_is_unreadable() {
+        // Struct i holds struct i+1, down to a pointer: 100 levels.
+        let mut types = vec![def("*int", 8, 22, Shape::Pointer { to: None })];
+        types.extend((1..=100).map(|i| {
+            let inner = if i == 100 { 0 } else { i + 1 };
+            def(
+                &format!("main.L{i}"),
+                8,
+                25,
+                Shape::Struct {
+                    fields: vec![field("x", 0, inner)],
+                },
+            )
+        }));
+        let g = TypeGraph::new(types);
+        let mut slots = Slots::new(&g);
+        assert_eq!(slots.of(1), None, "100 levels");
+        assert_eq!(slots.of(100 - MAX_NESTING + 2).map(|v| v.slots.len()), Some(1));
+    }
+
+    #[test]
+    fn offsets_past_the_value_or_the_address_space_are_dropped() {
+        let g = TypeGraph::new(vec![
+            /* 0 */ def("*int", 8, 22, Shape::Pointer { to: None }),
+            // Fields DWARF places at the struct's end and at the end of the address space.
+            /* 1 */
+            def(
+                "main.Lies",
+                16,
+                25,
+                Shape::Struct {
+                    fields: vec![field("ok", 8, 0), field("past", 16, 0), field("far", u64::MAX - 3, 0)],
+                },
+            ),
+            // The same inside another struct: the far field's offset there wraps the address space.
+            /* 2 */
+            def(
+                "main.Outer",
+                32,
+                25,
+                Shape::Struct {
+                    fields: vec![field("l", 16, 1)],
+                },
+            ),
+        ]);
+        let mut slots = Slots::new(&g);
+        let lies = slots.of(1).unwrap();
+        assert_eq!(
+            lies.slots.iter().map(|s| s.path.as_str()).collect::<Vec<_>>(),
+            [".ok"],
+            "only the word within the value"
+        );
+        assert_eq!(slots.of(2), None, "an offset past the address space");
+        assert_eq!(resolve_path(&g, 2, ".l.far"), None);
+        assert_eq!(resolve_path(&g, 2, ".l.ok"), Some((24, 0)));
     }
 }

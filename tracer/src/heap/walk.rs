@@ -18,6 +18,10 @@ const MAX_KEY_TEXT: u64 = 64;
 /// Objects larger than this are scanned in pieces of this size, the pause budget checked between them: a piece
 /// of pointers takes about a millisecond to follow (a map's bucket array of megabytes is one object).
 const READ_CHUNK: u64 = 64 << 10;
+/// Objects one walk records at most (about 130 bytes each, so half a GiB): what it keeps grows with the objects it
+/// reaches, and the byte budget alone would let a heap of small objects pointing at one another (128 Mi words in a
+/// GiB) cost tens of GiB. Past it the walk stops, cut short.
+const MAX_REACHED: usize = 1 << 22;
 
 /// Which words of an untyped value a walk follows (bit i: word i), and which of those are known to be pointers.
 #[derive(Clone, Copy)]
@@ -96,7 +100,7 @@ impl Walk<'_, '_, '_> {
         let Some(obj) = self.heap.object_containing(word) else {
             return;
         };
-        if self.reached.contains_key(&obj.base) {
+        if self.reached.contains_key(&obj.base) || self.reached.len() >= MAX_REACHED {
             return;
         }
         let graph = self.slots.graph();
@@ -137,9 +141,9 @@ impl Walk<'_, '_, '_> {
     /// Follows the pointers of `bytes`, found at `offset` in `parent`: the typed pointer words, or (untyped) the
     /// words `mask` says, or without it every word that points into a heap object.
     fn scan(&mut self, parent: Parent, bytes: &[u8], offset: u64, typing: Option<Typing>, mask: Option<Mask>) {
-        let word = |at: u64| -> Option<u64> {
-            let i = usize::try_from(at.checked_sub(offset)?).ok()?;
-            Some(u64::from_le_bytes(bytes.get(i..i + 8)?.try_into().ok()?))
+        let word = |at: Option<u64>| -> Option<u64> {
+            let i = usize::try_from(at?.checked_sub(offset)?).ok()?;
+            Some(u64::from_le_bytes(bytes.get(i..i.checked_add(8)?)?.try_into().ok()?))
         };
         let Some((t, value)) = typing.and_then(|t| Some((t, self.slots.of(t.elem)?))) else {
             for (i, w) in bytes.chunks_exact(8).enumerate() {
@@ -153,26 +157,28 @@ impl Walk<'_, '_, '_> {
             return;
         };
         let end = offset + bytes.len() as u64;
-        // The elements overlapping these bytes (an element may straddle two reads of a large object).
+        // The elements overlapping these bytes (an element may straddle two reads of a large object). Every pointer
+        // word lies within its element (see `Slots::of`), so the work is bounded by the bytes' words.
         let first = offset.saturating_sub(t.phase) / value.size;
-        let mut start = t.phase + first * value.size;
+        let mut start = t.phase.checked_add(first * value.size);
         let mut elem = first;
-        while start < end {
+        while let Some(at_elem) = start.filter(|&s| s < end) {
             for (i, s) in value.slots.iter().enumerate() {
-                let Some(w) = word(start + s.offset) else { continue };
+                let at = at_elem.checked_add(s.offset);
+                let Some(w) = word(at) else { continue };
                 let to = match s.small_map {
-                    Some((dir_len, group)) if word(start + dir_len) == Some(0) => Some(group),
+                    Some((dir_len, group)) if word(at_elem.checked_add(dir_len)) == Some(0) => Some(group),
                     _ => s.to,
                 };
-                let at = start + s.offset;
                 let slice = if s.slice_data {
-                    word(at + 8).zip(word(at + 16))
+                    word(at.and_then(|a| a.checked_add(8))).zip(word(at.and_then(|a| a.checked_add(16))))
                 } else {
                     None
                 };
+                let at = at_elem + s.offset; // read above, so within the bytes
                 self.reach(parent, at, w, Some(SlotRef { index: i, elem, slice }), to, true);
             }
-            start += value.size;
+            start = at_elem.checked_add(value.size);
             elem += 1;
         }
     }
@@ -223,13 +229,14 @@ impl Walk<'_, '_, '_> {
                 if offset > 0 {
                     pause.check();
                 }
-                if stats.bytes_scanned >= limits.max_bytes || started.elapsed() >= limits.max_time {
+                if self.over(limits, stats, started) {
                     stats.cut_short = true;
                     return;
                 }
                 let len = (size - offset).min(READ_CHUNK);
                 buf.resize(len as usize, 0);
                 if memory.read(base + offset, buf).is_err() {
+                    stats.unreadable_objects += 1;
                     break;
                 }
                 stats.bytes_scanned += len;
@@ -238,6 +245,13 @@ impl Walk<'_, '_, '_> {
                 offset += len;
             }
         }
+    }
+
+    /// Whether the walk has spent its budget (bytes, time) or recorded [`MAX_REACHED`] objects.
+    fn over(&self, limits: &WalkLimits, stats: &WalkStats, started: Instant) -> bool {
+        stats.bytes_scanned >= limits.max_bytes
+            || started.elapsed() >= limits.max_time
+            || self.reached.len() >= MAX_REACHED
     }
 
     /// The Go path of the pointer followed into `r` within its parent (typed as `parent`): `.Buf`, `[3].elem`;
@@ -264,9 +278,7 @@ impl Walk<'_, '_, '_> {
             return None;
         }
         let field = graph.field(t.elem, "used").or_else(|| graph.field(t.elem, "count"))?;
-        let mut b = [0u8; 8];
-        self.memory.read(base + t.phase + field.offset, &mut b).ok()?;
-        Some(u64::from_le_bytes(b))
+        self.memory.word(base.checked_add(t.phase)?.checked_add(field.offset)?)
     }
 
     /// The key of the map entry that holds the pointer word `slot` of the typed object at `base`, if any (see
@@ -275,7 +287,10 @@ impl Walk<'_, '_, '_> {
         let value = self.slots.of(t.elem)?;
         let graph = self.slots.graph();
         let (offset, ty, part) = typed::map_key(graph, t.elem, &value.slots.get(slot.index)?.path)?;
-        let at = base + t.phase + slot.elem * value.size + offset;
+        let at = base
+            .checked_add(t.phase)?
+            .checked_add(slot.elem.checked_mul(value.size)?)?
+            .checked_add(offset)?;
         let key = graph.get(graph.resolve(ty))?;
         let mut b = [0u8; 16];
         let n = usize::try_from(key.size).ok().filter(|&n| n <= b.len())?;
@@ -394,12 +409,17 @@ struct RootWindow {
 
 /// The window's size; larger roots are read on their own.
 const ROOT_WINDOW: u64 = 64 << 10;
+/// Bytes of a root region read at once: larger regions (a stack or a variable whose size the target or its DWARF
+/// states) are scanned in pieces of this size, so that what is allocated for them stays bounded.
+const ROOT_CHUNK: u64 = 16 << 20;
 
 impl RootWindow {
     fn read(&mut self, memory: &dyn Memory, addr: u64, len: u64) -> Option<Vec<u8>> {
         let cached = |w: &Self| {
             let at = usize::try_from(addr.checked_sub(w.start)?).ok()?;
-            w.bytes.get(at..at + usize::try_from(len).ok()?).map(<[u8]>::to_vec)
+            w.bytes
+                .get(at..at.checked_add(usize::try_from(len).ok()?)?)
+                .map(<[u8]>::to_vec)
         };
         if let Some(b) = cached(self) {
             return Some(b);
@@ -473,7 +493,10 @@ pub fn find_chains(
         let mut window = RootWindow::default();
         for (i, r) in roots.iter().enumerate().take(to).skip(from) {
             pause.check();
-            walk.scan_root(i, r, &mut window, &mut stats);
+            if !walk.scan_root(i, r, &mut window, &mut stats, (&limits, started)) {
+                stats.cut_short = true;
+                break;
+            }
         }
         walk.drain(&mut buf, &mut stats, &limits, pause, started);
         from = to;
@@ -493,6 +516,7 @@ pub fn find_chains(
             ))
         })
         .collect();
+    stats.unreadable_spans = walk.heap.corrupt_spans();
     stats.seconds = started.elapsed().as_secs_f64();
     (chains, stats)
 }
@@ -541,24 +565,39 @@ impl Walk<'_, '_, '_> {
     }
 
     /// Reaches what root region `i` points to: the words its variables hold first, so that they name what they
-    /// reach, then the rest.
-    fn scan_root(&mut self, i: usize, r: &RootRegion, window: &mut RootWindow, stats: &mut WalkStats) {
+    /// reach, then the rest, [`ROOT_CHUNK`] bytes at a time. False when the walk's `limits` (and its start) stop it
+    /// first; a region that cannot be read (all or part of it) is counted in `stats.unreadable_roots`.
+    fn scan_root(
+        &mut self,
+        i: usize,
+        r: &RootRegion,
+        window: &mut RootWindow,
+        stats: &mut WalkStats,
+        (limits, started): (&WalkLimits, Instant),
+    ) -> bool {
         let (len, owned) = self.root_extent(r);
         let mask = owned.as_mask();
-        let Some(bytes) = window.read(self.memory, r.addr, len) else {
-            return;
-        };
-        stats.bytes_scanned += len;
+        if r.addr.checked_add(len).is_none() {
+            stats.unreadable_roots += 1;
+            return true;
+        }
         // DWARF says where a variable lives, not whether it is live there (a register argument's spill slot may
         // never have been written): the stack maps say, where the binary has them.
         for (k, w) in r.named.iter().enumerate() {
-            let Some(at) = w.addr.checked_sub(r.addr).filter(|&a| a + 8 <= len) else {
+            let Some(at) = w
+                .addr
+                .checked_sub(r.addr)
+                .filter(|&a| a.checked_add(8).is_some_and(|end| end <= len))
+            else {
                 continue;
             };
             if mask.is_some_and(|m| !bit(m.follow, at / 8)) {
                 continue;
             }
-            let word = u64::from_le_bytes(bytes[at as usize..at as usize + 8].try_into().unwrap_or_default());
+            let Some(bytes) = window.read(self.memory, w.addr, 8) else {
+                continue;
+            };
+            let word = u64::from_le_bytes(bytes.try_into().unwrap_or_default());
             let known = mask.is_some_and(|m| bit(m.known, at / 8));
             let slot = SlotRef {
                 index: k,
@@ -571,6 +610,156 @@ impl Walk<'_, '_, '_> {
             elem: self.slots.types().resolve(t),
             phase: 0,
         });
-        self.scan(Parent::Root(i), &bytes, 0, typing, mask);
+        let mut offset = 0;
+        while offset < len {
+            if self.over(limits, stats, started) {
+                return false;
+            }
+            let n = (len - offset).min(ROOT_CHUNK);
+            let Some(bytes) = window.read(self.memory, r.addr + offset, n) else {
+                stats.unreadable_roots += 1;
+                return true;
+            };
+            stats.bytes_scanned += n;
+            self.scan(Parent::Root(i), &bytes, offset, typing, mask);
+            offset += n;
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::gobin::{Field, GoTypeDef, Shape, TypeGraph, KIND_SLICE};
+    use crate::heap::index::tests::{heap, HEAP};
+    use crate::heap::roots::tests::model;
+    use crate::memory::fake::FakeMemory;
+
+    /// `main.Node{next *Node; data []uint8; _ [2]int}`, 48 bytes: a slot of the test heap's size class.
+    fn types() -> TypeGraph {
+        let def = |name: &str, size, kind, shape| GoTypeDef {
+            name: String::from(name),
+            size,
+            kind,
+            shape,
+        };
+        let field = |name: &str, offset, ty| Field {
+            name: name.into(),
+            offset,
+            ty,
+        };
+        TypeGraph::new(vec![
+            /* 0 */ def("uint8", 1, 8, Shape::Plain),
+            /* 1 */ def("*uint8", 8, 22, Shape::Pointer { to: Some(0) }),
+            /* 2 */ def("int", 8, 2, Shape::Plain),
+            /* 3 */
+            def(
+                "[]uint8",
+                24,
+                KIND_SLICE,
+                Shape::Struct {
+                    fields: vec![field("array", 0, 1), field("len", 8, 2), field("cap", 16, 2)],
+                },
+            ),
+            /* 4 */
+            def(
+                "main.Node",
+                48,
+                25,
+                Shape::Struct {
+                    fields: vec![field("next", 0, 5), field("data", 8, 3)],
+                },
+            ),
+            /* 5 */ def("*main.Node", 8, 22, Shape::Pointer { to: Some(4) }),
+        ])
+    }
+
+    /// A global `*main.Node` at `at`.
+    fn root(at: u64) -> RootRegion {
+        RootRegion {
+            root: Root {
+                kind: "global",
+                name: "main.head".into(),
+                type_name: Some("*main.Node".into()),
+                goroutine: None,
+                blocked_ms: None,
+            },
+            addr: at,
+            len: 8,
+            type_id: Some(5),
+            named: Vec::new(),
+            words: RootWords::Conservative,
+        }
+    }
+
+    fn walk(m: &FakeMemory, roots: &[RootRegion], targets: &[u64]) -> (HashMap<u64, Chain>, WalkStats) {
+        let mut model = model(0);
+        model.types = types();
+        let access = HeapAccess {
+            memory: m,
+            model: &model,
+            load_bias: 0,
+        };
+        let targets = targets.iter().copied().collect();
+        let limits = WalkLimits::with_depth(16);
+        find_chains(
+            access,
+            roots,
+            &targets,
+            |_, _| None,
+            limits,
+            &mut Pause::new(0, Duration::ZERO),
+        )
+    }
+
+    #[test]
+    fn a_cyclic_chain_with_a_huge_slice_is_walked_once() {
+        let (a, b, c, d) = (HEAP, HEAP + 48, HEAP + 96, HEAP + 144);
+        let m = heap(&model(0).layout, 1, 48, 5 << 1);
+        m.word(0x7000, a); // main.head = a
+        m.word(a, b); // a.next = b, b.next = a
+        m.word(b, a);
+        // a.data: c, with a length and capacity no slice has.
+        m.word(a + 8, c);
+        m.word(a + 16, u64::MAX);
+        m.word(a + 24, u64::MAX);
+        let (chains, stats) = walk(&m, &[root(0x7000)], &[c, d]);
+        let hops = &chains[&c].hops;
+        assert_eq!(
+            hops.iter()
+                .map(|h| (h.base, h.via.as_deref(), h.type_name.as_deref()))
+                .collect::<Vec<_>>(),
+            [(a, Some(""), Some("main.Node")), (c, Some(".data"), Some("[48]uint8"))]
+        );
+        assert_eq!(
+            hops[1].slice,
+            Some(SliceView {
+                len_bytes: u64::MAX,
+                cap_bytes: u64::MAX
+            })
+        );
+        assert!(!chains.contains_key(&d), "not reachable");
+        // a, b and c, each once however often the cycle leads back.
+        assert_eq!((stats.objects_scanned, stats.cut_short), (3, false));
+        assert_eq!(
+            (stats.unreadable_objects, stats.unreadable_spans, stats.unreadable_roots),
+            (0, 0, 0)
+        );
+    }
+
+    #[test]
+    fn unreadable_objects_and_roots_are_counted() {
+        let (a, b) = (HEAP, HEAP + 48);
+        let m = heap(&model(0).layout, 1, 48, 5 << 1);
+        m.word(0x7000, a);
+        m.word(a, b);
+        m.unmap(b..b + 48);
+        m.unmap(0x9000..0x9008);
+        let (chains, stats) = walk(&m, &[root(0x9000), root(0x7000)], &[b, HEAP + 96]);
+        assert_eq!(chains[&b].hops.len(), 2, "reached, though unreadable");
+        assert_eq!((stats.unreadable_objects, stats.unreadable_roots), (1, 1));
     }
 }

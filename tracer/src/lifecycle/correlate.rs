@@ -208,7 +208,7 @@ impl Correlator {
         let Step::CleanupSet { object, handle, .. } = step else {
             return None;
         };
-        let capture = memory.word(handle + 8)?;
+        let capture = memory.word(handle.checked_add(8)?)?;
         let funcval = if by_reference { memory.word(capture)? } else { capture };
         Some(Step::CleanupSet {
             object,
@@ -430,7 +430,7 @@ impl Correlator {
         let o = self
             .lifecycle
             .object_containing(base)
-            .or_else(|| self.lifecycle.objects_in(base..base + size).next())?;
+            .or_else(|| self.lifecycle.objects_in(base..base.saturating_add(size)).next())?;
         self.sites
             .row(site_id::site(o.site), names)
             .map(|r| (o.addr, r.type_name))

@@ -53,11 +53,13 @@ impl Evidence for MemoryEvidence<'_> {
     }
 
     fn others_in_block(&self, block: u64, object: u64) -> bool {
-        self.lifecycle.objects_in(block..block + 16).any(|o| o.addr != object)
+        self.lifecycle
+            .objects_in(block..block.saturating_add(16))
+            .any(|o| o.addr != object)
     }
 
     fn reachable_from(&self, roots: &[u64], object: u64, size: u64) -> bool {
-        let target = object..object + size.max(1);
+        let target = object..object.saturating_add(size.max(1));
         let mut seen = HashSet::new();
         let mut frontier: Vec<u64> = roots.iter().copied().filter(|&r| r != 0).collect();
         for _ in 0..SCAN_DEPTH {
@@ -67,10 +69,9 @@ impl Evidence for MemoryEvidence<'_> {
                     continue;
                 }
                 // Within the block's own allocation when it is known.
-                let words = self
-                    .lifecycle
-                    .object_containing(block)
-                    .map_or(SCAN_WORDS, |o| ((o.addr + o.size - block) / 8).min(SCAN_WORDS));
+                let words = self.lifecycle.object_containing(block).map_or(SCAN_WORDS, |o| {
+                    (o.addr.saturating_add(o.size).saturating_sub(block) / 8).min(SCAN_WORDS)
+                });
                 for w in read_words(self.memory, block, words) {
                     if target.contains(&w) {
                         return true;
@@ -89,8 +90,10 @@ impl Evidence for MemoryEvidence<'_> {
     }
 }
 
-/// Up to `n` words from `addr`: in one read, or word by word up to the first unreadable one.
+/// Up to `n` words ([`SCAN_WORDS`] at most) from `addr`: in one read, or word by word up to the first unreadable
+/// one.
 fn read_words(memory: &dyn Memory, addr: u64, n: u64) -> Vec<u64> {
+    let n = n.min(SCAN_WORDS);
     let mut buf = vec![0u8; 8 * n as usize];
     if memory.read(addr, &mut buf).is_ok() {
         return buf
@@ -98,5 +101,5 @@ fn read_words(memory: &dyn Memory, addr: u64, n: u64) -> Vec<u64> {
             .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
             .collect();
     }
-    (0..n).map_while(|i| memory.word(addr + 8 * i)).collect()
+    (0..n).map_while(|i| memory.word(addr.checked_add(8 * i)?)).collect()
 }

@@ -4,7 +4,7 @@
 use std::io::{self, Write};
 
 use super::{hop_offset, ChainSearch, Report};
-use crate::heap::{EntryPart, HeldBy};
+use crate::heap::{EntryPart, HeldBy, WalkStats};
 use crate::lifecycle::sites::SiteRow;
 use crate::units::human_bytes;
 
@@ -254,7 +254,7 @@ fn write_retained_row(
 fn chains_line(c: &ChainSearch) -> String {
     let Some(why) = &c.unavailable else {
         return format!(
-            "(held by: chains from {} ({} searched), {} objects ({} typed, {} by the runtime's bitmaps, the rest conservatively or pointer-free) / {} scanned in {:.3} s{}, {})",
+            "(held by: chains from {} ({} searched), {} objects ({} typed, {} by the runtime's bitmaps, the rest conservatively or pointer-free) / {} scanned in {:.3} s{}{}, {})",
             c.roots,
             c.walk.roots_searched,
             c.walk.objects_scanned,
@@ -267,10 +267,28 @@ fn chains_line(c: &ChainSearch) -> String {
                 (false, 0) => String::new(),
                 (false, n) => format!(", {n} objects at --max-depth {} not scanned", c.max_depth),
             },
+            unreadable_text(&c.walk),
             pause_text(c)
         );
     };
     format!("(no reference chains: {why})")
+}
+
+/// What the target's memory made unreadable, if anything: `, unreadable: 2 objects, 1 root`.
+fn unreadable_text(w: &WalkStats) -> String {
+    let parts: Vec<String> = [
+        (w.unreadable_objects, "object"),
+        (w.unreadable_spans, "span"),
+        (w.unreadable_roots, "root"),
+    ]
+    .iter()
+    .filter(|(n, _)| *n > 0)
+    .map(|(n, what)| format!("{n} {what}{}", if *n == 1 { "" } else { "s" }))
+    .collect();
+    match parts.is_empty() {
+        true => String::new(),
+        false => format!(", unreadable: {}", parts.join(", ")),
+    }
 }
 
 /// How long the walk stopped the target: `target stopped 1.2 ms`, `target not stopped (--max-pause 0)`.
