@@ -62,7 +62,8 @@ Exit codes:
   0  report printed (also when the target exits while traced)
   1  internal error     2  bad command line    3  no such process
   4  not a Go program   5  unsupported Go runtime   6  missing privileges
-  7  kernel lacks uprobes/BPF ring buffer   8  target binary deleted or replaced";
+  7  kernel lacks uprobes/BPF ring buffer   8  target binary deleted or replaced
+  9  target binary refused: over a limit (1 GiB file, 4 million functions, 64 KiB names) or malformed";
 
 /// Trace a running Go program's map, slice and object allocations with eBPF uprobes, without
 /// restarting it.

@@ -6,12 +6,36 @@ use std::fmt;
 /// A failure that ends maptrace. `Display` is the whole one-line message.
 #[derive(Debug)]
 pub enum Failure {
-    NoSuchProcess { pid: u32 },
-    NotGo { pid: u32, exe: String, why: String },
-    UnsupportedGo { version: String, why: String },
-    Privileges { missing: Vec<&'static str> },
-    KernelSupport { what: String },
-    BinaryGone { pid: u32, exe: String },
+    NoSuchProcess {
+        pid: u32,
+    },
+    NotGo {
+        pid: u32,
+        exe: String,
+        why: String,
+    },
+    UnsupportedGo {
+        version: String,
+        why: String,
+    },
+    Privileges {
+        missing: Vec<&'static str>,
+    },
+    KernelSupport {
+        what: String,
+    },
+    BinaryGone {
+        pid: u32,
+        exe: String,
+    },
+    /// The executable breaks one of maptrace's limits (`too_large`) or its tables do not parse (`malformed`):
+    /// refused rather than guessed at.
+    RefusedBinary {
+        pid: u32,
+        exe: String,
+        why: String,
+        too_large: bool,
+    },
     Other(anyhow::Error),
 }
 
@@ -26,6 +50,22 @@ impl Failure {
             Failure::Privileges { .. } => 6,
             Failure::KernelSupport { .. } => 7,
             Failure::BinaryGone { .. } => 8,
+            Failure::RefusedBinary { .. } => 9,
+        }
+    }
+
+    /// The failure as the agent counts it (`maptrace_agent_attach_failures_total{reason}`) and logs it.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Failure::NoSuchProcess { .. } => "exited",
+            Failure::NotGo { .. } => "not_go",
+            Failure::UnsupportedGo { .. } => "unsupported_go",
+            Failure::Privileges { .. } => "privileges",
+            Failure::KernelSupport { .. } => "kernel",
+            Failure::BinaryGone { .. } => "binary_gone",
+            Failure::RefusedBinary { too_large: true, .. } => "too_large",
+            Failure::RefusedBinary { too_large: false, .. } => "malformed",
+            Failure::Other(_) => "other",
         }
     }
 }
@@ -57,6 +97,10 @@ impl fmt::Display for Failure {
             Failure::BinaryGone { pid, exe } => write!(
                 f,
                 "the binary of PID {pid} ({exe}) was deleted or replaced since it started: restart the program, then trace it"
+            ),
+            Failure::RefusedBinary { pid, exe, why, .. } => write!(
+                f,
+                "the binary of PID {pid} ({exe}) was refused: {why} (maptrace reads every binary as untrusted input, within fixed limits)"
             ),
             Failure::Other(e) => write!(f, "{e:#}"),
         }

@@ -3,6 +3,8 @@
 
 use std::{fs, os::unix::fs::MetadataExt};
 
+use crate::gobin::FileIdentity;
+
 /// A process as the agent tells targets apart: a PID is reused by a new process (other start
 /// time), and an exec keeps the PID and start time but changes the binary.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -19,6 +21,8 @@ pub struct ProcessKey {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Candidate {
     pub key: ProcessKey,
+    /// The executable's contents as of this scan: an inspection of it holds until they change.
+    pub exe: FileIdentity,
     /// The executable's file name.
     pub binary: String,
     pub container: Option<String>,
@@ -58,6 +62,7 @@ pub fn candidate(pid: u32) -> Option<Candidate> {
             exe_dev: exe.dev(),
             exe_ino: exe.ino(),
         },
+        exe: FileIdentity::from_metadata(&exe),
         binary,
         container,
         pod,

@@ -248,14 +248,14 @@ const FAMILIES: &[Family] = &[
         name: "maptrace_finalizers_never_ran",
         help: "Finalizers and cleanups that did not run after K cycles, by kind, reason and function.",
         kind: MetricType::Gauge,
-        samples: |s| by_target(s, never_ran),
+        samples: |s| by_target(s, |r| never_ran(r, s.shared.top_sites)),
     },
     Family {
         name: "maptrace_finalizer_goroutine_blocked_seconds",
         help: "How long a goroutine running finalizers or cleanups has been stuck with others queued behind it (0: \
               not stuck).",
         kind: MetricType::Gauge,
-        samples: |s| by_target(s, runners_blocked),
+        samples: |s| by_target(s, |r| runners_blocked(r, s.shared.top_sites)),
     },
     Family {
         name: "maptrace_object_lifetime_seconds",
@@ -388,7 +388,9 @@ fn by_mechanism<'a>(r: &Report, of: fn(&FinalizerCounts) -> (u64, u64)) -> Vec<R
         .collect()
 }
 
-fn never_ran<'a>(r: &Report) -> Vec<Row<'a>> {
+/// The `top` groups of finalizers that never ran, most objects first: like sites, one series per function, so
+/// bounded as sites are.
+fn never_ran<'a>(r: &Report, top: usize) -> Vec<Row<'a>> {
     let row = |row: &NeverRanRow| {
         // The reason as the JSON report spells it.
         let reason = serde_json::to_value(row.reason)
@@ -402,16 +404,23 @@ fn never_ran<'a>(r: &Report) -> Vec<Row<'a>> {
         ];
         (labels, Value::Gauge(row.count as i64))
     };
-    r.finalizers.never_ran.iter().map(row).collect()
+    let mut groups: Vec<&NeverRanRow> = r.finalizers.never_ran.iter().collect();
+    groups.sort_by_key(|g| Reverse(g.count));
+    groups.into_iter().take(top).map(row).collect()
 }
 
-fn runners_blocked<'a>(r: &Report) -> Vec<Row<'a>> {
+/// The `top` finalizer and cleanup goroutines blocked longest: a program may start many (one per cleanup queue in
+/// recent releases), each its own series.
+fn runners_blocked<'a>(r: &Report, top: usize) -> Vec<Row<'a>> {
     let row = |run: &RunnerGoroutine| {
         let seconds = run.blocked.as_ref().map_or(0.0, |b| b.blocked_seconds);
         let labels = vec![("runs", run.runs.into()), ("goid", run.goid.to_string())];
         (labels, Value::GaugeF64(seconds))
     };
-    r.finalizers.runners.iter().map(row).collect()
+    let blocked_seconds = |run: &&RunnerGoroutine| run.blocked.as_ref().map_or(0.0, |b| b.blocked_seconds);
+    let mut runners: Vec<&RunnerGoroutine> = r.finalizers.runners.iter().collect();
+    runners.sort_by(|a, b| blocked_seconds(b).total_cmp(&blocked_seconds(a)));
+    runners.into_iter().take(top).map(row).collect()
 }
 
 /// The `top` sites by allocated bytes, and the rest summed into one `site="other"` series.

@@ -13,10 +13,15 @@ pub(crate) fn u64_at(data: &[u8], off: usize) -> Option<u64> {
     Some(u64::from_le_bytes(data.get(off..off.checked_add(8)?)?.try_into().ok()?))
 }
 
-/// The NUL-terminated string at `off` (without the NUL).
+/// The longest name maptrace takes from a binary's tables (function and file names). Go's longest are generic
+/// instantiations spelling out their type arguments, a few hundred bytes; a name past this is not a real one, and
+/// looking for its end would make every lookup as long as the file.
+pub(crate) const MAX_NAME: usize = 64 * 1024;
+
+/// The NUL-terminated string at `off` (without the NUL), if it ends within [`MAX_NAME`] bytes.
 pub(crate) fn cstr_at(data: &[u8], off: usize) -> Option<&[u8]> {
     let rest = data.get(off..)?;
-    let len = rest.iter().position(|&b| b == 0)?;
+    let len = rest.iter().take(MAX_NAME + 1).position(|&b| b == 0)?;
     Some(&rest[..len])
 }
 
@@ -36,7 +41,17 @@ pub(crate) fn uvarint(data: &[u8], pos: &mut usize) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
-    use super::uvarint;
+    use super::{cstr_at, uvarint, MAX_NAME};
+
+    #[test]
+    fn names_end_within_the_cap() {
+        let mut long = vec![b'a'; MAX_NAME];
+        long.push(0);
+        assert_eq!(cstr_at(&long, 0).map(<[u8]>::len), Some(MAX_NAME));
+        long.insert(0, b'a');
+        assert_eq!(cstr_at(&long, 0), None, "one byte over the cap");
+        assert_eq!(cstr_at(b"go\0", 0), Some(&b"go"[..]));
+    }
 
     #[test]
     fn uvarint_lengths() {

@@ -24,8 +24,9 @@ pub(crate) type StructMembers = HashMap<String, HashMap<String, Member>>;
 
 type Dwarf<'a> = gimli::Dwarf<EndianSlice<'a, LittleEndian>>;
 
-/// A decompressed section larger than this is taken as corrupt rather than allocated.
-const MAX_SECTION: u64 = 1 << 30;
+/// A decompressed section larger than this is taken as corrupt rather than allocated (a zlib stream can claim,
+/// or inflate to, a thousand times its size). The largest Go programs' `.debug_info` is under 100 MiB.
+const MAX_SECTION: u64 = 256 << 20;
 
 /// The sections that struct DIEs live in (Go writes names inline, as DW_FORM_string). The big ones (line tables,
 /// location and range lists) stay compressed: types never refer to them.
@@ -61,6 +62,11 @@ fn load_from<'a>(file: &File<'a>, id: gimli::SectionId, needed: &[gimli::Section
     let compressed = section.compressed_data().map_err(error)?;
     if compressed.uncompressed_size > MAX_SECTION {
         return Err(format!("{}: claims {} bytes", id.name(), compressed.uncompressed_size));
+    }
+    // zlib (what Go's linker writes) inflates into the claimed size and no further; `object`'s zstd reader
+    // inflates as far as the stream goes, so a zstd bomb would not stop at the cap.
+    if compressed.format == object::CompressionFormat::Zstandard {
+        return Err(format!("{}: zstd-compressed DWARF is not read", id.name()));
     }
     compressed.decompress().map_err(error)
 }

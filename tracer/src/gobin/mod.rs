@@ -14,6 +14,7 @@ mod gc;
 mod heap_model;
 mod layout;
 mod locals;
+mod mapped;
 mod memprofilerate;
 mod pclntab;
 mod rets;
@@ -38,6 +39,7 @@ pub use layout::{
     RuntimeLayout, SamplingLayout, SpanLayout, INLINE_MARKS_LEN, INLINE_MARKS_OFFSET,
 };
 pub use locals::{FrameLocals, LocalVar, StackPiece};
+pub use mapped::{FileIdentity, MAX_FILE_BYTES};
 pub use runtime_globals::DataRegion;
 pub use stackmaps::{FramePointers, StackObject, WordBits};
 pub use typegraph::{
@@ -96,17 +98,28 @@ pub enum TargetError {
     Truncated { what: String },
     #[error("corrupt binary: {what}")]
     Corrupt { what: String },
+    /// A size in the file over what maptrace accepts from any real Go program (see the caps where they are
+    /// checked): refused rather than allocated or walked.
+    #[error("binary over a limit: {what}")]
+    TooLarge { what: String },
 }
 
 impl TargetError {
     fn corrupt(what: impl Into<String>) -> Self {
         TargetError::Corrupt { what: what.into() }
     }
+
+    fn too_large(what: impl Into<String>) -> Self {
+        TargetError::TooLarge { what: what.into() }
+    }
 }
 
-/// A parsed Go executable. Owns the file bytes; function bodies and pclntab tables are read from them on demand.
+/// A parsed Go executable. Holds the file's bytes (mapped); function bodies and pclntab tables are read from them
+/// on demand.
 pub struct GoBinary {
-    bytes: Vec<u8>,
+    bytes: mapped::FileBytes,
+    /// The file it was opened from; None when parsed from bytes in memory.
+    identity: Option<FileIdentity>,
     image: elf::Image,
     build: buildinfo::BuildInfo,
     pclntab: pclntab::Pclntab,
@@ -161,11 +174,25 @@ fn index_by_name(functions: &[Function], file_of: impl Fn(usize) -> String) -> H
 
 impl GoBinary {
     pub fn open(path: &Path) -> Result<GoBinary, TargetError> {
-        let bytes = std::fs::read(path).map_err(|e| TargetError::Io(path.to_path_buf(), e))?;
-        GoBinary::parse(bytes)
+        let file = std::fs::File::open(path).map_err(|e| TargetError::Io(path.to_path_buf(), e))?;
+        GoBinary::from_file(path, &file)
     }
 
+    /// Parses the executable `file`, opened from `path`: mapped, not read (see [`mapped`]).
+    pub fn from_file(path: &Path, file: &std::fs::File) -> Result<GoBinary, TargetError> {
+        let identity = FileIdentity::of(file).map_err(|e| TargetError::Io(path.to_path_buf(), e))?;
+        let bytes = mapped::FileBytes::map(path, file, identity.size)?;
+        let mut binary = GoBinary::parse_bytes(bytes)?;
+        binary.identity = Some(identity);
+        Ok(binary)
+    }
+
+    /// Parses an executable held in memory.
     pub fn parse(bytes: Vec<u8>) -> Result<GoBinary, TargetError> {
+        GoBinary::parse_bytes(mapped::FileBytes::Owned(bytes))
+    }
+
+    fn parse_bytes(bytes: mapped::FileBytes) -> Result<GoBinary, TargetError> {
         let file = elf::open(&bytes)?;
         let image = elf::Image::new(&file)?;
         // The version decides which tables apply, so it comes first; a non-Go ELF fails here.
@@ -216,6 +243,7 @@ impl GoBinary {
         let layout = layout::runtime_layout(&build.version, &resolved.structs, gc_cycles_addr, green_tea, rate_addr);
         Ok(GoBinary {
             bytes,
+            identity: None,
             image,
             build,
             pclntab: loaded.table,
@@ -224,6 +252,17 @@ impl GoBinary {
             layout,
             module: loaded.module,
         })
+    }
+
+    /// The file this binary was read from, if it was read from one.
+    pub fn identity(&self) -> Option<FileIdentity> {
+        self.identity
+    }
+
+    /// Pages of the file that were truncated away while mapped and read as zeros since: what maptrace read from
+    /// them may be wrong (the binary changed under it), so a report says so.
+    pub fn zeroed_pages(&self) -> u64 {
+        self.bytes.zeroed_pages()
     }
 
     pub fn arch(&self) -> Arch {

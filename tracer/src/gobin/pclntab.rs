@@ -18,6 +18,16 @@ const MAGIC_GO118: u32 = 0xffff_fff0;
 const MAGIC_GO120: u32 = 0xffff_fff1;
 const HEADER_LEN: usize = 72;
 
+/// The most functions a pclntab may list. The largest programs maptrace has met list a few hundred thousand
+/// (a generated 65 MB binary: about 260 000); each costs maptrace a name and three words.
+const MAX_FUNCTIONS: usize = 4_000_000;
+/// The most name bytes all functions' names may add up to. Names are copied per function, so a table whose
+/// entries all share one long name would otherwise cost its length times the function count.
+const MAX_NAME_BYTES: usize = 128 << 20;
+/// Zero-length steps a pc-value table may take on top of one per pc quantum: the linker writes none, but a
+/// forged table made of them would make each lookup as long as the table.
+const MAX_EMPTY_STEPS: u32 = 64;
+
 /// `_func` field offsets; unchanged from 1.18 to 1.27 (1.20 appended `startLine` after `cuOffset`).
 const FUNC_ENTRYOFF: usize = 0;
 const FUNC_NAMEOFF: usize = 4;
@@ -169,6 +179,12 @@ impl Pclntab {
         if functab_end.is_none_or(|end| end > data.len()) {
             return Err(corrupt(format!("{} functions do not fit", hdr.nfunc)));
         }
+        if hdr.nfunc > MAX_FUNCTIONS {
+            return Err(TargetError::too_large(format!(
+                "pclntab lists {} functions (limit {MAX_FUNCTIONS})",
+                hdr.nfunc
+            )));
+        }
         let functab = |i: usize, field: usize| u32_at(data, hdr.pcln + 8 * i + field).unwrap_or_default();
         let module = moduledata::find(image, bytes, vaddr, &hdr, functab(0, 0), offsets);
         let text = match (module, hdr.text_start) {
@@ -182,6 +198,7 @@ impl Pclntab {
         };
         let mut functions = Vec::with_capacity(hdr.nfunc);
         let mut funcoffs = Vec::with_capacity(hdr.nfunc);
+        let mut name_bytes = 0usize;
         for i in 0..hdr.nfunc {
             let (entryoff, funcoff, endoff) = (functab(i, 0), functab(i, 4), functab(i + 1, 0));
             let f = hdr.pcln.checked_add(funcoff as usize);
@@ -192,6 +209,12 @@ impl Pclntab {
             let name = field(FUNC_NAMEOFF)
                 .and_then(|n| cstr_at(data, hdr.funcname.checked_add(n as usize)?))
                 .ok_or_else(|| corrupt(format!("name of function {i}")))?;
+            name_bytes += name.len();
+            if name_bytes > MAX_NAME_BYTES {
+                return Err(TargetError::too_large(format!(
+                    "function names add up to over {MAX_NAME_BYTES} bytes by function {i}"
+                )));
+            }
             let (Some(entry), Some(end)) = (
                 text.checked_add(u64::from(entryoff)),
                 text.checked_add(u64::from(endoff)),
@@ -298,6 +321,7 @@ impl Pclntab {
         }
         let mut p = self.hdr.pctab.checked_add(off as usize)?;
         let (mut pc, mut val, mut first) = (entry, -1i32, true);
+        let mut empty_steps = 0;
         loop {
             if *data.get(p)? == 0 && !first {
                 return None;
@@ -307,6 +331,12 @@ impl Pclntab {
             let delta = if uv & 1 != 0 { !(uv >> 1) } else { uv >> 1 };
             val = val.wrapping_add(delta as i32);
             let pcdelta = uvarint(data, &mut p)? as u32;
+            if pcdelta == 0 {
+                empty_steps += 1;
+                if empty_steps > MAX_EMPTY_STEPS {
+                    return None;
+                }
+            }
             pc = pc.checked_add(u64::from(pcdelta) * u64::from(self.hdr.quantum))?;
             if target < pc {
                 return Some(val);

@@ -607,7 +607,7 @@ fn corrupt_binaries_are_errors() {
         let pcln = section_range(b, ".gopclntab").start;
         let buildinfo = section_range(b, ".go.buildinfo").start;
         let patched = |patches: &[(usize, &[u8])]| {
-            let mut bytes = b.bytes.clone();
+            let mut bytes = b.bytes.to_vec();
             for (at, with) in patches {
                 bytes[*at..*at + with.len()].copy_from_slice(with);
             }
@@ -661,7 +661,7 @@ fn sections_are_not_needed() {
     // Renamed sections stand for binaries whose section headers are gone: the scans must find the same things.
     for ver in ["1.19", "1.24.11", "1.27.3"] {
         let b = bin(ver, "counting-stripped");
-        let mut bytes = b.bytes.clone();
+        let mut bytes = b.bytes.to_vec();
         let names = section_range(b, ".shstrtab");
         for name in [&b".gopclntab"[..], b".go.buildinfo"] {
             let at = bytes[names.clone()]
@@ -687,7 +687,7 @@ fn sections_are_not_needed() {
 #[ignore = "needs the go-targets built by ./x test (the e2e layer)"]
 fn unreadable_dwarf_falls_back_to_the_table() {
     let b = bin("1.24.11", "counting");
-    let mut bytes = b.bytes.clone();
+    let mut bytes = b.bytes.to_vec();
     let info = section_range(b, ".debug_info");
     bytes[info].fill(0);
     let fallback = GoBinary::parse(bytes).unwrap();
@@ -735,7 +735,7 @@ fn random_damage_never_panics() {
             code("runtime.gcStart"),
         ];
         for round in 0..120 {
-            let mut bytes = b.bytes.clone();
+            let mut bytes = b.bytes.to_vec();
             let region = &regions[round % regions.len()];
             // Damage near the start of the pclntab hits the header and functab, the rest the tables.
             let span = if round % 2 == 0 {
@@ -914,7 +914,7 @@ fn gc_cycles_rule_checks_itself() {
         let patched = |func: &str, fill: u8| {
             let f = b.function(func).unwrap();
             let off = b.file_offset(f.entry).unwrap() as usize;
-            let mut bytes = b.bytes.clone();
+            let mut bytes = b.bytes.to_vec();
             bytes[off..off + (f.end - f.entry) as usize].fill(fill);
             GoBinary::parse(bytes)
         };
@@ -938,7 +938,7 @@ fn gc_cycles_rule_checks_itself() {
         .windows(8)
         .position(|w| w[..2] == [0x8b, 0x15] && w[6..] == [0x29, 0xd1])
         .unwrap();
-    let mut bytes = b.bytes.clone();
+    let mut bytes = b.bytes.to_vec();
     let off = b.file_offset(f.entry).unwrap() as usize + at;
     bytes[off + 2..off + 6].copy_from_slice(&(-64i32).to_le_bytes());
     match GoBinary::parse(bytes) {
@@ -1605,7 +1605,7 @@ fn root_rules_check_themselves() {
         let patched = |func: &str, edit: &dyn Fn(&mut [u8])| {
             let f = b.function(func).unwrap();
             let off = b.file_offset(f.entry).unwrap() as usize;
-            let mut bytes = b.bytes.clone();
+            let mut bytes = b.bytes.to_vec();
             edit(&mut bytes[off..off + (f.end - f.entry) as usize]);
             GoBinary::parse(bytes).unwrap().heap_model().err()
         };
@@ -1627,7 +1627,7 @@ fn root_rules_check_themselves() {
             }
         })
         .unwrap();
-    let mut bytes = b.bytes.clone();
+    let mut bytes = b.bytes.to_vec();
     let off = b.file_offset(f.entry).unwrap() as usize + at;
     bytes[off + 3..off + 7].copy_from_slice(&(-64i32).to_le_bytes());
     let err = GoBinary::parse(bytes).unwrap().heap_model().err().unwrap();
@@ -1668,7 +1668,7 @@ fn heap_model_survives_damage() {
             prog(offsets.bss.gcprog),
         ];
         for round in 0..100 {
-            let mut bytes = b.bytes.clone();
+            let mut bytes = b.bytes.to_vec();
             let region = &regions[round % regions.len()];
             for _ in 0..1 + next() % 8 {
                 let at = region.start + (next() as usize % region.len());

@@ -63,16 +63,31 @@ fn correlator(binary: &GoBinary, retain_cycles: u32) -> Correlator {
     )
 }
 
-fn open_binary(process: &Process) -> Result<GoBinary, Failure> {
-    GoBinary::open(&process.exe_path).map_err(|e| match e {
+/// Opens and inspects the executable `process` runs.
+pub fn open_binary(process: &Process) -> Result<GoBinary, Failure> {
+    GoBinary::open(&process.exe_path).map_err(|e| binary_failure(process, e))
+}
+
+/// What a binary that cannot be traced means for the user.
+pub fn binary_failure(process: &Process, e: TargetError) -> Failure {
+    let (pid, exe) = (process.pid, process.exe_display.clone());
+    match e {
         TargetError::NotElf(_) | TargetError::NotGo(_) => Failure::NotGo {
-            pid: process.pid,
-            exe: process.exe_display.clone(),
+            pid,
+            exe,
             why: e.to_string(),
         },
         TargetError::UnsupportedVersion { version, reason } => Failure::UnsupportedGo { version, why: reason },
-        other => Failure::Other(anyhow::anyhow!("reading {}: {other}", process.exe_display)),
-    })
+        TargetError::TooLarge { .. } | TargetError::Corrupt { .. } | TargetError::Truncated { .. } => {
+            Failure::RefusedBinary {
+                pid,
+                exe,
+                too_large: matches!(e, TargetError::TooLarge { .. }),
+                why: e.to_string(),
+            }
+        }
+        other => Failure::Other(anyhow::anyhow!("reading {exe}: {other}")),
+    }
 }
 
 /// How stale the correlator may get while the kernel batches wakeups
@@ -136,8 +151,15 @@ pub struct Session {
 impl Session {
     /// Opens the process and its binary, and attaches the probes (needs a tokio reactor).
     pub fn attach(pid: u32, opts: &SessionOptions) -> Result<Self, Failure> {
-        let process = Arc::new(Process::open(pid)?);
+        let process = Process::open(pid)?;
         let binary = Arc::new(open_binary(&process)?);
+        Session::attach_with(process, binary, opts)
+    }
+
+    /// Attaches to `process`, whose executable `binary` was inspected already (the node agent inspects each
+    /// executable once for all the processes that run it).
+    pub fn attach_with(process: Process, binary: Arc<GoBinary>, opts: &SessionOptions) -> Result<Self, Failure> {
+        let process = Arc::new(process);
         let plan = ProbePlan::for_binary(&binary, opts.mode)?;
         let load_bias = process.load_bias(binary.load_vaddr()).unwrap_or(0);
         let mut state = correlator(&binary, opts.retain_cycles);
