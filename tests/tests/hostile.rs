@@ -67,7 +67,12 @@ const CHURN_EVERY: Duration = Duration::from_millis(300);
 const CHURN_LIFETIME: Duration = Duration::from_millis(200);
 /// A CLI run (attach, `--duration 2s`, report) that takes longer than this hangs.
 const CLI_WITHIN: Duration = Duration::from_secs(90);
-/// The exit codes the CLI documents for a binary over a limit or malformed, and for a panic.
+/// The issue's goal for the agent's peak RSS: this much, plus the second per target traced at once.
+const BUDGET_AGENT: u64 = 128 * MIB;
+const BUDGET_PER_TARGET: u64 = 8 * MIB;
+/// The exit codes the CLI documents for a program that is not Go, a binary over a limit or malformed,
+/// and a panic.
+const EXIT_NOT_GO: i32 = 4;
 const EXIT_TOO_LARGE_OR_MALFORMED: i32 = 9;
 const EXIT_PANIC: i32 = 101;
 
@@ -157,6 +162,8 @@ struct Scrapes {
     count: u64,
     slowest: Duration,
     failures: Vec<String>,
+    /// The most targets the agent said it traced at once (`maptrace_agent_targets`).
+    most_targets: f64,
 }
 
 impl Scraper {
@@ -177,8 +184,12 @@ impl Scraper {
                     let mut s = s.lock().unwrap();
                     s.count += 1;
                     s.slowest = s.slowest.max(took);
-                    if let Err(e) = result {
-                        s.failures.push(format!("during {phase}: {e} (after {took:?})"));
+                    match result {
+                        Ok(text) => {
+                            let targets = sample(&text, "maptrace_agent_targets", &[]).unwrap_or(0.0);
+                            s.most_targets = s.most_targets.max(targets);
+                        }
+                        Err(e) => s.failures.push(format!("during {phase}: {e} (after {took:?})")),
                     }
                 }
                 thread::sleep(SCRAPE_EVERY);
@@ -627,6 +638,307 @@ fn skip_reason() -> Option<String> {
     (!limit.exists()).then(|| format!("no cgroup v1 memory controller at {}", cgroup::ROOT))
 }
 
+/// Crafts the hostile executables in `dir` (each checked to be what it claims, see craft.rs), and says
+/// what they are.
+fn hostile_inputs(dir: &Path) -> (Vec<Hostile>, String) {
+    let name = |tag: &str| format!("{tag}-{}", std::process::id());
+    let (sparse, bomb, names, selfish) = (name("sparse"), name("zbomb"), name("hugename"), name("selfstruct"));
+    craft::sparse(Path::new("/bin/sleep"), &dir.join(&sparse), 4 << 30);
+    // The claim is under 1 GiB (a sanity limit a reader might stop at), the stream four times that.
+    let bomb_made = craft::zlib_bomb(&target_path(GO, "quiet"), &dir.join(&bomb), 1023 * MIB, 4 << 30);
+    // Stripped: the pclntab is its only source of names.
+    let names_made = craft::huge_name(&target_path(GO, "quiet-stripped"), &dir.join(&names));
+    // `main.ran` is a sync/atomic.Int64 {_ noCopy; _ align64; v int64}: a heap walk flattens it as a root.
+    craft::self_containing_struct(&target_path(GO, "finalizers"), &dir.join(&selfish), "main.ran", "v");
+    let about = format!(
+        "{sparse}: /bin/sleep grown to 4 GiB by a hole; {bomb}: quiet whose .debug_info claims {} and inflates to {} \
+         from {} bytes; {names}: quiet-stripped whose {} functions share one name of {} bytes ({} of names); \
+         {selfish}: finalizers whose main.ran (sync/atomic.Int64) has a member v of its own type",
+        mib(bomb_made.claims),
+        mib(bomb_made.inflates_to),
+        bomb_made.stream_bytes,
+        names_made.functions,
+        names_made.name_bytes,
+        mib((names_made.functions * names_made.name_bytes) as u64),
+    );
+    let inputs = vec![
+        Hostile {
+            what: "sparse 4 GiB non-Go executable",
+            path: dir.join(&sparse),
+            name: sparse,
+            args: vec!["600".into()],
+            protocol: false,
+            go_after_attach: false,
+            agent_may: AgentMay::LeaveAlone,
+            cli_codes: &[EXIT_NOT_GO],
+        },
+        Hostile {
+            what: "zlib bomb .debug_info",
+            path: dir.join(&bomb),
+            name: bomb,
+            args: Vec::new(),
+            protocol: true,
+            go_after_attach: false,
+            // DWARF is optional: the built-in layout tables stand in for it.
+            agent_may: AgentMay::AttachOrFail(&["too_large", "malformed"]),
+            cli_codes: &[0, EXIT_TOO_LARGE_OR_MALFORMED],
+        },
+        Hostile {
+            what: "one huge name for every function",
+            path: dir.join(&names),
+            name: names,
+            args: Vec::new(),
+            protocol: true,
+            go_after_attach: false,
+            agent_may: AgentMay::Fail(&["too_large", "malformed"]),
+            cli_codes: &[EXIT_TOO_LARGE_OR_MALFORMED],
+        },
+        Hostile {
+            what: "DWARF struct containing itself",
+            path: dir.join(&selfish),
+            name: selfish,
+            // Its scenario keeps objects alive and its finalizers unrun: the CLI's report then walks the heap
+            // from the program's roots, main.ran among them.
+            args: vec!["-scenario=all".into(), "-n=10".into()],
+            protocol: true,
+            go_after_attach: true,
+            agent_may: AgentMay::AttachOrFail(&["too_large", "malformed"]),
+            cli_codes: &[0, EXIT_TOO_LARGE_OR_MALFORMED],
+        },
+    ];
+    (inputs, about)
+}
+
+impl Node {
+    fn new(include: Vec<String>, well_behaved: String) -> Node {
+        Node {
+            agent: None,
+            scraper: Scraper::start(),
+            cgroup: MemoryCgroup::create(&format!("maptrace-hostile-{}", std::process::id()), LIMIT),
+            include,
+            well_behaved,
+            restarts: 0,
+            peaks: Vec::new(),
+            errors: Vec::new(),
+            problems: Vec::new(),
+        }
+    }
+
+    /// The agent, and the well-behaved program traced before anything hostile arrives.
+    fn baseline(&mut self, demo: &Path) -> (Target, Row) {
+        self.start_agent("start");
+        self.begin("start");
+        let well = Target::start(demo, &["-interval=50ms"]);
+        self.wait_well_behaved("start");
+        self.checkpoint("start");
+        let (peak, hwm) = self.end();
+        let row = Row {
+            input: "well-behaved demo (baseline)".into(),
+            agent: "attached".into(),
+            rss_rise: None,
+            agent_hwm: hwm,
+            cgroup_peak: peak,
+            cli: String::new(),
+            cli_peak: None,
+        };
+        (well, row)
+    }
+
+    /// A Go program that execs into /bin/sleep while traced: its series go, and a detach is logged.
+    fn exec_away(&mut self, h: &Hostile) -> Row {
+        let (hwm_before, oom_before) = self.begin(h.what);
+        let Running::Target(mut execing) = Running::start(h) else {
+            unreachable!("the execer is a go-target")
+        };
+        let verdict = self.verdict(execing.pid, FOUND_WITHIN, oom_before);
+        let pid = execing.pid.to_string();
+        let it = [("binary", h.name.as_str()), ("pid", pid.as_str())];
+        let mut notes = Vec::new();
+        if matches!(verdict, Verdict::Attached) {
+            if !self.until(FOUND_WITHIN, |n| n.has_target(&it) == Some(true)) {
+                notes.push("attached, but no series".to_string());
+            }
+            execing.go();
+            if !self.until(FOUND_WITHIN, |n| n.has_target(&it) == Some(false)) {
+                notes.push("its series stayed after the exec".to_string());
+            }
+            let me = format!("pid=\"{pid}\"");
+            let detached = self.until(FOUND_WITHIN, |n| {
+                n.agent.as_mut().is_some_and(|a| {
+                    a.log()
+                        .iter()
+                        .any(|l| l.starts_with("maptrace agent: detach ") && l.contains(&me))
+                })
+            });
+            if !detached {
+                notes.push("no detach line after the exec".to_string());
+            }
+        } else {
+            notes.push(format!("not traced: {verdict:?}"));
+        }
+        if let Some(why) = self.death(oom_before) {
+            notes.push(why);
+        }
+        self.checkpoint(h.what);
+        let (peak, hwm) = self.end();
+        execing.kill();
+        self.problems
+            .extend(notes.iter().map(|n| format!("agent, {}: {n}", h.what)));
+        Row {
+            input: h.what.into(),
+            agent: match notes.is_empty() {
+                true => "attached, detached at the exec".into(),
+                false => notes.join("; "),
+            },
+            rss_rise: hwm.map(|h| h.saturating_sub(hwm_before)),
+            agent_hwm: hwm,
+            cgroup_peak: peak,
+            cli: String::new(),
+            cli_peak: None,
+        }
+    }
+
+    /// [`CHURN`] short-lived Go processes at one per [`CHURN_EVERY`]; then none of their series may stay,
+    /// and every one attached is detached.
+    fn churn(&mut self, quiet: &Path, name: &str) -> Row {
+        let (hwm_before, oom_before) = self.begin("churn");
+        let rss_before = self.agent.as_ref().and_then(|a| proc_status_bytes(a.pid(), "VmRSS:"));
+        let churner = {
+            let quiet = quiet.to_path_buf();
+            thread::spawn(move || {
+                let start = Instant::now();
+                for i in 0..CHURN {
+                    thread::sleep((start + CHURN_EVERY * i).saturating_duration_since(Instant::now()));
+                    let mut child = Command::new(&quiet)
+                        .stdin(Stdio::piped())
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .spawn()
+                        .expect("starting a short-lived quiet");
+                    thread::sleep(CHURN_LIFETIME);
+                    let _ = child.kill();
+                    let _ = child.wait();
+                }
+            })
+        };
+        let mut notes = Vec::new();
+        while !churner.is_finished() {
+            if let Some(why) = self.death(oom_before) {
+                notes.push(why);
+                self.revive("churn");
+            }
+            thread::sleep(Duration::from_millis(500));
+        }
+        churner.join().unwrap();
+        let label = format!("binary=\"{name}\"");
+        if !self.until(FOUND_WITHIN, |n| n.metrics().is_some_and(|t| !t.contains(&label))) {
+            notes.push("series of exited short-lived processes stayed".to_string());
+        }
+        let count = |n: &mut Node, event: &str| {
+            n.agent.as_mut().map_or(0, |a| {
+                a.log()
+                    .iter()
+                    .filter(|l| l.starts_with(event) && l.contains(&label))
+                    .count()
+            })
+        };
+        let attached = count(self, "maptrace agent: attach ");
+        if !self.until(FOUND_WITHIN, |n| count(n, "maptrace agent: detach ") == attached) {
+            let detached = count(self, "maptrace agent: detach ");
+            notes.push(format!("{attached} attached but {detached} detached"));
+        }
+        let failed = count(self, "maptrace agent: error ");
+        let rss_after = self.agent.as_ref().and_then(|a| proc_status_bytes(a.pid(), "VmRSS:"));
+        if let Some(why) = self.death(oom_before) {
+            notes.push(why);
+        }
+        self.checkpoint("churn");
+        let (peak, hwm) = self.end();
+        self.problems.extend(notes.iter().map(|n| format!("agent, churn: {n}")));
+        Row {
+            input: format!("{CHURN} Go processes, {} ms each", CHURN_LIFETIME.as_millis()),
+            agent: format!(
+                "{attached} attached, {failed} attach failures; RSS {} → {}{}",
+                rss_before.map_or("-".into(), mib),
+                rss_after.map_or("-".into(), mib),
+                if notes.is_empty() { "" } else { " (see problems)" }
+            ),
+            rss_rise: hwm.map(|h| h.saturating_sub(hwm_before)),
+            agent_hwm: hwm,
+            cgroup_peak: peak,
+            cli: String::new(),
+            cli_peak: None,
+        }
+    }
+
+    /// The end: only the well-behaved target is left; the agent lived through it all, under its limit
+    /// and within the issue's budget, and answered every scrape. Returns the summary line.
+    fn finish(&mut self) -> String {
+        let targets = |n: &mut Node| n.metrics().and_then(|t| sample(&t, "maptrace_agent_targets", &[]));
+        if !self.until(FOUND_WITHIN, |n| targets(n) == Some(1.0)) {
+            let now = targets(self);
+            self.problems
+                .push(format!("maptrace_agent_targets is {now:?} with one target left"));
+        }
+        self.checkpoint("end");
+        if let Some(why) = self.death(0) {
+            self.problems.push(format!("end: {why}"));
+        }
+        let hwm = self.agent.as_ref().and_then(|a| proc_status_bytes(a.pid(), "VmHWM:"));
+        let peak = self.peaks.iter().copied().max().unwrap_or(0);
+        let (failcnt, oom_kills) = (self.cgroup.failcnt(), self.cgroup.oom_kills());
+        if self.restarts > 0 {
+            self.problems
+                .push(format!("the agent had to be restarted {} times", self.restarts));
+        }
+        if oom_kills > 0 {
+            self.problems.push(format!(
+                "the OOM killer ended {oom_kills} processes of the agent's cgroup"
+            ));
+        }
+        if peak >= LIMIT || hwm.is_some_and(|h| h >= LIMIT) {
+            self.problems.push(format!(
+                "peak {} (cgroup), {} (RSS): not under the limit of {}",
+                mib(peak),
+                hwm.map_or("-".into(), mib),
+                mib(LIMIT)
+            ));
+        }
+        let (count, slowest, failures, most_targets) = {
+            let mut s = self.scraper.state.lock().unwrap();
+            s.port = None;
+            (s.count, s.slowest, std::mem::take(&mut s.failures), s.most_targets)
+        };
+        let budget = BUDGET_AGENT + BUDGET_PER_TARGET * most_targets as u64;
+        if hwm.is_some_and(|h| h > budget) {
+            self.problems.push(format!(
+                "peak RSS {} over the budget of {} + {} per target ({most_targets} at most at once): {}",
+                mib(hwm.unwrap()),
+                mib(BUDGET_AGENT),
+                mib(BUDGET_PER_TARGET),
+                mib(budget)
+            ));
+        }
+        if !failures.is_empty() {
+            let first: Vec<&String> = failures.iter().take(10).collect();
+            self.problems.push(format!(
+                "{} of {count} scrapes failed or took over {SCRAPE_WITHIN:?}, first: {first:#?}",
+                failures.len()
+            ));
+        }
+        format!(
+            "agent: limit {}, peak {} (cgroup, page cache included), peak RSS {} (budget {} for {most_targets} \
+             targets at once), failcnt {failcnt}, OOM kills {oom_kills}, restarts {}; {count} scrapes, slowest \
+             {slowest:?}",
+            mib(LIMIT),
+            mib(peak),
+            hwm.map_or("-".into(), mib),
+            mib(budget),
+            self.restarts,
+        )
+    }
+}
+
 #[test]
 fn hostile_node() {
     if let Some(why) = skip_reason() {
@@ -634,314 +946,39 @@ fn hostile_node() {
         return;
     }
     let dir = TempDir::new("hostile");
-    let at = |name: &str| dir.path().join(name);
-    let unique = |tag: &str| format!("{tag}-{}", std::process::id());
-
-    // The inputs, each checked to be what it claims (see craft.rs).
-    let sparse = unique("sparse");
-    craft::sparse(Path::new("/bin/sleep"), &at(&sparse), 4 << 30);
-    let bomb = unique("zbomb");
-    let b = craft::zlib_bomb(&target_path(GO, "quiet"), &at(&bomb), 1023 * MIB, 4 << 30);
-    let names = unique("hugename");
-    let n = craft::huge_name(&target_path(GO, "quiet-stripped"), &at(&names));
-    let selfish = unique("selfstruct");
-    // `main.ran` is a sync/atomic.Int64 {_ noCopy; _ align64; v int64}: a heap walk flattens it as a root.
-    craft::self_containing_struct(&target_path(GO, "finalizers"), &at(&selfish), "main.ran", "v");
+    let (inputs, about) = hostile_inputs(dir.path());
+    eprintln!("inputs: {about}");
     let (execer, exec_name) = unique_copy(GO, dir.path(), "execer");
     let (quiet, churn_name) = unique_copy(GO, dir.path(), "quiet");
     let (demo, demo_name) = unique_copy(GO, dir.path(), "demo");
-    let hostile = |what, name: &String, args: &[&str], protocol, go_after_attach, agent_may, cli_codes| Hostile {
-        what,
-        name: name.clone(),
-        path: at(name),
-        args: args.iter().map(|a| a.to_string()).collect(),
-        protocol,
-        go_after_attach,
-        agent_may,
-        cli_codes,
+    let exec = Hostile {
+        what: "Go program exec'ing /bin/sleep",
+        path: execer,
+        name: exec_name,
+        args: Vec::new(),
+        protocol: true,
+        go_after_attach: true,
+        agent_may: AgentMay::AttachOrFail(&[]),
+        cli_codes: &[0],
     };
-    let inputs = [
-        hostile(
-            "sparse 4 GiB non-Go executable",
-            &sparse,
-            &["600"],
-            false,
-            false,
-            AgentMay::LeaveAlone,
-            &[4],
-        ),
-        hostile(
-            "zlib bomb .debug_info",
-            &bomb,
-            &[],
-            true,
-            false,
-            AgentMay::AttachOrFail(&["too_large", "malformed"]),
-            &[0, EXIT_TOO_LARGE_OR_MALFORMED],
-        ),
-        hostile(
-            "one huge name for every function",
-            &names,
-            &[],
-            true,
-            false,
-            AgentMay::Fail(&["too_large", "malformed"]),
-            &[EXIT_TOO_LARGE_OR_MALFORMED],
-        ),
-        hostile(
-            "DWARF struct containing itself",
-            &selfish,
-            &["-scenario=all", "-n=10"],
-            true,
-            true,
-            AgentMay::AttachOrFail(&["too_large", "malformed"]),
-            &[0, EXIT_TOO_LARGE_OR_MALFORMED],
-        ),
-    ];
-    eprintln!(
-        "inputs: {sparse} (4 GiB, sparse); {bomb} (.debug_info claims {} and inflates to {} from {} bytes); \
-         {names} ({} functions named by one name of {} bytes: {} of names); {selfish} (sync/atomic.Int64.v is a \
-         sync/atomic.Int64)",
-        mib(b.claims),
-        mib(b.inflates_to),
-        b.stream_bytes,
-        n.functions,
-        n.name_bytes,
-        mib((n.functions * n.name_bytes) as u64),
-    );
+    let mut include: Vec<String> = inputs.iter().chain([&exec]).map(|h| h.name.clone()).collect();
+    include.extend([churn_name.clone(), demo_name.clone()]);
 
-    let cgroup = MemoryCgroup::create(&format!("maptrace-hostile-{}", std::process::id()), LIMIT);
-    let mut include: Vec<String> = inputs.iter().map(|h| h.name.clone()).collect();
-    include.extend([exec_name.clone(), churn_name.clone(), demo_name.clone()]);
-    let mut node = Node {
-        agent: None,
-        scraper: Scraper::start(),
-        cgroup,
-        include,
-        well_behaved: demo_name.clone(),
-        restarts: 0,
-        peaks: Vec::new(),
-        errors: Vec::new(),
-        problems: Vec::new(),
-    };
-    let mut rows = Vec::new();
-
-    // The well-behaved program, traced before anything hostile arrives.
-    node.start_agent("start");
-    node.begin("start");
-    let well = Target::start(&demo, &["-interval=50ms"]);
-    node.wait_well_behaved("start");
-    node.checkpoint("start");
-    let (peak, hwm) = node.end();
-    rows.push(Row {
-        input: "well-behaved demo (baseline)".into(),
-        agent: "attached".into(),
-        rss_rise: None,
-        agent_hwm: hwm,
-        cgroup_peak: peak,
-        cli: String::new(),
-        cli_peak: None,
-    });
-
+    let mut node = Node::new(include, demo_name);
+    let (well, baseline) = node.baseline(&demo);
+    let mut rows = vec![baseline];
     for h in &inputs {
-        let row = node.judge(h);
-        rows.push(row);
+        rows.push(node.judge(h));
     }
-
-    // Exec into another binary while traced: its series go, and a detach is logged.
-    let (hwm_before, oom_before) = node.begin("execer");
-    let mut execing = Target::start(&execer, &[]);
-    let verdict = node.verdict(execing.pid, FOUND_WITHIN, oom_before);
-    let exec_pid = execing.pid.to_string();
-    let it = [("binary", exec_name.as_str()), ("pid", exec_pid.as_str())];
-    let mut exec_notes = Vec::new();
-    if matches!(verdict, Verdict::Attached) {
-        if !node.until(FOUND_WITHIN, |n| n.has_target(&it) == Some(true)) {
-            exec_notes.push("attached, but no series".to_string());
-        }
-        execing.go();
-        if !node.until(FOUND_WITHIN, |n| n.has_target(&it) == Some(false)) {
-            exec_notes.push("its series stayed after the exec".to_string());
-        }
-        let detach = format!("pid=\"{exec_pid}\"");
-        let detached = node.until(FOUND_WITHIN, |n| {
-            n.agent.as_mut().is_some_and(|a| {
-                a.log()
-                    .iter()
-                    .any(|l| l.starts_with("maptrace agent: detach ") && l.contains(&detach))
-            })
-        });
-        if !detached {
-            exec_notes.push("no detach line after the exec".to_string());
-        }
-    } else {
-        exec_notes.push(format!("not traced: {verdict:?}"));
-    }
-    if let Some(why) = node.death(oom_before) {
-        exec_notes.push(why);
-    }
-    node.checkpoint("execer");
-    let (peak, hwm) = node.end();
-    execing.kill();
-    node.problems
-        .extend(exec_notes.iter().map(|n| format!("agent, execer: {n}")));
-    rows.push(Row {
-        input: "Go program exec'ing /bin/sleep".into(),
-        agent: match exec_notes.is_empty() {
-            true => "attached, detached at the exec".into(),
-            false => exec_notes.join("; "),
-        },
-        rss_rise: hwm.map(|h| h.saturating_sub(hwm_before)),
-        agent_hwm: hwm,
-        cgroup_peak: peak,
-        cli: String::new(),
-        cli_peak: None,
-    });
-
-    // Churn: short-lived Go processes, then none of their series may stay.
-    let (hwm_before, oom_before) = node.begin("churn");
-    let rss_before = node.agent.as_ref().and_then(|a| proc_status_bytes(a.pid(), "VmRSS:"));
-    let churner = {
-        let quiet = quiet.clone();
-        thread::spawn(move || {
-            let start = Instant::now();
-            let mut pids = Vec::new();
-            for i in 0..CHURN {
-                let due = start + CHURN_EVERY * i;
-                thread::sleep(due.saturating_duration_since(Instant::now()));
-                let mut child = Command::new(&quiet)
-                    .stdin(Stdio::piped())
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .expect("starting a churning quiet");
-                pids.push(child.id());
-                thread::sleep(CHURN_LIFETIME);
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-            pids
-        })
-    };
-    let mut churn_notes = Vec::new();
-    while !churner.is_finished() {
-        if let Some(why) = node.death(oom_before) {
-            churn_notes.push(why);
-            node.revive("churn");
-        }
-        thread::sleep(Duration::from_millis(500));
-    }
-    let churned = churner.join().unwrap();
-    let churn_label = format!("binary=\"{churn_name}\"");
-    let gone = node.until(FOUND_WITHIN, |n| n.metrics().is_some_and(|t| !t.contains(&churn_label)));
-    if !gone {
-        churn_notes.push("series of exited short-lived processes stayed".to_string());
-    }
-    let (attached, detached, failed) = node.agent.as_mut().map_or((0, 0, 0), |a| {
-        let lines: Vec<&String> = a.log().iter().filter(|l| l.contains(&churn_label)).collect();
-        let count = |event: &str| lines.iter().filter(|l| l.starts_with(event)).count();
-        (
-            count("maptrace agent: attach "),
-            count("maptrace agent: detach "),
-            count("maptrace agent: error "),
-        )
-    });
-    if attached != detached {
-        churn_notes.push(format!("{attached} attached but {detached} detached"));
-    }
-    let rss_after = node.agent.as_ref().and_then(|a| proc_status_bytes(a.pid(), "VmRSS:"));
-    if let Some(why) = node.death(oom_before) {
-        churn_notes.push(why);
-    }
-    node.checkpoint("churn");
-    let (peak, hwm) = node.end();
-    node.problems
-        .extend(churn_notes.iter().map(|n| format!("agent, churn: {n}")));
-    rows.push(Row {
-        input: format!("{} Go processes, {} ms each", churned.len(), CHURN_LIFETIME.as_millis()),
-        agent: format!(
-            "{attached} attached, {detached} detached, {failed} failed; RSS {} → {}{}",
-            rss_before.map_or("-".into(), mib),
-            rss_after.map_or("-".into(), mib),
-            if churn_notes.is_empty() { "" } else { " (see problems)" }
-        ),
-        rss_rise: hwm.map(|h| h.saturating_sub(hwm_before)),
-        agent_hwm: hwm,
-        cgroup_peak: peak,
-        cli: String::new(),
-        cli_peak: None,
-    });
-
-    // The end: only the well-behaved target is traced; the agent lived through it all, under its limit.
-    let targets = |n: &mut Node| n.metrics().and_then(|t| sample(&t, "maptrace_agent_targets", &[]));
-    if !node.until(FOUND_WITHIN, |n| targets(n) == Some(1.0)) {
-        let now = targets(&mut node);
-        node.problems
-            .push(format!("maptrace_agent_targets is {now:?} with one target left"));
-    }
-    node.checkpoint("end");
-    if let Some(why) = node.death(0) {
-        node.problems.push(format!("end: {why}"));
-    }
-    let hwm = node.agent.as_ref().and_then(|a| proc_status_bytes(a.pid(), "VmHWM:"));
-    let peak = node.peaks.iter().copied().max().unwrap_or(0);
-    let (failcnt, oom_kills) = (node.cgroup.failcnt(), node.cgroup.oom_kills());
-    if node.restarts > 0 {
-        node.problems
-            .push(format!("the agent had to be restarted {} times", node.restarts));
-    }
-    if oom_kills > 0 {
-        node.problems.push(format!(
-            "the OOM killer ended {oom_kills} processes of the agent's cgroup"
-        ));
-    }
-    if peak >= LIMIT || hwm.is_some_and(|h| h >= LIMIT) {
-        node.problems.push(format!(
-            "peak {} (cgroup), {} (RSS): not under the limit of {}",
-            mib(peak),
-            hwm.map_or("-".into(), mib),
-            mib(LIMIT)
-        ));
-    }
-    let scrapes = {
-        let mut s = node.scraper.state.lock().unwrap();
-        s.port = None;
-        let failures = std::mem::take(&mut s.failures);
-        (s.count, s.slowest, failures)
-    };
-    if !scrapes.2.is_empty() {
-        let first: Vec<&String> = scrapes.2.iter().take(10).collect();
-        node.problems.push(format!(
-            "{} of {} scrapes failed or took over {SCRAPE_WITHIN:?}, first: {first:#?}",
-            scrapes.2.len(),
-            scrapes.0
-        ));
-    }
-    let summary = format!(
-        "agent: limit {}, peak {} (cgroup, page cache included), peak RSS {}, failcnt {failcnt}, OOM kills \
-         {oom_kills}, restarts {}; {} scrapes, slowest {:?}",
-        mib(LIMIT),
-        mib(peak),
-        hwm.map_or("-".into(), mib),
-        node.restarts,
-        scrapes.0,
-        scrapes.1
-    );
+    rows.push(node.exec_away(&exec));
+    rows.push(node.churn(&quiet, &churn_name));
+    let summary = node.finish();
     drop(well);
     node.retire();
 
     // The CLI meets the same inputs, one at a time, in a cgroup of its own.
     let cli_cgroup = MemoryCgroup::create(&format!("maptrace-hostile-cli-{}", std::process::id()), LIMIT);
-    let exec_cli = hostile(
-        "Go program exec'ing /bin/sleep",
-        &exec_name,
-        &[],
-        true,
-        true,
-        AgentMay::AttachOrFail(&[]),
-        &[0],
-    );
-    for h in inputs.iter().chain([&exec_cli]) {
+    for h in inputs.iter().chain([&exec]) {
         let (outcome, peak, problems) = cli_run(&cli_cgroup, h);
         node.problems
             .extend(problems.iter().map(|p| format!("CLI, {}: {p}", h.what)));
