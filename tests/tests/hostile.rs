@@ -48,8 +48,9 @@ const MIB: u64 = 1 << 20;
 /// The agent's (and each CLI run's) memory limit. Issue 13 asks for at most 128 MiB for the agent
 /// plus 8 MiB per sampled target; here at most five targets are traced at once (the well-behaved
 /// one, a hostile one, the execer, two churning ones): 168 MiB. The kernel also charges the page
-/// cache of the files the agent reads to its cgroup, so 256 MiB, a quarter of the DaemonSet's limit
-/// and far below what every hostile input would cost if it were believed (4 GiB, ≥ 1 GiB, ~150 MB).
+/// cache of the files the agent reads to its cgroup, so 256 MiB: a quarter of the DaemonSet's limit,
+/// far below what the sparse file and the zlib bomb cost if believed (4 GiB, 1 GiB), and mostly taken
+/// by the huge name's copies (~150 MB).
 const LIMIT: u64 = 256 * MIB;
 /// A scrape slower than this is a failure.
 const SCRAPE_WITHIN: Duration = Duration::from_secs(1);
