@@ -13,9 +13,10 @@ pub const MAX_STACK_DEPTH: usize = 32;
 pub const RING_BUFFER_BYTES: u32 = 16 << 20;
 
 /// Sampled mode's ring buffer: its records come at about twice the trap budget (~1 k/s by
-/// default), so 4 MiB still holds seconds of them, and an agent tracing many processes does not
-/// keep 16 MiB per process resident.
-pub const SAMPLED_RING_BUFFER_BYTES: u32 = 4 << 20;
+/// default, a few hundred bytes each), so 1 MiB holds seconds of them between drains, which come
+/// every 100 ms. It is resident in the agent (twice over: the kernel maps a ring's data pages
+/// twice), so every MiB here costs two per traced process.
+pub const SAMPLED_RING_BUFFER_BYTES: u32 = 1 << 20;
 
 /// Frequent records (allocations, samples, sweeps) wake userspace only once this many bytes are
 /// waiting; userspace also drains on a short timer. A wakeup per record costs the target a

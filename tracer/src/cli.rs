@@ -190,7 +190,16 @@ Kubernetes: see deploy/). The agent runs in sampled mode by default (see maptrac
 it traps only on the allocations each program's own heap profiler samples, so programs that
 never use runtime.MemProfile report GC cycles and finalizers but no allocations unless
 --sample-rate and --write-memprofilerate are given. --mode full traps every allocation of
-every traced process: narrow it down with --include.";
+every traced process: narrow it down with --include.
+
+Every executable and process is read as untrusted input, within limits: executables up to
+1 GiB (mapped, not copied; inspected once for all the processes that run it), 4 million
+functions, names up to 64 KiB (128 MiB in all), DWARF sections up to 256 MiB. A binary past a
+limit or with corrupt tables is refused (reason too_large or malformed) and not read again
+while it is unchanged (the last 8192 such files are remembered); other failed attaches are
+retried after --scan-every, then twice as long each time, up to 5 minutes. A panic in one
+target's work drops that target (reason panic) and the agent goes on. All are counted in
+maptrace_agent_attach_failures_total{reason} and logged.";
 
 #[derive(Debug, Args)]
 pub struct AgentArgs {

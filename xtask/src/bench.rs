@@ -78,7 +78,8 @@ struct Traced {
     final_rate: u64,
 }
 
-pub fn bench(layout: &Layout, rounds: usize, duration: Duration, agent_minutes: Option<u64>) -> Result<i32> {
+/// Setup, maptrace and the primary Go version's targets, as root.
+fn prepare(layout: &Layout) -> Result<&'static go_versions::GoVersion> {
     if !process::is_root() {
         bail!("the benchmark attaches eBPF uprobes and needs root: run `sudo ./x bench`");
     }
@@ -86,6 +87,18 @@ pub fn bench(layout: &Layout, rounds: usize, duration: Duration, agent_minutes: 
     setup::setup(layout)?;
     rust_build::build(layout)?;
     go_targets::build_targets(layout, &[primary])?;
+    Ok(primary)
+}
+
+/// `--agent-only`: the agent's run alone.
+pub fn agent_only(layout: &Layout, minutes: u64) -> Result<i32> {
+    prepare(layout)?;
+    agent_bench(layout, minutes)?;
+    Ok(0)
+}
+
+pub fn bench(layout: &Layout, rounds: usize, duration: Duration, agent_minutes: Option<u64>) -> Result<i32> {
+    let primary = prepare(layout)?;
     let target = layout.go_targets_out().join(PRIMARY).join("allocbench");
     let recording = layout.cache().join("bench.records");
     let duration_arg = format!("-duration={}ms", duration.as_millis());
@@ -469,6 +482,11 @@ fn peak_rss_watcher(pid: u32) -> std::thread::JoinHandle<u64> {
 /// Copies of the demo server the agent bench traces.
 const AGENT_TARGETS: usize = 10;
 
+/// The agent's memory goal (sampled mode): this much for the agent itself…
+const AGENT_OWN_MIB: f64 = 128.0;
+/// …and this much per traced process.
+const AGENT_PER_TARGET_MIB: f64 = 8.0;
+
 pub fn agent_bench(layout: &Layout, minutes: u64) -> Result<()> {
     let demo = layout.go_targets_out().join(PRIMARY).join("demo");
     let dir = layout.cache().join("bench");
@@ -506,15 +524,24 @@ pub fn agent_bench(layout: &Layout, minutes: u64) -> Result<()> {
         let fields: Vec<&str> = stat[stat.rfind(')')? + 2..].split_whitespace().collect();
         Some((fields[11].parse::<f64>().ok()? + fields[12].parse::<f64>().ok()?) / ticks_per_second)
     };
-    let rss_kib = |pid: u32| -> Option<u64> {
-        std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .ok()?
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))?
-            .trim()
-            .trim_end_matches(" kB")
-            .parse()
-            .ok()
+    // Resident KiB: all, anonymous (the agent's heap), and file and shared pages (the BPF ring buffers, mapped
+    // twice by the kernel, and the targets' executables, shared with them).
+    let rss_kib = |pid: u32| -> Option<[u64; 3]> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let field = |name: &str| -> Option<u64> {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))?
+                .trim()
+                .trim_end_matches(" kB")
+                .parse()
+                .ok()
+        };
+        Some([
+            field("VmRSS:")?,
+            field("RssAnon:")?,
+            field("RssFile:")? + field("RssShmem:")?,
+        ])
     };
     let start = std::time::Instant::now();
     let first_cpu = cpu_seconds(agent.id()).unwrap_or(0.0);
@@ -547,16 +574,22 @@ pub fn agent_bench(layout: &Layout, minutes: u64) -> Result<()> {
     drop(targets);
     let _ = std::fs::remove_file(&copy);
     let (elapsed, cpu, _) = *samples.last().context("no samples")?;
-    let max_rss = samples.iter().map(|s| s.2).max().unwrap_or(0);
-    let last_rss = samples.last().map_or(0, |s| s.2);
-    println!("{:>8} {:>12} {:>12}", "minute", "CPU (cores)", "RSS (MiB)");
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    let max_rss = samples.iter().map(|s| s.2[0]).max().unwrap_or(0);
+    let last_rss = samples.last().map_or(0, |s| s.2[0]);
+    println!(
+        "{:>8} {:>12} {:>10} {:>10} {:>16}",
+        "minute", "CPU (cores)", "RSS (MiB)", "heap", "rings and files"
+    );
     let mut prev = (0.0, 0.0);
-    for &(t, c, r) in samples.iter().filter(|s| (s.0 as u64) % 60 < 10 && s.0 > 30.0) {
+    for &(t, c, [all, anon, file]) in samples.iter().filter(|s| (s.0 as u64) % 60 < 10 && s.0 > 30.0) {
         println!(
-            "{:>8.0} {:>12.3} {:>12.1}",
+            "{:>8.0} {:>12.3} {:>10.1} {:>10.1} {:>16.1}",
             t / 60.0,
             (c - prev.1) / (t - prev.0),
-            r as f64 / 1024.0
+            mib(all),
+            mib(anon),
+            mib(file)
         );
         prev = (t, c);
     }
@@ -564,8 +597,17 @@ pub fn agent_bench(layout: &Layout, minutes: u64) -> Result<()> {
         "agent over {:.1} min with {traced} targets: {:.3} cores on average, RSS {:.1} MiB at the end (max {:.1}); {series} series on /metrics",
         elapsed / 60.0,
         cpu / elapsed,
-        last_rss as f64 / 1024.0,
-        max_rss as f64 / 1024.0
+        mib(last_rss),
+        mib(max_rss)
+    );
+    // Flat: the last minute's RSS against the second's (the first holds the attaches).
+    let at_minute_two = samples.iter().find(|s| s.0 >= 120.0).map_or(last_rss, |s| s.2[0]);
+    let goal = AGENT_OWN_MIB + AGENT_PER_TARGET_MIB * AGENT_TARGETS as f64;
+    println!(
+        "goal: at most {goal:.0} MiB ({AGENT_OWN_MIB:.0} + {AGENT_PER_TARGET_MIB:.0} per target), flat: max {:.1} MiB ({}), growth after minute 2: {:+.1} MiB",
+        mib(max_rss),
+        if mib(max_rss) <= goal { "met" } else { "NOT met" },
+        mib(last_rss) - mib(at_minute_two)
     );
     Ok(())
 }

@@ -75,6 +75,9 @@ enum Cmd {
         /// Also run `maptrace agent` over ten demo servers for this many minutes (CPU, memory, series).
         #[arg(long, value_name = "MINUTES")]
         agent_minutes: Option<u64>,
+        /// Only the agent's run (with --agent-minutes): skip the allocation benchmark and the rest.
+        #[arg(long, requires = "agent_minutes")]
+        agent_only: bool,
     },
 }
 
@@ -114,13 +117,17 @@ fn run(cli: Cli) -> Result<i32> {
             rounds,
             run_ms,
             agent_minutes,
+            agent_only,
         } => {
-            return bench::bench(
-                &layout,
-                rounds.max(1),
-                std::time::Duration::from_millis(run_ms),
-                agent_minutes,
-            )
+            return match (agent_minutes, agent_only) {
+                (Some(minutes), true) => bench::agent_only(&layout, minutes),
+                _ => bench::bench(
+                    &layout,
+                    rounds.max(1),
+                    std::time::Duration::from_millis(run_ms),
+                    agent_minutes,
+                ),
+            }
         }
         Cmd::Test {
             fast: true,

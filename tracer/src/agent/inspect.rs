@@ -14,32 +14,42 @@ use std::{
 use super::discover::ProcessKey;
 use crate::gobin::{FileIdentity, GoBinary, TargetError};
 
-/// Inspected executables in use by a session, shared by every process that runs them. An entry lives as long as
-/// a session holds its binary: a weak reference, so the cache never keeps a mapping (or its file) alive.
+/// Inspected executables in use by a session, shared by every process that runs them. An entry holds a weak
+/// reference, so the cache never keeps a mapping (or its file) alive; each entry has its own lock, so processes of
+/// one new executable, found in the same scan, wait for one inspection instead of making one each, while other
+/// executables are inspected meanwhile.
 #[derive(Clone, Default)]
-pub struct Binaries(Arc<Mutex<HashMap<FileIdentity, Weak<GoBinary>>>>);
+pub struct Binaries(Arc<Mutex<HashMap<FileIdentity, Arc<InspectedOnce>>>>);
+
+/// One executable's inspection: the binary while a session holds it, and the lock its inspection runs under.
+type InspectedOnce = Mutex<Weak<GoBinary>>;
 
 impl Binaries {
-    /// The inspected binary of `exe` (the file behind `/proc/PID/exe`), inspecting it now unless a session has it
-    /// already. Runs on a blocking thread: an inspection reads the file's tables.
+    /// The inspected binary of `exe` (the file behind `/proc/PID/exe`, whose contents were `expected` when the
+    /// process was found), inspecting it now unless a session has it already. Runs on a blocking thread: an
+    /// inspection reads the file's tables.
     pub fn get_or_inspect(&self, exe: &Path, expected: FileIdentity) -> Result<Arc<GoBinary>, TargetError> {
-        if let Some(binary) = self.lock().get(&expected).and_then(Weak::upgrade) {
+        let entry = {
+            let mut entries = lock(&self.0);
+            entries.retain(|_, e| Arc::strong_count(e) > 1 || lock(e).strong_count() > 0);
+            entries.entry(expected).or_default().clone()
+        };
+        let mut slot = lock(&entry);
+        if let Some(binary) = slot.upgrade() {
             return Ok(binary);
         }
         let file = File::open(exe).map_err(|e| TargetError::Io(exe.to_path_buf(), e))?;
         let binary = Arc::new(GoBinary::from_file(exe, &file)?);
-        // Inspected under the identity it really had when opened (an exec may have come between the scan and now).
-        if let Some(identity) = binary.identity() {
-            let mut live = self.lock();
-            live.retain(|_, b| b.strong_count() > 0);
-            live.insert(identity, Arc::downgrade(&binary));
+        // Shared only if it is the file the scan saw: an exec may have come between the scan and the open.
+        if binary.identity() == Some(expected) {
+            *slot = Arc::downgrade(&binary);
         }
         Ok(binary)
     }
+}
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<FileIdentity, Weak<GoBinary>>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
-    }
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Executables known not to be traceable (not Go, an unsupported release, refused), each with the reason.
@@ -205,7 +215,8 @@ mod tests {
         let id = FileIdentity::of(&File::open(exe).unwrap()).unwrap();
         let binaries = Binaries::default();
         assert!(matches!(binaries.get_or_inspect(exe, id), Err(TargetError::NotGo(_))));
-        assert!(binaries.lock().is_empty());
+        let entries = lock(&binaries.0);
+        assert!(entries.values().all(|e| lock(e).strong_count() == 0), "nothing kept");
     }
 
     #[test]
@@ -225,6 +236,6 @@ mod tests {
         drop((first, second));
         let third = binaries.get_or_inspect(&exe, id).unwrap();
         assert_eq!(Arc::strong_count(&third), 1, "inspected again once no session held it");
-        assert_eq!(binaries.lock().len(), 1);
+        assert_eq!(lock(&binaries.0).len(), 1);
     }
 }

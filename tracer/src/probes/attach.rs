@@ -151,7 +151,11 @@ fn load(config: &ProbeConfig, mode: Mode) -> Result<Ebpf, Failure> {
     } else {
         RING_BUFFER_BYTES
     };
+    // No kernel BTF: the programs read only user memory and registers, so there is nothing to relocate against
+    // it, and parsing the kernel's (megabytes) at every attach left each target's share of the agent's heap
+    // tens of MiB larger.
     let mut ebpf = EbpfLoader::new()
+        .btf(None)
         .override_global("CONFIG", config, true)
         .map_max_entries("RECORDS", ring_bytes)
         .load(EBPF_OBJECT)
