@@ -339,9 +339,37 @@ fn write(encoder: &mut DescriptorEncoder, family: &Family, samples: Vec<Sample>)
     }
     let mut metric = encoder.encode_descriptor(family.name, family.help, None, family.kind)?;
     for (labels, value) in samples {
+        let labels: Labels = labels.into_iter().map(|(k, v)| (k, label_value(&v))).collect();
         value.encode(metric.encode_family(&labels)?)?;
     }
     Ok(())
+}
+
+/// The longest label value written, in bytes: Go names (generic instantiations spell out their type
+/// arguments, struct tags included) can run to kilobytes, and each series' labels are kept by Prometheus.
+const MAX_LABEL_VALUE: usize = 512;
+
+/// A label value as the text format and OpenMetrics both require it: `\`, `"` and newlines escaped (the encoder
+/// writes values as given, and a name from the target may hold any of them), cut to [`MAX_LABEL_VALUE`] bytes
+/// at a character boundary with `…` to show the cut.
+fn label_value(v: &str) -> String {
+    let mut cut = v.len().min(MAX_LABEL_VALUE);
+    while !v.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let mut out = String::with_capacity(cut + 8);
+    for c in v[..cut].chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    if cut < v.len() {
+        out.push('…');
+    }
+    out
 }
 
 /// Every target's series, in target order: the target's labels followed by those of each row.
@@ -538,6 +566,25 @@ pub fn to_prometheus_text(openmetrics: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn label_values_are_escaped_and_capped() {
+        // A generic function instantiated with a tagged struct, as the compiler names it.
+        let generic = r#"main.keep[go.shape.struct { ID int "json:\"id\"" }]"#;
+        assert_eq!(
+            label_value(generic),
+            r#"main.keep[go.shape.struct { ID int \"json:\\\"id\\\"\" }]"#
+        );
+        assert_eq!(label_value("a\nb"), "a\\nb", "a newline cannot start a forged series");
+        let long = "é".repeat(MAX_LABEL_VALUE);
+        let capped = label_value(&long);
+        assert!(
+            capped.len() <= MAX_LABEL_VALUE + '…'.len_utf8() && capped.ends_with('…'),
+            "{}",
+            capped.len()
+        );
+        assert_eq!(label_value("main.f"), "main.f");
+    }
 
     #[test]
     fn classic_text_names_counter_samples() {

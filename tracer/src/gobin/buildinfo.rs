@@ -71,7 +71,7 @@ impl BuildInfo {
         if let Some(s) = image.section(".go.buildinfo") {
             let data = s
                 .offset
-                .and_then(|off| bytes.get(usize::try_from(off).ok()?..usize::try_from(off + s.size).ok()?))
+                .and_then(|off| bytes.get(usize::try_from(off).ok()?..usize::try_from(off.checked_add(s.size)?).ok()?))
                 .ok_or_else(|| TargetError::corrupt(".go.buildinfo has no contents"))?;
             return BuildInfo::parse(data);
         }
@@ -110,7 +110,8 @@ impl BuildInfo {
         let version = String::from_utf8_lossy(version).into_owned();
         let experiments = experiments(&String::from_utf8_lossy(modinfo), &version);
         let version = GoVersion::parse(&version).ok_or_else(|| TargetError::UnsupportedVersion {
-            version: version.clone(),
+            // Quoted into messages and logs: a real one is short ("go1.24.11 X:nodwarf5").
+            version: version.chars().take(64).collect(),
             reason: "not a go1.N version string".into(),
         })?;
         Ok(BuildInfo { version, experiments })

@@ -28,6 +28,12 @@ type Dwarf<'a> = gimli::Dwarf<EndianSlice<'a, LittleEndian>>;
 /// or inflate to, a thousand times its size). The largest Go programs' `.debug_info` is under 100 MiB.
 const MAX_SECTION: u64 = 256 << 20;
 
+/// Entries kept of one variable's location list, and the longest expression: Go's compiler writes one entry
+/// per range where the variable lives in a register or slot (tens, for the longest functions) and expressions
+/// of a few pieces; a list or expression past these is not read further.
+const MAX_LOCATIONS: usize = 4096;
+const MAX_EXPRESSION: usize = 256;
+
 /// The sections that struct DIEs live in (Go writes names inline, as DW_FORM_string). The big ones (line tables,
 /// location and range lists) stay compressed: types never refer to them.
 const NEEDED: &[gimli::SectionId] = &[gimli::SectionId::DebugInfo, gimli::SectionId::DebugAbbrev];
@@ -406,6 +412,10 @@ impl Unit<'_, '_> {
             .locations(off, encoding, self.base, debug_addr, self.addr_base)?;
         let mut v = Vec::new();
         while let Some(l) = list.next()? {
+            if v.len() == MAX_LOCATIONS || l.data.0.len() > MAX_EXPRESSION {
+                // Past what the compiler writes: the variable is unreadable where the list is cut.
+                break;
+            }
             v.push((l.range.begin, l.range.end, l.data.0.slice().to_vec()));
         }
         Ok(v)

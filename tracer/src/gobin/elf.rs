@@ -12,6 +12,10 @@ use super::{Arch, TargetError};
 
 pub(crate) type File<'a> = ElfFile64<'a, Endianness>;
 
+/// Go's linker writes four to six loadable segments and a few dozen sections (cgo binaries a few more).
+const MAX_SEGMENTS: usize = 64;
+const MAX_SECTIONS: usize = 1024;
+
 #[derive(Debug)]
 pub(crate) struct Segment {
     pub vaddr: u64,
@@ -123,6 +127,16 @@ impl Image {
         }
         if segments.is_empty() {
             return Err(TargetError::NotElf("no loadable segment (not an executable)".into()));
+        }
+        // Every address is resolved by a search of the segments, and sections are looked up by name.
+        if segments.len() > MAX_SEGMENTS || file.elf_section_table().len() > MAX_SECTIONS {
+            return Err(TargetError::TooLarge {
+                what: format!(
+                    "{} loadable segments and {} sections (limits {MAX_SEGMENTS} and {MAX_SECTIONS})",
+                    segments.len(),
+                    file.elf_section_table().len()
+                ),
+            });
         }
         let mut sections = Vec::new();
         let (mut has_symtab, mut has_dwarf) = (false, false);

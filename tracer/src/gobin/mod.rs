@@ -15,6 +15,7 @@ mod heap_model;
 mod layout;
 mod locals;
 mod mapped;
+mod memo;
 mod memprofilerate;
 mod pclntab;
 mod rets;

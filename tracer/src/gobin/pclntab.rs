@@ -346,6 +346,10 @@ impl Pclntab {
     }
 }
 
+/// Lookalikes tried before giving up: a real binary has one pclntab and seldom a stray magic before it, while
+/// each candidate costs a pass over the writable segments (its moduledata search).
+const MAX_CANDIDATES: usize = 16;
+
 /// Pclntab candidates by magic, at 8-byte alignment in any loaded segment: (vaddr, file offset, bytes to the end
 /// of the segment). `load_at` then tells a real table from a lookalike by its header and moduledata.
 fn scan(image: &Image, bytes: &[u8]) -> Vec<(u64, usize, usize)> {
@@ -363,8 +367,117 @@ fn scan(image: &Image, bytes: &[u8]) -> Vec<(u64, usize, usize)> {
             if (magic == MAGIC_GO118 || magic == MAGIC_GO120) && word[4..6] == [0, 0] && word[7] == 8 {
                 let at = skip + 8 * i;
                 found.push((seg.vaddr + at as u64, seg.offset as usize + at, data.len() - at));
+                if found.len() == MAX_CANDIDATES {
+                    return found;
+                }
             }
         }
     }
     found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gobin::bytes::MAX_NAME;
+    use crate::gobin::layout::ModuledataOffsets;
+
+    const TEXT: u64 = 0x40_1000;
+
+    /// A Go 1.20+ pclntab of `nfunc` 16-byte functions whose `_func`s all name `name` and share one pc-line and
+    /// pc-file table, `pctab`.
+    fn synthetic(nfunc: usize, name: &[u8], pctab: &[u8]) -> Vec<u8> {
+        let funcname = HEADER_LEN;
+        let cu = funcname + name.len() + 1;
+        let filetab = cu + 4;
+        let pctab_at = filetab + 5;
+        let pcln = (pctab_at + 1 + pctab.len()).next_multiple_of(8);
+        let funcs = pcln + 8 * (nfunc + 1);
+        let mut t = vec![0u8; funcs + FUNC_SIZE_GO120 * nfunc];
+        t[..4].copy_from_slice(&MAGIC_GO120.to_le_bytes());
+        t[6..8].copy_from_slice(&[1, 8]);
+        for (i, v) in [nfunc, 0, TEXT as usize, funcname, cu, filetab, pctab_at, pcln]
+            .into_iter()
+            .enumerate()
+        {
+            t[8 + 8 * i..16 + 8 * i].copy_from_slice(&(v as u64).to_le_bytes());
+        }
+        t[funcname..funcname + name.len()].copy_from_slice(name);
+        t[filetab..filetab + 4].copy_from_slice(b"f.go");
+        t[pctab_at + 1..pctab_at + 1 + pctab.len()].copy_from_slice(pctab);
+        for i in 0..=nfunc {
+            let (entry, func) = (16 * i as u32, (8 * (nfunc + 1) + FUNC_SIZE_GO120 * i) as u32);
+            t[pcln + 8 * i..pcln + 8 * i + 8].copy_from_slice(&[entry.to_le_bytes(), func.to_le_bytes()].concat());
+            if i < nfunc {
+                let f = pcln + func as usize;
+                t[f..f + 4].copy_from_slice(&entry.to_le_bytes());
+                t[f + FUNC_PCFILE..f + FUNC_PCFILE + 4].copy_from_slice(&1u32.to_le_bytes());
+                t[f + FUNC_PCLN..f + FUNC_PCLN + 4].copy_from_slice(&1u32.to_le_bytes());
+            }
+        }
+        t
+    }
+
+    fn load(table: &[u8]) -> Result<Loaded, TargetError> {
+        let image = Image {
+            arch: Arch::Amd64,
+            segments: Vec::new(),
+            sections: Vec::new(),
+            has_symtab: false,
+            has_dwarf: false,
+        };
+        let version = GoVersion::parse("go1.24.11").unwrap();
+        let offsets = ModuledataOffsets {
+            text: 0,
+            types: 0,
+            etypes: 0,
+            gofunc: 8,
+        };
+        Pclntab::load_at(&image, table, 0, 0, table.len(), &version, &offsets)
+    }
+
+    /// (value delta +1, pc delta 16) then the end: line 0 over each function's 16 bytes.
+    const ONE_LINE: &[u8] = &[2, 16, 0];
+
+    #[test]
+    fn a_synthetic_table_reads_back() {
+        let table = synthetic(3, b"main.f", ONE_LINE);
+        let loaded = load(&table).unwrap();
+        let names: Vec<_> = loaded.functions.iter().map(|f| (f.name.as_str(), f.entry)).collect();
+        assert_eq!(names, [("main.f", TEXT), ("main.f", TEXT + 16), ("main.f", TEXT + 32)]);
+        assert_eq!(
+            loaded.table.file_line(&table, 1, TEXT + 16, TEXT + 20),
+            ("f.go".to_string(), 0)
+        );
+    }
+
+    #[test]
+    fn one_long_name_shared_by_every_function_is_refused() {
+        let name = vec![b'n'; MAX_NAME];
+        // Under the total, the long name is read for each function; one function more and it is over.
+        let under = MAX_NAME_BYTES / MAX_NAME;
+        assert_eq!(load(&synthetic(under, &name, ONE_LINE)).unwrap().functions.len(), under);
+        assert!(matches!(
+            load(&synthetic(under + 1, &name, ONE_LINE)),
+            Err(TargetError::TooLarge { .. })
+        ));
+        // A name past the cap has no end as far as maptrace looks.
+        let longer = vec![b'n'; MAX_NAME + 1];
+        assert!(matches!(
+            load(&synthetic(1, &longer, ONE_LINE)),
+            Err(TargetError::Corrupt { .. })
+        ));
+    }
+
+    #[test]
+    fn zero_length_steps_end_a_lookup() {
+        // Value +1 at pc delta 0, many times, then a real step: past the allowance the line is unknown.
+        let steps = |n: usize| [[2u8, 0].repeat(n), ONE_LINE.to_vec()].concat();
+        let within = synthetic(1, b"main.f", &steps(MAX_EMPTY_STEPS as usize));
+        let past = synthetic(1, b"main.f", &steps(MAX_EMPTY_STEPS as usize + 1));
+        // The table is at pctab offset 1 (0 means none).
+        let line = |t: &[u8]| load(t).unwrap().table.pcvalue(t, 1, TEXT, TEXT + 4);
+        assert_eq!(line(&within), Some(MAX_EMPTY_STEPS as i32));
+        assert_eq!(line(&past), None, "unknown");
+    }
 }

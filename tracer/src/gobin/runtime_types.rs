@@ -4,7 +4,9 @@
 //! at 0, PtrBytes at 8, TFlag at 20, Kind_ at 23, Str (a nameOff into the module's type data) at
 //! 40. A name is one flag byte, a uvarint length and the bytes.
 
-use std::{collections::HashMap, io, sync::Arc};
+use std::{io, sync::Arc};
+
+use super::memo::{Memo, MEMO_ENTRIES};
 
 use super::bytes::uvarint;
 use crate::memory::Memory;
@@ -31,14 +33,14 @@ const MAX_NAME_LEN: u64 = 4096;
 pub struct TypeNames {
     /// Runtime address of `moduledata.types`, the base of every nameOff.
     types_base: Option<u64>,
-    cache: HashMap<u64, Option<Arc<GoType>>>,
+    cache: Memo<u64, Option<Arc<GoType>>>,
 }
 
 impl TypeNames {
     pub fn new(types_base: Option<u64>) -> Self {
         Self {
             types_base,
-            cache: HashMap::new(),
+            cache: Memo::new(MEMO_ENTRIES),
         }
     }
 
@@ -48,9 +50,7 @@ impl TypeNames {
         }
         let base = self.types_base;
         self.cache
-            .entry(type_ptr)
-            .or_insert_with(|| read_type(mem, base?, type_ptr).ok().map(Arc::new))
-            .clone()
+            .get_or(type_ptr, || read_type(mem, base?, type_ptr).ok().map(Arc::new))
     }
 }
 

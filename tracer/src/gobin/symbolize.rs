@@ -1,7 +1,8 @@
 //! Program counters → function, file:line, from the binary's pclntab (works on stripped binaries).
 
-use std::{collections::HashMap, sync::Arc};
+use std::sync::Arc;
 
+use super::memo::{Memo, MEMO_ENTRIES};
 use crate::gobin::{GoBinary, SourcePosition};
 
 /// Memoizing symbolizer for one process image.
@@ -9,7 +10,7 @@ pub struct Symbolizer {
     binary: Arc<GoBinary>,
     /// Runtime address minus link-time address (non-zero for PIE builds).
     load_bias: u64,
-    cache: HashMap<u64, Option<Arc<SourcePosition>>>,
+    cache: Memo<u64, Option<Arc<SourcePosition>>>,
 }
 
 impl Symbolizer {
@@ -17,7 +18,7 @@ impl Symbolizer {
         Self {
             binary,
             load_bias,
-            cache: HashMap::new(),
+            cache: Memo::new(MEMO_ENTRIES),
         }
     }
 
@@ -25,9 +26,7 @@ impl Symbolizer {
     pub fn position(&mut self, pc: u64) -> Option<Arc<SourcePosition>> {
         let (binary, bias) = (&self.binary, self.load_bias);
         self.cache
-            .entry(pc)
-            .or_insert_with(|| binary.symbolize(pc.wrapping_sub(bias)).map(Arc::new))
-            .clone()
+            .get_or(pc, || binary.symbolize(pc.wrapping_sub(bias)).map(Arc::new))
     }
 
     /// Frames of a captured stack (`stack[0]` is the probed instruction, the rest return addresses).

@@ -41,7 +41,7 @@ use crate::{
 /// binary alone (types the program made at run time stay unnamed): what the pipeline does with a
 /// session's records, without the session. Returns the correlator and the records that did not decode.
 pub fn replay(binary: Arc<GoBinary>, recording: &Recording, retain_cycles: u32) -> (Correlator, u64) {
-    let mut state = correlator(&binary, retain_cycles);
+    let mut state = correlator(&binary, retain_cycles, Mode::Full);
     let mut names = Names::new(binary, None, recording.load_bias);
     let mut malformed = 0;
     for record in &recording.records {
@@ -53,11 +53,22 @@ pub fn replay(binary: Arc<GoBinary>, recording: &Recording, retain_cycles: u32) 
     (state, malformed)
 }
 
-fn correlator(binary: &GoBinary, retain_cycles: u32) -> Correlator {
+/// Objects sampled mode tracks at once. Each stands for a whole sample interval of the heap (512 KiB at Go's
+/// default rate), so this many stand for 16 GiB of it; past that the oldest are evicted, as in full mode. It
+/// keeps a node agent's memory per traced process flat while that process leaks: the lifecycle engine holds a
+/// hundred-odd bytes per tracked object (`./x bench`).
+const SAMPLED_MAX_TRACKED: usize = 1 << 15;
+
+fn correlator(binary: &GoBinary, retain_cycles: u32, mode: Mode) -> Correlator {
+    let defaults = LifecycleConfig::default();
+    let max_tracked = match mode {
+        Mode::Full => defaults.max_tracked,
+        Mode::Sampled => SAMPLED_MAX_TRACKED,
+    };
     Correlator::new(
         LifecycleConfig {
             retain_cycles,
-            ..LifecycleConfig::default()
+            max_tracked,
         },
         binary.layout().cleanups,
     )
@@ -162,7 +173,7 @@ impl Session {
         let process = Arc::new(process);
         let plan = ProbePlan::for_binary(&binary, opts.mode)?;
         let load_bias = process.load_bias(binary.load_vaddr()).unwrap_or(0);
-        let mut state = correlator(&binary, opts.retain_cycles);
+        let mut state = correlator(&binary, opts.retain_cycles, opts.mode);
         let rate = match opts.mode {
             Mode::Sampled => Some(SampleRate::attach(
                 process.clone(),
