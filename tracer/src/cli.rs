@@ -56,7 +56,10 @@ per second) thins what the kernel sends when the target allocates faster; with
 --write-memprofilerate maptrace also raises the rate (in powers of two, back down when the
 target calms, never below its own) so the traps themselves stay within the budget. Writing
 runtime.MemProfileRate is the one write maptrace ever makes to a target's memory, and it is
-undone at detach; without --write-memprofilerate maptrace only reads the target's memory.
+undone however the trace ends (its end, Ctrl-C, SIGTERM, a hang-up, an error) except by
+SIGKILL, which runs nothing: then `maptrace --pid PID --restore-memprofilerate N` puts back
+the N the attach line gave as \"was\". Without --write-memprofilerate maptrace only reads the
+target's memory.
 
 Exit codes:
   0  report printed (also when the target exits while traced)
@@ -135,6 +138,13 @@ pub struct Cli {
     /// it count as not reached, and the report says how many objects the limit left unscanned.
     #[arg(long, value_name = "STEPS", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_depth: u32,
+
+    /// Write BYTES into the target's runtime.MemProfileRate, print what it was, and exit: no
+    /// tracing. For the one case maptrace cannot undo itself, a maptrace killed with SIGKILL
+    /// after it set the rate: put back the value its attach line (or the agent's attach log)
+    /// gave as "was".
+    #[arg(long, value_name = "BYTES")]
+    pub restore_memprofilerate: Option<u64>,
 
     #[command(flatten)]
     pub sampling: SamplingArgs,
@@ -253,7 +263,7 @@ impl Format {
     /// Writes `report` in this format.
     pub fn write(self, report: &Report, w: &mut dyn Write) -> io::Result<()> {
         match self {
-            Format::Text => report.write_text(w),
+            Format::Text => report.write_text(&mut crate::units::Printable(w)),
             Format::Json => report.write_json(w),
             Format::Pprof => report.write_pprof(w),
             Format::Dot => report.write_dot(w),

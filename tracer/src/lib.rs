@@ -12,7 +12,7 @@
 //! - [`session`]: one attached target driven through those stages, and the CLI's run of it;
 //! - [`agent`]: every Go process of a node, exported as Prometheus metrics.
 //!
-//! Lower stages never import higher ones; [`error`], [`memory`] and [`units`] sit below them all.
+//! Lower stages never import higher ones; [`error`], [`memory`], [`output`] and [`units`] sit below them all.
 
 pub mod agent;
 pub mod cli;
@@ -22,6 +22,7 @@ pub mod gobin;
 pub mod heap;
 pub mod lifecycle;
 pub mod memory;
+pub mod output;
 pub mod probes;
 pub mod process;
 pub mod report;

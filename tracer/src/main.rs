@@ -14,9 +14,19 @@ use tracer::{
 };
 
 fn main() {
+    tracer::session::trace::hold_stop_signals();
     let cli = Cli::parse();
     if let Some(Command::Agent(args)) = cli.command {
         run_agent(args);
+    }
+    if let (Some(value), Some(pid)) = (cli.restore_memprofilerate, cli.pid) {
+        match tracer::session::write_memprofilerate(pid, value) {
+            Ok(before) => {
+                println!("maptrace: PID {pid}: runtime.MemProfileRate {before} -> {value}");
+                std::process::exit(0)
+            }
+            Err(failure) => fail(failure.exit_code(), &failure.to_string()),
+        }
     }
     let format = if cli.json { Format::Json } else { cli.format };
     if format == Format::Pprof && cli.output.is_none() && std::io::stdout().is_terminal() {
@@ -27,7 +37,7 @@ fn main() {
     }
     // Created before tracing, so a bad path fails at once rather than after the whole trace.
     let output = cli.output.as_ref().map(|path| {
-        std::fs::File::create(path)
+        tracer::output::create_private(path)
             .unwrap_or_else(|e| fail(2, &format!("--output {}: {e} (choose a writable path)", path.display())))
     });
     let opts = trace_options(cli, format);
@@ -74,7 +84,7 @@ fn trace_options(cli: Cli, format: Format) -> TraceOptions {
 
 /// Ends maptrace with a one-line error.
 fn fail(code: i32, message: &str) -> ! {
-    eprintln!("maptrace: error: {message}");
+    eprintln!("maptrace: error: {}", tracer::units::printable(message));
     std::process::exit(code);
 }
 

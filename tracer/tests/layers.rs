@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[&str] = &[
     "units",
     "memory",
+    "output",
     "gobin",
     "error",
     "process",

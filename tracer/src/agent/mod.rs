@@ -23,7 +23,10 @@ use std::{
 
 use tokio::sync::{mpsc, watch};
 
-use crate::{error::Failure, session::SessionOptions};
+use crate::{
+    error::Failure,
+    session::{trace::Stop, SessionOptions},
+};
 use discover::{Candidate, ProcessKey};
 use inspect::{Binaries, Retries, Verdicts, VERDICTS_KEPT};
 use metrics::SharedMetrics;
@@ -45,7 +48,7 @@ pub struct AgentOptions {
     pub log_json: bool,
 }
 
-/// Runs until SIGINT or SIGTERM.
+/// Runs until SIGINT, SIGTERM or SIGHUP.
 pub async fn run(opts: AgentOptions) -> Result<(), Failure> {
     let missing = crate::process::missing_capabilities();
     if !missing.is_empty() {
@@ -68,10 +71,7 @@ pub async fn run(opts: AgentOptions) -> Result<(), Failure> {
     serve::spawn(listener, metrics::registry(shared.clone()))
         .map_err(|e| Failure::Other(anyhow::anyhow!("serving /metrics: {e}")))?;
 
-    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
-        .map_err(|e| Failure::Other(e.into()))?;
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|e| Failure::Other(e.into()))?;
+    let mut stop = Stop::install()?;
     let mut scan = tokio::time::interval(opts.scan_every);
     let (ended_tx, mut ended_rx) = mpsc::unbounded_channel::<Ended>();
     let mut targets = Targets {
@@ -90,13 +90,17 @@ pub async fn run(opts: AgentOptions) -> Result<(), Failure> {
         tokio::select! {
             _ = scan.tick() => targets.scan(&opts, discover::processes()),
             Some(ended) = ended_rx.recv() => targets.ended(ended, opts.scan_every),
-            _ = sigint.recv() => break,
-            _ = sigterm.recv() => break,
+            _ = stop.recv() => break,
         }
     }
     log.event("stopping", &[("targets", targets.running.len().to_string())]);
+    targets.stop_all(&mut ended_rx).await;
     Ok(())
 }
+
+/// How long the agent waits at shutdown for its targets to detach (each puts its target's MemProfileRate back
+/// first, then removes its probes, which takes the kernel up to seconds).
+const DETACH_WITHIN: Duration = Duration::from_secs(20);
 
 /// The processes being traced, and what is known of those that are not.
 struct Targets {
@@ -129,6 +133,20 @@ impl Targets {
             self.running.insert(c.key, stop_tx);
             target::spawn(c, self.context.clone(), stop_rx);
         }
+    }
+
+    /// Tells every target to stop and waits, up to [`DETACH_WITHIN`], until each has detached.
+    async fn stop_all(&mut self, ended: &mut mpsc::UnboundedReceiver<Ended>) {
+        let mut waiting: HashSet<ProcessKey> = self.running.drain().map(|(key, _)| key).collect();
+        let _ = tokio::time::timeout(DETACH_WITHIN, async {
+            while !waiting.is_empty() {
+                match ended.recv().await {
+                    Some(e) => waiting.remove(&e.key),
+                    None => break,
+                };
+            }
+        })
+        .await;
     }
 
     /// Remembers how a target's task ended.

@@ -101,6 +101,15 @@ async fn trace(c: Candidate, cx: Context, mut stop: watch::Receiver<bool>) -> Ou
             &[
                 ("go", session.binary.version().to_string()),
                 ("uprobes", session.uprobes().to_string()),
+                // What `--restore-memprofilerate` would put back, should the agent die by SIGKILL.
+                (
+                    "memprofilerate_was",
+                    session
+                        .sampling()
+                        .and_then(|s| s.rate.set_by_maptrace_from)
+                        .map(|r| r.to_string())
+                        .unwrap_or_default(),
+                ),
             ],
         ),
     );

@@ -21,7 +21,7 @@ pub struct Recorder {
 
 impl Recorder {
     pub fn create(path: &Path, load_bias: u64) -> io::Result<Self> {
-        let mut out = BufWriter::new(File::create(path)?);
+        let mut out = BufWriter::new(crate::output::create_private(path)?);
         writeln!(out, "{MAGIC} load_bias={load_bias:#x}")?;
         Ok(Self { out })
     }

@@ -179,13 +179,23 @@ impl SampleRate {
         }
     }
 
-    /// Puts the old value back if the rate is still the one maptrace wrote.
-    pub fn restore(&self) {
-        if let (Some(addr), Some(old), Some(ours)) = (self.addr, self.original, self.written) {
+    /// Puts the old value back if the rate is still the one maptrace wrote (the target may have set its own
+    /// since), once.
+    fn restore(&mut self) {
+        if let (Some(addr), Some(old), Some(ours)) = (self.addr, self.original, self.written.take()) {
             if self.current() == Some(ours) {
                 let _ = self.process.write(addr, &old.to_le_bytes());
             }
         }
+    }
+}
+
+/// The undo guard: whatever ends a trace after the rate was written (the end, an error, a signal handled, a
+/// panic unwinding, the agent dropping a target), dropping the rate puts the target's own back. Only a death
+/// that runs no code (SIGKILL) leaves it; `maptrace --pid P --restore-memprofilerate N` undoes that.
+impl Drop for SampleRate {
+    fn drop(&mut self) {
+        self.restore();
     }
 }
 

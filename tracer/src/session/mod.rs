@@ -74,6 +74,24 @@ fn correlator(binary: &GoBinary, retain_cycles: u32, mode: Mode) -> Correlator {
     )
 }
 
+/// `--restore-memprofilerate`: writes `value` into the target's `runtime.MemProfileRate`, and nothing else;
+/// returns the value it replaced.
+pub fn write_memprofilerate(pid: u32, value: u64) -> Result<u64, Failure> {
+    let process = Process::open(pid)?;
+    let binary = open_binary(&process)?;
+    let load_bias = process.load_bias(binary.load_vaddr()).unwrap_or(0);
+    let addr = binary
+        .layout()
+        .sampling
+        .rate_addr
+        .map(|a| a.wrapping_add(load_bias))
+        .ok_or_else(|| anyhow::anyhow!("cannot find runtime.MemProfileRate in this binary"))?;
+    let unreadable = |e: std::io::Error| anyhow::anyhow!("runtime.MemProfileRate at {addr:#x}: {e}");
+    let before = process.read_u64(addr).map_err(unreadable)?;
+    process.write(addr, &value.to_le_bytes()).map_err(unreadable)?;
+    Ok(before)
+}
+
 /// Opens and inspects the executable `process` runs.
 pub fn open_binary(process: &Process) -> Result<GoBinary, Failure> {
     GoBinary::open(&process.exe_path).map_err(|e| binary_failure(process, e))
@@ -186,13 +204,8 @@ impl Session {
         if let Some(rate) = &rate {
             state.set_sample_rates(SampleRates::fixed(rate.current().unwrap_or(0)));
         }
-        let mut tracer = match Tracer::attach(&binary, &process, &plan, load_bias, opts.sampling.budget) {
-            Ok(t) => t,
-            Err(e) => {
-                rate.iter().for_each(SampleRate::restore);
-                return Err(e);
-            }
-        };
+        // On an error from here on, `rate` is dropped, which puts the target's rate back.
+        let mut tracer = Tracer::attach(&binary, &process, &plan, load_bias, opts.sampling.budget)?;
         let records = readable(tracer.take_records().map_err(Failure::Other)?)?;
         let exit_fd = process
             .exit_fd()
@@ -426,8 +439,10 @@ impl Session {
 
     /// Removes the probes: ~0.1 s per probe in the kernel, so callers report first.
     pub fn detach(self) {
-        self.rate.iter().for_each(SampleRate::restore);
-        self.tracer.detach();
+        let Session { rate, tracer, .. } = self;
+        // The target's own rate first: removing the probes takes the kernel seconds.
+        drop(rate);
+        tracer.detach();
     }
 }
 

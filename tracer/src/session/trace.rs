@@ -31,6 +31,10 @@ pub struct TraceOptions {
 /// Runs one session. The probes stay attached in the returned [`Session`]: removing them takes the
 /// kernel ~0.1 s each, so the caller prints the report first, then detaches.
 pub async fn run(opts: &TraceOptions) -> Result<(Report, Session), Failure> {
+    // Handled from before the attach, which may write the target's MemProfileRate: a Ctrl-C, SIGTERM or hang-up
+    // while attaching then ends the trace the normal way (report, rate put back) instead of killing maptrace
+    // with the rate changed.
+    let mut stop = Stop::install()?;
     if !crate::process::exists(opts.pid) {
         return Err(Failure::NoSuchProcess { pid: opts.pid });
     }
@@ -44,7 +48,7 @@ pub async fn run(opts: &TraceOptions) -> Result<(Report, Session), Failure> {
         session.uprobes(),
         session.plan.points.len(),
         session.process.pid,
-        session.process.exe_display,
+        crate::units::printable(&session.process.exe_display),
         session.binary.version(),
         session.attach_seconds(),
         session.mode().as_str(),
@@ -71,8 +75,6 @@ pub async fn run(opts: &TraceOptions) -> Result<(Report, Session), Failure> {
         session.record_to(recorder);
     }
 
-    let mut sigint = signal(SignalKind::interrupt()).map_err(|e| Failure::Other(e.into()))?;
-    let mut sigterm = signal(SignalKind::terminate()).map_err(|e| Failure::Other(e.into()))?;
     let deadline = tokio::time::sleep(opts.duration.unwrap_or(Duration::from_secs(u64::MAX / 4)));
     tokio::pin!(deadline);
     let mut tick = tokio::time::interval(if opts.live {
@@ -87,8 +89,7 @@ pub async fn run(opts: &TraceOptions) -> Result<(Report, Session), Failure> {
         tokio::select! {
             step = session.step() => if step? == Step::Exited { break EndReason::TargetExited },
             _ = &mut deadline => break EndReason::Duration,
-            _ = sigint.recv() => break EndReason::Interrupted,
-            _ = sigterm.recv() => break EndReason::Interrupted,
+            _ = stop.recv() => break EndReason::Interrupted,
             _ = tick.tick() => progress(opts.live, start, &mut session),
         }
     };
@@ -97,6 +98,53 @@ pub async fn run(opts: &TraceOptions) -> Result<(Report, Session), Failure> {
     }
     let report = session.report(ended_by, opts.top);
     Ok((report, session))
+}
+
+/// The signals that end a trace (or the agent) early: Ctrl-C, SIGTERM and a hang-up (the terminal closed).
+pub struct Stop([tokio::signal::unix::Signal; 3]);
+
+const STOP_SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+
+/// Holds the stop signals back (pending, not lost) until [`Stop::install`] handles them: called first thing in
+/// `main`, so that no moment is left where one would kill maptrace the default way. Threads started meanwhile
+/// hold them back too; the thread that installs the handlers takes them.
+pub fn hold_stop_signals() {
+    set_stop_signals(libc::SIG_BLOCK);
+}
+
+fn set_stop_signals(how: libc::c_int) {
+    // SAFETY: a zeroed sigset filled through the libc calls that own its layout; this thread's mask only.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in STOP_SIGNALS {
+            libc::sigaddset(&mut set, s);
+        }
+        libc::pthread_sigmask(how, &set, std::ptr::null_mut());
+    }
+}
+
+impl Stop {
+    /// Handles the stop signals from now on, including one that arrived while they were held.
+    pub fn install() -> Result<Stop, Failure> {
+        let on = |kind| signal(kind).map_err(|e| Failure::Other(e.into()));
+        let stop = Stop([
+            on(SignalKind::interrupt())?,
+            on(SignalKind::terminate())?,
+            on(SignalKind::hangup())?,
+        ]);
+        set_stop_signals(libc::SIG_UNBLOCK);
+        Ok(stop)
+    }
+
+    pub async fn recv(&mut self) {
+        let [int, term, hup] = &mut self.0;
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+            _ = hup.recv() => {}
+        }
+    }
 }
 
 fn progress(live: bool, start: Instant, session: &mut Session) {
@@ -112,7 +160,7 @@ fn progress(live: bool, start: Instant, session: &mut Session) {
     let mut err = std::io::stderr().lock();
     if live {
         let _ = write!(err, "\x1b[H\x1b[2J{head}  (Ctrl-C for the report)\n\n");
-        let _ = write_table(&mut err, &session.top_sites(15), 0);
+        let _ = write_table(&mut crate::units::Printable(&mut err), &session.top_sites(15), 0);
     } else {
         let _ = writeln!(err, "{head}");
     }
