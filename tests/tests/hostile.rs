@@ -800,7 +800,8 @@ impl Node {
     }
 
     /// [`CHURN`] short-lived Go processes at one per [`CHURN_EVERY`]; then none of their series may stay,
-    /// and every one attached is detached.
+    /// every one attached is detached, none is an attach failure, and a lasting process of the same binary is
+    /// traced.
     fn churn(&mut self, quiet: &Path, name: &str) -> Row {
         let (hwm_before, oom_before) = self.begin("churn");
         let rss_before = self.agent.as_ref().and_then(|a| proc_status_bytes(a.pid(), "VmRSS:"));
@@ -848,8 +849,27 @@ impl Node {
             let detached = count(self, "maptrace agent: detach ");
             notes.push(format!("{attached} attached but {detached} detached"));
         }
+        // A process that exits while the agent attaches to it has exited: no failure to log and count (a
+        // tenant starting processes in a loop must not flood the log or the failure counter).
         let failed = count(self, "maptrace agent: error ");
+        if failed > 0 {
+            notes.push(format!(
+                "{failed} attach failures logged for processes that only exited"
+            ));
+        }
         let rss_after = self.agent.as_ref().and_then(|a| proc_status_bytes(a.pid(), "VmRSS:"));
+        // A process of the same binary that stays is still traced: the exits did not condemn the binary.
+        let lasting = Target::start(quiet, &[]);
+        let pid = lasting.pid.to_string();
+        match self.verdict(lasting.pid, FOUND_WITHIN, oom_before) {
+            Verdict::Attached => {}
+            other => notes.push(format!("a lasting process of the churned binary: {other:?}")),
+        }
+        lasting.kill();
+        let it = [("binary", name), ("pid", pid.as_str())];
+        if !self.until(FOUND_WITHIN, |n| n.has_target(&it) != Some(true)) {
+            notes.push("the lasting process's series stayed after it exited".to_string());
+        }
         if let Some(why) = self.death(oom_before) {
             notes.push(why);
         }
