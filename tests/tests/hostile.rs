@@ -14,8 +14,9 @@
 //! hostile Go binary as an attach failure with its reason (log and
 //! `maptrace_agent_attach_failures_total`) or, where DWARF alone is bad, trace it from its built-in
 //! tables, leave the non-Go file alone without paying for its size, keep no series of a process that
-//! is gone, and count no failure for a process that merely exited. Then `maptrace --pid P --duration 2s` meets the same processes, in a cgroup with the
-//! same limit: one clear error line and its exit code, or a report; never a panic, a signal or a hang.
+//! is gone, and count no failure for a process that merely exited. Then `maptrace --pid P --duration 2s`
+//! meets the same processes, in a cgroup with the same limit: one clear error line and its exit code,
+//! or a report; never a panic, a signal or a hang.
 //!
 //! Every input is checked and the whole table printed before the test fails, so that one run says
 //! what each input did. Needs root and the cgroup v1 memory controller; skipped otherwise.
