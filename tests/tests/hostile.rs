@@ -942,9 +942,9 @@ impl Node {
             ));
         }
         format!(
-            "agent: limit {}, peak {} (cgroup, page cache included), peak RSS {} (issue 13's budget {} for {most_targets} \
-             targets at once), failcnt {failcnt}, OOM kills {oom_kills}, restarts {}; {count} scrapes, slowest \
-             {slowest:?}",
+            "agent: limit {}, peak {} (cgroup, page cache included), peak RSS {} (issue 13's budget {} for \
+             {most_targets} targets at once), failcnt {failcnt}, OOM kills {oom_kills}, restarts {}; {count} \
+             scrapes, slowest {slowest:?}",
             mib(LIMIT),
             mib(peak),
             hwm.map_or("-".into(), mib),
