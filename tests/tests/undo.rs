@@ -203,3 +203,21 @@ fn the_agent_puts_every_rate_back_when_it_stops() {
     assert_eq!(rate_at_end(target), 0, "{:#?}", log.so_far());
     let _ = std::fs::remove_file(&copy);
 }
+
+#[test]
+fn an_exec_while_the_rate_is_changed_gets_no_write() {
+    // execer replaces itself with /bin/sleep after its stdin line (go-targets/execer/TRUTH.md).
+    let mut target = Target::start(&target_path(GO, "execer"), &[]);
+    let mut args = sampled_args(target.pid);
+    args.extend(["--duration".into(), "3s".into()]);
+    let mut maptrace = start(&args);
+    maptrace.wait_attached();
+    target.go();
+    // The undo is pending: at the end maptrace would put the rate back, but the process now runs another
+    // program, which its descriptors (opened at attach) no longer reach: it must not write.
+    let outcome = maptrace.finish();
+    assert!(outcome.status.success(), "{outcome:#?}");
+    let comm = std::fs::read_to_string(format!("/proc/{}/comm", target.pid)).unwrap();
+    assert_eq!(comm.trim(), "sleep", "the exec'd program runs on, untouched");
+    target.kill();
+}

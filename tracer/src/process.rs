@@ -11,6 +11,7 @@ use std::{
 };
 
 use crate::error::Failure;
+use crate::gobin::FileIdentity;
 use crate::memory::Memory;
 
 impl Memory for Process {
@@ -20,14 +21,23 @@ impl Memory for Process {
     }
 }
 
-/// A process maptrace attaches to, opened by PID.
+/// A process maptrace attaches to, opened by PID, and from then on known by its descriptors alone: a PID can
+/// be reused and a process can exec another binary, and neither may lead maptrace to read, probe or write a
+/// program other than the one it inspected.
 pub struct Process {
     pub pid: u32,
     /// What `/proc/PID/exe` points to, for messages (it may live in another mount namespace).
     pub exe_display: String,
-    /// A path that opens the process's own binary even across mount namespaces; uprobes are
-    /// attached through it so the kernel resolves the same inode the process runs.
+    /// A path to the executable opened at [`Process::open`] (`/proc/self/fd/N`): the binary is inspected and the
+    /// uprobes are attached through it, so the kernel resolves the inode maptrace inspected, whatever the
+    /// process runs by then, in any mount namespace.
     pub exe_path: PathBuf,
+    /// The executable's contents as opened.
+    pub exe_identity: FileIdentity,
+    /// Holds the inode `exe_path` names.
+    _exe: File,
+    /// `/proc/PID/mem`, read and write, opened once: the kernel binds it to the address space the process had
+    /// then, so after an exec (or the PID's reuse) it reads and writes nothing rather than another program.
     mem: File,
     /// Becomes readable when the process exits (pidfd), so exit is noticed without polling.
     pidfd: OwnedFd,
@@ -66,28 +76,59 @@ impl Process {
         if exe_display.ends_with(" (deleted)") {
             return Err(Failure::BinaryGone { pid, exe: exe_display });
         }
-        let mem = File::open(proc_dir.join("mem")).map_err(|e| match e.kind() {
+        let opened = |what: &str, e: io::Error| match e.kind() {
             io::ErrorKind::PermissionDenied => Failure::Privileges {
                 missing: vec!["CAP_SYS_PTRACE"],
             },
             io::ErrorKind::NotFound => Failure::NoSuchProcess { pid },
-            _ => Failure::Other(anyhow::anyhow!("open /proc/{pid}/mem: {e}")),
-        })?;
-        Ok(Self {
+            _ => Failure::Other(anyhow::anyhow!("open /proc/{pid}/{what}: {e}")),
+        };
+        let exe = File::open(&exe_path).map_err(|e| opened("exe", e))?;
+        let exe_identity = FileIdentity::of(&exe).map_err(|e| opened("exe", e))?;
+        let mem = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(proc_dir.join("mem"))
+            .map_err(|e| opened("mem", e))?;
+        // Both opened, then checked: the same process (its pidfd, taken first, still names a live one) running
+        // the same executable (an exec between the two opens would pair one program's file with another's
+        // memory).
+        let process = Self {
             pid,
             exe_display,
-            exe_path,
+            exe_path: PathBuf::from(format!("/proc/self/fd/{}", exe.as_raw_fd())),
+            exe_identity,
+            _exe: exe,
             mem,
             pidfd,
-        })
+        };
+        if !process.is_alive() {
+            return Err(Failure::NoSuchProcess { pid });
+        }
+        if !process.runs_what_was_opened() {
+            return Err(Failure::Other(anyhow::anyhow!(
+                "PID {pid} exec'd another program while maptrace opened it: try again"
+            )));
+        }
+        Ok(process)
     }
 
-    /// Writes target memory (sampled mode's `--sample-rate`, behind its explicit flag only).
+    /// Whether the process still runs the executable opened at [`Process::open`] (false after an exec, or once
+    /// it has gone).
+    pub fn runs_what_was_opened(&self) -> bool {
+        std::fs::metadata(format!("/proc/{}/exe", self.pid))
+            .is_ok_and(|m| FileIdentity::from_metadata(&m) == self.exe_identity)
+    }
+
+    /// Writes target memory (sampled mode's `--sample-rate`, behind its explicit flag only), through the
+    /// descriptor opened at attach: after an exec it fails instead of writing into the new program.
     pub fn write(&self, addr: u64, buf: &[u8]) -> io::Result<()> {
-        let mem = std::fs::OpenOptions::new()
-            .write(true)
-            .open(format!("/proc/{}/mem", self.pid))?;
-        mem.write_all_at(buf, addr)
+        if !self.runs_what_was_opened() {
+            return Err(io::Error::other(
+                "the process no longer runs the program maptrace attached to",
+            ));
+        }
+        self.mem.write_all_at(buf, addr)
     }
 
     pub fn read_u64(&self, addr: u64) -> io::Result<u64> {
@@ -162,4 +203,56 @@ pub fn missing_capabilities() -> Vec<&'static str> {
         .filter(|(bit, _)| !(has(*bit) || (*bit != 19 && has(CAP_SYS_ADMIN))))
         .map(|(_, name)| *name)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+
+    /// A child that execs another program when told to: `sh` reading a line, then `exec sleep`.
+    fn execing_child() -> std::process::Child {
+        Command::new("/bin/sh")
+            .args(["-c", "read line; exec /bin/sleep 5"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    #[test]
+    fn after_an_exec_the_process_is_neither_read_nor_written() {
+        let mut child = execing_child();
+        let process = match Process::open(child.id()) {
+            Ok(p) => p,
+            Err(Failure::Privileges { .. }) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                eprintln!("skipped: reading another process's memory needs ptrace rights (root, or a parent under Yama's scope 1)");
+                return;
+            }
+            Err(e) => panic!("{e}"),
+        };
+        // An address the shell has mapped: its own executable's first page.
+        let addr = process.load_bias(0).unwrap();
+        let addr = if addr == 0 { 0x400000 } else { addr };
+        let mut word = [0u8; 8];
+        process.read(addr, &mut word).unwrap();
+        assert!(process.runs_what_was_opened());
+        child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+        // Until the exec has replaced the shell.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while process.runs_what_was_opened() {
+            assert!(std::time::Instant::now() < deadline, "the shell did not exec");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(process.is_alive(), "the same process, another program");
+        assert!(
+            process.read(addr, &mut word).is_err(),
+            "read through the old address space"
+        );
+        assert!(process.write(addr, &word).is_err(), "written into the new program");
+        let _ = child.kill();
+        let _ = child.wait();
+    }
 }
