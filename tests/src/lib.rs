@@ -3,9 +3,11 @@
 //! `./x test` (cargo xtask test) builds everything and sets `MAPTRACE_BIN` and
 //! `MAPTRACE_GO_TARGETS`; the tests need root, like maptrace itself.
 
+pub mod agent;
+
 use std::{
     io::{BufRead, BufReader, Read, Write},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, ChildStderr, ChildStdin, ChildStdout, Command, ExitStatus, Stdio},
     sync::{mpsc, OnceLock},
     thread,
@@ -75,6 +77,28 @@ pub fn target_path(go: &str, name: &str) -> PathBuf {
     p
 }
 
+/// A directory of this test process (`maptrace-e2e-<tag>-<pid>` under the temporary directory), removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        let p = std::env::temp_dir().join(format!("maptrace-e2e-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        Self(p)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// Lines of a child's pipe, read on a thread so a test can wait with a deadline.
 pub struct Lines(mpsc::Receiver<String>);
 
@@ -113,7 +137,8 @@ impl Lines {
         self.0.try_iter().collect()
     }
 
-    fn rest(&self) -> Vec<String> {
+    /// Every line until the pipe closes (or nothing arrives for a long while).
+    pub fn rest(&self) -> Vec<String> {
         let mut out = Vec::new();
         while let Ok(line) = self.0.recv_timeout(PATIENCE) {
             out.push(line);

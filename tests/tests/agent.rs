@@ -7,127 +7,20 @@
 //! go-targets), so that it leaves every other process on the machine alone.
 
 use std::{
-    io::{Read, Write},
-    net::TcpStream,
-    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use e2e::{maptrace_bin, target_path, Lines, Target};
+use e2e::{
+    agent::{promtool_check_metrics, sample, try_http_get, unique_copy, wait_for, Agent},
+    target_path, Lines, Target, TempDir,
+};
 use serde_json::Value;
 
 const GO: &str = e2e::GO1_24;
 const N: f64 = 10.0;
 /// Discovery scans every second here; a new target must show up within this.
 const FOUND_WITHIN: Duration = Duration::from_secs(15);
-
-struct Agent {
-    child: Child,
-    stderr: Lines,
-    port: u16,
-    log: Vec<String>,
-}
-
-impl Agent {
-    fn start(include: &[&str]) -> Self {
-        let mut child = Command::new(maptrace_bin())
-            .args([
-                "agent",
-                "--listen",
-                "127.0.0.1:0",
-                "--scan-every",
-                "1s",
-                "--include",
-                &include.join(","),
-            ])
-            // The default sampled mode, every allocation sampled: the targets never use the heap
-            // profiler, so their rate is 0 until the agent sets it.
-            .args(["--sample-rate", "1", "--write-memprofilerate"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting maptrace agent");
-        let stderr = Lines::spawn(child.stderr.take().unwrap());
-        let log = stderr.until("the agent's listening line", |l| {
-            l.contains("listening") || l.contains("error")
-        });
-        let line = log.last().unwrap();
-        let port = line
-            .rsplit_once(':')
-            .and_then(|(_, p)| p.trim_end_matches('"').parse().ok())
-            .unwrap_or_else(|| panic!("no port in {line:?}"));
-        Agent {
-            child,
-            stderr,
-            port,
-            log,
-        }
-    }
-
-    fn metrics(&self) -> String {
-        http_get(self.port, "/metrics")
-    }
-
-    /// Every log line so far.
-    fn log(&mut self) -> &[String] {
-        self.log.extend(self.stderr.so_far());
-        &self.log
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn http_get(port: u16, path: &str) -> String {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
-    assert!(
-        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
-        "GET {path}: {head}"
-    );
-    body.to_string()
-}
-
-/// The value of the sample of `name` whose labels include all of `labels`.
-fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    text.lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")))
-        .find_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            labels
-                .iter()
-                .all(|(k, v)| series.contains(&format!("{k}=\"{v}\"")))
-                .then(|| value.parse().ok())?
-        })
-}
-
-fn wait_for<T>(what: &str, within: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "waited {within:?} for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-/// A copy of a go-target under a name unique to this run.
-fn unique_copy(dir: &Path, name: &str) -> (PathBuf, String) {
-    let unique = format!("{name}-{}", std::process::id());
-    let path = dir.join(&unique);
-    std::fs::copy(target_path(GO, name), &path).unwrap();
-    (path, unique)
-}
 
 /// A Prometheus server on loopback scraping the agent every second.
 struct Prometheus {
@@ -140,7 +33,7 @@ impl Prometheus {
     fn start(agent_port: u16) -> Self {
         let dir = TempDir::new("prometheus");
         let port = free_port();
-        let config = dir.0.join("prometheus.yml");
+        let config = dir.path().join("prometheus.yml");
         std::fs::write(
             &config,
             format!("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: maptrace\n    static_configs:\n      - targets: ['127.0.0.1:{agent_port}']\n"),
@@ -148,7 +41,7 @@ impl Prometheus {
         .unwrap();
         let child = Command::new("prometheus")
             .arg(format!("--config.file={}", config.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.0.join("data").display()))
+            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -169,7 +62,12 @@ impl Prometheus {
                 }
             })
             .collect();
-        let body = std::panic::catch_unwind(|| http_get(self.port, &format!("/api/v1/query?query={encoded}"))).ok()?;
+        let body = try_http_get(
+            self.port,
+            &format!("/api/v1/query?query={encoded}"),
+            Duration::from_secs(10),
+        )
+        .ok()?;
         let v: Value = serde_json::from_str(&body).ok()?;
         let result = v["data"]["result"].as_array()?;
         (result.len() == 1).then(|| result[0]["value"][1].as_str()?.parse().ok())?
@@ -191,28 +89,11 @@ fn free_port() -> u16 {
         .port()
 }
 
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(what: &str) -> Self {
-        let p = std::env::temp_dir().join(format!("maptrace-{what}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 #[test]
 fn agent_finds_traces_exports_and_forgets() {
     let dir = TempDir::new("agent");
-    let (fin, fin_name) = unique_copy(&dir.0, "finalizers");
-    let (execer, exec_name) = unique_copy(&dir.0, "execer");
+    let (fin, fin_name) = unique_copy(GO, dir.path(), "finalizers");
+    let (execer, exec_name) = unique_copy(GO, dir.path(), "execer");
     let ns_name = format!("nsquiet-{}", std::process::id());
     let mut agent = Agent::start(&[&fin_name, &exec_name, &ns_name]);
     let prometheus = Prometheus::start(agent.port);
@@ -305,16 +186,9 @@ fn agent_finds_traces_exports_and_forgets() {
     );
 
     // promtool accepts the exposition.
-    let promtool = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .output_with_stdin(text.as_bytes());
-    assert!(
-        promtool.status.success(),
-        "promtool check metrics: {}{}",
-        String::from_utf8_lossy(&promtool.stdout),
-        String::from_utf8_lossy(&promtool.stderr)
-    );
+    if let Err(e) = promtool_check_metrics(&text) {
+        panic!("promtool check metrics: {e}");
+    }
 
     // A real Prometheus scrapes the same numbers.
     let q = format!("maptrace_finalizers_never_ran{{binary=\"{fin_name}\",reason=\"queued_behind_blocked_finalizer\",function=\"main.finalize\"}}");
@@ -361,7 +235,7 @@ fn agent_finds_traces_exports_and_forgets() {
     execing.kill();
 
     // New PID and mount namespaces: the binary exists only inside, under a private tmpfs.
-    let inside = dir.0.join("ns");
+    let inside = dir.path().join("ns");
     std::fs::create_dir_all(&inside).unwrap();
     let script = format!(
         "mount -t tmpfs none {inside} && cp {quiet} {inside}/{ns_name} && exec {inside}/{ns_name}",
@@ -403,21 +277,4 @@ fn agent_finds_traces_exports_and_forgets() {
     let _ = ns.kill();
     let _ = ns.wait();
     drop(prometheus);
-}
-
-/// `Command::output` with bytes on stdin.
-trait OutputWithStdin {
-    fn output_with_stdin(&mut self, input: &[u8]) -> std::process::Output;
-}
-
-impl OutputWithStdin for Command {
-    fn output_with_stdin(&mut self, input: &[u8]) -> std::process::Output {
-        let mut child = self
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("promtool (Debian package prometheus)");
-        child.stdin.take().unwrap().write_all(input).unwrap();
-        child.wait_with_output().unwrap()
-    }
 }

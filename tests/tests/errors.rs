@@ -3,7 +3,7 @@
 
 use std::{os::unix::fs::PermissionsExt, process::Command};
 
-use e2e::{maptrace_bin, run_maptrace, target_path, Maptrace, Target};
+use e2e::{maptrace_bin, run_maptrace, target_path, Maptrace, Target, TempDir};
 
 const GO: &str = e2e::GO1_24;
 
@@ -55,7 +55,7 @@ fn not_a_go_program() {
 
 /// A copy of a real Go target whose `.go.buildinfo` names another version (same length, so the
 /// program still runs: the runtime never reads that string).
-fn with_build_version(from: &str, to: &str, dir: &tempdir::TempDir) -> std::path::PathBuf {
+fn with_build_version(from: &str, to: &str, dir: &TempDir) -> std::path::PathBuf {
     let mut bytes = std::fs::read(target_path(GO, "quiet")).unwrap();
     let magic = b"\xff Go buildinf:";
     let at = bytes
@@ -74,32 +74,9 @@ fn with_build_version(from: &str, to: &str, dir: &tempdir::TempDir) -> std::path
     path
 }
 
-mod tempdir {
-    /// A directory removed on drop.
-    pub struct TempDir(std::path::PathBuf);
-
-    impl TempDir {
-        pub fn new(tag: &str) -> Self {
-            let p = std::env::temp_dir().join(format!("maptrace-e2e-{tag}-{}", std::process::id()));
-            std::fs::create_dir_all(&p).unwrap();
-            Self(p)
-        }
-
-        pub fn path(&self) -> &std::path::Path {
-            &self.0
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-}
-
 #[test]
 fn unsupported_go_versions_are_named() {
-    let dir = tempdir::TempDir::new("versions");
+    let dir = TempDir::new("versions");
     // 1.20 is between supported releases but has no layout table row: refused like the rest.
     for (to, why) in [
         ("go1.99.11", "newer than"),
@@ -136,7 +113,7 @@ fn missing_privileges_are_named() {
 
 #[test]
 fn deleted_binary() {
-    let dir = tempdir::TempDir::new("deleted");
+    let dir = TempDir::new("deleted");
     let path = dir.path().join("quiet");
     std::fs::copy(target_path(GO, "quiet"), &path).unwrap();
     let target = Target::start(&path, &["-sleep=1s"]);

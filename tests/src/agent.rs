@@ -1,0 +1,168 @@
+//! `maptrace agent` as the tests run it: started on loopback, scraped over plain HTTP, its log read
+//! line by line; and what a test checks its exposition with.
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    time::{Duration, Instant},
+};
+
+use crate::{maptrace_bin, target_path, Lines};
+
+/// A running `maptrace agent` that told us its port.
+pub struct Agent {
+    child: Child,
+    stderr: Lines,
+    pub port: u16,
+    log: Vec<String>,
+}
+
+impl Agent {
+    /// Traces only the processes whose binary is named in `include`.
+    pub fn start(include: &[&str]) -> Self {
+        Self::start_with(Command::new(maptrace_bin()), include)
+    }
+
+    /// [`Agent::start`] through a prepared command (e.g. one that joins a cgroup before exec).
+    pub fn start_with(mut cmd: Command, include: &[&str]) -> Self {
+        let mut child = cmd
+            .args([
+                "agent",
+                "--listen",
+                "127.0.0.1:0",
+                "--scan-every",
+                "1s",
+                "--include",
+                &include.join(","),
+            ])
+            // The default sampled mode, every allocation sampled: the targets never use the heap
+            // profiler, so their rate is 0 until the agent sets it.
+            .args(["--sample-rate", "1", "--write-memprofilerate"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting maptrace agent");
+        let stderr = Lines::spawn(child.stderr.take().unwrap());
+        let log = stderr.until("the agent's listening line", |l| {
+            l.contains("listening") || l.contains("error")
+        });
+        let line = log.last().unwrap();
+        let port = line
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.trim_end_matches('"').parse().ok())
+            .unwrap_or_else(|| panic!("no port in {line:?}"));
+        Agent {
+            child,
+            stderr,
+            port,
+            log,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// How the agent ended, if it has.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    pub fn metrics(&self) -> String {
+        http_get(self.port, "/metrics")
+    }
+
+    /// Every log line so far.
+    pub fn log(&mut self) -> &[String] {
+        self.log.extend(self.stderr.so_far());
+        &self.log
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The body of a `GET` that must succeed.
+pub fn http_get(port: u16, path: &str) -> String {
+    try_http_get(port, path, Duration::from_secs(10)).unwrap_or_else(|e| panic!("GET {path}: {e}"))
+}
+
+/// The body of a `GET` answered with 200 within `patience` (connecting, sending and reading all count).
+pub fn try_http_get(port: u16, path: &str, patience: Duration) -> Result<String, String> {
+    let start = Instant::now();
+    let mut s = TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], port)), patience)
+        .map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(patience)).unwrap();
+    s.set_write_timeout(Some(patience)).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").map_err(|e| format!("send: {e}"))?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).map_err(|e| format!("read: {e}"))?;
+    if start.elapsed() > patience {
+        return Err(format!("answered after {:?}", start.elapsed()));
+    }
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    if !(head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200")) {
+        return Err(format!("status: {head}"));
+    }
+    Ok(body.to_string())
+}
+
+/// The value of the sample of `name` whose labels include all of `labels`.
+pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .find_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            labels
+                .iter()
+                .all(|(k, v)| series.contains(&format!("{k}=\"{v}\"")))
+                .then(|| value.parse().ok())?
+        })
+}
+
+/// Polls `f` every 200 ms until it gives a value; panics after `within`.
+pub fn wait_for<T>(what: &str, within: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "waited {within:?} for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A copy of a go-target under a name unique to this run (`counting-<our pid>`), for `--include`.
+pub fn unique_copy(go: &str, dir: &Path, name: &str) -> (PathBuf, String) {
+    let unique = format!("{name}-{}", std::process::id());
+    let path = dir.join(&unique);
+    std::fs::copy(target_path(go, name), &path).unwrap();
+    (path, unique)
+}
+
+/// `promtool check metrics` on an exposition: its complaints when it rejects it.
+pub fn promtool_check_metrics(text: &str) -> Result<(), String> {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus)");
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    match out.status.success() {
+        true => Ok(()),
+        false => Err(format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )),
+    }
+}
