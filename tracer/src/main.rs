@@ -88,6 +88,9 @@ fn fail(code: i32, message: &str) -> ! {
     std::process::exit(code);
 }
 
+/// Threads the agent's inspections, attaches, reports and detaches run on at once; more wait their turn.
+const AGENT_BLOCKING_THREADS: usize = 4;
+
 fn run_agent(args: AgentArgs) -> ! {
     let opts = AgentOptions {
         listen: args.listen,
@@ -103,8 +106,14 @@ fn run_agent(args: AgentArgs) -> ! {
         },
         log_json: args.log_format == LogFormat::Json,
     };
+    // glibc gives each thread that allocates its own heap arena, up to eight per core, and an arena keeps what
+    // it once held: with attaches and reports on many short-lived blocking threads, the agent's resident memory
+    // grew with the node's process churn. Two arenas, and a bounded blocking pool, keep it flat.
+    // SAFETY: mallopt only tunes the allocator; called before any other thread exists.
+    unsafe { libc::mallopt(libc::M_ARENA_MAX, 2) };
     let result = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .max_blocking_threads(AGENT_BLOCKING_THREADS)
         .enable_all()
         .build()
         .map_err(|e| Failure::Other(e.into()))

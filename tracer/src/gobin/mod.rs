@@ -198,6 +198,12 @@ impl GoBinary {
         let image = elf::Image::new(&file)?;
         // The version decides which tables apply, so it comes first; a non-Go ELF fails here.
         let build = buildinfo::BuildInfo::find(&image, &bytes)?;
+        if bytes.len() as u64 > MAX_FILE_BYTES {
+            return Err(TargetError::too_large(format!(
+                "the file is {} bytes (limit {MAX_FILE_BYTES})",
+                bytes.len()
+            )));
+        }
         let structs = if image.has_dwarf {
             dwarf::struct_members(&file, layout::DWARF_STRUCTS).ok()
         } else {

@@ -6,7 +6,7 @@
 //! marked ignored are exactly those that need them; the others here are pure.
 
 use std::collections::{BTreeSet, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Mutex, OnceLock};
 
@@ -1730,4 +1730,32 @@ fn stack_maps_say_which_frame_words_are_live_pointers() {
             assert_eq!(b.frame_pointers(0x10), None, "{ver}/{name}: not Go code");
         }
     }
+}
+
+/// A sparse copy of `from`, `len` bytes long, in a scratch directory.
+fn sparse_copy(from: &Path, len: u64, name: &str) -> PathBuf {
+    let to = std::env::temp_dir().join(format!("maptrace-sparse-{}-{name}", std::process::id()));
+    std::fs::copy(from, &to).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&to)
+        .unwrap()
+        .set_len(len)
+        .unwrap();
+    to
+}
+
+#[test]
+fn a_huge_file_that_is_not_go_is_not_go() {
+    let sleep = sparse_copy(Path::new("/bin/sleep"), 4 << 30, "sleep");
+    assert!(matches!(GoBinary::open(&sleep), Err(TargetError::NotGo(_))));
+    std::fs::remove_file(sleep).unwrap();
+}
+
+#[test]
+#[ignore = "needs the go-targets built by ./x test (the e2e layer)"]
+fn a_go_binary_over_the_size_cap_is_too_large() {
+    let go = sparse_copy(&target_path("1.24.11", "quiet"), MAX_FILE_BYTES + 1, "quiet");
+    assert!(matches!(GoBinary::open(&go), Err(TargetError::TooLarge { .. })));
+    std::fs::remove_file(go).unwrap();
 }
