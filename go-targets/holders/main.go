@@ -68,10 +68,15 @@ func main() {
 	perRound := flag.Int("per-round", 20, "sessions opened per round")
 	size := flag.Int("size", 4096, "bytes of each session's buffer")
 	settle := flag.Int("settle", 2, "extra GC cycles after the last round")
+	idle := flag.Int("idle", 0, "goroutines parked for good before ready, holding nothing (a program of many goroutines)")
 	flag.Parse()
-	if *rounds < 1 || *perRound < 1 || *size < 1 || *settle < 0 {
-		fmt.Fprintln(os.Stderr, "holders: -rounds, -per-round and -size must be >= 1, -settle >= 0")
+	if *rounds < 1 || *perRound < 1 || *size < 1 || *settle < 0 || *idle < 0 {
+		fmt.Fprintln(os.Stderr, "holders: -rounds, -per-round and -size must be >= 1, -settle and -idle >= 0")
 		os.Exit(2)
+	}
+	park := make(chan struct{})
+	for i := 0; i < *idle; i++ {
+		go func() { <-park }()
 	}
 	for i := 0; i < 256; i++ {
 		lookup = append(lookup, fmt.Sprintf("entry-%d", i))

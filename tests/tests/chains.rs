@@ -213,6 +213,22 @@ fn never_stopped(go: &str) {
     );
 }
 
+/// A program of a hundred thousand parked goroutines: reading their stacks takes far longer than the default
+/// 10 ms budget, which holds all the same (the target was stopped 2.0 s before the budget was checked while
+/// stacks were read). The bound allows for a loaded machine's scheduling, not for reading the stacks.
+fn pause_budget_with_many_goroutines(go: &str) {
+    let target = Target::start(&target_path(go, "holders"), &["-idle=100000"]);
+    let (done, report) = trace_until_done_with(target, &[]);
+    assert!(done.contains("sessions=100"), "{done}");
+    let chains = &report["chains"];
+    let paused = chains["paused_seconds"].as_f64().unwrap();
+    assert!(
+        paused > 0.0 && paused < 0.5,
+        "stopped {paused} s against a 10 ms budget: {chains:#}"
+    );
+    assert_eq!(chains["walk_within_pause"], Value::from(false), "{chains:#}");
+}
+
 /// `--max-depth 2`: the sessions lie three steps or more below `main.sessions` (header, buckets or directory,
 /// [table, groups,] session), and objects two steps down are not scanned, so the walk finds none of them through the map and says how many objects the limit
 /// left unscanned, while the batches, one step from their goroutines' frames, are still held.
@@ -359,6 +375,7 @@ macro_rules! issue_versions {
 }
 
 issue_versions!(never_stopped);
+issue_versions!(pause_budget_with_many_goroutines);
 issue_versions!(depth_limit);
 issue_versions!(pprof);
 issue_versions!(dot);

@@ -232,11 +232,42 @@ pub fn bench(layout: &Layout, rounds: usize, duration: Duration, agent_minutes: 
         per_object * 1e6 / f64::from(1 << 20)
     );
     stall_bench(&target)?;
+    pause_bench(layout)?;
     attach_bench(layout, primary)?;
     if let Some(minutes) = agent_minutes {
         agent_bench(layout, minutes)?;
     }
     Ok(0)
+}
+
+/// The longest the heap walk stops a target, against `--max-pause` (10 ms by default): holders (its
+/// leaked sessions and goroutines, go-targets/holders/TRUTH.md), plain and with 100 000 parked
+/// goroutines, whose stacks take far longer to read than the budget.
+fn pause_bench(layout: &Layout) -> Result<()> {
+    let holders = layout.go_targets_out().join(PRIMARY).join("holders");
+    println!("\npause (--max-pause 10ms, the default; 3 runs each): how long the target was stopped for the heap walk");
+    println!("{:<34} {:>12} {:>12} {:>14}", "target", "median ms", "max ms", "within pause");
+    for (name, args) in [("holders", vec![]), ("holders -idle=100000", vec!["-idle=100000"])] {
+        let mut paused = Vec::new();
+        let mut within = 0;
+        for _ in 0..3 {
+            let mut target = Target::start(&holders, &args);
+            let pid = target.pid.to_string();
+            let mut m = Maptrace::start(&["--pid", &pid, "--json", "--no-live"]);
+            m.wait_attached();
+            target.go();
+            target.wait_done();
+            m.interrupt();
+            let outcome = m.finish();
+            target.kill();
+            let chains = &outcome.json()["chains"];
+            paused.push(chains["paused_seconds"].as_f64().unwrap_or(f64::NAN) * 1e3);
+            within += usize::from(chains["walk_within_pause"] == true);
+        }
+        paused.sort_by(f64::total_cmp);
+        println!("{name:<34} {:>12.1} {:>12.1} {:>12}/3", paused[1], paused[2], within);
+    }
+    Ok(())
 }
 
 /// Where loss starts. The kernel's trap cost caps what a target can produce (full mode on

@@ -115,7 +115,7 @@ pub fn search_chains(q: &ChainQuery, allocation_in: &mut dyn FnMut(u64, u64) -> 
     let mut pause = Pause::new(q.pid, q.max_pause);
     pause.stop();
     let closures = closure_roots_of(q);
-    let (roots, typed, unreadable_roots) = program_roots(q, &model);
+    let (roots, typed, unreadable_roots) = program_roots(q, &model, &mut pause);
     if !typed {
         search.precision = UNTYPED;
     }
@@ -163,7 +163,9 @@ fn closure_roots_of(q: &ChainQuery) -> Vec<RootRegion> {
 /// The program's roots, package-level variables first, then every goroutine's frames; whether the variables
 /// are typed (DWARF), rather than the data and bss words the GC's bitmaps mark; and how many roots were unreadable
 /// or left out (see [`WalkStats::unreadable_roots`]).
-fn program_roots(q: &ChainQuery, model: &HeapModel) -> (Vec<RootRegion>, bool, u64) {
+/// The program's roots. Reading a hundred thousand goroutines' frames takes seconds: the pause's budget is
+/// checked at each goroutine, so that the target is not stopped past it while they are read.
+fn program_roots(q: &ChainQuery, model: &HeapModel, pause: &mut Pause) -> (Vec<RootRegion>, bool, u64) {
     let bias = q.load_bias;
     let typed = !model.globals.is_empty();
     let (mut roots, skipped) = if typed {
@@ -175,7 +177,10 @@ fn program_roots(q: &ChainQuery, model: &HeapModel) -> (Vec<RootRegion>, bool, u
         q.memory,
         model,
         bias,
-        |g| goroutine(q, g),
+        |g| {
+            pause.check();
+            goroutine(q, g)
+        },
         |pc| q.binary.function_at(pc.wrapping_sub(bias)).map(|f| f.name.clone()),
         |pc| q.binary.frame_pointers(pc),
     );
