@@ -246,7 +246,10 @@ pub fn bench(layout: &Layout, rounds: usize, duration: Duration, agent_minutes: 
 fn pause_bench(layout: &Layout) -> Result<()> {
     let holders = layout.go_targets_out().join(PRIMARY).join("holders");
     println!("\npause (--max-pause 10ms, the default; 3 runs each): how long the target was stopped for the heap walk");
-    println!("{:<34} {:>12} {:>12} {:>14}", "target", "median ms", "max ms", "within pause");
+    println!(
+        "{:<34} {:>12} {:>12} {:>14}",
+        "target", "median ms", "max ms", "within pause"
+    );
     for (name, args) in [("holders", vec![]), ("holders -idle=100000", vec!["-idle=100000"])] {
         let mut paused = Vec::new();
         let mut within = 0;
