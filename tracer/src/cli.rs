@@ -209,11 +209,21 @@ limit or with corrupt tables is refused (reason too_large or malformed) and not 
 while it is unchanged (the last 8192 such files are remembered); other failed attaches are
 retried after --scan-every, then twice as long each time, up to 5 minutes. A panic in one
 target's work drops that target (reason panic) and the agent goes on. All are counted in
-maptrace_agent_attach_failures_total{reason} and logged.";
+maptrace_agent_attach_failures_total{reason} and logged.
+
+/metrics is plain HTTP without authentication, and its series name every traced program's
+binary, pod, functions and types: keep --listen on loopback and put an authenticating proxy in
+front (deploy/ runs kube-rbac-proxy beside the agent). The endpoint serves 16 connections at
+once and closes those past them at once (maptrace_agent_http_refused_connections_total); a
+client has 5 s to send a request's head, also between requests on a kept-alive connection; a
+connection is closed after 30 s, once its response in flight is written (10 s more at most);
+failed accepts (out of descriptors) are retried every 100 ms
+(maptrace_agent_http_accept_errors_total).";
 
 #[derive(Debug, Args)]
 pub struct AgentArgs {
-    /// Address for the metrics endpoint (/metrics).
+    /// Address for the metrics endpoint (/metrics): plain HTTP, no authentication, so loopback
+    /// unless a firewall or proxy guards it.
     #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:9464")]
     pub listen: std::net::SocketAddr,
 
