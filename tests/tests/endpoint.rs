@@ -9,11 +9,10 @@
 use std::{
     io::{ErrorKind, Read, Write},
     net::TcpStream,
-    process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
-use e2e::{maptrace_bin, Lines};
+use e2e::agent::Agent;
 
 /// serve.rs's HEADER_READ_TIMEOUT: the time a client has to send a request's head.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
@@ -28,41 +27,27 @@ const MARGIN: Duration = Duration::from_secs(3);
 /// A scrape while others hold connections must be answered within this.
 const PROMPT: Duration = Duration::from_secs(1);
 
-struct Agent {
-    child: Child,
-    port: u16,
-    _stderr: Lines,
+/// An agent that traces nothing (its `--include` matches no process): only its endpoint is under test.
+fn agent() -> Agent {
+    Agent::start(&[&format!(
+        "maptrace-endpoint-test-matches-nothing-{}",
+        std::process::id()
+    )])
 }
 
-impl Agent {
-    fn start() -> Self {
-        let mut child = Command::new(maptrace_bin())
-            .args(["agent", "--listen", "127.0.0.1:0", "--scan-every", "1s", "--include"])
-            .arg(format!("maptrace-endpoint-test-matches-nothing-{}", std::process::id()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting maptrace agent");
-        let stderr = Lines::spawn(child.stderr.take().unwrap());
-        let log = stderr.until("the agent's listening line", |l| {
-            l.contains("listening") || l.contains("error")
-        });
-        let line = log.last().unwrap();
-        let port = line
-            .rsplit_once(':')
-            .and_then(|(_, p)| p.trim_end_matches('"').parse().ok())
-            .unwrap_or_else(|| panic!("no port in {line:?}"));
-        Agent {
-            child,
-            port,
-            _stderr: stderr,
-        }
-    }
+/// What these tests do to an agent beyond scraping it.
+trait Endpoint {
+    fn connect(&self) -> TcpStream;
+    fn scrape(&self) -> (String, Duration);
+    fn scrape_within(&self, within: Duration) -> (String, Duration);
+    fn try_scrape(&self) -> Result<(String, Duration), String>;
+    fn cpu(&self) -> Duration;
+    fn runnable(&self) -> Duration;
+    fn descriptors_below(&self, limit: u64) -> u64;
+    fn set_descriptor_limit(&self, limit: u64);
+}
 
-    fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-
+impl Endpoint for Agent {
     fn connect(&self) -> TcpStream {
         TcpStream::connect(("127.0.0.1", self.port)).expect("connect")
     }
@@ -142,15 +127,8 @@ impl Agent {
             rlim_max: limit,
         };
         // SAFETY: `new` is a valid rlimit and the old value is not asked for.
-        let rc = unsafe { libc::prlimit(self.pid(), libc::RLIMIT_NOFILE, &new, std::ptr::null_mut()) };
+        let rc = unsafe { libc::prlimit(self.pid() as i32, libc::RLIMIT_NOFILE, &new, std::ptr::null_mut()) };
         assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -241,7 +219,7 @@ fn read_response(s: &mut TcpStream) -> Option<String> {
 
 #[test]
 fn a_slow_client_is_cut_off_and_a_scrape_meanwhile_is_prompt() {
-    let agent = Agent::start();
+    let agent = agent();
     // Half a request line, then nothing.
     let opened = Instant::now();
     let mut silent = agent.connect();
@@ -285,7 +263,7 @@ fn a_slow_client_is_cut_off_and_a_scrape_meanwhile_is_prompt() {
 
 #[test]
 fn connections_past_the_cap_are_closed_at_once_and_the_held_ones_time_out() {
-    let agent = Agent::start();
+    let agent = agent();
     let extra = 4;
     // Idle: connected, nothing sent. Accepted in the order they connected.
     let mut idle: Vec<TcpStream> = (0..MAX_CONNECTIONS + extra).map(|_| agent.connect()).collect();
@@ -341,7 +319,7 @@ fn connections_past_the_cap_are_closed_at_once_and_the_held_ones_time_out() {
 
 #[test]
 fn out_of_descriptors_the_agent_backs_off_then_serves_again() {
-    let agent = Agent::start();
+    let agent = agent();
     // A few descriptors left, far fewer than MAX_CONNECTIONS, so accept fails (EMFILE) before the cap is reached.
     let limit = agent.descriptors_below(1024) + 4;
     agent.set_descriptor_limit(limit);
@@ -386,7 +364,7 @@ fn out_of_descriptors_the_agent_backs_off_then_serves_again() {
 
 #[test]
 fn a_kept_alive_connection_is_closed_when_idle_or_old_never_mid_response() {
-    let agent = Agent::start();
+    let agent = agent();
     let request = b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n";
     // Kept alive between requests that come sooner than the header timeout…
     let mut s = agent.connect();
