@@ -72,6 +72,12 @@ fn fuzz_crash_heap_walk_arena_index_overflow() {
 }
 
 #[test]
+#[ignore = "fuzz crash: add overflow on an arena's address (heap/index.rs:127, arena + arena_spans + 8 * page), fixed by the hardening work"]
+fn fuzz_crash_heap_walk_arena_spans_overflow() {
+    regression("heap_walk", "arena-spans-overflow");
+}
+
+#[test]
 #[ignore = "needs the go-targets built by ./x test (the e2e layer)"]
 fn the_checked_in_corpus_replays_cleanly() {
     for harness in ["gobin_file", "gobin_patch", "heap_walk"] {
