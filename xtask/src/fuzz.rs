@@ -1,6 +1,6 @@
 //! `fuzz`: the coverage-guided fuzz harnesses of fuzz/ (libFuzzer through cargo-fuzz, built with
 //! `--sanitizer none`: Debian's stable rustc has no sanitizer runtimes, and safe Rust needs none to show a
-//! panic), each input under libFuzzer's memory and time limits. Every go-target binary seeds them.
+//! panic), each input under 1 s and 256 MiB held. Every go-target binary seeds them.
 //!
 //! The corpus a run grows is kept in `.cache/fuzz/corpus/<harness>/` (the next run starts from it); what
 //! fails (a panic, an input over a limit) is written to `.cache/fuzz/artifacts/<harness>/` and fails the run.
@@ -60,7 +60,7 @@ fn selector_seeds<const N: usize>(_: &Layout, dir: &Path) -> Result<()> {
 }
 
 /// The smallest stripped go-target of every Go version, whole: libFuzzer keeps its corpus in memory, and every
-/// go-target at once (over 300 MB) would exceed the memory limit; the patch harness starts from all of them.
+/// go-target at once (over 300 MB) would bloat it past the RSS backstop; the patch harness starts from all of them.
 fn binary_seeds(layout: &Layout, dir: &Path) -> Result<()> {
     for version in fs::read_dir(layout.go_targets_out())? {
         let version = version?.path();
