@@ -28,3 +28,8 @@ pub mod process;
 pub mod report;
 pub mod session;
 pub mod units;
+
+/// Regression tests of what the fuzz harnesses (fuzz/) found, replayed as the harnesses run them.
+#[cfg(test)]
+#[path = "fuzz/tests.rs"]
+mod fuzz_tests;

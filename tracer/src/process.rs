@@ -102,7 +102,7 @@ impl Process {
             mem,
             pidfd,
         };
-        if !process.is_alive() {
+        if process.has_exited() {
             return Err(Failure::NoSuchProcess { pid });
         }
         if !process.runs_what_was_opened() {
@@ -123,6 +123,9 @@ impl Process {
     /// Writes target memory (sampled mode's `--sample-rate`, behind its explicit flag only), through the
     /// descriptor opened at attach: after an exec it fails instead of writing into the new program.
     pub fn write(&self, addr: u64, buf: &[u8]) -> io::Result<()> {
+        if self.has_exited() {
+            return Err(io::Error::new(io::ErrorKind::NotFound, "the process has exited"));
+        }
         if !self.runs_what_was_opened() {
             return Err(io::Error::other(
                 "the process no longer runs the program maptrace attached to",
@@ -166,17 +169,15 @@ impl Process {
         self.pidfd.as_fd()
     }
 
-    pub fn is_alive(&self) -> bool {
-        // SAFETY: signal 0 only checks existence.
-        unsafe {
-            libc::syscall(
-                libc::SYS_pidfd_send_signal,
-                self.pidfd.as_raw_fd(),
-                0,
-                std::ptr::null::<u8>(),
-                0,
-            ) == 0
-        }
+    /// Whether the process has exited (a zombie too): its pidfd polls readable.
+    pub fn has_exited(&self) -> bool {
+        let mut fd = libc::pollfd {
+            fd: self.pidfd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, no wait.
+        unsafe { libc::poll(&mut fd, 1, 0) == 1 }
     }
 }
 
@@ -246,7 +247,7 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "the shell did not exec");
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
-        assert!(process.is_alive(), "the same process, another program");
+        assert!(!process.has_exited(), "the same process, another program");
         assert!(
             process.read(addr, &mut word).is_err(),
             "read through the old address space"

@@ -1,4 +1,4 @@
-//! `lint`: the project's style and lints, as CI checks them: `cargo fmt --check` over the workspace,
+//! `lint`: the project's style and lints, as CI checks them: `cargo fmt --check` over the workspace and fuzz/,
 //! then clippy over every target of the host crates with warnings denied. Clippy compiles the tracer,
 //! whose build script embeds the eBPF object, so that is built first.
 
@@ -13,11 +13,17 @@ pub fn lint(layout: &Layout) -> Result<i32> {
     let mut failed = Vec::new();
 
     // `cargo fmt --all --check`, and `cargo clippy … -- -D warnings` below, with Debian's tools.
-    let mut fmt = process::cargo_subcommand(&layout.root, process::CARGO_FMT);
-    fmt.args(["--all", "--check"]);
-    if let Err(e) = process::run(&mut fmt) {
-        eprintln!("lint: {e:#}\nlint: `cargo fmt --all` fixes the formatting (rustfmt.toml)");
-        failed.push("cargo fmt");
+    // The fuzz crate is outside the workspace; its shared code is clippy's too, through tracer's tests.
+    for manifest in [None, Some("fuzz/Cargo.toml")] {
+        let mut fmt = process::cargo_subcommand(&layout.root, process::CARGO_FMT);
+        fmt.args(["--all", "--check"]);
+        if let Some(m) = manifest {
+            fmt.args(["--manifest-path", m]);
+        }
+        if let Err(e) = process::run(&mut fmt) {
+            eprintln!("lint: {e:#}\nlint: `cargo fmt --all` fixes the formatting (rustfmt.toml)");
+            failed.push("cargo fmt");
+        }
     }
 
     let mut clippy = process::cargo_subcommand(&layout.root, process::CARGO_CLIPPY);

@@ -3,11 +3,12 @@
 //!
 //! One module per responsibility: `layout` (paths), `go_versions` (which toolchains), `process`
 //! (running commands with a rustup-free PATH), `setup` (installing tools into .cache/), `rust_build`,
-//! `go_targets`, `demo`, `test`, `lint`, `bench`, `timings`.
+//! `go_targets`, `demo`, `test`, `lint`, `bench`, `fuzz`, `timings`.
 
 mod bench;
 mod bigbin;
 mod demo;
+mod fuzz;
 mod go_targets;
 mod go_versions;
 mod layout;
@@ -63,6 +64,16 @@ enum Cmd {
     },
     /// Check formatting (cargo fmt --check) and lints (cargo clippy, warnings denied) of the workspace.
     Lint,
+    /// Fuzz the readers of untrusted target input (the Go binary's tables, the heap walk over target memory)
+    /// with libFuzzer: each harness for --minutes, from the go-targets and the corpus of earlier runs; fails
+    /// if an input panics or exceeds 256 MiB or 1 s (the input is kept in .cache/fuzz/artifacts/).
+    Fuzz {
+        /// How long each harness runs, in minutes (fractions allowed: CI runs 0.5).
+        #[arg(long, value_name = "M", default_value_t = 10.0)]
+        minutes: f64,
+        /// Only this harness: gobin_patch, heap_walk or gobin_file.
+        harness: Option<String>,
+    },
     /// Measure what tracing costs (root): the allocation benchmark untraced and traced, attach
     /// time, maptrace's memory, and the pipeline's records per second on a recorded stream.
     Bench {
@@ -113,6 +124,7 @@ fn run(cli: Cli) -> Result<i32> {
         }
         Cmd::Demo => return demo::demo(&layout),
         Cmd::Lint => return lint::lint(&layout),
+        Cmd::Fuzz { minutes, harness } => return fuzz::fuzz(&layout, minutes, harness.as_deref()),
         Cmd::Bench {
             rounds,
             run_ms,

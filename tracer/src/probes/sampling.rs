@@ -122,8 +122,10 @@ impl SampleRate {
                     "--sample-rate: cannot find runtime.MemProfileRate in this binary (stripped arm64?); use --mode full"
                 )));
             }
-            rate.write(want)
-                .map_err(|e| Failure::Other(anyhow::anyhow!("--sample-rate: {e}")))?;
+            rate.write(want).map_err(|e| match rate.process.has_exited() {
+                true => Failure::NoSuchProcess { pid: rate.process.pid },
+                false => Failure::Other(anyhow::anyhow!("--sample-rate: {e}")),
+            })?;
         }
         rate.at_attach = rate.current();
         if let (true, Some(floor)) = (opts.write_rate, rate.at_attach) {
