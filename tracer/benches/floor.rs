@@ -23,7 +23,7 @@ fn main() {
     let load_bias = process.load_bias(binary.load_vaddr()).unwrap_or(0);
     let tracer = Tracer::attach_empty(&binary, &process, &plan, load_bias).unwrap_or_else(|e| panic!("PID {pid}: {e}"));
     println!("attached {}", tracer.attached);
-    while process.is_alive() {
+    while !process.has_exited() {
         std::thread::sleep(Duration::from_millis(50));
     }
     tracer.detach();
