@@ -361,11 +361,23 @@ pub(super) fn bit(bits: &[u8], i: u64) -> bool {
     bits.get((i / 8) as usize).is_some_and(|b| b >> (i % 8) & 1 == 1)
 }
 
-/// `words` bits of `bytes` from bit `skip`, as a bitmap from bit 0.
+/// `words` bits of `bytes` from bit `skip`, as a bitmap from bit 0 (bits past `bytes` read as 0). A byte at a
+/// time: a goroutine's stack map spans up to 2^27 words.
 pub(super) fn bit_range(bytes: &[u8], skip: u64, words: u64) -> Vec<u8> {
     let mut out = vec![0u8; words.div_ceil(8) as usize];
-    for w in (0..words).filter(|&w| bit(bytes, skip + w)) {
-        out[(w / 8) as usize] |= 1 << (w % 8);
+    let (first, shift) = ((skip / 8) as usize, (skip % 8) as u32);
+    let at = |i: usize| first.checked_add(i).and_then(|i| bytes.get(i)).copied().unwrap_or(0);
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = match shift {
+            0 => at(i),
+            s => (at(i) >> s) | (at(i + 1) << (8 - s)),
+        };
+    }
+    // The last byte holds only the bits asked for.
+    if words % 8 != 0 {
+        if let Some(last) = out.last_mut() {
+            *last &= (1u8 << (words % 8)) - 1;
+        }
     }
     out
 }
@@ -460,6 +472,20 @@ pub(super) mod tests {
         m.word(0x3008, ptr_bytes);
         m.put(0x3014, &[tflag]);
         m.word(0x3020, gcdata);
+    }
+
+    #[test]
+    fn bit_ranges_read_a_byte_at_a_time_as_bit_by_bit() {
+        let bytes: Vec<u8> = (0u32..40).map(|i| (i.wrapping_mul(0x9e37_79b9) >> 13) as u8).collect();
+        for skip in [0, 1, 7, 8, 13, 300, 319, 330] {
+            for words in [0, 1, 5, 8, 9, 64, 100] {
+                let mut slow = vec![0u8; (words as usize).div_ceil(8)];
+                for w in (0..words).filter(|&w| bit(&bytes, skip + w)) {
+                    slow[(w / 8) as usize] |= 1 << (w % 8);
+                }
+                assert_eq!(bit_range(&bytes, skip, words), slow, "skip {skip}, {words} words");
+            }
+        }
     }
 
     #[test]

@@ -49,6 +49,10 @@ const MAX_FRAMES: usize = 256;
 /// A stack larger than this is taken as a misread `g`: Go doubles a stack until it would pass `maxstacksize` (1 GB
 /// on 64-bit, at most twice that by `debug.SetMaxStack`), so no stack reaches 2 GiB.
 const MAX_STACK: u64 = 1 << 30;
+/// All goroutines' stacks together, past which the rest count as unreadable: a walk reads at most this much
+/// in all ([`super::WalkLimits`]), so stacks past it could not be scanned anyway, and each costs maptrace a map of
+/// its words before the walk.
+const MAX_STACKS: u64 = 1 << 30;
 /// Goroutines read from `allgs` at most: a million goroutines is gigabytes of stacks.
 const MAX_GOROUTINES: u64 = 1 << 20;
 /// `g` pointers read from `allgs` at once.
@@ -200,6 +204,7 @@ pub fn goroutine_roots(
     let mut slots = Slots::new(&model.types);
     let mut out = Vec::new();
     let (gs, mut unreadable) = all_gs(memory, layout.allgs.wrapping_add(load_bias));
+    let mut stack_bytes = 0u64;
     for g in gs {
         let Some(goroutine) = describe(g) else {
             continue;
@@ -209,10 +214,11 @@ pub fn goroutine_roots(
             unreadable += 1;
             continue;
         };
-        if hi <= lo || hi - lo > MAX_STACK {
+        if hi <= lo || hi - lo > MAX_STACK || stack_bytes.saturating_add(hi - lo) > MAX_STACKS {
             unreadable += 1;
             continue;
         }
+        stack_bytes += hi - lo;
         let Goroutine {
             id,
             state,
