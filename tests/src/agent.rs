@@ -1,7 +1,8 @@
 //! `maptrace agent` as the tests run it: started on loopback, scraped over plain HTTP, its log read
-//! line by line; and what a test checks its exposition with.
+//! line by line; and what a test checks its exposition with: promtool, and a real Prometheus server.
 
 use std::{
+    collections::BTreeMap,
     io::{Read, Write},
     net::{SocketAddr, TcpStream},
     path::{Path, PathBuf},
@@ -9,7 +10,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{maptrace_bin, target_path, Lines};
+use serde_json::Value;
+
+use crate::{maptrace_bin, target_path, Lines, TempDir};
+
+/// Discovery scans every second here; a new target must show up within this.
+pub const FOUND_WITHIN: Duration = Duration::from_secs(15);
 
 /// A running `maptrace agent` that told us its port.
 pub struct Agent {
@@ -70,8 +76,29 @@ impl Agent {
         self.child.try_wait().ok().flatten()
     }
 
+    /// /metrics in the classic text format, as curl and promtool get it.
     pub fn metrics(&self) -> String {
         http_get(self.port, "/metrics")
+    }
+
+    /// /metrics asked for as Prometheus asks for it: the response's content type, and the OpenMetrics body.
+    pub fn openmetrics(&self) -> (String, String) {
+        let (head, body) = try_http_request(
+            self.port,
+            "/metrics",
+            &["Accept: application/openmetrics-text; version=1.0.0"],
+            Duration::from_secs(10),
+        )
+        .unwrap_or_else(|e| panic!("GET /metrics as OpenMetrics: {e}"));
+        let content_type = head
+            .lines()
+            .find_map(|l| {
+                let (name, value) = l.split_once(':')?;
+                name.eq_ignore_ascii_case("content-type")
+                    .then(|| value.trim().to_string())
+            })
+            .unwrap_or_default();
+        (content_type, body)
     }
 
     /// Every log line so far.
@@ -95,12 +122,18 @@ pub fn http_get(port: u16, path: &str) -> String {
 
 /// The body of a `GET` answered with 200 within `patience` (connecting, sending and reading all count).
 pub fn try_http_get(port: u16, path: &str, patience: Duration) -> Result<String, String> {
+    try_http_request(port, path, &[], patience).map(|(_, body)| body)
+}
+
+/// The head and body of a `GET` with extra header lines, answered with 200 within `patience`.
+fn try_http_request(port: u16, path: &str, headers: &[&str], patience: Duration) -> Result<(String, String), String> {
     let start = Instant::now();
     let mut s = TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], port)), patience)
         .map_err(|e| format!("connect: {e}"))?;
     s.set_read_timeout(Some(patience)).unwrap();
     s.set_write_timeout(Some(patience)).unwrap();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").map_err(|e| format!("send: {e}"))?;
+    let request: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n{request}\r\n").map_err(|e| format!("send: {e}"))?;
     let mut out = String::new();
     s.read_to_string(&mut out).map_err(|e| format!("read: {e}"))?;
     if start.elapsed() > patience {
@@ -110,10 +143,11 @@ pub fn try_http_get(port: u16, path: &str, patience: Duration) -> Result<String,
     if !(head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200")) {
         return Err(format!("status: {head}"));
     }
-    Ok(body.to_string())
+    Ok((head.to_string(), body.to_string()))
 }
 
-/// The value of the sample of `name` whose labels include all of `labels`.
+/// The value of the sample of `name` whose labels include all of `labels`, given as the exposition writes
+/// them (escaped).
 pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     text.lines()
         .filter(|l| l.starts_with(&format!("{name}{{")))
@@ -165,4 +199,113 @@ pub fn promtool_check_metrics(text: &str) -> Result<(), String> {
             String::from_utf8_lossy(&out.stderr)
         )),
     }
+}
+
+/// A Prometheus server on loopback scraping the agent every second, as job `maptrace`.
+pub struct Prometheus {
+    child: Child,
+    port: u16,
+    _dir: TempDir,
+}
+
+/// One series of a query's result: its labels as Prometheus stored them (unescaped), and its value.
+pub type Series = (BTreeMap<String, String>, f64);
+
+impl Prometheus {
+    pub fn start(agent_port: u16) -> Self {
+        let dir = TempDir::new("prometheus");
+        let port = free_port();
+        let config = dir.path().join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: maptrace\n    static_configs:\n      - targets: ['127.0.0.1:{agent_port}']\n"),
+        )
+        .unwrap();
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting prometheus (Debian package prometheus; ./x installs it)");
+        Prometheus { child, port, _dir: dir }
+    }
+
+    /// The value of an instant query's single result, if there is one.
+    pub fn query(&self, promql: &str) -> Option<f64> {
+        let result = self.series(promql)?;
+        (result.len() == 1).then(|| result[0].1)
+    }
+
+    /// Every series of an instant query's result, or None while Prometheus cannot answer.
+    pub fn series(&self, promql: &str) -> Option<Vec<Series>> {
+        let v = self.api(&format!("/api/v1/query?query={}", url_encode(promql)))?;
+        v["data"]["result"]
+            .as_array()?
+            .iter()
+            .map(|r| {
+                let labels = r["metric"]
+                    .as_object()?
+                    .iter()
+                    .map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                    .collect::<Option<_>>()?;
+                Some((labels, r["value"][1].as_str()?.parse().ok()?))
+            })
+            .collect()
+    }
+
+    /// What Prometheus took from the scrapes' HELP and TYPE lines for the family `name`
+    /// (`/api/v1/metadata`): one entry per distinct type and help, or None while it knows nothing of it.
+    pub fn metadata(&self, name: &str) -> Option<Vec<Value>> {
+        let v = self.api(&format!("/api/v1/metadata?metric={}", url_encode(name)))?;
+        v["data"][name].as_array().cloned()
+    }
+
+    fn api(&self, path_and_query: &str) -> Option<Value> {
+        let body = try_http_get(self.port, path_and_query, Duration::from_secs(10)).ok()?;
+        serde_json::from_str(&body).ok()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A PromQL string literal that stands for exactly `s` (PromQL strings take Go's escapes).
+pub fn promql_string(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"_.-".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }

@@ -4,6 +4,7 @@
 //! `MAPTRACE_GO_TARGETS`; the tests need root, like maptrace itself.
 
 pub mod agent;
+pub mod generics;
 
 use std::{
     io::{BufRead, BufReader, Read, Write},

@@ -7,87 +7,17 @@
 //! go-targets), so that it leaves every other process on the machine alone.
 
 use std::{
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::Duration,
 };
 
 use e2e::{
-    agent::{promtool_check_metrics, sample, try_http_get, unique_copy, wait_for, Agent},
+    agent::{promtool_check_metrics, sample, unique_copy, wait_for, Agent, Prometheus, FOUND_WITHIN},
     target_path, Lines, Target, TempDir,
 };
-use serde_json::Value;
 
 const GO: &str = e2e::GO1_24;
 const N: f64 = 10.0;
-/// Discovery scans every second here; a new target must show up within this.
-const FOUND_WITHIN: Duration = Duration::from_secs(15);
-
-/// A Prometheus server on loopback scraping the agent every second.
-struct Prometheus {
-    child: Child,
-    port: u16,
-    _dir: TempDir,
-}
-
-impl Prometheus {
-    fn start(agent_port: u16) -> Self {
-        let dir = TempDir::new("prometheus");
-        let port = free_port();
-        let config = dir.path().join("prometheus.yml");
-        std::fs::write(
-            &config,
-            format!("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: maptrace\n    static_configs:\n      - targets: ['127.0.0.1:{agent_port}']\n"),
-        )
-        .unwrap();
-        let child = Command::new("prometheus")
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting prometheus (Debian package prometheus; ./x installs it)");
-        Prometheus { child, port, _dir: dir }
-    }
-
-    /// The value of an instant query's single result, if there is one.
-    fn query(&self, promql: &str) -> Option<f64> {
-        let encoded: String = promql
-            .bytes()
-            .map(|b| {
-                if b.is_ascii_alphanumeric() || b"_.-".contains(&b) {
-                    (b as char).to_string()
-                } else {
-                    format!("%{b:02X}")
-                }
-            })
-            .collect();
-        let body = try_http_get(
-            self.port,
-            &format!("/api/v1/query?query={encoded}"),
-            Duration::from_secs(10),
-        )
-        .ok()?;
-        let v: Value = serde_json::from_str(&body).ok()?;
-        let result = v["data"]["result"].as_array()?;
-        (result.len() == 1).then(|| result[0]["value"][1].as_str()?.parse().ok())?
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 #[test]
 fn agent_finds_traces_exports_and_forgets() {
