@@ -147,13 +147,19 @@ fn run(layout: &Layout, h: &Harness, time: Duration) -> Result<Vec<PathBuf>> {
         .arg(layout.root.join("fuzz/corpus").join(h.name))
         .arg(&seeds)
         .arg("--")
-        .arg(format!("-max_total_time={}", time.as_secs().max(1)))
         .arg(format!("-max_len={}", h.max_len))
         .args(limits())
-        // Past a failing input the run goes on (each job a process of its own), so that one run finds more
-        // than the first; every failure is an artifact.
-        .args(["-fork=1", "-ignore_crashes=1", "-ignore_timeouts=1", "-ignore_ooms=1"])
         .arg(format!("-artifact_prefix={}/", artifacts.display()));
+    if time.is_zero() {
+        // A replay: every input of the corpora run once, no mutation, so the same tree gives the same verdict
+        // (what CI runs).
+        cmd.arg("-runs=0");
+    } else {
+        cmd.arg(format!("-max_total_time={}", time.as_secs().max(1)))
+            // Past a failing input the run goes on (each job a process of its own), so that one run finds more
+            // than the first; every failure is an artifact.
+            .args(["-fork=1", "-ignore_crashes=1", "-ignore_timeouts=1", "-ignore_ooms=1"]);
+    }
     let started = Instant::now();
     // Failures are counted from the artifacts: in fork mode libFuzzer's exit code does not say.
     let status = run_with_deadline(&mut cmd, time + HANG_GRACE)?;

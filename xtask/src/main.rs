@@ -68,7 +68,8 @@ enum Cmd {
     /// with libFuzzer: each harness for --minutes, from the go-targets and the corpus of earlier runs; fails
     /// if an input panics or exceeds 256 MiB or 1 s (the input is kept in .cache/fuzz/artifacts/).
     Fuzz {
-        /// How long each harness runs, in minutes (fractions allowed: CI runs 0.5).
+        /// How long each harness runs, in minutes (fractions allowed); 0 replays the corpora once, without
+        /// mutating (what CI runs).
         #[arg(long, value_name = "M", default_value_t = 10.0)]
         minutes: f64,
         /// Only this harness: gobin_patch, heap_walk or gobin_file.

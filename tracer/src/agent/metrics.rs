@@ -6,7 +6,7 @@
 
 use std::{
     cmp::Reverse,
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     fmt,
     sync::{Arc, Mutex},
 };
@@ -338,11 +338,42 @@ fn write(encoder: &mut DescriptorEncoder, family: &Family, samples: Vec<Sample>)
         return Ok(());
     }
     let mut metric = encoder.encode_descriptor(family.name, family.help, None, family.kind)?;
-    for (labels, value) in samples {
-        let labels: Labels = labels.into_iter().map(|(k, v)| (k, label_value(&v))).collect();
+    for (labels, value) in merged(samples) {
         value.encode(metric.encode_family(&labels)?)?;
     }
     Ok(())
+}
+
+/// The samples with their label values as written ([`label_value`]), those that then carry the same labels
+/// summed into one: distinct sites can read the same once cut to the label cap, or when Go 1.19 names every
+/// instantiation of a generic function `f[...]`, and a scrape with two samples of one series keeps only one.
+fn merged(samples: Vec<Sample>) -> Vec<Sample> {
+    let mut out: Vec<Sample> = Vec::with_capacity(samples.len());
+    let mut index: HashMap<Labels, usize> = HashMap::with_capacity(samples.len());
+    for (labels, value) in samples {
+        let labels: Labels = labels.into_iter().map(|(k, v)| (k, label_value(&v))).collect();
+        match index.get(&labels) {
+            Some(&i) => out[i].1.add(value),
+            None => {
+                index.insert(labels.clone(), out.len());
+                out.push((labels, value));
+            }
+        }
+    }
+    out
+}
+
+impl Value<'_> {
+    /// Adds another sample's value of the same series; histograms are per target, never merged.
+    fn add(&mut self, other: Value<'_>) {
+        match (self, other) {
+            (Value::Counter(a), Value::Counter(b)) => *a += b,
+            (Value::CounterF64(a), Value::CounterF64(b)) => *a += b,
+            (Value::Gauge(a), Value::Gauge(b)) => *a += b,
+            (Value::GaugeF64(a), Value::GaugeF64(b)) => *a += b,
+            _ => {}
+        }
+    }
 }
 
 /// The longest label value written, in bytes: Go names (generic instantiations spell out their type
@@ -566,6 +597,32 @@ pub fn to_prometheus_text(openmetrics: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn samples_that_read_the_same_are_one_series() {
+        let site = |name: &str| vec![("site".to_string(), name.to_string())];
+        let long = |tail: &str| format!("{}{tail}", "x".repeat(MAX_LABEL_VALUE));
+        let samples = vec![
+            (site("main.keep[...]"), Value::Counter(7680)),
+            (site("main.keep[...]"), Value::Counter(480)),
+            (site(&long("a")), Value::Gauge(2)),
+            (site("main.f"), Value::Counter(1)),
+            (site(&long("b")), Value::Gauge(3)),
+        ];
+        let values: Vec<(String, String)> = merged(samples)
+            .into_iter()
+            .map(|(labels, v)| {
+                let v = match v {
+                    Value::Counter(n) => n.to_string(),
+                    Value::Gauge(n) => n.to_string(),
+                    _ => "?".into(),
+                };
+                (labels[0].1.chars().take(12).collect(), v)
+            })
+            .collect();
+        let want = [("main.keep[..", "8160"), ("xxxxxxxxxxxx", "5"), ("main.f", "1")];
+        assert_eq!(values, want.map(|(a, b)| (a.to_string(), b.to_string())));
+    }
 
     #[test]
     fn label_values_are_escaped_and_capped() {
