@@ -374,7 +374,7 @@ pub(super) fn bit_range(bytes: &[u8], skip: u64, words: u64) -> Vec<u8> {
         };
     }
     // The last byte holds only the bits asked for.
-    if words % 8 != 0 {
+    if !words.is_multiple_of(8) {
         if let Some(last) = out.last_mut() {
             *last &= (1u8 << (words % 8)) - 1;
         }
