@@ -82,6 +82,15 @@ fn heap_walk_arena_spans_overflow() {
 
 #[test]
 #[ignore = "needs the go-targets built by ./x test (the e2e layer)"]
+fn heap_walk_huge_stacks() {
+    // Goroutines each claiming a stack of up to 1 GiB: their word maps, read a bit at a time, took 3-18 s.
+    for input in ["huge-stacks-1", "huge-stacks-2", "huge-stacks-3"] {
+        regression("heap_walk", input);
+    }
+}
+
+#[test]
+#[ignore = "needs the go-targets built by ./x test (the e2e layer)"]
 fn the_checked_in_corpus_replays_cleanly() {
     for harness in ["gobin_file", "gobin_patch", "heap_walk"] {
         let dir = fuzz_dir().join("corpus").join(harness);

@@ -14,6 +14,10 @@ const OBJECTS: usize = 2;
 const OBJECT_RECORD: usize = 16;
 /// Stack objects per frame read at most.
 const MAX_OBJECTS: u64 = 1024;
+/// The largest pointer mask of a stack object read, in words: Go's compiler moves variables over 128 KiB (16 Ki
+/// words) to the heap, so a larger mask is not a real one, and copying it for every frame and object made one
+/// forged binary's frames take seconds.
+const MAX_OBJECT_WORDS: u32 = 1 << 16;
 
 /// A bitmap over words: bit i (byte i/8, bit i%8) for word i.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -83,7 +87,7 @@ fn objects<'b>(p: &[u8], rodata: u64, at: &impl Fn(u64) -> Option<&'b [u8]>) -> 
             let word = |o: usize| u32_at(r, o).unwrap_or(0);
             let (offset, size, ptr_bytes) = (word(0) as i32, word(4) as i32, word(8) as i32);
             let pointers = (ptr_bytes >= 0).then_some(()).and_then(|()| {
-                let words = u32::try_from(ptr_bytes / 8).ok()?;
+                let words = u32::try_from(ptr_bytes / 8).ok().filter(|&w| w <= MAX_OBJECT_WORDS)?;
                 let mask = at(rodata.checked_add(u64::from(word(12)))?)?;
                 Some(WordBits {
                     words,
@@ -185,5 +189,23 @@ mod tests {
         .unwrap();
         assert_eq!((f.locals.bits, f.args.words), (vec![0b101, 0b11], 0));
         assert_eq!(bitmap(&stackmap(), 2), None, "past the maps");
+    }
+
+    #[test]
+    fn a_stack_object_mask_past_any_real_one_is_not_read() {
+        // 1024 objects (the most read), each claiming a 256 MiB mask: a found fuzz input copied them all.
+        let mut mem = vec![0u8; 0x1_0000 + 0x8000];
+        mem[..8].copy_from_slice(&1024u64.to_le_bytes());
+        let record: Vec<u8> = [(-32i32) as u32, 24, i32::MAX as u32, 0x1_0000]
+            .iter()
+            .flat_map(|w| w.to_le_bytes())
+            .collect();
+        for i in 0..1024 {
+            mem[8 + OBJECT_RECORD * i..8 + OBJECT_RECORD * (i + 1)].copy_from_slice(&record);
+        }
+        let at = |a: u64| mem.get(a as usize..);
+        let read = objects(&mem, 0, &at);
+        assert_eq!(read.len(), 1024);
+        assert!(read.iter().all(|o| o.pointers.is_none()), "no mask read");
     }
 }
