@@ -212,13 +212,19 @@ mod tests {
     use std::io::Write;
     use std::process::{Command, Stdio};
 
-    /// A child that execs another program when told to: `sh` reading a line, then `exec sleep`.
+    /// A child that execs another program when told to: `sh` reading a line, then `exec sleep`. Returned once the
+    /// shell runs (it said so): before, the child may still be a copy of this test, about to exec the shell.
     fn execing_child() -> std::process::Child {
-        Command::new("/bin/sh")
-            .args(["-c", "read line; exec /bin/sleep 5"])
+        let mut child = Command::new("/bin/sh")
+            .args(["-c", "echo ready; read line; exec /bin/sleep 5"])
             .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
             .spawn()
-            .unwrap()
+            .unwrap();
+        let mut ready = [0u8; 6];
+        std::io::Read::read_exact(child.stdout.as_mut().unwrap(), &mut ready).unwrap();
+        assert_eq!(&ready, b"ready\n");
+        child
     }
 
     #[test]
