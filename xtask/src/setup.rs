@@ -55,51 +55,57 @@ pub fn ensure_python_tool(layout: &Layout, (name, version): (&str, &str)) -> Res
 /// bpf-linker at `.cache/tools/bin/bpf-linker`, reinstalled when absent or of another version.
 pub fn ensure_bpf_linker(layout: &Layout) -> Result<()> {
     let bin = layout.tools_bin().join("bpf-linker");
-    let installed = installed_version(&bin);
-    if installed.as_deref() == Some(BPF_LINKER_VERSION) {
+    if installed_version(&bin).as_deref() == Some(BPF_LINKER_VERSION) {
         return Ok(());
     }
     if !Path::new(LLVM_PREFIX).join("bin/llvm-config").exists() {
         bail!("{LLVM_PREFIX} is missing: install the Debian package llvm-22-dev (`sudo ./x setup` does it)");
     }
-    match &installed {
-        Some(v) => println!("setup: bpf-linker {v} found, replacing it with {BPF_LINKER_VERSION} (about 2 min)"),
-        None => println!("setup: building bpf-linker {BPF_LINKER_VERSION} from crates.io (about 2 min on 2 cores)"),
-    }
-    let mut cmd = process::cargo(&layout.root);
-    cmd.env("LLVM_PREFIX", LLVM_PREFIX)
-        .args(["install", "--locked", &format!("bpf-linker@{BPF_LINKER_VERSION}")])
-        .args(["--no-default-features", "--features", "llvm-22", "--root"])
-        .arg(layout.tools_root());
-    if installed.is_some() {
-        cmd.arg("--force");
-    }
-    process::run(&mut cmd).context("building bpf-linker (needs network access to crates.io)")?;
-    match installed_version(&bin) {
-        Some(v) if v == BPF_LINKER_VERSION => Ok(()),
-        other => bail!(
-            "after installing, {} reports version {other:?}, not {BPF_LINKER_VERSION}",
-            bin.display()
-        ),
-    }
+    install_tool(
+        layout,
+        "bpf-linker",
+        BPF_LINKER_VERSION,
+        "about 2 min on 2 cores",
+        |cmd| {
+            cmd.env("LLVM_PREFIX", LLVM_PREFIX)
+                .args(["--no-default-features", "--features", "llvm-22"]);
+        },
+    )
 }
 
 /// cargo-fuzz at `.cache/tools/bin/cargo-fuzz` (what `./x fuzz` builds and runs the harnesses with),
 /// reinstalled when absent or of another version.
 pub fn ensure_cargo_fuzz(layout: &Layout, version: &str) -> Result<()> {
     let bin = layout.tools_bin().join("cargo-fuzz");
-    let installed = installed_version(&bin);
-    if installed.as_deref() == Some(version) {
+    if installed_version(&bin).as_deref() == Some(version) {
         return Ok(());
     }
-    println!("setup: building cargo-fuzz {version} from crates.io (about 1 min)");
+    install_tool(layout, "cargo-fuzz", version, "about 1 min", |_| {})
+}
+
+/// `cargo install --locked NAME@VERSION` into `.cache/tools` (replacing another version), with `options`, then
+/// checks the version the installed binary reports.
+fn install_tool(
+    layout: &Layout,
+    name: &str,
+    version: &str,
+    takes: &str,
+    options: impl FnOnce(&mut std::process::Command),
+) -> Result<()> {
+    let bin = layout.tools_bin().join(name);
+    let installed = installed_version(&bin);
+    match &installed {
+        Some(v) => println!("setup: {name} {v} found, replacing it with {version} ({takes})"),
+        None => println!("setup: building {name} {version} from crates.io ({takes})"),
+    }
     let mut cmd = process::cargo(&layout.root);
-    cmd.args(["install", "--locked", &format!("cargo-fuzz@{version}"), "--root"])
-        .arg(layout.tools_root());
+    cmd.args(["install", "--locked", &format!("{name}@{version}")]);
+    options(&mut cmd);
+    cmd.arg("--root").arg(layout.tools_root());
     if installed.is_some() {
         cmd.arg("--force");
     }
-    process::run(&mut cmd).context("building cargo-fuzz (needs network access to crates.io)")?;
+    process::run(&mut cmd).with_context(|| format!("building {name} (needs network access to crates.io)"))?;
     match installed_version(&bin) {
         Some(v) if v == version => Ok(()),
         other => bail!(
