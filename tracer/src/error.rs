@@ -100,7 +100,7 @@ impl fmt::Display for Failure {
             ),
             Failure::RefusedBinary { pid, exe, why, .. } => write!(
                 f,
-                "the binary of PID {pid} ({exe}) was refused: {why} (maptrace reads every binary as untrusted input, within fixed limits)"
+                "the binary of PID {pid} ({exe}) was refused: {why} (maptrace reads every binary as untrusted input, within limits real Go programs stay far below: if this one is a real, unmodified Go program, report it with `go version -m` of the binary and its size)"
             ),
             Failure::Other(e) => write!(f, "{e:#}"),
         }

@@ -46,7 +46,8 @@ fn regression(harness: &str, name: &str) {
     replay(harness, &[]);
     let before = peak_rss();
     let took = replay(harness, &input);
-    assert!(took < TIME_LIMIT, "{harness} took {took:?} on {name}");
+    // The fuzzers' limit, with room for a machine running other tests: these inputs took 3-18 s before their fix.
+    assert!(took < 2 * TIME_LIMIT, "{harness} took {took:?} on {name}");
     let grew = peak_rss().saturating_sub(before);
     assert!(
         grew < MEMORY_LIMIT,

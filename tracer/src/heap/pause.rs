@@ -323,12 +323,13 @@ mod tests {
         let why = pause.failed.clone().unwrap_or_default();
         assert!(why.contains("did not stop within the pause budget"), "{why}");
         assert!(
-            took < budget + Duration::from_millis(500),
+            // Waiting for the stuck thread would take the child's 3 s.
+            took < budget + Duration::from_millis(1500),
             "stop returned after {took:?}"
         );
         // Once the child exits, the parent goes on and exits: nothing left it stopped or traced.
         let status = parent.wait().unwrap();
         assert!(status.success(), "{status:?}");
-        assert!(pause.paused < Duration::from_millis(600), "{:?}", pause.paused);
+        assert!(pause.paused < Duration::from_millis(1600), "{:?}", pause.paused);
     }
 }
